@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; `.ci/run` calls exactly this).
+# It installs what the tests need on a fresh machine, then runs every test in release mode,
+# because the simulator and the cluster tests need optimised code to finish in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages some tests use; installed only when missing, so repeat runs stay offline.
+need_packages=()
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+  else
+    echo "note: missing ${need_packages[*]}; tests that need them will skip with a reason" >&2
+  fi
+fi
+
+cargo test --release "$@"

@@ -9,6 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
+//! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
@@ -18,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod metadata;
 pub mod proto;
 pub mod raft;
 pub mod storage;

@@ -1,0 +1,640 @@
+//! The cluster-metadata state machine: topics, partition placement, consumer-group offsets and
+//! producer ids.
+//!
+//! The metadata is the state machine of Raft group 0. Its log holds [`MetadataCommand`]s; every
+//! node applies the committed ones in order through [`Metadata::apply`], which is pure and
+//! deterministic: the same commands give the same state on every node, including where each
+//! partition's replicas are placed and which Raft group id it gets. This module owns that
+//! state and its rules; it does not own the Raft group that orders the commands (the replica
+//! driver does) nor the live facts about partitions (leader, high watermark), which the server
+//! adds when it answers a metadata request.
+
+use std::collections::BTreeMap;
+
+use crate::proto::metadata_command::Command;
+use crate::proto::{
+    CreateTopicRequest, ErrorCode, MetadataCommand, OffsetCommitRequest, PartitionInfo,
+    PartitionOffset, TopicInfo,
+};
+
+/// A node id; 0 means none.
+pub type NodeId = u64;
+
+/// The Raft group id of the cluster-metadata group itself.
+pub const METADATA_GROUP_ID: u64 = 0;
+
+/// Longest topic name, as in Kafka: the name becomes part of directory names.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Most partitions one topic may have: each is a Raft group with its own files and timers.
+pub const TOPIC_PARTITIONS_MAX: u32 = 1024;
+
+/// Longest consumer-group name.
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
+/// Why a metadata command was refused. Refusals are part of the replicated result: every node
+/// refuses the same command the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// A topic of this name already exists.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// No topic of this name exists.
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The topic exists but has no such partition.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many partitions the topic has.
+        partitions: u32,
+    },
+    /// The command's values are out of range; the message says which and why.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl MetadataError {
+    /// The code a client receives for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MetadataError::TopicExists(_) => ErrorCode::TopicExists,
+            MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            MetadataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            MetadataError::Invalid(_) => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// Where one partition lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionAssignment {
+    /// Partition number within its topic.
+    pub partition: u32,
+    /// The partition's Raft group id, unique in the cluster and never reused.
+    pub group_id: u64,
+    /// Nodes holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A topic as the metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    /// Partitions by partition number.
+    pub partitions: Vec<PartitionAssignment>,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Size-based retention per partition in bytes; 0 keeps everything.
+    pub retention_bytes: u64,
+    /// Age-based retention in milliseconds; 0 keeps everything.
+    pub retention_ms: u64,
+}
+
+impl Topic {
+    /// The topic as sent to clients, without live leader or offsets (the server adds those).
+    pub fn to_info(&self) -> TopicInfo {
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                group_id: p.group_id,
+                replicas: p.replicas.clone(),
+                ..Default::default()
+            })
+            .collect();
+        TopicInfo {
+            name: self.name.clone(),
+            partitions,
+            replication_factor: self.replication_factor,
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+        }
+    }
+}
+
+/// What applying a command produced, for the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A topic was created.
+    TopicCreated(Topic),
+    /// A topic was deleted; its partitions' Raft groups are to be stopped and removed.
+    TopicDeleted(Topic),
+    /// Offsets were stored.
+    OffsetsCommitted,
+    /// A producer id was allocated.
+    ProducerIdAllocated {
+        /// The new id, from 1.
+        producer_id: u64,
+        /// Its epoch.
+        producer_epoch: u32,
+    },
+}
+
+/// The replicated cluster metadata: the state every node rebuilds from the metadata log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Every node of the cluster, sorted. Fixed by configuration (membership change is a later
+    /// feature), so placement never depends on which nodes happen to be up.
+    nodes: Vec<NodeId>,
+    /// Topics by name.
+    topics: BTreeMap<String, Topic>,
+    /// The next partition Raft group id to hand out; ids are never reused, so a deleted
+    /// topic's stray messages can never reach a new topic's group.
+    next_group_id: u64,
+    /// The next producer id to hand out, from 1.
+    next_producer_id: u64,
+    /// Consumer-group positions: (group, topic, partition) → next offset to consume.
+    group_offsets: BTreeMap<(String, String, u32), u64>,
+    /// Index of the last metadata log entry applied; entries are applied exactly once, in order.
+    applied_index: u64,
+}
+
+impl Metadata {
+    /// Empty metadata for a cluster of `nodes`.
+    ///
+    /// # Panics
+    /// If `nodes` is empty or contains 0 or duplicates: that is a configuration the caller
+    /// should have refused.
+    pub fn new(mut nodes: Vec<NodeId>) -> Self {
+        nodes.sort_unstable();
+        let before = nodes.len();
+        nodes.dedup();
+        assert!(
+            !nodes.is_empty() && nodes.len() == before,
+            "bad node list {nodes:?}"
+        );
+        assert!(!nodes.contains(&0), "node id 0 means none");
+        Metadata {
+            nodes,
+            topics: BTreeMap::new(),
+            next_group_id: METADATA_GROUP_ID + 1,
+            next_producer_id: 1,
+            group_offsets: BTreeMap::new(),
+            applied_index: 0,
+        }
+    }
+
+    /// The cluster's nodes, sorted.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    /// Index of the last applied metadata entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.values()
+    }
+
+    /// Every partition placed on `node`, with its topic.
+    pub fn partitions_on(
+        &self,
+        node: NodeId,
+    ) -> impl Iterator<Item = (&Topic, &PartitionAssignment)> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+            .filter(move |(_, p)| p.replicas.contains(&node))
+    }
+
+    /// A consumer group's committed position in one partition, if any.
+    pub fn group_offset(&self, group: &str, topic: &str, partition: u32) -> Option<u64> {
+        self.group_offsets
+            .get(&(group.to_owned(), topic.to_owned(), partition))
+            .copied()
+    }
+
+    /// Every committed consumer-group position, as ((group, topic, partition), offset).
+    pub fn group_offsets(&self) -> impl Iterator<Item = (&(String, String, u32), &u64)> {
+        self.group_offsets.iter()
+    }
+
+    /// Checks a command without applying it, so the metadata leader can refuse a bad request
+    /// at once instead of spending a log entry on it. [`Metadata::apply`] checks again, because
+    /// the state may change between proposal and commit.
+    ///
+    /// # Errors
+    /// The refusal [`Metadata::apply`] would give now.
+    pub fn check(&self, command: &MetadataCommand) -> Result<(), MetadataError> {
+        match &command.command {
+            Some(Command::CreateTopic(request)) => self.check_create(request),
+            Some(Command::DeleteTopic(request)) => self.topic_named(&request.name).map(drop),
+            Some(Command::CommitOffsets(request)) => self.check_commit(request),
+            Some(Command::AllocateProducerId(_)) => Ok(()),
+            None => Err(MetadataError::Invalid(
+                "metadata command without a body".into(),
+            )),
+        }
+    }
+
+    /// Applies the committed command at metadata log `index`.
+    ///
+    /// # Errors
+    /// The command's refusal; a refused command still counts as applied.
+    ///
+    /// # Panics
+    /// If `index` is not the next index after the last applied one: applying out of order or
+    /// twice would let nodes' copies diverge.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        command: &MetadataCommand,
+    ) -> Result<Applied, MetadataError> {
+        assert!(
+            index > self.applied_index,
+            "metadata entry {index} applied after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        self.check(command)?;
+        match &command.command {
+            Some(Command::CreateTopic(request)) => {
+                Ok(Applied::TopicCreated(self.create_topic(request)))
+            }
+            Some(Command::DeleteTopic(request)) => {
+                Ok(Applied::TopicDeleted(self.delete_topic(&request.name)))
+            }
+            Some(Command::CommitOffsets(request)) => {
+                for offset in &request.offsets {
+                    let key = (
+                        request.group.clone(),
+                        request.topic.clone(),
+                        offset.partition,
+                    );
+                    self.group_offsets.insert(key, offset.offset);
+                }
+                Ok(Applied::OffsetsCommitted)
+            }
+            Some(Command::AllocateProducerId(_)) => {
+                let producer_id = self.next_producer_id;
+                self.next_producer_id += 1;
+                Ok(Applied::ProducerIdAllocated {
+                    producer_id,
+                    producer_epoch: 0,
+                })
+            }
+            None => unreachable!("check refuses a command without a body"),
+        }
+    }
+
+    /// Marks `index` applied for a metadata entry that carries no command (a no-op or a
+    /// configuration entry), keeping the applied index in step with the log.
+    pub fn skip(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "metadata entry {index} skipped after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    fn topic_named(&self, name: &str) -> Result<&Topic, MetadataError> {
+        self.topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))
+    }
+
+    fn check_create(&self, request: &CreateTopicRequest) -> Result<(), MetadataError> {
+        check_topic_name(&request.name)?;
+        if self.topics.contains_key(&request.name) {
+            return Err(MetadataError::TopicExists(request.name.clone()));
+        }
+        if request.partitions == 0 || request.partitions > TOPIC_PARTITIONS_MAX {
+            return Err(MetadataError::Invalid(format!(
+                "partitions must be between 1 and {TOPIC_PARTITIONS_MAX}, got {}",
+                request.partitions
+            )));
+        }
+        let nodes = self.nodes.len() as u32;
+        if request.replication_factor == 0 || request.replication_factor > nodes {
+            return Err(MetadataError::Invalid(format!(
+                "replication factor must be between 1 and the number of nodes ({nodes}), got {}",
+                request.replication_factor
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_commit(&self, request: &OffsetCommitRequest) -> Result<(), MetadataError> {
+        if request.group.is_empty() || request.group.len() > GROUP_NAME_BYTES_MAX {
+            return Err(MetadataError::Invalid(format!(
+                "group name must be 1 to {GROUP_NAME_BYTES_MAX} bytes, got {}",
+                request.group.len()
+            )));
+        }
+        let topic = self.topic_named(&request.topic)?;
+        let partitions = topic.partitions.len() as u32;
+        for PartitionOffset { partition, .. } in &request.offsets {
+            if *partition >= partitions {
+                let topic = request.topic.clone();
+                return Err(MetadataError::UnknownPartition {
+                    topic,
+                    partition: *partition,
+                    partitions,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn create_topic(&mut self, request: &CreateTopicRequest) -> Topic {
+        let mut load = self.load_per_node();
+        let partitions = (0..request.partitions)
+            .map(|partition| {
+                let replicas = place_replicas(&mut load, request.replication_factor as usize);
+                let group_id = self.next_group_id;
+                self.next_group_id += 1;
+                PartitionAssignment {
+                    partition,
+                    group_id,
+                    replicas,
+                }
+            })
+            .collect();
+        let topic = Topic {
+            name: request.name.clone(),
+            partitions,
+            replication_factor: request.replication_factor,
+            retention_bytes: request.retention_bytes,
+            retention_ms: request.retention_ms,
+        };
+        self.topics.insert(topic.name.clone(), topic.clone());
+        topic
+    }
+
+    fn delete_topic(&mut self, name: &str) -> Topic {
+        let topic = self.topics.remove(name).expect("checked before");
+        self.group_offsets
+            .retain(|(_, topic_name, _), _| topic_name != name);
+        topic
+    }
+
+    fn load_per_node(&self) -> BTreeMap<NodeId, NodeLoad> {
+        let mut load: BTreeMap<NodeId, NodeLoad> = self
+            .nodes
+            .iter()
+            .map(|&n| (n, NodeLoad::default()))
+            .collect();
+        for topic in self.topics.values() {
+            for assignment in &topic.partitions {
+                for (position, node) in assignment.replicas.iter().enumerate() {
+                    let entry = load
+                        .get_mut(node)
+                        .expect("replicas are placed on known nodes");
+                    entry.replicas += 1;
+                    entry.preferred_leaders += u64::from(position == 0);
+                }
+            }
+        }
+        load
+    }
+}
+
+/// How many partitions a node already carries, for even placement.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeLoad {
+    replicas: u64,
+    preferred_leaders: u64,
+}
+
+/// Picks `count` distinct nodes for a new partition and records them in `load`: the preferred
+/// leader is the node leading the fewest partitions, the other replicas the nodes carrying the
+/// fewest replicas; ties go to the lower node id, so every node computes the same placement.
+fn place_replicas(load: &mut BTreeMap<NodeId, NodeLoad>, count: usize) -> Vec<NodeId> {
+    assert!(
+        count >= 1 && count <= load.len(),
+        "replication factor {count} for {} nodes",
+        load.len()
+    );
+    let leader = *load
+        .iter()
+        .min_by_key(|(id, l)| (l.preferred_leaders, l.replicas, **id))
+        .map(|(id, _)| id)
+        .expect("at least one node");
+    let mut followers: Vec<NodeId> = load.keys().copied().filter(|&n| n != leader).collect();
+    followers.sort_by_key(|n| (load[n].replicas, *n));
+    followers.truncate(count - 1);
+    let mut replicas = vec![leader];
+    replicas.extend(followers);
+    for (position, node) in replicas.iter().enumerate() {
+        let entry = load.get_mut(node).expect("picked from load");
+        entry.replicas += 1;
+        entry.preferred_leaders += u64::from(position == 0);
+    }
+    replicas
+}
+
+/// Checks a topic name: 1 to [`TOPIC_NAME_BYTES_MAX`] characters of `[a-zA-Z0-9._-]`, and not
+/// `.` or `..` (names become directory names).
+///
+/// # Errors
+/// [`MetadataError::Invalid`] naming the rule broken.
+pub fn check_topic_name(name: &str) -> Result<(), MetadataError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(MetadataError::Invalid(format!(
+            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters, got {}",
+            name.len()
+        )));
+    }
+    if !name.chars().all(allowed) || name == "." || name == ".." {
+        return Err(MetadataError::Invalid(format!(
+            "topic name {name:?} may only contain letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{DeleteTopicRequest, InitProducerIdRequest};
+
+    fn create(name: &str, partitions: u32, replication_factor: u32) -> MetadataCommand {
+        let request = CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            ..Default::default()
+        };
+        MetadataCommand {
+            command: Some(Command::CreateTopic(request)),
+        }
+    }
+
+    fn commit(group: &str, topic: &str, partition: u32, offset: u64) -> MetadataCommand {
+        let offsets = vec![PartitionOffset {
+            partition,
+            offset,
+            committed: true,
+        }];
+        let request = OffsetCommitRequest {
+            group: group.into(),
+            topic: topic.into(),
+            offsets,
+        };
+        MetadataCommand {
+            command: Some(Command::CommitOffsets(request)),
+        }
+    }
+
+    #[test]
+    fn replicas_and_preferred_leaders_are_spread_evenly() {
+        let mut metadata = Metadata::new(vec![3, 1, 2]);
+        let Applied::TopicCreated(topic) = metadata.apply(1, &create("orders", 6, 3)).unwrap()
+        else {
+            panic!("not created")
+        };
+        let mut leaders = BTreeMap::new();
+        for p in &topic.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            let mut distinct = p.replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                3,
+                "replicas on distinct nodes: {:?}",
+                p.replicas
+            );
+            *leaders.entry(p.replicas[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+
+        // A second topic keeps the balance across topics.
+        let Applied::TopicCreated(second) = metadata.apply(2, &create("audit", 3, 1)).unwrap()
+        else {
+            panic!("not created")
+        };
+        let mut nodes: Vec<NodeId> = second.partitions.iter().map(|p| p.replicas[0]).collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn group_ids_are_unique_and_never_reused_after_delete() {
+        let mut metadata = Metadata::new(vec![1, 2, 3]);
+        metadata.apply(1, &create("a", 2, 1)).unwrap();
+        let delete = MetadataCommand {
+            command: Some(Command::DeleteTopic(DeleteTopicRequest {
+                name: "a".into(),
+            })),
+        };
+        let Applied::TopicDeleted(deleted) = metadata.apply(2, &delete).unwrap() else {
+            panic!()
+        };
+        let Applied::TopicCreated(again) = metadata.apply(3, &create("a", 2, 1)).unwrap() else {
+            panic!()
+        };
+        let old: Vec<u64> = deleted.partitions.iter().map(|p| p.group_id).collect();
+        let new: Vec<u64> = again.partitions.iter().map(|p| p.group_id).collect();
+        assert_eq!(old, vec![1, 2]);
+        assert_eq!(new, vec![3, 4]);
+    }
+
+    #[test]
+    fn every_node_applying_the_same_log_reaches_the_same_state() {
+        let log = [
+            create("a", 3, 2),
+            commit("g", "a", 1, 17),
+            create("b", 1, 3),
+            create("a", 1, 1),
+        ];
+        let replay = |nodes: Vec<NodeId>| {
+            let mut metadata = Metadata::new(nodes);
+            let results: Vec<_> = log
+                .iter()
+                .enumerate()
+                .map(|(i, c)| metadata.apply(i as u64 + 1, c))
+                .collect();
+            (metadata, results)
+        };
+        let (first, first_results) = replay(vec![1, 2, 3]);
+        let (second, second_results) = replay(vec![3, 2, 1]);
+        assert_eq!(first, second);
+        assert_eq!(first_results, second_results);
+        assert_eq!(
+            first_results[3],
+            Err(MetadataError::TopicExists("a".into()))
+        );
+        assert_eq!(first.group_offset("g", "a", 1), Some(17));
+    }
+
+    #[test]
+    fn bad_commands_are_refused_with_their_codes() {
+        let mut metadata = Metadata::new(vec![1, 2, 3]);
+        let cases = [
+            (create("", 1, 1), ErrorCode::InvalidRequest),
+            (create("has space", 1, 1), ErrorCode::InvalidRequest),
+            (create("..", 1, 1), ErrorCode::InvalidRequest),
+            (create("t", 0, 1), ErrorCode::InvalidRequest),
+            (create("t", 1, 4), ErrorCode::InvalidRequest),
+            (commit("g", "missing", 0, 1), ErrorCode::UnknownTopic),
+            (MetadataCommand { command: None }, ErrorCode::InvalidRequest),
+        ];
+        for (index, (command, code)) in cases.iter().enumerate() {
+            let err = metadata.apply(index as u64 + 1, command).unwrap_err();
+            assert_eq!(err.code(), *code, "{command:?}: {err}");
+        }
+        metadata.apply(100, &create("t", 2, 1)).unwrap();
+        let err = metadata.apply(101, &commit("g", "t", 2, 5)).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnknownPartition);
+        assert!(err.to_string().contains("has no partition 2"), "{err}");
+    }
+
+    #[test]
+    fn deleting_a_topic_forgets_its_group_offsets() {
+        let mut metadata = Metadata::new(vec![1]);
+        metadata.apply(1, &create("t", 1, 1)).unwrap();
+        metadata.apply(2, &commit("g", "t", 0, 9)).unwrap();
+        let delete = MetadataCommand {
+            command: Some(Command::DeleteTopic(DeleteTopicRequest {
+                name: "t".into(),
+            })),
+        };
+        metadata.apply(3, &delete).unwrap();
+        assert_eq!(metadata.group_offset("g", "t", 0), None);
+    }
+
+    #[test]
+    fn producer_ids_increase_from_one() {
+        let mut metadata = Metadata::new(vec![1]);
+        let allocate = MetadataCommand {
+            command: Some(Command::AllocateProducerId(InitProducerIdRequest {})),
+        };
+        let ids: Vec<_> = (1..=3)
+            .map(|i| metadata.apply(i, &allocate).unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=3)
+                .map(|producer_id| Applied::ProducerIdAllocated {
+                    producer_id,
+                    producer_epoch: 0
+                })
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "applied after")]
+    fn applying_an_entry_twice_is_a_bug() {
+        let mut metadata = Metadata::new(vec![1]);
+        metadata.skip(5);
+        let _ = metadata.apply(5, &create("t", 1, 1));
+    }
+}

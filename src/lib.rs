@@ -9,6 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
+//! | [`client`] | the client library: connections with pipelined requests (producer, consumer, admin to come) |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
@@ -19,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod metadata;
 pub mod proto;
 pub mod raft;

@@ -1,0 +1,968 @@
+//! The Raft state machine of one group member: inputs, roles, elections and the Ready output.
+//!
+//! Replication (AppendEntries, InstallSnapshot, commit) lives in `replication.rs`; this file
+//! holds the state, the public inputs, and leader election.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::proto::raft_message::Body;
+use crate::proto::{
+    Entry, EntryKind, HardState, RaftMessage, RequestVote, RequestVoteResponse, TimeoutNow,
+};
+
+use super::config::{Config, ConfigError};
+use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
+use super::progress::{Progress, ProgressState};
+use super::rng::SplitMix64;
+
+/// The role of a member in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for pre-votes without changing its term (dissertation §9.6).
+    PreCandidate,
+    /// Asks for votes in a new term (§5.2).
+    Candidate,
+    /// Replicates its log to the others (§5.3).
+    Leader,
+}
+
+/// Everything the caller must do after feeding inputs, in this order (see [`Raft::ready`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ready {
+    /// Hard state (term, vote, log start) to persist **before sending any message** of this
+    /// Ready: a vote or a term acknowledged to a peer must survive a crash.
+    pub hard_state: Option<HardState>,
+    /// Move the log start to this position, dropping entries `<= index` (a snapshot install).
+    /// Applied first; if `truncate_from` is `index + 1` the whole log is replaced.
+    pub snapshot: Option<LogPosition>,
+    /// Drop every entry with index `>= truncate_from` (a conflicting suffix). Applied after
+    /// `snapshot` and before `entries`.
+    pub truncate_from: Option<u64>,
+    /// Entries to append (contiguous, right after the log's last entry once the steps above
+    /// are applied). When durable, report `persisted(last.index, last.term)`.
+    pub entries: Vec<Entry>,
+    /// Messages to send once `hard_state` is durable. They may be sent while `entries` are
+    /// still being written: replies report durability separately.
+    pub messages: Vec<RaftMessage>,
+    /// The new commit index, if it advanced: entries up to it may be exposed to consumers.
+    pub commit_index: Option<u64>,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Ready::default()
+    }
+}
+
+/// The result of an accepted proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proposed {
+    /// Index of the new entry.
+    pub index: u64,
+    /// Term of the new entry; if the entry at `index` later has another term, it was lost.
+    pub term: u64,
+    /// Record offset stamped on the entry's first record.
+    pub base_offset: u64,
+}
+
+/// Why a proposal was refused; nothing was appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This member is not the leader; `leader_hint` is the leader it last heard of.
+    NotLeader {
+        /// The leader to retry with, if known.
+        leader_hint: Option<u64>,
+    },
+    /// A leadership transfer to `transferee` is in progress; retry there shortly.
+    Transferring {
+        /// The member expected to become leader.
+        transferee: u64,
+    },
+    /// Too many uncommitted bytes (backpressure); retry after commits.
+    UncommittedBytesFull {
+        /// Bytes currently proposed but uncommitted.
+        uncommitted_bytes: u64,
+        /// The configured limit.
+        uncommitted_bytes_max: u64,
+    },
+    /// The entry alone exceeds the message size limit and could never be replicated.
+    EntryTooLarge {
+        /// The entry's accounted size.
+        size_bytes: u64,
+        /// The configured limit.
+        message_bytes_max: u64,
+    },
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal refused: {self:?}")
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// Why a leadership transfer was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader can transfer leadership.
+    NotLeader,
+    /// The target is not a voter of this group (or is this member).
+    NotAVoter,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "leadership transfer refused: {self:?}")
+    }
+}
+
+impl std::error::Error for TransferError {}
+
+/// The persisted state a core is rebuilt from after a restart (see [`Raft::restore`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RestoredState {
+    /// The last durable hard state (term, vote, log start).
+    pub hard_state: HardState,
+    /// Index of the last durable entry (equals `hard_state.log_start_index` if none).
+    pub last_index: u64,
+}
+
+/// One member of one Raft group: a pure, deterministic state machine.
+///
+/// Inputs: [`tick`](Self::tick), [`step`](Self::step), [`propose`](Self::propose),
+/// [`persisted`](Self::persisted), [`transfer_leader`](Self::transfer_leader),
+/// [`compact`](Self::compact). Output: [`ready`](Self::ready).
+pub struct Raft {
+    /// Validated configuration.
+    pub(crate) config: Config,
+    /// Election timeout generator.
+    rng: SplitMix64,
+    /// Current term (§5.1); persisted before any message that depends on it.
+    pub(crate) term: u64,
+    /// Candidate voted for in `term`, 0 if none; persisted before the vote is sent.
+    pub(crate) voted_for: u64,
+    /// Leader of `term` as far as known, 0 if none.
+    pub(crate) leader_id: u64,
+    /// Current role.
+    pub(crate) role: Role,
+    /// The log view.
+    pub(crate) log: RaftLog,
+    /// Leader only: progress of every other voter.
+    pub(crate) progress: BTreeMap<u64, Progress>,
+    /// (Pre-)candidate only: votes received, by voter.
+    votes: BTreeMap<u64, bool>,
+    /// Ticks since the last election timeout reset (followers: since hearing the leader;
+    /// leaders: since the last check-quorum round).
+    pub(crate) election_elapsed_ticks: u32,
+    /// Leader only: ticks since the last heartbeat.
+    heartbeat_elapsed_ticks: u32,
+    /// Current randomized timeout, in `[election_timeout, 2 * election_timeout)`.
+    randomized_election_timeout_ticks: u32,
+    /// Leader only: target of an ongoing leadership transfer.
+    pub(crate) transferee: Option<u64>,
+    /// Leader only: ticks since the transfer started.
+    transfer_elapsed_ticks: u32,
+    /// Leader only: (index, bytes) of own-term proposals not yet committed.
+    uncommitted: VecDeque<(u64, u64)>,
+    /// Sum of the bytes in `uncommitted`.
+    uncommitted_bytes: u64,
+    /// Follower only: highest index known to match the current leader's log.
+    pub(crate) verified_index: u64,
+    /// Follower only: durable index last reported to the leader.
+    pub(crate) durable_reported_index: u64,
+    // ---- pending output, drained by ready() ----
+    /// Messages built so far.
+    pub(crate) msgs: Vec<RaftMessage>,
+    /// Hard state changed since the last Ready.
+    hard_state_dirty: bool,
+    /// Pending snapshot install.
+    pub(crate) pending_snapshot: Option<LogPosition>,
+    /// Pending truncation.
+    pub(crate) pending_truncate: Option<u64>,
+    /// Pending entries to append.
+    pub(crate) pending_entries: Vec<Entry>,
+    /// Commit index last reported in a Ready.
+    commit_reported_index: u64,
+    /// Leader only: followers that may need an AppendEntries built in `ready`.
+    pub(crate) append_wanted: BTreeSet<u64>,
+    /// Leader only: the commit index advanced since the last Ready.
+    pub(crate) commit_changed: bool,
+}
+
+impl Raft {
+    /// A new member of a fresh group with an empty log.
+    ///
+    /// # Errors
+    /// If the configuration is invalid.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        Self::restore(config, RestoredState::default(), &super::log::NoLog)
+    }
+
+    /// Rebuilds a member from its durable state after a restart: the hard state and the
+    /// durable log, read through `reader` (terms by binary search over runs, plus the last
+    /// entry for its offset). Un-persisted entries are gone, as after a real crash; the
+    /// commit index restarts at the log start and is relearned from the leader.
+    ///
+    /// # Errors
+    /// If the configuration is invalid.
+    ///
+    /// # Panics
+    /// If `reader` cannot return the terms or last entry of `(log_start_index, last_index]`.
+    pub fn restore(
+        config: Config,
+        state: RestoredState,
+        reader: &dyn LogReader,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let hs = &state.hard_state;
+        let start = LogPosition {
+            index: hs.log_start_index,
+            term: hs.log_start_term,
+            next_offset: hs.log_start_offset,
+        };
+        assert!(
+            state.last_index >= start.index,
+            "last index {} before log start {start:?}",
+            state.last_index
+        );
+        let runs = rebuild_runs(start.index, state.last_index, reader);
+        let next_offset = if state.last_index == start.index {
+            start.next_offset
+        } else {
+            let last = reader
+                .entries(state.last_index, state.last_index + 1, u64::MAX)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "restore: cannot read last entry {}: {e:?}",
+                        state.last_index
+                    )
+                });
+            last[0].base_offset + u64::from(last[0].record_count)
+        };
+        let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
+        log.set_cache_bytes_max(config.entry_cache_bytes_max);
+        let mut raft = Self {
+            rng: SplitMix64::new(config.seed),
+            config,
+            term: hs.current_term,
+            voted_for: hs.voted_for,
+            leader_id: 0,
+            role: Role::Follower,
+            log,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            randomized_election_timeout_ticks: 0,
+            transferee: None,
+            transfer_elapsed_ticks: 0,
+            uncommitted: VecDeque::new(),
+            uncommitted_bytes: 0,
+            verified_index: 0,
+            durable_reported_index: 0,
+            msgs: Vec::new(),
+            hard_state_dirty: false,
+            pending_snapshot: None,
+            pending_truncate: None,
+            pending_entries: Vec::new(),
+            commit_reported_index: start.index,
+            append_wanted: BTreeSet::new(),
+            commit_changed: false,
+        };
+        raft.commit_reported_index = raft.log.commit_index;
+        raft.reset_election_timeout();
+        Ok(raft)
+    }
+
+    // ---------------------------------------------------------------- accessors
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.config.id
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader_id(&self) -> Option<u64> {
+        (self.leader_id != 0).then_some(self.leader_id)
+    }
+
+    /// The vote cast in the current term, if any.
+    pub fn voted_for(&self) -> Option<u64> {
+        (self.voted_for != 0).then_some(self.voted_for)
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.log.commit_index
+    }
+
+    /// Index of the last entry in the log (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index
+    }
+
+    /// Term of the last entry.
+    pub fn last_term(&self) -> u64 {
+        self.log.last_term()
+    }
+
+    /// Last index made durable in this member's own storage.
+    pub fn persisted_index(&self) -> u64 {
+        self.log.persisted_index
+    }
+
+    /// The log start: everything up to it is compacted.
+    pub fn log_start(&self) -> LogPosition {
+        self.log.start
+    }
+
+    /// Term of the entry at `index`, from the term index; `None` if compacted or absent.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.log.term_at(index)
+    }
+
+    /// The term index (runs of equal terms) over the live log.
+    pub fn term_runs(&self) -> &[TermRun] {
+        self.log.runs()
+    }
+
+    /// Leader only: the replication progress of follower `id`.
+    pub fn progress(&self, id: u64) -> Option<&Progress> {
+        self.progress.get(&id)
+    }
+
+    /// Bytes proposed in this term and not yet committed (leader only).
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
+    }
+
+    /// The ongoing leadership transfer target, if any.
+    pub fn transferee(&self) -> Option<u64> {
+        self.transferee
+    }
+
+    /// Accounted bytes of the entry cache (bounded except for not-yet-durable entries).
+    pub fn cache_bytes(&self) -> u64 {
+        self.log.cache_bytes()
+    }
+
+    /// The current hard state.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            current_term: self.term,
+            voted_for: self.voted_for,
+            log_start_index: self.log.start.index,
+            log_start_term: self.log.start.term,
+            log_start_offset: self.log.start.next_offset,
+        }
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Advances logical time by one tick: elections, heartbeats, check-quorum, transfers.
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+    }
+
+    /// Starts an election now, as if the election timeout had expired (with a pre-vote round
+    /// if configured). For operators and tests; a leader ignores it.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            self.election_elapsed_ticks = 0;
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    /// Proposes one entry (a record batch of `record_count` records). The leader stamps term,
+    /// index and base offset; `timestamp_ms` comes from the caller (the core has no clock).
+    ///
+    /// # Errors
+    /// [`ProposeError`] if not leader, transferring, over the uncommitted-bytes cap, or the
+    /// entry can never fit in a message.
+    pub fn propose(
+        &mut self,
+        payload: Bytes,
+        record_count: u32,
+        timestamp_ms: i64,
+    ) -> Result<Proposed, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_id(),
+            });
+        }
+        if let Some(transferee) = self.transferee {
+            return Err(ProposeError::Transferring { transferee });
+        }
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index + 1,
+            kind: EntryKind::Data as i32,
+            base_offset: self.log.next_offset,
+            record_count,
+            timestamp_ms,
+            payload,
+        };
+        let size_bytes = entry_size_bytes(&entry);
+        if size_bytes > self.config.message_bytes_max {
+            return Err(ProposeError::EntryTooLarge {
+                size_bytes,
+                message_bytes_max: self.config.message_bytes_max,
+            });
+        }
+        // An empty pipeline always accepts one entry, so a large entry cannot wedge the group.
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + size_bytes > self.config.uncommitted_bytes_max
+        {
+            return Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes: self.uncommitted_bytes,
+                uncommitted_bytes_max: self.config.uncommitted_bytes_max,
+            });
+        }
+        let proposed = Proposed {
+            index: entry.index,
+            term: entry.term,
+            base_offset: entry.base_offset,
+        };
+        self.uncommitted.push_back((entry.index, size_bytes));
+        self.uncommitted_bytes += size_bytes;
+        self.append_as_leader(entry);
+        Ok(proposed)
+    }
+
+    /// Reports that storage made the log durable up to (`index`, `term`). Stale reports (the
+    /// entry at `index` has another term now, or was truncated) are dropped.
+    pub fn persisted(&mut self, index: u64, term: u64) {
+        if !self.log.persisted(index, term) {
+            return;
+        }
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            _ => self.report_durable(),
+        }
+    }
+
+    /// Starts a leadership transfer to `to` (dissertation §3.10): proposals are refused until
+    /// it completes or is abandoned after an election timeout.
+    ///
+    /// # Errors
+    /// [`TransferError`] if not leader or `to` is not another voter.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader);
+        }
+        if to == self.config.id || !self.progress.contains_key(&to) {
+            return Err(TransferError::NotAVoter);
+        }
+        self.transferee = Some(to);
+        self.transfer_elapsed_ticks = 0;
+        self.maybe_send_timeout_now(to);
+        Ok(())
+    }
+
+    /// Tells the core that retention moved the log start to (`index`, `term`, `next_offset`):
+    /// entries up to `index` are gone from storage. Followers that still need them will get
+    /// an InstallSnapshot.
+    ///
+    /// # Panics
+    /// If `index` is not committed or the term does not match the entry at `index`.
+    pub fn compact(&mut self, index: u64, term: u64, next_offset: u64) {
+        assert!(
+            index <= self.log.commit_index,
+            "compacting uncommitted index {index} (commit {})",
+            self.log.commit_index
+        );
+        assert!(
+            index <= self.log.persisted_index,
+            "compacting non-durable index {index}"
+        );
+        if index <= self.log.start.index {
+            return;
+        }
+        self.log.compact(LogPosition {
+            index,
+            term,
+            next_offset,
+        });
+        self.hard_state_dirty = true;
+    }
+
+    /// Takes everything to do (see [`Ready`] for the order). `reader` serves entries that
+    /// lagging followers need and the core no longer caches; it is only read, synchronously.
+    pub fn ready(&mut self, reader: &dyn LogReader) -> Ready {
+        if self.role == Role::Leader {
+            self.send_wanted_appends(reader);
+        }
+        let commit_index =
+            (self.log.commit_index > self.commit_reported_index).then_some(self.log.commit_index);
+        self.commit_reported_index = self.log.commit_index;
+        let hard_state = std::mem::take(&mut self.hard_state_dirty).then(|| self.hard_state());
+        Ready {
+            hard_state,
+            snapshot: self.pending_snapshot.take(),
+            truncate_from: self.pending_truncate.take(),
+            entries: std::mem::take(&mut self.pending_entries),
+            messages: std::mem::take(&mut self.msgs),
+            commit_index,
+        }
+    }
+
+    // ---------------------------------------------------------------- step
+
+    /// Feeds one message from a peer. Messages for another group or member, or without a
+    /// body, are dropped.
+    pub fn step(&mut self, m: RaftMessage) {
+        if m.group_id != self.config.group_id || m.to != self.config.id || m.from == self.config.id
+        {
+            return;
+        }
+        let Some(body) = m.body else { return };
+        let term = message_term(&body);
+        if term > self.term {
+            if !self.accept_higher_term(m.from, &body) {
+                return;
+            }
+        } else if term < self.term {
+            self.step_stale(m.from, &body);
+            return;
+        }
+        match body {
+            Body::RequestVote(rv) => self.handle_request_vote(m.from, rv),
+            Body::RequestVoteResponse(r) => self.handle_vote_response(m.from, r),
+            _ => match self.role {
+                Role::Leader => self.step_leader(m.from, body),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(m.from, body),
+                Role::Follower => self.step_follower(m.from, body),
+            },
+        }
+    }
+
+    /// Handles a message whose term is above ours; returns whether to keep processing it.
+    fn accept_higher_term(&mut self, from: u64, body: &Body) -> bool {
+        match body {
+            Body::RequestVote(rv) => {
+                // A member that heard from a live leader recently ignores campaigns: this is
+                // what stops a rejoining or partially partitioned node from deposing a healthy
+                // leader (dissertation §4.2.3). A transfer was asked for by the leader itself.
+                if !rv.leadership_transfer && self.in_lease() {
+                    return false;
+                }
+                // Pre-votes never change the receiver's term.
+                if !rv.pre_vote {
+                    self.become_follower(rv.term, 0);
+                }
+                true
+            }
+            // A granted pre-vote carries the future term; only a real election changes terms.
+            Body::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => true,
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) | Body::TimeoutNow(_) => {
+                self.become_follower(message_term(body), from);
+                true
+            }
+            _ => {
+                self.become_follower(message_term(body), 0);
+                true
+            }
+        }
+    }
+
+    /// Handles a message from an older term: mostly ignored, but answered when the answer
+    /// unsticks the sender.
+    fn step_stale(&mut self, from: u64, body: &Body) {
+        match body {
+            // A deposed leader (or one cut off and back) learns the new term from the reply and
+            // steps down; with pre-vote and check-quorum it would otherwise never see a higher
+            // term, since nobody campaigns against it.
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) => {
+                let reply = self.append_response(false, 0, 0, 0);
+                self.send(from, Body::AppendEntriesResponse(reply));
+            }
+            // Reject a stale pre-vote explicitly so the pre-candidate learns our term.
+            Body::RequestVote(rv) if rv.pre_vote => {
+                let reply = RequestVoteResponse {
+                    term: self.term,
+                    vote_granted: false,
+                    pre_vote: true,
+                };
+                self.send(from, Body::RequestVoteResponse(reply));
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a leader was heard from within the election timeout, so (pre-)votes must be
+    /// refused. Tied to check-quorum (as in etcd): only then does a leader that lost its
+    /// quorum step down by itself, which is what makes honouring its lease safe for liveness.
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader_id != 0
+            && self.election_elapsed_ticks < self.config.election_timeout_ticks
+    }
+
+    /// RequestVote (§5.2, §5.4.1), also for pre-votes (§9.6).
+    fn handle_request_vote(&mut self, from: u64, rv: RequestVote) {
+        let can_vote = if rv.pre_vote {
+            // A pre-vote is granted for a future term to anyone with a good enough log, unless
+            // we still follow a live leader (unless the leader itself asked for the transfer).
+            rv.term > self.term && (rv.leadership_transfer || !self.in_lease())
+        } else {
+            self.voted_for == from || (self.voted_for == 0 && self.leader_id == 0)
+        };
+        let granted = can_vote && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        if granted && !rv.pre_vote {
+            self.voted_for = from;
+            self.hard_state_dirty = true;
+            self.election_elapsed_ticks = 0;
+        }
+        let term = if granted && rv.pre_vote {
+            rv.term
+        } else {
+            self.term
+        };
+        let reply = RequestVoteResponse {
+            term,
+            vote_granted: granted,
+            pre_vote: rv.pre_vote,
+        };
+        self.send(from, Body::RequestVoteResponse(reply));
+    }
+
+    /// Counts a (pre-)vote; wins or loses the election once a quorum decides.
+    fn handle_vote_response(&mut self, from: u64, r: RequestVoteResponse) {
+        let expected = match self.role {
+            Role::PreCandidate => r.pre_vote,
+            Role::Candidate => !r.pre_vote,
+            _ => false,
+        };
+        if !expected {
+            return;
+        }
+        self.votes.entry(from).or_insert(r.vote_granted);
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.len() - granted;
+        if granted >= self.quorum() {
+            if self.role == Role::PreCandidate {
+                self.campaign(false, false);
+            } else {
+                self.become_leader();
+            }
+        } else if rejected >= self.quorum() {
+            self.become_follower(self.term, 0);
+        }
+    }
+
+    // ---------------------------------------------------------------- roles
+
+    /// A follower or candidate lets its election timer run; on expiry it campaigns.
+    fn tick_election(&mut self) {
+        self.election_elapsed_ticks += 1;
+        if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
+            self.election_elapsed_ticks = 0;
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    /// A leader sends heartbeats, checks its quorum and abandons a stuck transfer.
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.election_elapsed_ticks += 1;
+        if self.transferee.is_some() {
+            self.transfer_elapsed_ticks += 1;
+            if self.transfer_elapsed_ticks >= self.config.election_timeout_ticks {
+                self.transferee = None;
+            }
+        }
+        self.tick_progress();
+        if self.election_elapsed_ticks >= self.config.election_timeout_ticks {
+            self.election_elapsed_ticks = 0;
+            if self.config.check_quorum && !self.quorum_recently_active() {
+                self.become_follower(self.term, 0);
+                return;
+            }
+        }
+        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Notices lost replication messages: a snapshot unanswered for an election timeout, or
+    /// pipelined entries unacknowledged for half of one, make the leader probe again.
+    fn tick_progress(&mut self) {
+        let timeout = self.config.election_timeout_ticks;
+        for (&peer, pr) in self.progress.iter_mut() {
+            let stalled = match pr.state {
+                ProgressState::Snapshot { .. } => {
+                    pr.snapshot_elapsed_ticks += 1;
+                    pr.snapshot_elapsed_ticks >= timeout
+                }
+                ProgressState::Replicate if !pr.inflight.is_empty() => {
+                    pr.stalled_ticks += 1;
+                    pr.stalled_ticks >= timeout.div_ceil(2)
+                }
+                _ => false,
+            };
+            if stalled {
+                let next = pr.match_index + 1;
+                pr.become_probe(next);
+                self.append_wanted.insert(peer);
+            }
+        }
+    }
+
+    /// Check-quorum: true if a quorum (this leader included) was heard from since the last
+    /// round; resets the marks for the next round.
+    fn quorum_recently_active(&mut self) -> bool {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        for pr in self.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    /// Starts a (pre-)election. `transfer` marks a campaign asked for by the old leader.
+    pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        let term = if pre_vote {
+            self.become_pre_candidate();
+            self.term + 1
+        } else {
+            self.become_candidate();
+            self.term
+        };
+        // Our own vote, then maybe we already have a quorum (single-member group).
+        self.votes.insert(self.config.id, true);
+        if self.votes.len() >= self.quorum() {
+            if pre_vote {
+                self.campaign(false, transfer);
+            } else {
+                self.become_leader();
+            }
+            return;
+        }
+        let request = RequestVote {
+            term,
+            candidate_id: self.config.id,
+            last_log_index: self.log.last_index,
+            last_log_term: self.log.last_term(),
+            pre_vote,
+            leadership_transfer: transfer,
+        };
+        for peer in self.peers() {
+            self.send(peer, Body::RequestVote(request));
+        }
+    }
+
+    /// Becomes a follower of `leader_id` (0: unknown) in `term`.
+    pub(crate) fn become_follower(&mut self, term: u64, leader_id: u64) {
+        assert!(
+            term >= self.term,
+            "term going backwards: {} -> {term}",
+            self.term
+        );
+        if term > self.term {
+            self.term = term;
+            self.voted_for = 0;
+            self.hard_state_dirty = true;
+        }
+        if self.role != Role::Follower || self.leader_id != leader_id {
+            self.verified_index = 0;
+            self.durable_reported_index = 0;
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader_id;
+        self.reset_role_state();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader_id = 0;
+        self.reset_role_state();
+    }
+
+    fn become_candidate(&mut self) {
+        self.term += 1;
+        self.voted_for = self.config.id;
+        self.hard_state_dirty = true;
+        self.role = Role::Candidate;
+        self.leader_id = 0;
+        self.reset_role_state();
+    }
+
+    /// Wins the election: resets progress and appends the no-op of the new term (§8), which
+    /// is what lets earlier-term entries commit (Figure 8).
+    fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
+        self.role = Role::Leader;
+        self.leader_id = self.config.id;
+        self.reset_role_state();
+        let last_index = self.log.last_index;
+        for peer in self.peers() {
+            self.progress.insert(peer, Progress::new(last_index));
+        }
+        let noop = Entry {
+            term: self.term,
+            index: last_index + 1,
+            kind: EntryKind::Noop as i32,
+            base_offset: self.log.next_offset,
+            record_count: 0,
+            timestamp_ms: 0,
+            payload: Bytes::new(),
+        };
+        self.append_as_leader(noop);
+    }
+
+    /// Clears everything that belongs to one role in one term.
+    fn reset_role_state(&mut self) {
+        self.progress.clear();
+        self.votes.clear();
+        self.append_wanted.clear();
+        self.transferee = None;
+        self.transfer_elapsed_ticks = 0;
+        self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
+        self.election_elapsed_ticks = 0;
+        self.heartbeat_elapsed_ticks = 0;
+        self.reset_election_timeout();
+    }
+
+    fn reset_election_timeout(&mut self) {
+        let low = self.config.election_timeout_ticks;
+        self.randomized_election_timeout_ticks = self.rng.range_u32(low, 2 * low);
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    /// Appends an entry on the leader: to the log view, to the next Ready, and to every
+    /// follower's queue. The leader's own write then runs in parallel with sending.
+    fn append_as_leader(&mut self, entry: Entry) {
+        self.log.append(std::slice::from_ref(&entry));
+        self.pending_entries.push(entry);
+        self.append_wanted.extend(self.progress.keys().copied());
+    }
+
+    /// Frees the uncommitted-bytes budget of entries up to the new commit index.
+    pub(crate) fn release_uncommitted(&mut self) {
+        while self
+            .uncommitted
+            .front()
+            .is_some_and(|&(index, _)| index <= self.log.commit_index)
+        {
+            let (_, bytes) = self.uncommitted.pop_front().expect("checked non-empty");
+            self.uncommitted_bytes -= bytes;
+        }
+    }
+
+    /// Sends TimeoutNow to the transferee once its log is up to date (dissertation §3.10).
+    pub(crate) fn maybe_send_timeout_now(&mut self, to: u64) {
+        let match_index = self.progress[&to].match_index;
+        if match_index == self.log.last_index {
+            self.send(
+                to,
+                Body::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader_id: self.config.id,
+                }),
+            );
+        } else {
+            self.append_wanted.insert(to);
+        }
+    }
+
+    /// Queues a message to `to`.
+    pub(crate) fn send(&mut self, to: u64, body: Body) {
+        self.msgs.push(RaftMessage {
+            group_id: self.config.group_id,
+            from: self.config.id,
+            to,
+            body: Some(body),
+        });
+    }
+
+    /// Number of votes (or durable copies) that make a majority.
+    pub(crate) fn quorum(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    /// The other voters, in id order.
+    pub(crate) fn peers(&self) -> Vec<u64> {
+        self.config
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.config.id)
+            .collect()
+    }
+
+    /// Marks the hard state for the next Ready.
+    pub(crate) fn mark_hard_state_dirty(&mut self) {
+        self.hard_state_dirty = true;
+    }
+}
+
+/// The term carried by any message body.
+fn message_term(body: &Body) -> u64 {
+    match body {
+        Body::RequestVote(m) => m.term,
+        Body::RequestVoteResponse(m) => m.term,
+        Body::AppendEntries(m) => m.term,
+        Body::AppendEntriesResponse(m) => m.term,
+        Body::InstallSnapshot(m) => m.term,
+        Body::InstallSnapshotResponse(m) => m.term,
+        Body::TimeoutNow(m) => m.term,
+    }
+}
+
+/// Rebuilds the term index of `(start, last]` with O(runs · log n) `term_at` reads: terms are
+/// non-decreasing along the log, so each run's end is found by binary search.
+fn rebuild_runs(start: u64, last: u64, reader: &dyn LogReader) -> Vec<TermRun> {
+    let term_at = |index: u64| -> u64 {
+        reader
+            .term_at(index)
+            .unwrap_or_else(|e: ReadError| panic!("restore: no term at {index}: {e:?}"))
+    };
+    let mut runs = Vec::new();
+    let mut first = start + 1;
+    while first <= last {
+        let term = term_at(first);
+        // Invariant: term_at(lo) == term, and everything after `hi` has a larger term.
+        let (mut lo, mut hi) = (first, last);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if term_at(mid) == term {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        runs.push(TermRun {
+            first_index: first,
+            term,
+        });
+        first = lo + 1;
+    }
+    runs
+}

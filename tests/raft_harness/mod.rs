@@ -1,0 +1,513 @@
+//! A tiny deterministic in-memory network of Raft cores, driven by hand from tests.
+//!
+//! Each node has an in-memory store that separates *written* from *durable* entries, so a
+//! crash can lose un-fsynced writes. Messages go through one FIFO queue; tests can cut links
+//! (one way or both), drop, reorder, or deliver messages one by one. Every Ready is carried
+//! out in the documented order: hard state, then snapshot / truncate / append, then send.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use raftlog::proto::raft_message::Body;
+use raftlog::proto::{Entry, HardState, RaftMessage};
+use raftlog::raft::{
+    entry_size_bytes, Config, LogPosition, LogReader, Raft, ReadError, Ready, RestoredState, Role,
+};
+
+/// An in-memory log store: entries written, a durable prefix, and the durable hard state.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    /// Durable hard state (hard state is written synchronously, as the contract requires).
+    pub hard_state: HardState,
+    /// The log start.
+    pub start: LogPosition,
+    /// Entries after `start`, written (maybe not durable).
+    pub entries: Vec<Entry>,
+    /// Last durable index.
+    pub durable_index: u64,
+    /// Entries before this index may not be read (simulates retention gaps in tests).
+    pub reads: std::cell::Cell<u64>,
+}
+
+impl MemStore {
+    /// Index of the last written entry.
+    pub fn last_index(&self) -> u64 {
+        self.start.index + self.entries.len() as u64
+    }
+
+    /// The written entry at `index`, if any.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        if index <= self.start.index {
+            return None;
+        }
+        self.entries.get((index - self.start.index - 1) as usize)
+    }
+
+    /// Term at `index` in the written log.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.start.index {
+            return Some(self.start.term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    /// Carries out the storage part of a Ready.
+    pub fn apply(&mut self, ready: &Ready) {
+        if let Some(hs) = &ready.hard_state {
+            self.hard_state = *hs;
+        }
+        if let Some(pos) = ready.snapshot {
+            let drop = (pos
+                .index
+                .min(self.last_index())
+                .saturating_sub(self.start.index)) as usize;
+            self.entries.drain(..drop);
+            if pos.index > self.last_index() {
+                self.entries.clear();
+            }
+            self.start = pos;
+            self.durable_index = self.durable_index.max(pos.index);
+        }
+        if let Some(from) = ready.truncate_from {
+            let keep = from.saturating_sub(self.start.index + 1) as usize;
+            self.entries.truncate(keep);
+            self.durable_index = self.durable_index.min(self.last_index());
+        }
+        if let Some(first) = ready.entries.first() {
+            assert_eq!(first.index, self.last_index() + 1, "store append gap");
+            self.entries.extend(ready.entries.iter().cloned());
+        }
+    }
+
+    /// Moves the start forward (retention) up to `index`.
+    pub fn compact(&mut self, index: u64) -> LogPosition {
+        let e = self
+            .entry(index)
+            .expect("compacting an existing entry")
+            .clone();
+        let pos = LogPosition {
+            index,
+            term: e.term,
+            next_offset: e.base_offset + u64::from(e.record_count),
+        };
+        let drop = (index - self.start.index) as usize;
+        self.entries.drain(..drop);
+        self.start = pos;
+        self.hard_state.log_start_index = pos.index;
+        self.hard_state.log_start_term = pos.term;
+        self.hard_state.log_start_offset = pos.next_offset;
+        pos
+    }
+
+    /// What survives a crash: the durable prefix.
+    pub fn crash(&mut self) {
+        let keep = (self.durable_index - self.start.index) as usize;
+        self.entries.truncate(keep);
+    }
+}
+
+impl LogReader for MemStore {
+    fn entries(&self, lo: u64, hi: u64, bytes_max: u64) -> Result<Vec<Entry>, ReadError> {
+        if lo <= self.start.index {
+            return Err(ReadError::Compacted);
+        }
+        self.reads.set(self.reads.get() + 1);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in lo..hi {
+            let Some(e) = self.entry(index) else { break };
+            let size = entry_size_bytes(e);
+            if !out.is_empty() && bytes + size > bytes_max {
+                break;
+            }
+            bytes += size;
+            out.push(e.clone());
+        }
+        if out.is_empty() {
+            return Err(ReadError::Unavailable);
+        }
+        Ok(out)
+    }
+
+    fn term_at(&self, index: u64) -> Result<u64, ReadError> {
+        if index < self.start.index {
+            return Err(ReadError::Compacted);
+        }
+        self.term(index).ok_or(ReadError::Unavailable)
+    }
+}
+
+/// One simulated member: its core and its store.
+pub struct Node {
+    /// The consensus core.
+    pub raft: Raft,
+    /// Its storage.
+    pub store: MemStore,
+    /// Config, kept for restarts.
+    pub config: Config,
+    /// Report writes durable immediately (otherwise call `Cluster::persist`).
+    pub auto_persist: bool,
+    /// Written but not yet durable: (index, term) reports to deliver on `persist`.
+    pub unpersisted: Vec<(u64, u64)>,
+    /// Highest commit index seen in a Ready.
+    pub commit_index: u64,
+}
+
+/// A set of nodes and the messages between them.
+pub struct Cluster {
+    /// Nodes by id.
+    pub nodes: BTreeMap<u64, Node>,
+    /// Messages in flight, in send order.
+    pub net: VecDeque<RaftMessage>,
+    /// Directed links that drop everything: (from, to).
+    pub cut: BTreeSet<(u64, u64)>,
+    /// Every message ever delivered, for assertions.
+    pub delivered: Vec<RaftMessage>,
+    /// Leader seen per term (election safety check).
+    pub leaders: BTreeMap<u64, u64>,
+    /// Committed (index -> term) as first seen anywhere (state machine safety check).
+    pub committed: BTreeMap<u64, u64>,
+}
+
+/// A config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
+pub fn config(id: u64, voters: &[u64]) -> Config {
+    let mut c = Config::new(id, voters.to_vec());
+    c.election_timeout_ticks = 10;
+    c.heartbeat_interval_ticks = 1;
+    c.seed = id * 7919;
+    c
+}
+
+impl Cluster {
+    /// A cluster of `n` nodes with ids 1..=n and default test config.
+    pub fn new(n: u64) -> Self {
+        Self::with_config(n, |_| {})
+    }
+
+    /// A cluster whose configs are adjusted by `f` before start.
+    pub fn with_config(n: u64, f: impl Fn(&mut Config)) -> Self {
+        let voters: Vec<u64> = (1..=n).collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let mut config = config(id, &voters);
+            f(&mut config);
+            let raft = Raft::new(config.clone()).expect("valid config");
+            let node = Node {
+                raft,
+                store: MemStore::default(),
+                config,
+                auto_persist: true,
+                unpersisted: Vec::new(),
+                commit_index: 0,
+            };
+            nodes.insert(id, node);
+        }
+        Self {
+            nodes,
+            net: VecDeque::new(),
+            cut: BTreeSet::new(),
+            delivered: Vec::new(),
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+        }
+    }
+
+    /// The core of node `id`.
+    pub fn raft(&self, id: u64) -> &Raft {
+        &self.nodes[&id].raft
+    }
+
+    /// The core of node `id`, mutably.
+    pub fn raft_mut(&mut self, id: u64) -> &mut Raft {
+        &mut self.nodes.get_mut(&id).expect("node exists").raft
+    }
+
+    /// Takes node `id`'s Ready, carries out storage and queues messages. Returns whether
+    /// anything happened.
+    pub fn process(&mut self, id: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let ready = node.raft.ready(&node.store);
+        if ready.is_empty() {
+            return false;
+        }
+        node.store.apply(&ready);
+        if let Some(commit) = ready.commit_index {
+            assert!(commit > node.commit_index, "commit went backwards on {id}");
+            node.commit_index = commit;
+        }
+        if let Some(last) = ready.entries.last() {
+            node.unpersisted.push((last.index, last.term));
+        }
+        if ready.snapshot.is_some() || ready.truncate_from.is_some() {
+            node.store.durable_index = node.store.durable_index.min(node.store.last_index());
+        }
+        if node.auto_persist {
+            Self::persist_node(node);
+        }
+        for m in ready.messages {
+            if !self.cut.contains(&(m.from, m.to)) {
+                self.net.push_back(m);
+            }
+        }
+        self.check_safety();
+        true
+    }
+
+    fn persist_node(node: &mut Node) {
+        for (index, term) in std::mem::take(&mut node.unpersisted) {
+            if node.store.term(index) == Some(term) {
+                node.store.durable_index = node.store.durable_index.max(index);
+            }
+            node.raft.persisted(index, term);
+        }
+    }
+
+    /// Makes node `id`'s outstanding writes durable and reports them.
+    pub fn persist(&mut self, id: u64) {
+        Self::persist_node(self.nodes.get_mut(&id).expect("node exists"));
+    }
+
+    /// Processes every node's Ready once.
+    pub fn process_all(&mut self) -> bool {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let mut any = false;
+        for id in ids {
+            any |= self.process(id);
+        }
+        any
+    }
+
+    /// Delivers the oldest in-flight message (dropping it if its link is cut now).
+    pub fn deliver_one(&mut self) -> Option<RaftMessage> {
+        let m = self.net.pop_front()?;
+        if self.cut.contains(&(m.from, m.to)) {
+            return Some(m);
+        }
+        if let Some(node) = self.nodes.get_mut(&m.to) {
+            node.raft.step(m.clone());
+        }
+        self.delivered.push(m.clone());
+        Some(m)
+    }
+
+    /// Runs Readies and deliveries until nothing moves (bounded).
+    pub fn stabilize(&mut self) {
+        for _ in 0..10_000 {
+            let moved = self.process_all();
+            if self.net.is_empty() && !moved {
+                return;
+            }
+            while self.deliver_one().is_some() {}
+        }
+        panic!("cluster did not stabilize");
+    }
+
+    /// Ticks every node once, then stabilizes.
+    pub fn tick_all(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.raft.tick();
+        }
+        self.stabilize();
+    }
+
+    /// Ticks every node once without delivering anything.
+    pub fn tick_all_no_stabilize(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.raft.tick();
+        }
+    }
+
+    /// Ticks every node `n` times, stabilizing after each tick.
+    pub fn ticks(&mut self, n: u32) {
+        for _ in 0..n {
+            self.tick_all();
+        }
+    }
+
+    /// Makes `id` campaign now and stabilizes.
+    pub fn campaign(&mut self, id: u64) {
+        self.raft_mut(id).campaign_now();
+        self.stabilize();
+    }
+
+    /// Elects `id` in a fresh (or leaderless) cluster and asserts it won.
+    pub fn elect(&mut self, id: u64) {
+        self.campaign(id);
+        assert_eq!(self.raft(id).role(), Role::Leader, "node {id} did not win");
+    }
+
+    /// The current leader, if exactly one node believes it leads in the highest term.
+    pub fn leader(&self) -> Option<u64> {
+        let max_term = self.nodes.values().map(|n| n.raft.term()).max()?;
+        self.nodes
+            .values()
+            .find(|n| n.raft.role() == Role::Leader && n.raft.term() == max_term)
+            .map(|n| n.raft.id())
+    }
+
+    /// Proposes a payload on `id` and stabilizes; returns the index.
+    pub fn propose(&mut self, id: u64, payload: &'static [u8]) -> u64 {
+        let p = self
+            .raft_mut(id)
+            .propose(Bytes::from_static(payload), 1, 0)
+            .expect("proposal accepted");
+        self.stabilize();
+        p.index
+    }
+
+    /// Cuts both directions between `a` and `b`.
+    pub fn partition(&mut self, a: u64, b: u64) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+    }
+
+    /// Isolates `id` from everyone.
+    pub fn isolate(&mut self, id: u64) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != id {
+                self.partition(id, other);
+            }
+        }
+    }
+
+    /// Restores all links.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Crashes `id` (losing un-fsynced writes and in-flight messages to it) and restarts it
+    /// from its durable state.
+    pub fn restart(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.store.crash();
+        node.unpersisted.clear();
+        let state = RestoredState {
+            hard_state: node.store.hard_state,
+            last_index: node.store.last_index(),
+        };
+        node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
+        node.commit_index = node.raft.commit_index();
+        self.net.retain(|m| m.to != id && m.from != id);
+    }
+
+    /// Removes every in-flight message.
+    pub fn drop_all(&mut self) {
+        self.net.clear();
+    }
+
+    /// Asserts election safety and state-machine safety over everything seen so far.
+    pub fn check_safety(&mut self) {
+        for node in self.nodes.values() {
+            let r = &node.raft;
+            if r.role() == Role::Leader {
+                let leader = *self.leaders.entry(r.term()).or_insert(r.id());
+                assert_eq!(leader, r.id(), "two leaders in term {}", r.term());
+            }
+            for index in
+                (node.store.start.index + 1)..=node.commit_index.min(node.store.last_index())
+            {
+                let term = node.store.term(index).expect("committed entry present");
+                let first = *self.committed.entry(index).or_insert(term);
+                assert_eq!(
+                    first,
+                    term,
+                    "node {} committed index {index} at term {term}, others at {first}",
+                    r.id()
+                );
+            }
+        }
+    }
+
+    /// Terms of node `id`'s written log from its start.
+    pub fn log_terms(&self, id: u64) -> Vec<u64> {
+        self.nodes[&id]
+            .store
+            .entries
+            .iter()
+            .map(|e| e.term)
+            .collect()
+    }
+
+    /// Messages of a kind in the network right now.
+    pub fn in_flight(&self, f: impl Fn(&Body) -> bool) -> usize {
+        self.net
+            .iter()
+            .filter(|m| m.body.as_ref().is_some_and(&f))
+            .count()
+    }
+}
+
+/// A store holding entries with the given terms at indexes 1.., offsets 0.., one record each.
+pub fn store_with_terms(terms: &[u64], current_term: u64) -> MemStore {
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &term)| Entry {
+            term,
+            index: i as u64 + 1,
+            kind: raftlog::proto::EntryKind::Data as i32,
+            base_offset: i as u64,
+            record_count: 1,
+            timestamp_ms: 0,
+            payload: Bytes::from_static(b"x"),
+        })
+        .collect();
+    MemStore {
+        hard_state: HardState {
+            current_term,
+            ..HardState::default()
+        },
+        durable_index: entries.len() as u64,
+        entries,
+        ..MemStore::default()
+    }
+}
+
+impl Cluster {
+    /// A cluster whose node `i + 1` restarts from a log with `logs[i]` terms, at `term`.
+    pub fn from_logs(logs: &[&[u64]], term: u64, f: impl Fn(&mut Config)) -> Self {
+        let mut cluster = Self::with_config(logs.len() as u64, f);
+        for (i, terms) in logs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let node = cluster.nodes.get_mut(&id).expect("node exists");
+            node.store = store_with_terms(terms, term);
+            let state = RestoredState {
+                hard_state: node.store.hard_state,
+                last_index: node.store.last_index(),
+            };
+            node.raft =
+                Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
+        }
+        cluster
+    }
+
+    /// Like `stabilize`, but silently drops every message for which `drop` says true.
+    pub fn stabilize_dropping(&mut self, drop: impl Fn(&RaftMessage) -> bool) {
+        for _ in 0..10_000 {
+            let moved = self.process_all();
+            if self.net.is_empty() && !moved {
+                return;
+            }
+            while let Some(m) = self.net.pop_front() {
+                if drop(&m) || self.cut.contains(&(m.from, m.to)) {
+                    continue;
+                }
+                self.nodes
+                    .get_mut(&m.to)
+                    .expect("node exists")
+                    .raft
+                    .step(m.clone());
+                self.delivered.push(m);
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+}
+
+/// True for an AppendEntries carrying an entry with `index`.
+pub fn carries_index(m: &RaftMessage, index: u64) -> bool {
+    matches!(&m.body, Some(Body::AppendEntries(ae)) if ae.entries.iter().any(|e| e.index == index))
+}

@@ -1,0 +1,939 @@
+//! Scenario tests of the Raft core, each tied to a sentence of the Raft paper (§ numbers refer
+//! to "In Search of an Understandable Consensus Algorithm", extended version) or of Ongaro's
+//! dissertation. They drive whole clusters through the in-memory harness in `raft_harness`.
+
+mod raft_harness;
+
+/// Wrapped in `mod raft` so that `cargo test raft` selects them.
+mod raft {
+    use bytes::Bytes;
+    use raftlog::proto::raft_message::Body;
+    use raftlog::proto::{AppendEntries, Entry, EntryKind, RaftMessage};
+    use raftlog::raft::{Config, ProgressState, ProposeError, Raft, Role, TransferError};
+
+    use super::raft_harness::{carries_index, Cluster};
+
+    /// Paper-test config: no pre-vote, no check-quorum (so no leader lease), as in the paper.
+    fn plain(c: &mut Config) {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Data as i32,
+            base_offset: index - 1,
+            record_count: 1,
+            timestamp_ms: 0,
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> RaftMessage {
+        let ae = AppendEntries {
+            term,
+            leader_id: 1,
+            prev_log_index: prev.0,
+            prev_log_term: prev.1,
+            entries,
+            leader_commit: commit,
+        };
+        RaftMessage {
+            group_id: 1,
+            from: 1,
+            to: 2,
+            body: Some(Body::AppendEntries(ae)),
+        }
+    }
+
+    fn follower() -> Raft {
+        let mut c = super::raft_harness::config(2, &[1, 2, 3]);
+        plain(&mut c);
+        Raft::new(c).unwrap()
+    }
+
+    // ------------------------------------------------------------------ election
+
+    /// §5.2: a candidate wins with votes from a majority and appends a no-op (§8).
+    #[test]
+    fn leader_is_elected_and_commits_a_noop() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        assert_eq!(c.raft(1).term(), 1);
+        for id in 1..=3 {
+            assert_eq!(c.raft(id).commit_index(), 1, "node {id}");
+            assert_eq!(c.raft(id).leader_id(), Some(1));
+        }
+        assert_eq!(c.nodes[&1].store.entries[0].kind(), EntryKind::Noop);
+    }
+
+    /// §5.2: election timeouts are randomized, so a follower eventually campaigns by itself.
+    #[test]
+    fn follower_campaigns_after_randomized_election_timeout() {
+        let mut c = Cluster::new(3);
+        c.ticks(25);
+        let leader = c.leader().expect("a leader was elected by timeouts alone");
+        c.ticks(50);
+        assert_eq!(c.leader(), Some(leader), "a healthy leader stays leader");
+    }
+
+    /// §5.4.1 (election restriction): a voter denies its vote to a candidate whose log is less
+    /// up to date than its own.
+    #[test]
+    fn election_restriction_rejects_candidate_with_stale_log() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        c.cut.insert((1, 3));
+        c.propose(1, b"a");
+        c.isolate(1);
+        c.campaign(3);
+        assert_ne!(
+            c.raft(3).role(),
+            Role::Leader,
+            "2 must refuse the stale candidate"
+        );
+        c.campaign(2);
+        assert_eq!(
+            c.raft(2).role(),
+            Role::Leader,
+            "the up-to-date candidate wins"
+        );
+    }
+
+    /// Election safety: the vote is part of the hard state in the very Ready whose messages
+    /// carry it, so the caller persists it before the reply leaves (§5.2, Figure 2).
+    #[test]
+    fn vote_is_in_the_ready_that_sends_it() {
+        let mut c = Cluster::with_config(3, plain);
+        c.raft_mut(1).campaign_now();
+        let ready = {
+            let n = c.nodes.get_mut(&1).unwrap();
+            n.raft.ready(&n.store)
+        };
+        let hs = ready
+            .hard_state
+            .expect("candidate persists term and self-vote");
+        assert_eq!((hs.current_term, hs.voted_for), (1, 1));
+        for m in ready.messages {
+            c.raft_mut(m.to).step(m);
+        }
+        let n = c.nodes.get_mut(&2).unwrap();
+        let ready = n.raft.ready(&n.store);
+        assert!(
+            matches!(&ready.messages[0].body, Some(Body::RequestVoteResponse(r)) if r.vote_granted)
+        );
+        assert_eq!(ready.hard_state.expect("vote persisted").voted_for, 1);
+    }
+
+    /// §5.1: a stale-term message is ignored; a higher term makes a leader step down.
+    #[test]
+    fn stale_term_ignored_and_higher_term_forces_step_down() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        c.campaign(2);
+        assert_eq!(c.raft(2).role(), Role::Leader);
+        assert_eq!(c.raft(1).role(), Role::Follower, "old leader stepped down");
+        let before = (c.raft(2).term(), c.raft(2).commit_index());
+        let stale = RaftMessage {
+            to: 2,
+            ..append(1, (0, 0), vec![], 5)
+        };
+        c.raft_mut(2).step(stale);
+        c.stabilize();
+        assert_eq!((c.raft(2).term(), c.raft(2).commit_index()), before);
+        assert_eq!(c.raft(2).role(), Role::Leader);
+    }
+
+    /// §5.2: with split votes candidates time out and retry; one leader eventually wins.
+    #[test]
+    fn dueling_candidates_resolve_to_one_leader() {
+        let mut c = Cluster::with_config(3, plain);
+        c.partition(1, 3);
+        c.raft_mut(1).campaign_now();
+        c.raft_mut(3).campaign_now();
+        c.stabilize();
+        let leaders = (1..=3)
+            .filter(|&id| c.raft(id).role() == Role::Leader)
+            .count();
+        assert_eq!(leaders, 1, "2 votes only once in term 1");
+        c.heal();
+        c.ticks(60);
+        assert!(c.leader().is_some());
+        c.propose(c.leader().unwrap(), b"after duel");
+        let commit = c.raft(c.leader().unwrap()).commit_index();
+        c.ticks(2);
+        for id in 1..=3 {
+            assert_eq!(c.raft(id).commit_index(), commit, "node {id}");
+        }
+    }
+
+    /// Dissertation §9.6: dueling pre-candidates do not raise terms when neither can win.
+    #[test]
+    fn dueling_pre_candidates_do_not_inflate_terms() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        let term = c.raft(1).term();
+        c.isolate(1);
+        c.partition(2, 3);
+        c.ticks(100);
+        assert_eq!(
+            c.raft(2).term(),
+            term,
+            "pre-votes fail without a quorum, term unchanged"
+        );
+        assert_eq!(c.raft(3).term(), term);
+        c.heal();
+        c.ticks(60);
+        assert!(c.leader().is_some());
+    }
+
+    /// Dissertation §6.2 (check-quorum): a leader cut off from a majority steps down.
+    #[test]
+    fn leader_steps_down_without_quorum() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(1);
+        c.ticks(25);
+        assert_ne!(c.raft(1).role(), Role::Leader);
+        assert_eq!(
+            c.raft(1).term(),
+            1,
+            "stepping down does not change the term"
+        );
+        assert!(matches!(
+            c.raft_mut(1).propose(Bytes::new(), 0, 0),
+            Err(ProposeError::NotLeader { .. })
+        ));
+    }
+
+    /// Dissertation §9.6: a node rejoining after a partition cannot depose a healthy leader.
+    #[test]
+    fn prevote_does_not_disrupt_healthy_leader() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        c.ticks(100);
+        assert_eq!(
+            c.raft(3).term(),
+            1,
+            "pre-vote keeps the isolated node's term"
+        );
+        c.heal();
+        c.ticks(30);
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.raft(1).term(), 1);
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
+    }
+
+    /// Pre-vote liveness: a node with a smaller term but an up-to-date log still wins, by
+    /// learning the higher term from a rejection.
+    #[test]
+    fn prevote_node_with_smaller_term_can_still_win() {
+        let mut c = Cluster::from_logs(&[&[1, 1], &[1, 1], &[1]], 1, |_| {});
+        // Node 3 has a higher term (from earlier failed real elections) but a shorter log.
+        let mut n3 = super::raft_harness::store_with_terms(&[1], 5);
+        n3.hard_state.current_term = 5;
+        let node = c.nodes.get_mut(&3).unwrap();
+        node.store = n3;
+        let state = raftlog::raft::RestoredState {
+            hard_state: node.store.hard_state,
+            last_index: 1,
+        };
+        node.raft = Raft::restore(node.config.clone(), state, &node.store).unwrap();
+        c.isolate(1);
+        c.campaign(2);
+        assert_eq!(
+            c.raft(2).term(),
+            5,
+            "2 learned the higher term from 3's rejection"
+        );
+        c.campaign(2);
+        assert_eq!(c.raft(2).role(), Role::Leader);
+        assert_eq!(c.raft(2).term(), 6);
+    }
+
+    /// Asymmetric partition: A↔C cut, both reach B. C cannot depose A (B and A are in lease),
+    /// and A keeps committing through B.
+    #[test]
+    fn asymmetric_partition_does_not_depose_leader() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.partition(1, 3);
+        c.ticks(100);
+        assert_eq!(c.leader(), Some(1));
+        let index = c.propose(1, b"through b");
+        assert!(c.raft(1).commit_index() >= index);
+    }
+
+    // ------------------------------------------------------------------ replication
+
+    /// §5.3: entries are replicated and committed on all members, with dense offsets.
+    #[test]
+    fn proposals_replicate_and_commit_everywhere() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        let p1 = c
+            .raft_mut(1)
+            .propose(Bytes::from_static(b"a"), 3, 7)
+            .unwrap();
+        let p2 = c
+            .raft_mut(1)
+            .propose(Bytes::from_static(b"b"), 2, 8)
+            .unwrap();
+        assert_eq!((p1.index, p1.base_offset, p2.base_offset), (2, 0, 3));
+        c.stabilize();
+        c.ticks(1);
+        for id in 1..=3 {
+            assert_eq!(c.raft(id).commit_index(), 3, "node {id}");
+            assert_eq!(c.log_terms(id), vec![1, 1, 1]);
+        }
+        let e = &c.nodes[&3].store.entries[2];
+        assert_eq!((e.base_offset, e.record_count, e.timestamp_ms), (3, 2, 8));
+    }
+
+    /// A single-member group commits only after its own write is durable.
+    #[test]
+    fn single_node_commits_only_after_own_fsync() {
+        let mut c = Cluster::new(1);
+        c.nodes.get_mut(&1).unwrap().auto_persist = false;
+        c.elect(1);
+        assert_eq!(c.raft(1).commit_index(), 0, "noop written, not durable");
+        c.persist(1);
+        c.stabilize();
+        assert_eq!(c.raft(1).commit_index(), 1);
+        c.propose(1, b"x");
+        assert_eq!(c.raft(1).commit_index(), 1);
+        c.persist(1);
+        c.stabilize();
+        assert_eq!(c.raft(1).commit_index(), 2);
+        assert_eq!(c.nodes[&1].commit_index, 2, "reported in a Ready");
+    }
+
+    /// Dissertation §10.2.1: commit counts durable copies only, the leader's included; the
+    /// leader's own write runs in parallel with replication.
+    #[test]
+    fn commit_counts_only_durable_copies() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        for id in [1, 3] {
+            c.nodes.get_mut(&id).unwrap().auto_persist = false;
+        }
+        let index = c.propose(1, b"x");
+        assert_eq!(
+            c.raft(2).last_index(),
+            index,
+            "sent to followers before the leader's fsync"
+        );
+        assert!(
+            c.raft(1).commit_index() < index,
+            "only 2 durable: no quorum yet"
+        );
+        c.persist(3);
+        c.stabilize();
+        assert_eq!(
+            c.raft(1).commit_index(),
+            index,
+            "2 and 3 durable: quorum without the leader"
+        );
+    }
+
+    /// §5.4.2 / Figure 8: a leader never commits an entry of an earlier term by counting
+    /// replicas, even when it is stored on a majority.
+    #[test]
+    fn figure_8_entry_of_old_term_not_committed_by_counting() {
+        let mut c = Cluster::with_config(5, |c| {
+            plain(c);
+            c.message_bytes_max = raftlog::raft::ENTRY_OVERHEAD_BYTES + 1; // one entry per message
+            c.inflight_bytes_max = 1 << 20;
+        });
+        c.elect(1); // term 1, noop at 1 committed
+                    // (a) S1 replicates index 2 (term 1) to S2 only.
+        for peer in [3, 4, 5] {
+            c.partition(1, peer);
+        }
+        c.propose(1, b"a");
+        assert_eq!(c.raft(1).commit_index(), 1);
+        // (b) S5 wins term 2 with S3 and S4, and writes index 2 (term 2) only locally.
+        c.heal();
+        c.isolate(1);
+        c.partition(5, 2);
+        c.raft_mut(5).campaign_now();
+        c.process(5);
+        while c.deliver_one().is_some() {}
+        c.process(3);
+        c.process(4);
+        c.cut.insert((5, 3));
+        c.cut.insert((5, 4));
+        while c.deliver_one().is_some() {}
+        assert_eq!(c.raft(5).role(), Role::Leader);
+        c.stabilize();
+        assert_eq!((c.raft(5).last_index(), c.raft(5).last_term()), (2, 2));
+        // (c) S5 is gone; S1 wins term 3 (S2, S3, S4) and copies index 2 (term 1) to S3, but
+        // not yet its own term-3 no-op at index 3.
+        c.heal();
+        c.isolate(5);
+        c.restart(1);
+        c.campaign(1); // term 2: S3, S4 already voted in term 2
+        c.raft_mut(1).campaign_now(); // term 3
+        c.stabilize_dropping(|m| carries_index(m, 3));
+        for _ in 0..3 {
+            c.tick_all_no_stabilize();
+            c.stabilize_dropping(|m| carries_index(m, 3));
+        }
+        assert_eq!((c.raft(1).role(), c.raft(1).term()), (Role::Leader, 3));
+        c.stabilize_dropping(|m| carries_index(m, 3));
+        assert_eq!(
+            c.nodes[&3].store.term(2),
+            Some(1),
+            "index 2 (term 1) now on S1, S2, S3"
+        );
+        assert!(
+            c.raft(1).commit_index() < 2,
+            "Figure 8: not committed by counting replicas"
+        );
+        // (d) S1 crashes; S5 can still win (its last term 2 beats term 1) and overwrite
+        // index 2. The harness checks that no committed entry ever changes.
+        c.heal();
+        c.isolate(1);
+        c.restart(5);
+        c.campaign(5); // term 3: the others already voted in term 3
+        c.campaign(5); // term 4
+        assert_eq!(c.raft(5).role(), Role::Leader);
+        c.ticks(3);
+        assert_eq!(
+            c.nodes[&3].store.term(2),
+            Some(2),
+            "uncommitted entry replaced"
+        );
+        assert!(c.raft(5).commit_index() >= 3);
+    }
+
+    /// Figure 8 (e): once the leader's current-term entry is on a majority, the earlier-term
+    /// entry before it commits with it.
+    #[test]
+    fn figure_8_current_term_entry_commits_earlier_ones() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        // Index 2 (term 1) reaches 2 only, and 1 never learns it did.
+        c.cut.insert((1, 3));
+        c.cut.insert((2, 1));
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"old term"), 1, 0)
+            .unwrap();
+        c.stabilize();
+        assert_eq!(c.nodes[&2].store.term(2), Some(1));
+        assert_eq!(c.raft(1).commit_index(), 1);
+        c.heal();
+        c.isolate(1);
+        c.campaign(2);
+        assert_eq!((c.raft(2).role(), c.raft(2).term()), (Role::Leader, 2));
+        assert_eq!(
+            c.raft(2).commit_index(),
+            3,
+            "the term-2 no-op at 3 commits index 2 too"
+        );
+        assert_eq!(c.nodes[&3].store.term(2), Some(1));
+    }
+
+    /// §5.3: a new leader overwrites a follower's uncommitted entries of another term.
+    #[test]
+    fn new_leader_overwrites_uncommitted_follower_entries() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(1);
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"lost"), 1, 0)
+            .unwrap();
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"lost"), 1, 0)
+            .unwrap();
+        c.stabilize();
+        c.ticks(30);
+        let leader = c.leader().expect("2 or 3 leads");
+        assert_ne!(leader, 1);
+        c.propose(leader, b"kept");
+        c.heal();
+        c.ticks(5);
+        assert_eq!(c.raft(1).role(), Role::Follower);
+        assert_eq!(c.log_terms(1), c.log_terms(leader));
+        assert_eq!(c.raft(1).commit_index(), c.raft(leader).commit_index());
+    }
+
+    /// Figure 7: followers with missing, extra and divergent entries all end up with the
+    /// leader's log.
+    #[test]
+    fn figure_7_divergent_logs_are_repaired() {
+        let logs: [&[u64]; 7] = [
+            &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6],       // leader for term 8
+            &[1, 1, 1, 4, 4, 5, 5, 6, 6],          // (a) missing one
+            &[1, 1, 1, 4],                         // (b) missing many
+            &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],    // (c) one extra uncommitted
+            &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], // (d) extra entries of term 7
+            &[1, 1, 1, 4, 4, 4, 4],                // (e) extra of term 4
+            &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],    // (f) extra of terms 2 and 3
+        ];
+        let mut c = Cluster::from_logs(&logs, 7, plain);
+        c.elect(1);
+        assert_eq!(c.raft(1).term(), 8);
+        c.ticks(3);
+        let expected = c.log_terms(1);
+        assert_eq!(expected, vec![1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 8]);
+        for id in 2..=7 {
+            assert_eq!(c.log_terms(id), expected, "follower {id}");
+            assert_eq!(c.raft(id).commit_index(), 11);
+        }
+        // Fast back-up: (f) needed only a couple of rejections, not one per entry.
+        let rejections = c
+            .delivered
+            .iter()
+            .filter(|m| {
+                m.from == 7 && matches!(&m.body, Some(Body::AppendEntriesResponse(r)) if !r.success)
+            })
+            .count();
+        assert!(rejections <= 3, "follower f rejected {rejections} times");
+    }
+
+    /// §5.3 fast back-up: the leader skips a whole conflicting term per round trip.
+    #[test]
+    fn fast_backup_skips_conflicting_term() {
+        let logs: [&[u64]; 3] = [
+            &[1, 4, 4, 4, 4, 4],
+            &[1, 4, 4, 4, 4, 4],
+            &[1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3],
+        ];
+        let mut c = Cluster::from_logs(&logs, 4, plain);
+        c.elect(1);
+        c.ticks(3);
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+        let rejections: Vec<(u64, u64)> = c
+            .delivered
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::AppendEntriesResponse(r)) if m.from == 3 && !r.success => {
+                    Some((r.conflict_index, r.conflict_term))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(rejections.len() <= 2, "rejections: {rejections:?}");
+    }
+
+    /// Figure 2 receiver rule 5: an empty AppendEntries only commits what it verified; entries
+    /// after prev_log_index may belong to another leader.
+    #[test]
+    fn empty_append_never_commits_past_verified_prefix() {
+        let mut f = follower();
+        f.step(append(
+            1,
+            (0, 0),
+            vec![entry(1, 1), entry(2, 1), entry(3, 1)],
+            0,
+        ));
+        // A new leader (term 2) whose own entries 2..3 differ sends a heartbeat at index 1.
+        f.step(append(2, (1, 1), vec![], 3));
+        assert_eq!(
+            f.commit_index(),
+            1,
+            "entries 2..3 are not verified by this message"
+        );
+        f.step(append(2, (1, 1), vec![entry(2, 2)], 3));
+        assert_eq!(f.commit_index(), 2);
+        assert_eq!(f.last_index(), 2, "conflicting suffix truncated");
+    }
+
+    /// Reordered AppendEntries: a late, shorter message must not truncate newer entries, and a
+    /// message that arrives before its predecessor is rejected, not applied.
+    #[test]
+    fn reordered_append_entries_are_harmless() {
+        let mut f = follower();
+        f.step(append(1, (2, 1), vec![entry(3, 1)], 0));
+        assert_eq!(f.last_index(), 0, "gap: rejected");
+        f.step(append(
+            1,
+            (0, 0),
+            vec![entry(1, 1), entry(2, 1), entry(3, 1)],
+            0,
+        ));
+        f.step(append(1, (0, 0), vec![entry(1, 1)], 3));
+        assert_eq!(f.last_index(), 3, "stale message must not truncate");
+        assert_eq!(
+            f.commit_index(),
+            1,
+            "commit capped by that message's own prefix"
+        );
+    }
+
+    /// A stale write completion (its term no longer matches the entry at that index) is
+    /// dropped, so a truncated write is never counted durable.
+    #[test]
+    fn stale_persisted_report_is_dropped() {
+        let mut f = follower();
+        f.step(append(
+            1,
+            (0, 0),
+            vec![entry(1, 1), entry(2, 1), entry(3, 1)],
+            1,
+        ));
+        let _ = f.ready(&raftlog::raft::NoLog);
+        f.step(append(2, (1, 1), vec![entry(2, 2), entry(3, 2)], 1));
+        let ready = f.ready(&raftlog::raft::NoLog);
+        assert_eq!(ready.truncate_from, Some(2));
+        f.persisted(3, 1); // the old write completes late
+        assert_eq!(f.persisted_index(), 0, "stale completion dropped");
+        f.persisted(3, 2);
+        assert_eq!(f.persisted_index(), 3);
+        let ready = f.ready(&raftlog::raft::NoLog);
+        let durable = ready.messages.iter().find_map(|m| match &m.body {
+            Some(Body::AppendEntriesResponse(r)) => Some(r.durable_index),
+            _ => None,
+        });
+        assert_eq!(
+            durable,
+            Some(3),
+            "follower reports durability once it happens"
+        );
+    }
+
+    /// A crash loses un-fsynced entries; the node restarts from (hard state, durable log) and
+    /// catches up; committed entries are never lost because they were durable on a quorum.
+    #[test]
+    fn crash_loses_unfsynced_entries_and_recovers() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.nodes.get_mut(&3).unwrap().auto_persist = false;
+        c.propose(1, b"a");
+        c.propose(1, b"b");
+        assert_eq!(c.raft(3).last_index(), 3);
+        c.restart(3);
+        assert_eq!(c.raft(3).last_index(), 1, "only the durable no-op survived");
+        c.nodes.get_mut(&3).unwrap().auto_persist = true;
+        c.ticks(3);
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+        assert_eq!(c.raft(3).commit_index(), 3);
+    }
+
+    /// A leader that crashes with un-fsynced entries loses them, and the rest elect a leader
+    /// that never committed them.
+    #[test]
+    fn leader_crash_before_fsync_loses_only_uncommitted_entries() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        for id in 1..=3 {
+            c.nodes.get_mut(&id).unwrap().auto_persist = false;
+        }
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"x"), 1, 0)
+            .unwrap();
+        c.stabilize();
+        assert_eq!(c.raft(1).commit_index(), 1);
+        for id in 1..=3 {
+            c.restart(id);
+            c.nodes.get_mut(&id).unwrap().auto_persist = true;
+        }
+        c.ticks(40);
+        let leader = c.leader().expect("new leader");
+        c.propose(leader, b"y");
+        for id in 1..=3 {
+            assert_eq!(c.log_terms(id), c.log_terms(leader));
+        }
+    }
+
+    // ------------------------------------------------------------------ flow control
+
+    /// Progress starts in probe, moves to replicate on the first success, and pipelines up
+    /// to the in-flight window, then pauses.
+    #[test]
+    fn flow_control_probe_replicate_and_full_window() {
+        let mut c = Cluster::with_config(3, |c| {
+            c.message_bytes_max = raftlog::raft::ENTRY_OVERHEAD_BYTES + 1;
+            c.inflight_msgs_max = 2;
+        });
+        c.raft_mut(1).campaign_now();
+        // Deliver the election only: progress is fresh, in probe.
+        while c.raft(1).role() != Role::Leader {
+            c.process_all();
+            while c.deliver_one().is_some() {}
+        }
+        assert_eq!(c.raft(1).role(), Role::Leader);
+        assert_eq!(c.raft(1).progress(2).unwrap().state, ProgressState::Probe);
+        c.stabilize();
+        assert_eq!(
+            c.raft(1).progress(2).unwrap().state,
+            ProgressState::Replicate
+        );
+        // Responses from 2 are cut: the leader sends at most 2 messages, then pauses.
+        c.cut.insert((2, 1));
+        for _ in 0..5 {
+            c.raft_mut(1)
+                .propose(Bytes::from_static(b"p"), 1, 0)
+                .unwrap();
+        }
+        c.process(1);
+        let to_2 = c
+            .net
+            .iter()
+            .filter(|m| m.to == 2 && matches!(m.body, Some(Body::AppendEntries(_))))
+            .count();
+        assert_eq!(to_2, 2, "window of 2 messages");
+        assert!(c.raft(1).progress(2).unwrap().is_paused(2, u64::MAX));
+        c.heal();
+        c.stabilize();
+        c.ticks(2);
+        assert_eq!(c.log_terms(2), c.log_terms(1));
+    }
+
+    /// A follower that lost un-fsynced entries is probed one message at a time until the
+    /// leader finds where the logs match again.
+    #[test]
+    fn probing_follower_gets_one_message_at_a_time() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.nodes.get_mut(&3).unwrap().auto_persist = false;
+        c.propose(1, b"a");
+        c.propose(1, b"b");
+        c.restart(3);
+        c.nodes.get_mut(&3).unwrap().auto_persist = true;
+        c.tick_all_no_stabilize();
+        c.process_all();
+        while c.deliver_one().is_some() {}
+        c.process_all(); // 3 rejects the heartbeat at index 3
+        while c.deliver_one().is_some() {}
+        assert_eq!(c.raft(1).progress(3).unwrap().state, ProgressState::Probe);
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"c"), 1, 0)
+            .unwrap();
+        c.process(1);
+        let to_3 = c
+            .net
+            .iter()
+            .filter(|m| m.to == 3 && carries_index(m, 4))
+            .count();
+        assert_eq!(to_3, 1, "one probe in flight");
+        c.raft_mut(1)
+            .propose(Bytes::from_static(b"d"), 1, 0)
+            .unwrap();
+        c.process(1);
+        let to_3 = c
+            .net
+            .iter()
+            .filter(|m| {
+                m.to == 3
+                    && matches!(&m.body, Some(Body::AppendEntries(ae)) if !ae.entries.is_empty())
+            })
+            .count();
+        assert_eq!(to_3, 1, "paused until the probe is answered");
+        c.stabilize();
+        c.ticks(2);
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+    }
+
+    /// Uncommitted bytes are capped: a leader without quorum refuses new proposals.
+    #[test]
+    fn uncommitted_bytes_cap_refuses_proposals() {
+        let mut c = Cluster::with_config(3, |c| c.uncommitted_bytes_max = 500);
+        c.elect(1);
+        c.isolate(1);
+        let mut accepted = 0;
+        let err = loop {
+            match c.raft_mut(1).propose(Bytes::from_static(&[0; 100]), 1, 0) {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(accepted, 3);
+        assert!(matches!(
+            err,
+            ProposeError::UncommittedBytesFull {
+                uncommitted_bytes: 444,
+                ..
+            }
+        ));
+        c.heal();
+        c.ticks(2);
+        assert_eq!(c.raft(1).uncommitted_bytes(), 0, "budget freed by commit");
+    }
+
+    /// Proposals to a follower are refused with a hint naming the leader.
+    #[test]
+    fn proposal_on_follower_refused_with_leader_hint() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        let err = c.raft_mut(2).propose(Bytes::new(), 0, 0).unwrap_err();
+        assert_eq!(
+            err,
+            ProposeError::NotLeader {
+                leader_hint: Some(1)
+            }
+        );
+    }
+
+    /// Entries a lagging follower needs but the cache has evicted are read through the
+    /// caller's `LogReader`, not kept in memory.
+    #[test]
+    fn lagging_follower_served_through_log_reader() {
+        let mut c = Cluster::with_config(3, |c| c.entry_cache_bytes_max = 200);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..20 {
+            c.raft_mut(1)
+                .propose(Bytes::from_static(&[7; 50]), 1, 0)
+                .unwrap();
+            c.stabilize();
+        }
+        assert!(
+            c.raft(1).cache_bytes() <= 200,
+            "cache bounded: {}",
+            c.raft(1).cache_bytes()
+        );
+        c.heal();
+        c.ticks(10);
+        assert!(
+            c.nodes[&1].store.reads.get() > 0,
+            "old entries came from the reader"
+        );
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+        assert_eq!(c.raft(3).commit_index(), 21);
+    }
+
+    // ------------------------------------------------------------------ snapshots
+
+    /// §7: a follower that needs entries before the leader's log start gets an
+    /// InstallSnapshot (the start position) and then the entries after it.
+    #[test]
+    fn slow_follower_after_compaction_gets_snapshot() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..8 {
+            c.propose(1, b"r");
+        }
+        for id in [1, 2] {
+            let pos = c.nodes.get_mut(&id).unwrap().store.compact(6);
+            c.raft_mut(id).compact(pos.index, pos.term, pos.next_offset);
+        }
+        c.heal();
+        c.ticks(5);
+        assert!(c
+            .delivered
+            .iter()
+            .any(|m| m.to == 3 && matches!(m.body, Some(Body::InstallSnapshot(_)))));
+        assert_eq!(c.raft(3).log_start().index, 6);
+        assert_eq!(
+            c.raft(3).log_start().next_offset,
+            5,
+            "offsets stay dense (no-op has none)"
+        );
+        assert_eq!(c.raft(3).last_index(), 9);
+        assert_eq!(c.raft(3).commit_index(), 9);
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+    }
+
+    /// Compaction racing with an in-flight snapshot: the leader compacts further while the
+    /// follower installs the older position; it then gets the newer one.
+    #[test]
+    fn compaction_racing_with_inflight_snapshot() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..8 {
+            c.propose(1, b"r");
+        }
+        let pos = c.nodes.get_mut(&1).unwrap().store.compact(4);
+        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        c.heal();
+        let snapshot_4 =
+            |b: &Body| matches!(b, Body::InstallSnapshot(s) if s.last_included_index == 4);
+        for _ in 0..20 {
+            c.tick_all_no_stabilize();
+            c.process_all();
+            if c.in_flight(snapshot_4) > 0 {
+                break;
+            }
+            while c.deliver_one().is_some() {}
+        }
+        assert_eq!(c.in_flight(snapshot_4), 1);
+        let pos = c.nodes.get_mut(&1).unwrap().store.compact(7);
+        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        c.ticks(25);
+        assert_eq!(c.log_terms(3), c.log_terms(1));
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
+    }
+
+    // ------------------------------------------------------------------ leadership transfer
+
+    /// Dissertation §3.10: transfer to an up-to-date follower via TimeoutNow.
+    #[test]
+    fn leadership_transfer_to_up_to_date_follower() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.raft_mut(1).transfer_leader(2).unwrap();
+        c.stabilize();
+        assert_eq!(c.leader(), Some(2));
+        assert_eq!(c.raft(2).term(), 2);
+        assert_eq!(
+            c.raft_mut(1).transfer_leader(3),
+            Err(TransferError::NotLeader)
+        );
+    }
+
+    /// Transfer to a slow follower: it is caught up first, proposals are refused meanwhile.
+    #[test]
+    fn leadership_transfer_to_slow_follower() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.cut.insert((1, 3));
+        c.propose(1, b"a");
+        c.propose(1, b"b");
+        assert_eq!(c.raft(3).last_index(), 1);
+        c.raft_mut(1).transfer_leader(3).unwrap();
+        let err = c.raft_mut(1).propose(Bytes::new(), 0, 0).unwrap_err();
+        assert_eq!(err, ProposeError::Transferring { transferee: 3 });
+        c.heal();
+        c.ticks(8);
+        assert_eq!(c.leader(), Some(3));
+        assert_eq!(c.raft(3).log_start().index, 0);
+        assert!(c.raft(3).last_index() >= 4);
+    }
+
+    /// A transfer that cannot complete is abandoned after an election timeout.
+    #[test]
+    fn leadership_transfer_abandoned_on_timeout() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        c.raft_mut(1).transfer_leader(3).unwrap();
+        c.ticks(9);
+        assert_eq!(c.raft(1).transferee(), Some(3));
+        c.ticks(1);
+        assert_eq!(c.raft(1).transferee(), None);
+        assert_eq!(c.leader(), Some(1));
+        c.propose(1, b"accepted again");
+    }
+
+    // ------------------------------------------------------------------ restart
+
+    /// Restoring rebuilds the term index from the durable log with a handful of reads.
+    #[test]
+    fn restore_rebuilds_term_index_and_offsets() {
+        let store = super::raft_harness::store_with_terms(&[1, 1, 2, 2, 2, 5], 5);
+        let state = raftlog::raft::RestoredState {
+            hard_state: store.hard_state,
+            last_index: 6,
+        };
+        let mut config = super::raft_harness::config(1, &[1]);
+        config.seed = 3;
+        let mut r = Raft::restore(config, state, &store).unwrap();
+        let runs: Vec<(u64, u64)> = r
+            .term_runs()
+            .iter()
+            .map(|t| (t.first_index, t.term))
+            .collect();
+        assert_eq!(runs, vec![(1, 1), (3, 2), (6, 5)]);
+        assert_eq!((r.term(), r.commit_index(), r.persisted_index()), (5, 0, 6));
+        r.campaign_now();
+        let p = r.propose(Bytes::from_static(b"z"), 4, 0).unwrap();
+        assert_eq!((p.index, p.term, p.base_offset), (8, 6, 6));
+    }
+}

@@ -1,0 +1,827 @@
+//! [`Log`]: one partition's replicated log on disk.
+//!
+//! Owns the ordered list of segments (all sealed but the last, the active one), the hard
+//! state, the durable-index bookkeeping and the bounded cache of sealed mappings. It does not
+//! know Raft's rules beyond the ones it asserts (contiguous appends, never truncating
+//! committed entries); the replica driver decides what to append, truncate and sync.
+//!
+//! # Invariants (checked by assertions on every mutation)
+//! - There is always at least one segment; the last is the active one, mapped writable.
+//! - `segments[0].first_index == hard_state.log_start_index`, and every segment starts at
+//!   the index after the previous one's last entry (only the last one may be empty).
+//! - Every sealed segment is durable: it was synced when it was sealed.
+//! - `durable_index <= last_index()`.
+//!
+//! # Threads
+//! `Log` is `Send + Sync`. Mutations take `&mut self`; reads take `&self` and may run on
+//! several threads at once (the sealed-mapping cache is behind a mutex). Everything blocks:
+//! call it from a dedicated thread or `spawn_blocking`, not from an async worker.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use memmap2::MmapRaw;
+
+use super::error::StorageError;
+use super::frame::{self, FrameHeader};
+use super::hard_state;
+use super::recovery::{self, RecoveryReport};
+use super::segment::{self, Segment};
+use super::sync::{SyncDone, SyncJob};
+use super::{LogConfig, SyncPolicy};
+use crate::proto::{Entry, EntryKind, HardState};
+
+/// Bounded cache of sealed-segment mappings, least recently used evicted first. A reader
+/// holding `Bytes` keeps its mapping alive after eviction; the bound is on what the log keeps.
+#[derive(Default)]
+pub(crate) struct MapCache {
+    maps: HashMap<u64, (Arc<MmapRaw>, u64)>,
+    tick: u64,
+}
+
+/// One partition's log. See the module doc for invariants and threading.
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) hard_state: HardState,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) maps: Mutex<MapCache>,
+    pub(crate) durable_index: u64,
+    /// Bumped by every operation that removes entries, so older sync jobs are recognised.
+    pub(crate) epoch: u64,
+    /// Time of the last sync started by `poll_sync`, for `SyncPolicy::Interval`.
+    pub(crate) last_sync_ms: Option<i64>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, applying the recovery decision table.
+    ///
+    /// # Errors
+    /// `Corrupt` or `SegmentSequence` when the log is damaged where it must be intact (the
+    /// partition must not serve or vote), `HardStateCorrupt`, `InvalidConfig`, `StorageFull`
+    /// or `Io`.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+    ) -> Result<(Log, RecoveryReport), StorageError> {
+        recovery::open(dir.as_ref(), config)
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First index still in the log (the log start); `last_index() + 1` when empty.
+    pub fn first_index(&self) -> u64 {
+        self.hard_state.log_start_index
+    }
+
+    /// Last appended index; `first_index() - 1` when empty.
+    pub fn last_index(&self) -> u64 {
+        self.active().index.next_index - 1
+    }
+
+    /// Term of the last entry, or the log start term when empty.
+    pub fn last_term(&self) -> u64 {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|s| s.index.last_term())
+            .unwrap_or(self.hard_state.log_start_term)
+    }
+
+    /// Last index known to be on stable storage; never above `last_index()`.
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
+    /// Record offset after the last record (the offset the next record gets).
+    pub fn next_offset(&self) -> u64 {
+        self.active().index.next_offset
+    }
+
+    /// Offset of the first record still in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.hard_state.log_start_offset
+    }
+
+    /// Bytes of frames in the log (headers included), what size retention compares.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.index.end_position).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The persisted hard state (term, vote, log start).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Persists a new term and vote atomically and durably before returning.
+    ///
+    /// # Errors
+    /// `StorageFull` or `Io`; the in-memory state is unchanged on error.
+    pub fn set_hard_state(
+        &mut self,
+        current_term: u64,
+        voted_for: u64,
+    ) -> Result<(), StorageError> {
+        let next = HardState {
+            current_term,
+            voted_for,
+            ..self.hard_state
+        };
+        hard_state::store(&self.dir, &next)?;
+        self.hard_state = next;
+        Ok(())
+    }
+
+    /// Term of entry `index`: the log start term for `first_index() - 1`, `None` outside
+    /// `[first_index() - 1, last_index()]`.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        if index + 1 == self.first_index() {
+            return Some(self.hard_state.log_start_term);
+        }
+        if index < self.first_index() || index > self.last_index() {
+            return None;
+        }
+        self.segments[self.segment_for_index(index)]
+            .index
+            .term_at(index)
+    }
+
+    pub(crate) fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    /// Position in `segments` of the segment holding `index` (which must be in the log).
+    fn segment_for_index(&self, index: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.index.first_index <= index)
+            - 1
+    }
+
+    /// Appends `entries`, which must continue the log: index `last_index() + 1` onwards,
+    /// terms never decreasing, each `base_offset` the offset after the previous entry's
+    /// records. Nothing is synced (except a segment that fills up and is sealed); see
+    /// [`Log::poll_sync`].
+    ///
+    /// # Errors
+    /// `InvalidEntry` (unknown kind, larger than a segment) before anything is written;
+    /// `StorageFull` or `Io` when a new segment cannot be made, after the entries before the
+    /// roll were appended (check `last_index()`).
+    ///
+    /// # Panics
+    /// If the entries do not continue the log: a bug in the caller.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        for entry in entries {
+            self.check_storable(entry)?;
+        }
+        let batch_bytes: u64 = entries
+            .iter()
+            .map(|e| frame::frame_bytes(e.payload.len()) as u64)
+            .sum();
+        self.active().prefault(batch_bytes);
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                self.last_index() + 1,
+                "append must continue the log"
+            );
+            assert!(
+                entry.term >= self.last_term(),
+                "term {} after {}",
+                entry.term,
+                self.last_term()
+            );
+            assert_eq!(
+                entry.base_offset,
+                self.next_offset(),
+                "entry {} base_offset",
+                entry.index
+            );
+            let frame_bytes = frame::frame_bytes(entry.payload.len()) as u64;
+            if frame_bytes > self.active().free_bytes() {
+                self.roll()?;
+                self.active().prefault(batch_bytes);
+            }
+            let interval_bytes = self.config.index_interval_bytes;
+            self.active_mut().write(entry, interval_bytes);
+        }
+        Ok(())
+    }
+
+    fn check_storable(&self, entry: &Entry) -> Result<(), StorageError> {
+        let invalid = |reason: String| {
+            Err(StorageError::InvalidEntry {
+                index: entry.index,
+                reason,
+            })
+        };
+        match EntryKind::try_from(entry.kind) {
+            Ok(EntryKind::Unspecified) | Err(_) => {
+                return invalid(format!("unknown kind {}", entry.kind))
+            }
+            Ok(_) => {}
+        }
+        let frame_bytes = frame::frame_bytes(entry.payload.len()) as u64;
+        if frame_bytes > self.config.segment_size_bytes {
+            return invalid(format!(
+                "frame of {frame_bytes} bytes exceeds the segment size {}",
+                self.config.segment_size_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (sync, write its index) and starts a new one after it.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let active = self.active();
+        assert!(
+            !active.index.is_empty(),
+            "an empty segment never needs to roll"
+        );
+        active.sync()?;
+        write_index_file(active)?;
+        let (next_index, next_offset) = (active.index.next_index, active.index.next_offset);
+        let segment = Segment::create(
+            &self.dir,
+            next_index,
+            next_offset,
+            self.config.segment_size_bytes,
+        )?;
+        hard_state::sync_dir(&self.dir)?;
+        self.durable_index = next_index - 1;
+        self.active_mut().map = None;
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Entries `[lo, hi)`, stopping once their payloads reach `bytes_max` but always with
+    /// at least one entry when `lo < hi`. Payloads share the segment mappings (see the
+    /// `segment` module doc for why that is safe).
+    ///
+    /// # Errors
+    /// `Compacted` when `lo < first_index()`; `Corrupt` when a frame fails its check; `Io`
+    /// when a sealed segment cannot be mapped.
+    ///
+    /// # Panics
+    /// If `lo > hi` or `hi > last_index() + 1`.
+    pub fn entries(&self, lo: u64, hi: u64, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
+        assert!(lo <= hi, "entries({lo}, {hi}): empty range reversed");
+        assert!(
+            hi <= self.last_index() + 1,
+            "entries(.., {hi}) past last index {}",
+            self.last_index()
+        );
+        if lo < self.first_index() {
+            return Err(StorageError::Compacted {
+                index: lo,
+                first_index: self.first_index(),
+            });
+        }
+        let mut out = Vec::new();
+        if lo == hi {
+            return Ok(out);
+        }
+        let mut bytes = 0u64;
+        let mut at = self.segment_for_index(lo);
+        while at < self.segments.len() {
+            let segment = &self.segments[at];
+            let start = segment.index.position_for_index(lo);
+            let done = self.read_frames(
+                segment,
+                start,
+                |header, have_any| {
+                    if header.index < lo {
+                        return Step::Skip;
+                    }
+                    if header.index >= hi
+                        || (have_any && bytes + header.payload_bytes() as u64 > bytes_max)
+                    {
+                        return Step::Stop;
+                    }
+                    bytes += header.payload_bytes() as u64;
+                    Step::Take
+                },
+                &mut out,
+            )?;
+            if done {
+                break;
+            }
+            at += 1;
+        }
+        Ok(out)
+    }
+
+    /// Entries carrying records, starting with the one holding record `offset`, then the
+    /// following ones, until their payloads reach `bytes_max` (always at least one when any
+    /// record is at or after `offset`). Entries without records (no-op, config) are skipped.
+    ///
+    /// # Errors
+    /// `OffsetOutOfRange` outside `[start_offset(), next_offset()]`; `Corrupt`; `Io`.
+    pub fn read_from_offset(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if offset < self.start_offset() || offset > self.next_offset() {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start_offset: self.start_offset(),
+                next_offset: self.next_offset(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut at = self
+            .segments
+            .partition_point(|s| s.index.next_offset <= offset);
+        while at < self.segments.len() {
+            let segment = &self.segments[at];
+            let start = segment.index.position_for_offset(offset);
+            let done = self.read_frames(
+                segment,
+                start,
+                |header, have_any| {
+                    if header.next_offset() <= offset || header.record_count == 0 {
+                        return Step::Skip;
+                    }
+                    if have_any && bytes + header.payload_bytes() as u64 > bytes_max {
+                        return Step::Stop;
+                    }
+                    bytes += header.payload_bytes() as u64;
+                    Step::Take
+                },
+                &mut out,
+            )?;
+            if done {
+                break;
+            }
+            at += 1;
+        }
+        Ok(out)
+    }
+
+    /// Walks the frames of `segment` from `start` to its end, letting `decide` skip, take or
+    /// stop; returns true when `decide` stopped.
+    fn read_frames(
+        &self,
+        segment: &Segment,
+        start: u64,
+        mut decide: impl FnMut(&FrameHeader, bool) -> Step,
+        out: &mut Vec<Entry>,
+    ) -> Result<bool, StorageError> {
+        if start >= segment.index.end_position {
+            return Ok(false);
+        }
+        let bytes = self.view(segment)?;
+        let mut position = start;
+        while position < segment.index.end_position {
+            let header = segment::frame_at(&bytes, position, &segment.path)?;
+            let payload_start = position as usize + frame::FRAME_HEADER_BYTES;
+            match decide(&header, !out.is_empty()) {
+                Step::Skip => {}
+                Step::Stop => return Ok(true),
+                Step::Take => {
+                    let payload =
+                        bytes.slice(payload_start..payload_start + header.payload_bytes());
+                    out.push(frame::to_entry(&header, payload));
+                }
+            }
+            position += u64::from(header.length);
+        }
+        Ok(false)
+    }
+
+    /// The written bytes of `segment` as shared `Bytes`, mapping a sealed one if needed.
+    fn view(&self, segment: &Segment) -> Result<Bytes, StorageError> {
+        let map = match &segment.map {
+            Some(map) => map.clone(),
+            None => self.sealed_map(segment)?,
+        };
+        Ok(segment::view(
+            &map,
+            &segment.readers,
+            segment.index.end_position,
+        ))
+    }
+
+    fn sealed_map(&self, segment: &Segment) -> Result<Arc<MmapRaw>, StorageError> {
+        let mut cache = self
+            .maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some((map, used)) = cache.maps.get_mut(&segment.index.first_index) {
+            *used = tick;
+            return Ok(map.clone());
+        }
+        if cache.maps.len() >= self.config.mapped_segments_max {
+            let oldest = cache
+                .maps
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&key, _)| key);
+            cache
+                .maps
+                .remove(&oldest.expect("a full cache has an oldest entry"));
+        }
+        let map = segment::map_file(&segment.file, &segment.path, segment.capacity_bytes)?;
+        cache
+            .maps
+            .insert(segment.index.first_index, (map.clone(), tick));
+        Ok(map)
+    }
+
+    /// Number of sealed segments currently mapped by the log (readers may hold more).
+    pub fn mapped_segment_count(&self) -> usize {
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .maps
+            .len()
+    }
+
+    pub(crate) fn forget_map(&self, first_index: u64) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .maps
+            .remove(&first_index);
+    }
+}
+
+/// What a read does with one frame.
+enum Step {
+    Skip,
+    Take,
+    Stop,
+}
+
+/// Writes `segment`'s `.index` file. It is a hint with its own CRC, so it is neither
+/// fsynced nor renamed into place: a torn one is detected and rebuilt.
+pub(crate) fn write_index_file(segment: &Segment) -> Result<(), StorageError> {
+    let path = segment::index_path(&segment.path);
+    let bytes = segment.index.encode();
+    fs::write(&path, &bytes).map_err(|e| StorageError::reserve(&path, bytes.len() as u64, e))
+}
+
+/// Removes a file that may already be gone.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", path, e)),
+    }
+}
+
+impl Log {
+    /// A sync of everything appended so far, to run off this thread (see [`super::sync`]).
+    pub fn prepare_sync(&mut self) -> SyncJob {
+        let active = self.active();
+        let files = if self.last_index() > self.durable_index {
+            vec![(active.file.clone(), active.path.clone())]
+        } else {
+            Vec::new()
+        };
+        SyncJob {
+            files,
+            target_index: self.last_index(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// The sync the policy asks for at `now_ms`, if any: always when something is not
+    /// durable under `Always`, at most once per interval under `Interval`, never under
+    /// `Never`.
+    pub fn poll_sync(&mut self, now_ms: i64) -> Option<SyncJob> {
+        if self.last_index() <= self.durable_index {
+            return None;
+        }
+        let due = match self.config.sync_policy {
+            SyncPolicy::Always => true,
+            SyncPolicy::Interval(interval_ms) => self
+                .last_sync_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= interval_ms as i64),
+            SyncPolicy::Never => false,
+        };
+        if !due {
+            return None;
+        }
+        self.last_sync_ms = Some(now_ms);
+        Some(self.prepare_sync())
+    }
+
+    /// Applies a finished sync: advances `durable_index` to its target unless entries were
+    /// removed since it was prepared (then it is ignored). Returns the durable index.
+    ///
+    /// # Errors
+    /// The job's own error. After a failed fdatasync the kernel may have dropped the dirty
+    /// pages, so retrying cannot prove anything: stop the partition and reopen the log.
+    pub fn complete_sync(&mut self, done: SyncDone) -> Result<u64, StorageError> {
+        done.result?;
+        if done.epoch == self.epoch {
+            assert!(
+                done.target_index <= self.last_index(),
+                "sync target past the log end"
+            );
+            self.durable_index = self.durable_index.max(done.target_index);
+        }
+        Ok(self.durable_index)
+    }
+
+    /// Syncs everything appended so far on this thread; returns the durable index.
+    ///
+    /// # Errors
+    /// `Io` (see [`Log::complete_sync`]).
+    pub fn sync(&mut self) -> Result<u64, StorageError> {
+        let done = self.prepare_sync().run();
+        self.complete_sync(done)
+    }
+
+    /// Syncs, writes the active segment's index (the clean-shutdown mark), and closes.
+    ///
+    /// # Errors
+    /// `Io` or `StorageFull`.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        write_index_file(self.active())
+    }
+}
+
+impl Log {
+    /// Removes entries `[from_index, last_index()]` (a Raft conflict), durably before it
+    /// returns: later segments are deleted, the rest of the cut segment is cleared and
+    /// synced. `durable_index` becomes `from_index - 1`.
+    ///
+    /// # Errors
+    /// `Io`, or `StorageFull` when a segment a reader still holds must be copied.
+    ///
+    /// # Panics
+    /// If `from_index <= commit_index` (committed entries are never removed) or
+    /// `from_index < first_index()`.
+    pub fn truncate_suffix(
+        &mut self,
+        from_index: u64,
+        commit_index: u64,
+    ) -> Result<(), StorageError> {
+        assert!(
+            from_index > commit_index,
+            "truncate_suffix({from_index}) at or below commit index {commit_index}"
+        );
+        assert!(
+            from_index >= self.first_index(),
+            "truncate_suffix({from_index}) before log start {}",
+            self.first_index()
+        );
+        if from_index > self.last_index() {
+            return Ok(());
+        }
+        self.epoch += 1;
+        let mut removed = false;
+        while self.active().index.first_index > from_index {
+            let segment = self.segments.pop().expect("more than one segment");
+            self.remove_segment_files(&segment)?;
+            removed = true;
+        }
+        if removed {
+            hard_state::sync_dir(&self.dir)?;
+        }
+        self.cut_active(from_index)?;
+        self.active().sync()?;
+        self.durable_index = from_index - 1;
+        Ok(())
+    }
+
+    fn remove_segment_files(&self, segment: &Segment) -> Result<(), StorageError> {
+        self.forget_map(segment.index.first_index);
+        remove_if_exists(&segment.path)?;
+        remove_if_exists(&segment::index_path(&segment.path))
+    }
+
+    /// Makes the last segment active (mapped writable) and cuts it before `from_index`.
+    fn cut_active(&mut self, from_index: u64) -> Result<(), StorageError> {
+        let first_index = self.active().index.first_index;
+        if self.active().map.is_none() {
+            // A sealed segment becomes active again: its index file goes stale.
+            self.forget_map(first_index);
+            remove_if_exists(&segment::index_path(&self.active().path))?;
+            let active = self.active();
+            let map = segment::map_file(&active.file, &active.path, active.capacity_bytes)?;
+            self.active_mut().map = Some(map);
+        }
+        let active = self.active();
+        let bytes = segment::view(
+            active.map.as_ref().expect("mapped"),
+            &active.readers,
+            active.index.end_position,
+        );
+        let mut position = active.index.position_for_index(from_index);
+        let header = loop {
+            let header = segment::frame_at(&bytes, position, &active.path)?;
+            if header.index == from_index {
+                break header;
+            }
+            position += u64::from(header.length);
+        };
+        drop(bytes);
+        let end_position = active.index.end_position;
+        if self.active().has_readers() {
+            self.replace_active_with_prefix(position)?;
+        } else {
+            self.active_mut().clear(position, end_position);
+        }
+        self.active_mut()
+            .index
+            .truncate(from_index, position, header.base_offset);
+        Ok(())
+    }
+
+    /// Writes `[0, keep_bytes)` of the active segment into a fresh, fully reserved file and
+    /// renames it over the old one, so readers of the old inode keep their bytes unchanged.
+    fn replace_active_with_prefix(&mut self, keep_bytes: u64) -> Result<(), StorageError> {
+        let capacity_bytes = self.active().capacity_bytes;
+        let path = self.active().path.clone();
+        let temp = path.with_extension("log.tmp");
+        remove_if_exists(&temp)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| StorageError::io("create segment copy", &temp, e))?;
+        segment::reserve(&file, &temp, capacity_bytes)?;
+        let old = self.active().map.clone().expect("mapped");
+        // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we copy
+        // (we hold `&mut self`, and readers only read).
+        let prefix = unsafe { std::slice::from_raw_parts(old.as_ptr(), keep_bytes as usize) };
+        file.write_all_at(prefix, 0)
+            .map_err(|e| StorageError::io("write segment copy", &temp, e))?;
+        file.sync_data()
+            .map_err(|e| StorageError::io("fdatasync", &temp, e))?;
+        fs::rename(&temp, &path).map_err(|e| StorageError::io("rename segment copy", &path, e))?;
+        hard_state::sync_dir(&self.dir)?;
+        let map = segment::map_file(&file, &path, capacity_bytes)?;
+        let active = self.active_mut();
+        active.file = Arc::new(file);
+        active.map = Some(map);
+        active.readers = Arc::new(());
+        Ok(())
+    }
+}
+
+impl Log {
+    /// Removes every sealed segment whose entries are all before `before_index` and at or
+    /// below `commit_index`, moving the log start (index, term, offset) to the first entry
+    /// kept. The active segment is never removed. The new log start is persisted in the hard
+    /// state before any file is deleted. Returns the new `first_index()`.
+    ///
+    /// # Errors
+    /// `StorageFull` or `Io`.
+    pub fn delete_prefix(
+        &mut self,
+        before_index: u64,
+        commit_index: u64,
+    ) -> Result<u64, StorageError> {
+        let removable = self.segments[..self.segments.len() - 1]
+            .iter()
+            .take_while(|s| {
+                s.index.next_index <= before_index && s.index.next_index <= commit_index + 1
+            })
+            .count();
+        self.remove_front_segments(removable)
+    }
+
+    /// Retention: removes the oldest sealed, committed segments while the log is larger than
+    /// `retention_bytes` or their newest entry is older than `retention_ms` before `now_ms`
+    /// (0 disables either). Returns the new `first_index()`.
+    ///
+    /// # Errors
+    /// `StorageFull` or `Io`.
+    pub fn apply_retention(
+        &mut self,
+        now_ms: i64,
+        retention_bytes: u64,
+        retention_ms: u64,
+        commit_index: u64,
+    ) -> Result<u64, StorageError> {
+        let mut size_bytes = self.size_bytes();
+        let mut removable = 0;
+        for segment in &self.segments[..self.segments.len() - 1] {
+            let committed = segment.index.next_index <= commit_index + 1;
+            let too_big = retention_bytes > 0 && size_bytes > retention_bytes;
+            let too_old = retention_ms > 0
+                && segment.index.timestamp_ms_max < now_ms.saturating_sub(retention_ms as i64);
+            if !committed || !(too_big || too_old) {
+                break;
+            }
+            size_bytes -= segment.index.end_position;
+            removable += 1;
+        }
+        self.remove_front_segments(removable)
+    }
+
+    fn remove_front_segments(&mut self, count: usize) -> Result<u64, StorageError> {
+        assert!(
+            count < self.segments.len(),
+            "the active segment is never removed by retention"
+        );
+        if count == 0 {
+            return Ok(self.first_index());
+        }
+        let first_kept = &self.segments[count].index;
+        let start_index = first_kept.first_index;
+        let start_term = self
+            .term_at(start_index - 1)
+            .expect("the entry before a kept segment is in the log");
+        let next = HardState {
+            log_start_index: start_index,
+            log_start_term: start_term,
+            log_start_offset: first_kept.first_offset,
+            ..self.hard_state
+        };
+        hard_state::store(&self.dir, &next)?;
+        self.hard_state = next;
+        let removed: Vec<Segment> = self.segments.drain(..count).collect();
+        for segment in &removed {
+            self.remove_segment_files(segment)?;
+        }
+        hard_state::sync_dir(&self.dir)?;
+        Ok(start_index)
+    }
+
+    /// Discards the whole log and restarts it empty just after `index` (Raft InstallSnapshot:
+    /// the partition's state is its log, so a snapshot is only a position). Afterwards
+    /// `first_index() == index + 1`, `term_at(index) == Some(term)`, `next_offset() ==
+    /// next_offset` and `durable_index() == index`.
+    ///
+    /// The new segment is reserved first (a full disk fails before anything is removed),
+    /// then the old segments are deleted, then the hard state is replaced, then the new
+    /// segment is renamed into place; recovery handles a crash between any two steps.
+    ///
+    /// # Errors
+    /// `StorageFull` before anything changed; `Io` after which the log must be reopened.
+    pub fn install_snapshot(
+        &mut self,
+        index: u64,
+        term: u64,
+        next_offset: u64,
+    ) -> Result<(), StorageError> {
+        let temp_dir = self.dir.join("snapshot.tmp");
+        if temp_dir.exists() {
+            fs::remove_dir_all(&temp_dir).map_err(|e| StorageError::io("remove", &temp_dir, e))?;
+        }
+        fs::create_dir(&temp_dir).map_err(|e| StorageError::io("create dir", &temp_dir, e))?;
+        let mut segment = Segment::create(
+            &temp_dir,
+            index + 1,
+            next_offset,
+            self.config.segment_size_bytes,
+        )?;
+        self.epoch += 1;
+        while let Some(old) = self.segments.pop() {
+            self.remove_segment_files(&old)?;
+        }
+        hard_state::sync_dir(&self.dir)?;
+        let next = HardState {
+            log_start_index: index + 1,
+            log_start_term: term,
+            log_start_offset: next_offset,
+            ..self.hard_state
+        };
+        hard_state::store(&self.dir, &next)?;
+        self.hard_state = next;
+        let path = self.dir.join(segment::segment_file_name(index + 1));
+        fs::rename(&segment.path, &path)
+            .map_err(|e| StorageError::io("rename snapshot segment", &path, e))?;
+        hard_state::sync_dir(&self.dir)?;
+        fs::remove_dir(&temp_dir).map_err(|e| StorageError::io("remove dir", &temp_dir, e))?;
+        segment.path = path;
+        self.segments.push(segment);
+        self.durable_index = index;
+        Ok(())
+    }
+}

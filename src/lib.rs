@@ -13,6 +13,7 @@
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
+//! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
@@ -24,5 +25,6 @@ pub mod client;
 pub mod metadata;
 pub mod proto;
 pub mod raft;
+pub mod replica;
 pub mod storage;
 pub mod wire;

@@ -1,0 +1,841 @@
+//! The replica driver: runs one Raft group on tokio, joining the pure consensus core
+//! ([`crate::raft`]) to its storage ([`crate::storage`]) and the network.
+//!
+//! This is the only place where the core meets IO. One task per group owns the core and the
+//! partition's [`Log`]; everything else talks to it through a [`ReplicaHandle`]: peer messages,
+//! proposals, fetches. The task's loop is:
+//!
+//! 1. wait for something to happen: an event, a tick, or a finished fsync;
+//! 2. take **every** event already queued (natural batching: proposals that arrived while the
+//!    previous write was in flight become one append and one fsync);
+//! 3. carry out the core's [`Ready`] in [`Replica::handle_ready`], whose doc states the order;
+//! 4. start an fsync in a blocking thread if the log has entries that are not durable and no
+//!    fsync is running; its completion is an event of step 1.
+//!
+//! It owns the group's high watermark, the produce requests waiting for commit and the fetches
+//! waiting for new records. It does not own placement or topic names (the node does) nor
+//! sockets (the server and the transport do).
+
+mod reader;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+
+use crate::proto::{Entry, RaftMessage};
+use crate::raft::{self, ProposeError, Raft, Ready, RestoredState, Role};
+use crate::storage::{Log, LogConfig, StorageError, SyncDone};
+
+pub use reader::StorageReader;
+
+/// Where outgoing Raft messages go: the peer transport in a node.
+pub trait MessageSink: Send + Sync + 'static {
+    /// Queues `message` for its destination (`message.to`). Must not block; may drop (Raft
+    /// retransmits whatever is lost).
+    fn send(&self, message: RaftMessage);
+}
+
+/// The state a group's committed entries are applied to, in log order, exactly once.
+///
+/// A partition's state is its log, so partitions apply nothing; the cluster-metadata group
+/// applies its commands to the metadata.
+pub trait StateMachine: Send + 'static {
+    /// What applying one entry produces for the client that proposed it.
+    type Output: Send + 'static;
+    /// Applies the committed entry at `entry.index` (data, no-op or config).
+    fn apply(&mut self, entry: &Entry) -> Self::Output;
+    /// Index of the last entry applied; the driver applies from the next one.
+    fn applied_index(&self) -> u64;
+}
+
+/// The state machine of a partition: the log is the state, so there is nothing to apply.
+#[derive(Debug, Default)]
+pub struct LogIsTheState;
+
+impl StateMachine for LogIsTheState {
+    type Output = ();
+    fn apply(&mut self, _entry: &Entry) {}
+    fn applied_index(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+/// How durable a proposal must be before its caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// After commit: durable on a majority.
+    All,
+    /// After the leader's own append (not yet durable anywhere).
+    Leader,
+}
+
+/// Everything a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The core's configuration (member id, group id, voters, timeouts, windows).
+    pub raft: raft::Config,
+    /// The group's directory.
+    pub dir: PathBuf,
+    /// The log's configuration.
+    pub log: LogConfig,
+    /// Wall-clock length of one Raft tick.
+    pub tick_interval: Duration,
+    /// Most events queued for the task; peer messages beyond it are dropped (Raft
+    /// retransmits), client calls wait for room.
+    pub events_queue_max: usize,
+    /// Size-based retention in bytes, 0 for none.
+    pub retention_bytes: u64,
+    /// Age-based retention in milliseconds, 0 for none.
+    pub retention_ms: u64,
+    /// How often retention is checked.
+    pub retention_check_interval: Duration,
+}
+
+/// Why a replica could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicaError {
+    /// This replica does not lead the group; `leader_hint` is the leader it knows of.
+    #[error("not the leader (leader: {leader_hint:?})")]
+    NotLeader {
+        /// The leader's node id, when known.
+        leader_hint: Option<u64>,
+    },
+    /// Too many uncommitted bytes: the group cannot commit fast enough (or has no quorum).
+    #[error(
+        "too many uncommitted bytes ({uncommitted_bytes} of {uncommitted_bytes_max}); retry later"
+    )]
+    Backpressure {
+        /// Bytes proposed but not committed.
+        uncommitted_bytes: u64,
+        /// The limit.
+        uncommitted_bytes_max: u64,
+    },
+    /// The entry can never be replicated because it exceeds the message size limit.
+    #[error("entry of {size_bytes} bytes exceeds the limit of {message_bytes_max} bytes")]
+    TooLarge {
+        /// The entry's size.
+        size_bytes: u64,
+        /// The limit.
+        message_bytes_max: u64,
+    },
+    /// Leadership changed and the entry was overwritten before it committed: it was not
+    /// written. Safe to retry.
+    #[error("leadership changed before the entry committed; it was not written")]
+    Superseded,
+    /// The fetch offset is outside `[log_start_offset, high_watermark]`.
+    #[error("offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// First offset still stored.
+        log_start_offset: u64,
+        /// Offset after the last committed record.
+        high_watermark: u64,
+    },
+    /// The log failed; the replica has stopped.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// The disk is full; nothing was written.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// The replica is shutting down or has stopped.
+    #[error("replica stopped")]
+    Stopped,
+}
+
+impl ReplicaError {
+    /// The wire error code for this error.
+    pub fn code(&self) -> crate::proto::ErrorCode {
+        use crate::proto::ErrorCode;
+        match self {
+            ReplicaError::NotLeader { .. } => ErrorCode::NotLeader,
+            ReplicaError::Backpressure { .. } => ErrorCode::ResourceExhausted,
+            ReplicaError::TooLarge { .. } => ErrorCode::InvalidRequest,
+            ReplicaError::Superseded => ErrorCode::NotLeader,
+            ReplicaError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            ReplicaError::Storage(_) => ErrorCode::StorageCorrupt,
+            ReplicaError::StorageFull(_) => ErrorCode::StorageFull,
+            ReplicaError::Stopped => ErrorCode::ShuttingDown,
+        }
+    }
+
+    fn from_propose(error: ProposeError) -> Self {
+        match error {
+            ProposeError::NotLeader { leader_hint } => ReplicaError::NotLeader { leader_hint },
+            ProposeError::Transferring { transferee } => ReplicaError::NotLeader {
+                leader_hint: Some(transferee),
+            },
+            ProposeError::UncommittedBytesFull {
+                uncommitted_bytes,
+                uncommitted_bytes_max,
+            } => ReplicaError::Backpressure {
+                uncommitted_bytes,
+                uncommitted_bytes_max,
+            },
+            ProposeError::EntryTooLarge {
+                size_bytes,
+                message_bytes_max,
+            } => ReplicaError::TooLarge {
+                size_bytes,
+                message_bytes_max,
+            },
+        }
+    }
+
+    fn from_storage(error: &StorageError) -> Self {
+        match error {
+            StorageError::StorageFull { .. } => ReplicaError::StorageFull(error.to_string()),
+            other => ReplicaError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// An accepted and (per its acks) completed proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended<O> {
+    /// Raft index of the entry.
+    pub index: u64,
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// Log append time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// What the state machine made of it; `None` for `Acks::Leader` answers.
+    pub output: Option<O>,
+}
+
+/// Committed entries for a fetch, with the partition's bounds at the time.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Data entries in offset order, all committed.
+    pub entries: Vec<Entry>,
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// First offset still stored.
+    pub log_start_offset: u64,
+}
+
+/// A snapshot of a replica's state, published after every loop iteration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The member's role.
+    pub role: Option<Role>,
+    /// Current term.
+    pub term: u64,
+    /// Known leader, 0 when unknown.
+    pub leader_id: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// First offset still stored.
+    pub log_start_offset: u64,
+    /// Bytes stored in the log's segments.
+    pub log_size_bytes: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// For a leader: each follower's match index, as (node id, match index).
+    pub follower_match: Vec<(u64, u64)>,
+    /// Set when the replica stopped on a storage error; it no longer serves or votes.
+    pub failed: Option<String>,
+}
+
+type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;
+type FetchReply = oneshot::Sender<Result<Fetched, ReplicaError>>;
+
+enum Event<O> {
+    Message(RaftMessage),
+    Propose {
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+        reply: ProposeReply<O>,
+    },
+    Fetch {
+        offset: u64,
+        bytes_max: u64,
+        reply: FetchReply,
+    },
+    TransferLeader {
+        to: u64,
+    },
+    Campaign,
+}
+
+/// The way to talk to a running replica. Cheap to clone.
+pub struct ReplicaHandle<O> {
+    events: mpsc::Sender<Event<O>>,
+    status: watch::Receiver<ReplicaStatus>,
+}
+
+impl<O> Clone for ReplicaHandle<O> {
+    fn clone(&self) -> Self {
+        ReplicaHandle {
+            events: self.events.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl<O: Send + 'static> ReplicaHandle<O> {
+    /// Hands a peer's message to the replica; dropped when its queue is full (Raft
+    /// retransmits) or it has stopped.
+    pub fn step(&self, message: RaftMessage) {
+        let _ = self.events.try_send(Event::Message(message));
+    }
+
+    /// Proposes one entry carrying `record_count` records and waits for `acks`.
+    ///
+    /// # Errors
+    /// [`ReplicaError::NotLeader`] with a hint, backpressure, size, storage errors, or
+    /// [`ReplicaError::Superseded`] when the entry was lost to a leader change.
+    pub async fn propose(
+        &self,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+    ) -> Result<Appended<O>, ReplicaError> {
+        let (reply, answer) = oneshot::channel();
+        let event = Event::Propose {
+            payload,
+            record_count,
+            acks,
+            reply,
+        };
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
+        answer.await.map_err(|_| ReplicaError::Stopped)?
+    }
+
+    /// Reads committed data entries starting with the one holding `offset`, up to about
+    /// `bytes_max` payload bytes (at least one entry when any is available). When `offset` is
+    /// the high watermark, waits up to `wait` for new commits, then answers with no entries.
+    ///
+    /// # Errors
+    /// [`ReplicaError::OffsetOutOfRange`] outside `[log_start_offset, high_watermark]`.
+    pub async fn fetch(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        wait: Duration,
+    ) -> Result<Fetched, ReplicaError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Fetch {
+                offset,
+                bytes_max,
+                reply,
+            })
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
+        match tokio::time::timeout(wait, answer).await {
+            Ok(answer) => answer.map_err(|_| ReplicaError::Stopped)?,
+            // Nothing new within the wait: an empty answer at the current bounds. Dropping
+            // `answer` tells the replica to forget the parked fetch.
+            Err(_) => {
+                let status = self.status();
+                Ok(Fetched {
+                    entries: Vec::new(),
+                    high_watermark: status.high_watermark,
+                    log_start_offset: status.log_start_offset,
+                })
+            }
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (dissertation §3.10).
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.events.try_send(Event::TransferLeader { to });
+    }
+
+    /// Asks this member to start an election now (used to place initial leaders evenly).
+    pub fn campaign(&self) {
+        let _ = self.events.try_send(Event::Campaign);
+    }
+
+    /// The replica's latest published state.
+    pub fn status(&self) -> ReplicaStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the replica's state does.
+    pub fn watch_status(&self) -> watch::Receiver<ReplicaStatus> {
+        self.status.clone()
+    }
+}
+
+/// A proposal waiting for its entry to commit (or to be superseded).
+struct PendingProposal<O> {
+    index: u64,
+    term: u64,
+    base_offset: u64,
+    timestamp_ms: i64,
+    acks: Acks,
+    reply: Option<ProposeReply<O>>,
+}
+
+/// A fetch parked at the high watermark until new records commit.
+struct ParkedFetch {
+    offset: u64,
+    bytes_max: u64,
+    reply: FetchReply,
+}
+
+/// The task that runs one group. Created by [`Replica::start`].
+pub struct Replica<S: StateMachine> {
+    raft: Raft,
+    log: Log,
+    machine: S,
+    sink: std::sync::Arc<dyn MessageSink>,
+    config: ReplicaConfig,
+    pending: VecDeque<PendingProposal<S::Output>>,
+    parked: Vec<ParkedFetch>,
+    sync_running: bool,
+    sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
+    status: watch::Sender<ReplicaStatus>,
+    high_watermark: u64,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Opens the group's log (running recovery), rebuilds the core from it, and spawns the
+    /// task. Must be called inside a multi-threaded tokio runtime: storage calls that fsync
+    /// run under `block_in_place` so they never stall other tasks.
+    ///
+    /// # Errors
+    /// The log could not be opened (damaged, unreadable, disk full) or the core's
+    /// configuration is invalid.
+    pub fn start(
+        config: ReplicaConfig,
+        machine: S,
+        sink: std::sync::Arc<dyn MessageSink>,
+    ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
+        let (mut log, _report) =
+            tokio::task::block_in_place(|| Log::open(&config.dir, config.log.clone()))
+                .map_err(|e| ReplicaError::from_storage(&e))?;
+        // Entries that survived a crash of the process but were never fsynced are made
+        // durable now, before the core treats them as its durable log.
+        tokio::task::block_in_place(|| log.sync()).map_err(|e| ReplicaError::from_storage(&e))?;
+        let restored = restored_state(&log);
+        let raft = Raft::restore(config.raft.clone(), restored, &StorageReader::new(&log))
+            .map_err(|e| ReplicaError::Storage(format!("invalid raft configuration: {e}")))?;
+        let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
+        let (status, status_rx) = watch::channel(ReplicaStatus::default());
+        let high_watermark = log.start_offset();
+        let replica = Replica {
+            raft,
+            log,
+            machine,
+            sink,
+            config,
+            pending: VecDeque::new(),
+            parked: Vec::new(),
+            sync_running: false,
+            sync_done: mpsc::channel(1),
+            status,
+            high_watermark,
+        };
+        tokio::spawn(replica.run(inbox));
+        Ok(ReplicaHandle {
+            events,
+            status: status_rx,
+        })
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Event<S::Output>>) {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut retention = tokio::time::interval(self.config.retention_check_interval);
+        retention.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                Some(done) = self.sync_done.1.recv() => self.on_sync_done(done),
+                event = inbox.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_event(event);
+                    // Natural batching: everything that queued up while we were busy is
+                    // handled before the next Ready, so it shares one append and one fsync.
+                    while let Ok(event) = inbox.try_recv() {
+                        self.on_event(event);
+                    }
+                    Ok(())
+                }
+                _ = ticker.tick() => { self.raft.tick(); Ok(()) }
+                _ = retention.tick() => self.apply_retention(),
+            };
+            let outcome = outcome.and_then(|()| self.handle_ready());
+            if let Err(error) = outcome {
+                self.fail(error);
+                break;
+            }
+            self.start_sync();
+            self.publish_status();
+        }
+        self.fail_waiters(ReplicaError::Stopped);
+        if self.status.borrow().failed.is_none() {
+            let _ = tokio::task::block_in_place(|| self.log.sync());
+        }
+    }
+
+    fn on_event(&mut self, event: Event<S::Output>) {
+        match event {
+            Event::Message(message) => self.raft.step(message),
+            Event::Propose {
+                payload,
+                record_count,
+                acks,
+                reply,
+            } => self.on_propose(payload, record_count, acks, reply),
+            Event::Fetch {
+                offset,
+                bytes_max,
+                reply,
+            } => self.on_fetch(offset, bytes_max, reply),
+            Event::TransferLeader { to } => {
+                let _ = self.raft.transfer_leader(to);
+            }
+            Event::Campaign => self.raft.campaign_now(),
+        }
+    }
+
+    fn on_propose(
+        &mut self,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+        reply: ProposeReply<S::Output>,
+    ) {
+        let timestamp_ms = now_ms();
+        match self.raft.propose(payload, record_count, timestamp_ms) {
+            Ok(proposed) => self.pending.push_back(PendingProposal {
+                index: proposed.index,
+                term: proposed.term,
+                base_offset: proposed.base_offset,
+                timestamp_ms,
+                acks,
+                reply: Some(reply),
+            }),
+            Err(error) => {
+                let _ = reply.send(Err(ReplicaError::from_propose(error)));
+            }
+        }
+    }
+
+    /// Carries out one [`Ready`] of the core. The order is the Raft contract:
+    ///
+    /// 1. **Hard state first, durably.** A vote or a term must be on disk before any message
+    ///    that reveals it leaves this node, or a crash could let this node vote twice in one
+    ///    term. `Log::set_hard_state` fsyncs before returning.
+    /// 2. **Log changes**: snapshot install, then suffix truncation, then the append. The
+    ///    append only copies into the memory-mapped segment; it is made durable later by the
+    ///    background fsync ([`Replica::start_sync`]), so the leader's own disk write runs in
+    ///    parallel with step 3 (dissertation §10.2.1). The core counts the leader's copy
+    ///    toward commit only once that fsync reports back through `persisted`.
+    /// 3. **Send** the messages. A follower's answers carry its durable index separately, so
+    ///    sending before its own fsync is safe.
+    /// 4. **Commit**: advance the high watermark, apply to the state machine, answer the
+    ///    proposals that committed (or were superseded), and wake parked fetches.
+    fn handle_ready(&mut self) -> Result<(), StorageError> {
+        let ready: Ready = self.raft.ready(&StorageReader::new(&self.log));
+        if ready.is_empty() {
+            return Ok(());
+        }
+        self.write_log(&ready)?;
+        for message in ready.messages {
+            self.sink.send(message);
+        }
+        self.answer_leader_acks();
+        if ready.commit_index.is_some() {
+            self.on_commit()?;
+        }
+        Ok(())
+    }
+
+    fn write_log(&mut self, ready: &Ready) -> Result<(), StorageError> {
+        let commit_index = self.raft.commit_index();
+        tokio::task::block_in_place(|| {
+            if let Some(hard_state) = &ready.hard_state {
+                self.log
+                    .set_hard_state(hard_state.current_term, hard_state.voted_for)?;
+            }
+            if let Some(position) = ready.snapshot {
+                self.log
+                    .install_snapshot(position.index, position.term, position.next_offset)?;
+                self.high_watermark = self.high_watermark.max(position.next_offset);
+            }
+            if let Some(from_index) = ready.truncate_from {
+                if from_index <= self.log.last_index() {
+                    self.log.truncate_suffix(from_index, commit_index)?;
+                }
+            }
+            if !ready.entries.is_empty() {
+                self.log.append(&ready.entries)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Answers `acks=leader` proposals whose entries are now in the leader's log.
+    fn answer_leader_acks(&mut self) {
+        let last_index = self.log.last_index();
+        for pending in self.pending.iter_mut() {
+            if pending.acks == Acks::Leader && pending.index <= last_index {
+                if let Some(reply) = pending.reply.take() {
+                    let _ = reply.send(Ok(Appended {
+                        index: pending.index,
+                        base_offset: pending.base_offset,
+                        timestamp_ms: pending.timestamp_ms,
+                        output: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_commit(&mut self) -> Result<(), StorageError> {
+        let commit_index = self.raft.commit_index().min(self.log.last_index());
+        if commit_index >= self.log.first_index() {
+            let last = self.log.entries(commit_index, commit_index + 1, 0)?;
+            if let Some(entry) = last.first() {
+                self.high_watermark = entry.base_offset + u64::from(entry.record_count);
+            }
+        }
+        let outputs = self.apply_committed(commit_index)?;
+        self.complete_proposals(commit_index, outputs);
+        self.serve_parked();
+        Ok(())
+    }
+
+    /// Applies committed entries the state machine has not seen, returning each output by
+    /// index so that the proposals waiting for them can be answered.
+    fn apply_committed(
+        &mut self,
+        commit_index: u64,
+    ) -> Result<VecDeque<(u64, S::Output)>, StorageError> {
+        let mut outputs = VecDeque::new();
+        let mut next = self
+            .machine
+            .applied_index()
+            .saturating_add(1)
+            .max(self.log.first_index());
+        while next <= commit_index {
+            let entries = self.log.entries(next, commit_index + 1, 1 << 20)?;
+            for entry in &entries {
+                outputs.push_back((entry.index, self.machine.apply(entry)));
+            }
+            next = entries.last().map_or(commit_index + 1, |e| e.index + 1);
+        }
+        Ok(outputs)
+    }
+
+    fn complete_proposals(&mut self, commit_index: u64, mut outputs: VecDeque<(u64, S::Output)>) {
+        while let Some(pending) = self.pending.front() {
+            if pending.index > commit_index {
+                break;
+            }
+            let mut pending = self.pending.pop_front().expect("front exists");
+            let Some(reply) = pending.reply.take() else {
+                continue;
+            };
+            // The entry at this index committed; it is ours only if its term is the one our
+            // proposal got. Otherwise a new leader overwrote it before it committed.
+            let ours = self.log.term_at(pending.index) == Some(pending.term);
+            let output = loop {
+                match outputs.front() {
+                    Some((index, _)) if *index < pending.index => drop(outputs.pop_front()),
+                    Some((index, _)) if *index == pending.index => {
+                        break outputs.pop_front().map(|(_, o)| o)
+                    }
+                    _ => break None,
+                }
+            };
+            let result = if ours {
+                Ok(Appended {
+                    index: pending.index,
+                    base_offset: pending.base_offset,
+                    timestamp_ms: pending.timestamp_ms,
+                    output,
+                })
+            } else {
+                Err(ReplicaError::Superseded)
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn on_fetch(&mut self, offset: u64, bytes_max: u64, reply: FetchReply) {
+        let log_start_offset = self.log.start_offset();
+        if offset < log_start_offset || offset > self.high_watermark {
+            let high_watermark = self.high_watermark;
+            let _ = reply.send(Err(ReplicaError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark,
+            }));
+            return;
+        }
+        if offset == self.high_watermark {
+            self.parked.push(ParkedFetch {
+                offset,
+                bytes_max,
+                reply,
+            });
+            return;
+        }
+        let _ = reply.send(self.read_committed(offset, bytes_max));
+    }
+
+    fn read_committed(&self, offset: u64, bytes_max: u64) -> Result<Fetched, ReplicaError> {
+        let mut entries = self
+            .log
+            .read_from_offset(offset, bytes_max)
+            .map_err(|e| ReplicaError::from_storage(&e))?;
+        // Only committed records are ever shown: drop what lies beyond the high watermark.
+        entries.retain(|entry| entry.base_offset < self.high_watermark);
+        Ok(Fetched {
+            entries,
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log.start_offset(),
+        })
+    }
+
+    fn serve_parked(&mut self) {
+        let parked = std::mem::take(&mut self.parked);
+        for fetch in parked {
+            if fetch.reply.is_closed() {
+                continue;
+            }
+            if fetch.offset < self.high_watermark {
+                let _ = fetch
+                    .reply
+                    .send(self.read_committed(fetch.offset, fetch.bytes_max));
+            } else {
+                self.parked.push(fetch);
+            }
+        }
+    }
+
+    /// Starts an fsync of everything appended so far, unless one is running: the next one
+    /// then covers everything appended meanwhile (group commit).
+    fn start_sync(&mut self) {
+        if self.sync_running || self.log.last_index() <= self.log.durable_index() {
+            return;
+        }
+        let Some(job) = self.log.poll_sync(now_ms()) else {
+            return;
+        };
+        self.sync_running = true;
+        let done = self.sync_done.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.blocking_send(job.run());
+        });
+    }
+
+    fn on_sync_done(&mut self, done: SyncDone) -> Result<(), StorageError> {
+        self.sync_running = false;
+        let durable_index = self.log.complete_sync(done)?;
+        if let Some(term) = self.log.term_at(durable_index) {
+            // The core drops the report if the entry at that index changed meanwhile.
+            self.raft.persisted(durable_index, term);
+        }
+        Ok(())
+    }
+
+    fn apply_retention(&mut self) -> Result<(), StorageError> {
+        let (bytes, ms) = (self.config.retention_bytes, self.config.retention_ms);
+        if bytes == 0 && ms == 0 {
+            return Ok(());
+        }
+        let before = self.log.first_index();
+        let commit_index = self.raft.commit_index();
+        let first = tokio::task::block_in_place(|| {
+            self.log.apply_retention(now_ms(), bytes, ms, commit_index)
+        })?;
+        if first > before {
+            let index = first - 1;
+            let term = self.log.term_at(index).expect("the log start term is kept");
+            self.raft.compact(index, term, self.log.start_offset());
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let follower_match = if self.raft.role() == Role::Leader {
+            let me = self.raft.id();
+            self.config
+                .raft
+                .voters
+                .iter()
+                .filter(|&&id| id != me)
+                .filter_map(|&id| self.raft.progress(id).map(|p| (id, p.match_index)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let status = ReplicaStatus {
+            role: Some(self.raft.role()),
+            term: self.raft.term(),
+            leader_id: self.raft.leader_id().unwrap_or(0),
+            commit_index: self.raft.commit_index(),
+            last_index: self.log.last_index(),
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log.start_offset(),
+            log_size_bytes: self.log.size_bytes(),
+            segment_count: self.log.segment_count() as u64,
+            follower_match,
+            failed: None,
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+
+    /// Stops serving after a storage error: after a failed write or fsync the log's state on
+    /// disk is unknown, so the replica neither answers nor votes until it is reopened.
+    fn fail(&mut self, error: StorageError) {
+        tracing::error!(group = self.config.raft.group_id, %error, "replica stopped on a storage error");
+        let reason = error.to_string();
+        self.fail_waiters(ReplicaError::from_storage(&error));
+        self.status
+            .send_modify(|status| status.failed = Some(reason));
+    }
+
+    fn fail_waiters(&mut self, error: ReplicaError) {
+        for mut pending in self.pending.drain(..) {
+            if let Some(reply) = pending.reply.take() {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        for fetch in self.parked.drain(..) {
+            let _ = fetch.reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// The core's view of a reopened log.
+///
+/// The schema and storage define `log_start_index` as the first index still in the log; the
+/// core counts its log start as the last index covered by the snapshot, one less.
+fn restored_state(log: &Log) -> RestoredState {
+    let mut hard_state = *log.hard_state();
+    hard_state.log_start_index = log.first_index() - 1;
+    RestoredState {
+        hard_state,
+        last_index: log.last_index(),
+    }
+}
+
+/// Milliseconds since the Unix epoch: the log append time of entries.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -34,6 +34,7 @@
 //! peer_inbound_bytes_max = 67108864
 //! reconnect_backoff_ms_min = 50
 //! reconnect_backoff_ms_max = 2000
+//! peer_write_timeout_ms = 10000
 //!
 //! [server]
 //! connections_max = 512
@@ -64,7 +65,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -155,6 +155,11 @@ pub struct NetworkConfig {
     /// connection attempt every couple of seconds, and a returning peer is reached within about
     /// one election timeout.
     pub reconnect_backoff_ms_max: u64,
+    /// Longest one frame may take to be written to a peer before the connection is given up
+    /// and rebuilt. A peer whose machine vanished never closes its connections, and TCP would
+    /// keep retrying for about 15 minutes; 10 s is ten election timeouts, so only a peer that
+    /// is gone or stuck is cut off, never one that is merely busy.
+    pub peer_write_timeout_ms: u64,
 }
 
 /// Limits and timeouts of the client port.
@@ -311,6 +316,7 @@ impl Default for NetworkConfig {
             peer_inbound_bytes_max: 64 * MIB,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 2_000,
+            peer_write_timeout_ms: 10_000,
         }
     }
 }
@@ -375,8 +381,8 @@ impl NodeConfig {
     /// instead of a silently ignored line. The result is not validated yet.
     ///
     /// # Errors
-    /// [`ConfigError::Parse`] for invalid TOML, unknown or missing keys and wrong types;
-    /// [`ConfigError::Peer`] for a bad entry of `[peers]`.
+    /// [`ConfigError::Parse`] for invalid TOML, unknown or missing keys, wrong types, and
+    /// `[peers]` keys that are not node ids.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         Ok(toml::from_str(text)?)
     }
@@ -430,6 +436,23 @@ impl NodeConfig {
         for (&id, address) in &self.peers {
             check_peer(id, address)?;
         }
+        let mut addresses: Vec<&str> = self.peers.values().map(String::as_str).collect();
+        addresses.sort_unstable();
+        if let Some(pair) = addresses.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(invalid(
+                "peers",
+                format!("two nodes share the peer address {}", pair[0]),
+            ));
+        }
+        if self.peer_listen == self.client_listen {
+            return Err(invalid("peer_listen", "must differ from client_listen"));
+        }
+        if self.metrics_listen == self.client_listen || self.metrics_listen == self.peer_listen {
+            return Err(invalid(
+                "metrics_listen",
+                "must differ from client_listen and peer_listen",
+            ));
+        }
         if !self.peers.contains_key(&self.node_id) {
             return Err(invalid(
                 "peers",
@@ -440,11 +463,6 @@ impl NodeConfig {
             ));
         }
         Ok(())
-    }
-
-    /// One Raft tick.
-    pub fn tick_interval(&self) -> Duration {
-        Duration::from_millis(self.raft.tick_interval_ms)
     }
 }
 
@@ -460,6 +478,7 @@ impl NetworkConfig {
             ));
         }
         positive("network.handshake_timeout_ms", self.handshake_timeout_ms)?;
+        positive("network.peer_write_timeout_ms", self.peer_write_timeout_ms)?;
         if self.peer_connections_max < peer_count {
             return Err(invalid(
                 "network.peer_connections_max",
@@ -825,6 +844,14 @@ mod tests {
             ("network.handshake_timeout_ms", |c| {
                 c.network.handshake_timeout_ms = 0
             }),
+            ("network.peer_write_timeout_ms", |c| {
+                c.network.peer_write_timeout_ms = 0
+            }),
+            ("peers", |c| {
+                c.peers.insert(4, c.peers[&2].clone());
+            }),
+            ("peer_listen", |c| c.peer_listen = c.client_listen),
+            ("metrics_listen", |c| c.metrics_listen = c.peer_listen),
             ("network.peer_connections_max", |c| {
                 c.network.peer_connections_max = 1
             }),

@@ -481,7 +481,19 @@ async fn a_node_outside_the_peers_map_is_refused() {
 
 #[tokio::test]
 async fn garbage_on_the_peer_port_closes_only_that_connection() {
-    let mut nodes = cluster(2).await;
+    // Node 3 is a member that never runs: the raw connections below speak as node 3, so that
+    // they do not take the place of node 1's real connection.
+    let listeners = [bind().await, bind().await];
+    let mut addresses: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    addresses.push(free_port_address().await);
+    let peers = peers(&addresses);
+    let mut nodes: Vec<(Transport, Inbound)> = (1..)
+        .zip(listeners)
+        .map(|(id, listener)| start(config(id, &peers), listener))
+        .collect();
     let b_address = nodes[1].0.local_addr();
     nodes[0].0.send(vote(1, 1, 2, 0)).unwrap();
     receive(&mut nodes[1].1, 1).await;
@@ -511,7 +523,7 @@ async fn garbage_on_the_peer_port_closes_only_that_connection() {
     }
 
     // After a good handshake: a client request instead of a RaftBatch, then a misrouted message.
-    let (mut framed, result) = raw_peer(b_address, CLUSTER, 1).await;
+    let (mut framed, result) = raw_peer(b_address, CLUSTER, 3).await;
     result.unwrap();
     let list_topics = Envelope {
         correlation_id: 1,
@@ -519,12 +531,12 @@ async fn garbage_on_the_peer_port_closes_only_that_connection() {
     };
     framed.send(list_topics).await.unwrap();
     assert_closed(&mut framed).await;
-    let (mut framed, result) = raw_peer(b_address, CLUSTER, 1).await;
+    let (mut framed, result) = raw_peer(b_address, CLUSTER, 3).await;
     result.unwrap();
     let misrouted = Envelope {
         correlation_id: 0,
         body: Some(Body::Raft(RaftBatch {
-            messages: vec![vote(1, 3, 2, 0)],
+            messages: vec![vote(1, 1, 2, 0)],
         })),
     };
     framed.send(misrouted).await.unwrap();
@@ -620,4 +632,60 @@ async fn cancelling_the_node_token_stops_the_transport() {
     assert!(within("inbound to end", inbound.recv()).await.is_none());
     within("tasks to exit", transport.shutdown()).await;
     assert_eq!(transport.live_tasks(), 0);
+}
+
+#[tokio::test]
+async fn a_newer_connection_from_a_peer_replaces_the_older() {
+    let mut nodes = cluster(2).await;
+    nodes[0].0.send(vote(1, 1, 2, 0)).unwrap();
+    receive(&mut nodes[1].1, 1).await;
+
+    // A second connection claiming to be node 1 (as after a restart whose old connection B
+    // never saw die) takes the place of A's; A notices, reconnects, and in turn replaces it.
+    let (mut impostor, result) = raw_peer(nodes[1].0.local_addr(), CLUSTER, 1).await;
+    result.unwrap();
+    assert_closed(&mut impostor).await;
+    let a = &nodes[0].0;
+    wait_until("A to reconnect", || a.stats(2).unwrap().reconnects >= 1).await;
+    for seq in 1..=10 {
+        a.send(vote(1, 1, 2, seq)).unwrap();
+    }
+    let received = receive(&mut nodes[1].1, 10).await;
+    assert_eq!(
+        received.iter().map(seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_stuck_peer_is_cut_off_after_the_write_timeout() {
+    let mut listeners = vec![bind().await, bind().await];
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let peers = peers(&addresses);
+    let mut b_config = config(2, &peers);
+    b_config.network.peer_inbound_messages_max = 1;
+    let mut a_config = config(1, &peers);
+    a_config.network.peer_queue_bytes_max = 2 * 1024 * 1024;
+    a_config.network.peer_write_timeout_ms = 300;
+    let (b, _b_inbound_never_read) = start(b_config, listeners.pop().unwrap());
+    let (a, _a_inbound) = start(a_config, listeners.pop().unwrap());
+
+    // B's node takes nothing, so its connection stops reading and A's writes stall; after the
+    // write timeout A gives the connection up and builds a new one.
+    let mut sent = 0;
+    within("A to give up the stalled connection", async {
+        while a.stats(2).unwrap().reconnects == 0 {
+            let _ = a.send(append(1, 2, sent, 64 * 1024)).unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert!(a.stats(2).unwrap().dropped_messages > 0);
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }

@@ -1,7 +1,7 @@
 //! The acceptor task: takes the other nodes' connections and forwards what they carry.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -79,6 +79,19 @@ async fn serve(
         accepted = tokio::time::timeout(config.handshake_timeout(), accept(&mut connection, config)) => accepted,
     };
     let peer = accepted.map_err(|_| TransportError::Timeout)??;
+    let registration = Registration::new(shared, peer);
+    receive(&mut connection, peer, shared, inbound, &registration.token).await
+}
+
+/// Reads frames until the peer hangs up, the node stops taking messages, or `token` (shutdown,
+/// or a newer connection from the same peer) is cancelled.
+async fn receive(
+    connection: &mut PeerConnection,
+    peer: NodeId,
+    shared: &Shared,
+    inbound: &InboundSender,
+    token: &CancellationToken,
+) -> Result<(), TransportError> {
     loop {
         let next = tokio::select! {
             _ = token.cancelled() => return Ok(()),
@@ -92,6 +105,50 @@ async fn serve(
             return Ok(());
         }
     }
+}
+
+/// A peer's current incoming connection in [`Shared::incoming`]. Registering closes the
+/// peer's previous connection; dropping unregisters, unless a newer one has taken the place.
+struct Registration<'a> {
+    shared: &'a Shared,
+    peer: NodeId,
+    generation: u64,
+    token: CancellationToken,
+}
+
+impl<'a> Registration<'a> {
+    fn new(shared: &'a Shared, peer: NodeId) -> Self {
+        let generation = shared.incoming_generation.fetch_add(1, Ordering::Relaxed);
+        let token = shared.token.child_token();
+        let previous = lock(&shared.incoming).insert(peer, (generation, token.clone()));
+        if let Some((_, older)) = previous {
+            tracing::debug!(peer, "a newer connection replaces the peer's older one");
+            older.cancel();
+        }
+        Self {
+            shared,
+            peer,
+            generation,
+            token,
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut incoming = lock(&self.shared.incoming);
+        if incoming.get(&self.peer).map(|(generation, _)| *generation) == Some(self.generation) {
+            incoming.remove(&self.peer);
+        }
+    }
+}
+
+/// The map is only touched in these short, panic-free critical sections, so a poisoned lock
+/// still holds a consistent map.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The acceptor's side of the handshake, with the peer-port checks on top of the wire's:

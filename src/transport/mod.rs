@@ -141,8 +141,9 @@ pub enum TransportError {
         /// This node.
         node_id: NodeId,
     },
-    /// Connecting or completing the handshake took longer than the configured timeout.
-    #[error("peer connection or handshake timed out")]
+    /// Connecting, completing the handshake, or writing one frame took longer than its
+    /// configured timeout.
+    #[error("peer connection, handshake or write timed out")]
     Timeout,
     /// Framing, handshake or socket error on one connection.
     #[error(transparent)]
@@ -202,6 +203,11 @@ struct Shared {
     frame_budget_bytes: usize,
     received_messages: AtomicU64,
     refused_connections: AtomicU64,
+    /// The live incoming connection of each peer, by a generation number, with the token that
+    /// closes it. A peer has one at a time: when it connects again (it restarted, or its old
+    /// connection died without this side noticing), the newer connection replaces the older.
+    incoming: Mutex<BTreeMap<NodeId, (u64, CancellationToken)>>,
+    incoming_generation: AtomicU64,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -262,6 +268,8 @@ impl Transport {
                 .saturating_sub(ENVELOPE_OVERHEAD_BYTES),
             received_messages: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
+            incoming: Mutex::new(BTreeMap::new()),
+            incoming_generation: AtomicU64::new(0),
             token: shutdown.child_token(),
             tasks: TaskTracker::default(),
         });
@@ -360,7 +368,8 @@ impl Transport {
         self.shared.received_messages.load(Ordering::Relaxed)
     }
 
-    /// Incoming connections closed for a refused handshake or a protocol error.
+    /// Incoming connections that ended in an error: a refused handshake, a malformed frame or
+    /// message, a socket error.
     pub fn refused_connections_total(&self) -> u64 {
         self.shared.refused_connections.load(Ordering::Relaxed)
     }

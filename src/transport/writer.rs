@@ -2,11 +2,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, PeerLink, Shared, TransportConfig, TransportError};
 use crate::proto::envelope::Body;
@@ -23,8 +23,8 @@ pub(super) async fn run(shared: Arc<Shared>, link: Arc<PeerLink>, config: Arc<Tr
     let token = shared.token.clone();
     let network = &config.network;
     let mut backoff = Backoff::new(
-        std::time::Duration::from_millis(network.reconnect_backoff_ms_min),
-        std::time::Duration::from_millis(network.reconnect_backoff_ms_max),
+        Duration::from_millis(network.reconnect_backoff_ms_min),
+        Duration::from_millis(network.reconnect_backoff_ms_max),
         jitter_seed(config.node_id, link.node_id),
     );
     loop {
@@ -37,7 +37,8 @@ pub(super) async fn run(shared: Arc<Shared>, link: Arc<PeerLink>, config: Arc<Tr
                 backoff.reset();
                 link.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = link.node_id, "peer connection established");
-                match pump(&mut connection, &link, &token, shared.frame_budget_bytes).await {
+                let write_timeout = Duration::from_millis(network.peer_write_timeout_ms);
+                match pump(&mut connection, &link, &shared, write_timeout).await {
                     Ok(()) => return,
                     Err(error) => {
                         tracing::info!(peer = link.node_id, %error, "peer connection lost")
@@ -91,7 +92,7 @@ async fn connect(
 }
 
 /// Writes everything queued for the peer, one `RaftBatch` frame per write, until shutdown
-/// (`Ok`) or until the connection fails (`Err`).
+/// (`Ok`) or until the connection fails or a write takes longer than `write_timeout` (`Err`).
 ///
 /// Messages queued while a write is in flight all go into the next frame: that is the
 /// coalescing. The peer never writes on this connection after the handshake, so anything
@@ -100,11 +101,12 @@ async fn connect(
 async fn pump(
     connection: &mut PeerConnection,
     link: &PeerLink,
-    token: &CancellationToken,
-    frame_budget_bytes: usize,
+    shared: &Shared,
+    write_timeout: Duration,
 ) -> Result<(), TransportError> {
+    let token = &shared.token;
     loop {
-        let messages = link.take_batch(frame_budget_bytes);
+        let messages = link.take_batch(shared.frame_budget_bytes);
         if messages.is_empty() {
             tokio::select! {
                 _ = token.cancelled() => return Ok(()),
@@ -119,12 +121,17 @@ async fn pump(
         };
         let written = tokio::select! {
             _ = token.cancelled() => return Ok(()),
-            written = connection.send(envelope) => written,
+            written = tokio::time::timeout(write_timeout, connection.send(envelope)) => written,
         };
-        if let Err(error) = written {
+        let failure = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.into()),
+            Err(_elapsed) => Some(TransportError::Timeout),
+        };
+        if let Some(error) = failure {
             // The batch may or may not have reached the peer; count it as lost. Raft resends.
             link.dropped_messages.fetch_add(count, Ordering::Relaxed);
-            return Err(error.into());
+            return Err(error);
         }
         link.sent_messages.fetch_add(count, Ordering::Relaxed);
         link.sent_frames.fetch_add(1, Ordering::Relaxed);

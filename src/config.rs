@@ -812,6 +812,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_the_module_doc_spells_out_every_default() {
+        let source = include_str!("config.rs");
+        let example: String = source
+            .lines()
+            .map(|line| {
+                line.strip_prefix("//!")
+                    .unwrap_or("")
+                    .trim_start_matches(' ')
+            })
+            .skip_while(|line| *line != "```toml")
+            .skip(1)
+            .take_while(|line| *line != "```")
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = NodeConfig::from_toml_str(&example).unwrap();
+        config.validate().unwrap();
+        let mut expected = three_nodes();
+        expected.data_dir = PathBuf::from("/var/lib/raftlog");
+        assert_eq!(config, expected);
+    }
+
+    #[test]
     fn toml_round_trips() {
         let mut config = three_nodes();
         config.storage.fsync_policy = FsyncPolicy::IntervalMs(250);

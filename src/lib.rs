@@ -15,16 +15,22 @@
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
 //! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
+//! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
+//! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
+//! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
 //! leader election, log replication and snapshots travel between nodes.
 
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod client;
+pub mod config;
 pub mod metadata;
 pub mod proto;
 pub mod raft;
 pub mod replica;
 pub mod storage;
+pub mod transport;
 pub mod wire;

@@ -1,0 +1,244 @@
+//! The acceptor task: takes the other nodes' connections and forwards what they carry.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::InboundSender;
+use super::{Shared, TransportConfig, TransportError};
+use crate::config::NodeId;
+use crate::proto::envelope::Body;
+use crate::proto::{ConnectionRole, Envelope, ErrorCode, HandshakeResponse, RaftBatch};
+use crate::wire::error::{body_name, error_envelope};
+use crate::wire::{handshake, EnvelopeCodec, WireError, PROTOCOL_VERSION};
+
+type PeerConnection = Framed<TcpStream, EnvelopeCodec>;
+
+/// Accepts peer connections until shutdown, at most `peer_connections_max` at once, each
+/// served by its own task so that one bad connection never stalls another.
+pub(super) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: Arc<TransportConfig>,
+    inbound: InboundSender,
+) {
+    let token = shared.token.clone();
+    let slots = Arc::new(Semaphore::new(config.network.peer_connections_max));
+    loop {
+        let slot = tokio::select! {
+            _ = token.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Usually out of file descriptors: pause instead of spinning on the error.
+                tracing::warn!(%error, "cannot accept a peer connection");
+                let pause = Duration::from_millis(config.network.reconnect_backoff_ms_min);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        let (shared, config, inbound) = (shared.clone(), config.clone(), inbound.clone());
+        let tasks = shared.tasks.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            if let Err(error) = serve(stream, &shared, &config, &inbound).await {
+                shared.refused_connections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%error, "closed a peer connection");
+            }
+        });
+    }
+}
+
+/// Serves one incoming connection: handshake, then every `RaftBatch` to [`InboundSender`].
+/// Returns `Ok` when the peer hangs up, the node stops taking messages, or at shutdown.
+async fn serve(
+    stream: TcpStream,
+    shared: &Shared,
+    config: &TransportConfig,
+    inbound: &InboundSender,
+) -> Result<(), TransportError> {
+    stream.set_nodelay(true)?;
+    let mut connection = Framed::new(stream, EnvelopeCodec::new(config.network.frame_bytes_max));
+    let token = &shared.token;
+    let accepted = tokio::select! {
+        _ = token.cancelled() => return Ok(()),
+        accepted = tokio::time::timeout(config.handshake_timeout(), accept(&mut connection, config)) => accepted,
+    };
+    let peer = accepted.map_err(|_| TransportError::Timeout)??;
+    let registration = Registration::new(shared, peer);
+    receive(&mut connection, peer, shared, inbound, &registration.token).await
+}
+
+/// Reads frames until the peer hangs up, the node stops taking messages, or `token` (shutdown,
+/// or a newer connection from the same peer) is cancelled.
+async fn receive(
+    connection: &mut PeerConnection,
+    peer: NodeId,
+    shared: &Shared,
+    inbound: &InboundSender,
+    token: &CancellationToken,
+) -> Result<(), TransportError> {
+    loop {
+        let next = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            next = connection.next() => next,
+        };
+        let Some(envelope) = next else {
+            return Ok(());
+        };
+        let batch = raft_batch(envelope?)?;
+        if !forward(batch, peer, shared, inbound, token).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// A peer's current incoming connection in [`Shared::incoming`]. Registering closes the
+/// peer's previous connection; dropping unregisters, unless a newer one has taken the place.
+struct Registration<'a> {
+    shared: &'a Shared,
+    peer: NodeId,
+    generation: u64,
+    token: CancellationToken,
+}
+
+impl<'a> Registration<'a> {
+    fn new(shared: &'a Shared, peer: NodeId) -> Self {
+        let generation = shared.incoming_generation.fetch_add(1, Ordering::Relaxed);
+        let token = shared.token.child_token();
+        let previous = lock(&shared.incoming).insert(peer, (generation, token.clone()));
+        if let Some((_, older)) = previous {
+            tracing::debug!(peer, "a newer connection replaces the peer's older one");
+            older.cancel();
+        }
+        Self {
+            shared,
+            peer,
+            generation,
+            token,
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut incoming = lock(&self.shared.incoming);
+        if incoming.get(&self.peer).map(|(generation, _)| *generation) == Some(self.generation) {
+            incoming.remove(&self.peer);
+        }
+    }
+}
+
+/// The map is only touched in these short, panic-free critical sections, so a poisoned lock
+/// still holds a consistent map.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The acceptor's side of the handshake, with the peer-port checks on top of the wire's:
+/// the opener must be a member of the cluster and not this node. Refusals are answered with
+/// an error before the connection closes, so the other node's operator sees why.
+async fn accept(
+    connection: &mut PeerConnection,
+    config: &TransportConfig,
+) -> Result<NodeId, TransportError> {
+    let first = connection.next().await.ok_or(WireError::Closed)?;
+    let checked = first
+        .and_then(|envelope| {
+            handshake::check_handshake(envelope, &config.cluster_id, ConnectionRole::Peer)
+        })
+        .map_err(TransportError::from)
+        .and_then(|handshake| check_member(handshake.node_id, config));
+    match checked {
+        Ok(peer) => {
+            let response = HandshakeResponse {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: config.node_id,
+            };
+            let envelope = Envelope {
+                correlation_id: 0,
+                body: Some(Body::HandshakeResponse(response)),
+            };
+            connection.send(envelope).await?;
+            Ok(peer)
+        }
+        Err(error) => {
+            let message = match &error {
+                TransportError::Wire(wire) => wire.to_message(),
+                other => crate::proto::Error {
+                    code: ErrorCode::ClusterMismatch as i32,
+                    message: other.to_string(),
+                    ..Default::default()
+                },
+            };
+            // Best effort: the connection is dropped either way.
+            let _ = connection.send(error_envelope(0, message)).await;
+            Err(error)
+        }
+    }
+}
+
+fn check_member(node_id: NodeId, config: &TransportConfig) -> Result<NodeId, TransportError> {
+    if node_id == config.node_id || !config.peers.contains_key(&node_id) {
+        return Err(TransportError::UnknownPeer { node_id });
+    }
+    Ok(node_id)
+}
+
+fn raft_batch(envelope: Envelope) -> Result<RaftBatch, TransportError> {
+    match envelope.body {
+        Some(Body::Raft(batch)) => Ok(batch),
+        other => Err(WireError::UnexpectedMessage {
+            expected: "RaftBatch",
+            got: body_name(other.as_ref()),
+        }
+        .into()),
+    }
+}
+
+/// Hands a batch's messages to the node in order, waiting for room in the inbound channel
+/// (which is what pushes back on a fast sender). Returns `Ok(false)` when the node has
+/// dropped its receiver or the transport is shutting down.
+async fn forward(
+    batch: RaftBatch,
+    peer: NodeId,
+    shared: &Shared,
+    inbound: &InboundSender,
+    token: &CancellationToken,
+) -> Result<bool, TransportError> {
+    for message in batch.messages {
+        if message.from != peer || message.to != shared.node_id {
+            return Err(TransportError::Misrouted {
+                from: message.from,
+                to: message.to,
+                peer,
+                node_id: shared.node_id,
+            });
+        }
+        let sent = tokio::select! {
+            _ = token.cancelled() => return Ok(false),
+            sent = inbound.send(message) => sent,
+        };
+        if sent.is_err() {
+            return Ok(false);
+        }
+        shared.received_messages.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(true)
+}

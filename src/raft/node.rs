@@ -779,14 +779,16 @@ impl Raft {
             "term going backwards: {} -> {term}",
             self.term
         );
+        // What was verified against a leader holds for that leader in that term only: the
+        // same member re-elected after a crash may have lost entries it once sent us.
+        if term > self.term || self.role != Role::Follower || self.leader_id != leader_id {
+            self.verified_index = 0;
+            self.durable_reported_index = 0;
+        }
         if term > self.term {
             self.term = term;
             self.voted_for = 0;
             self.hard_state_dirty = true;
-        }
-        if self.role != Role::Follower || self.leader_id != leader_id {
-            self.verified_index = 0;
-            self.durable_reported_index = 0;
         }
         self.role = Role::Follower;
         self.leader_id = leader_id;

@@ -59,12 +59,10 @@ impl MemStore {
             self.hard_state = *hs;
         }
         if let Some(pos) = ready.snapshot {
-            let drop = (pos
-                .index
-                .min(self.last_index())
-                .saturating_sub(self.start.index)) as usize;
+            let last = self.last_index();
+            let drop = (pos.index.min(last).saturating_sub(self.start.index)) as usize;
             self.entries.drain(..drop);
-            if pos.index > self.last_index() {
+            if pos.index > last {
                 self.entries.clear();
             }
             self.start = pos;
@@ -76,7 +74,15 @@ impl MemStore {
             self.durable_index = self.durable_index.min(self.last_index());
         }
         if let Some(first) = ready.entries.first() {
-            assert_eq!(first.index, self.last_index() + 1, "store append gap");
+            assert_eq!(
+                first.index,
+                self.last_index() + 1,
+                "store append gap: start {:?} snapshot {:?} truncate {:?} n {}",
+                self.start,
+                ready.snapshot,
+                ready.truncate_from,
+                ready.entries.len()
+            );
             self.entries.extend(ready.entries.iter().cloned());
         }
     }
@@ -169,6 +175,8 @@ pub struct Cluster {
     pub leaders: BTreeMap<u64, u64>,
     /// Committed (index -> term) as first seen anywhere (state machine safety check).
     pub committed: BTreeMap<u64, u64>,
+    /// Index -> lowest leader term in which a leader was seen to have it committed.
+    pub commit_terms: BTreeMap<u64, u64>,
 }
 
 /// A config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
@@ -211,6 +219,7 @@ impl Cluster {
             delivered: Vec::new(),
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
+            commit_terms: BTreeMap::new(),
         }
     }
 
@@ -231,6 +240,17 @@ impl Cluster {
         let ready = node.raft.ready(&node.store);
         if ready.is_empty() {
             return false;
+        }
+        if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
+            let range = ready
+                .entries
+                .first()
+                .map(|f| (f.index, ready.entries.last().unwrap().index));
+            eprintln!(
+                "node {id} t{} {:?} ready: hs {:?} snap {:?} trunc {:?} entries {:?} commit {:?} | store start {} last {} durable {} | core last {} persisted {}",
+                node.raft.term(), node.raft.role(), ready.hard_state.map(|h| h.current_term), ready.snapshot.map(|p| p.index), ready.truncate_from, range, ready.commit_index,
+                node.store.start.index, node.store.last_index(), node.store.durable_index, node.raft.last_index(), node.raft.persisted_index()
+            );
         }
         node.store.apply(&ready);
         if let Some(commit) = ready.commit_index {
@@ -382,6 +402,14 @@ impl Cluster {
     /// from its durable state.
     pub fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
+            eprintln!(
+                "node {id} restart: store start {} last {} durable {}",
+                node.store.start.index,
+                node.store.last_index(),
+                node.store.durable_index
+            );
+        }
         node.store.crash();
         node.unpersisted.clear();
         let state = RestoredState {
@@ -398,13 +426,36 @@ impl Cluster {
         self.net.clear();
     }
 
-    /// Asserts election safety and state-machine safety over everything seen so far.
+    /// Asserts election safety, leader completeness and state-machine safety over
+    /// everything seen so far.
     pub fn check_safety(&mut self) {
         for node in self.nodes.values() {
             let r = &node.raft;
             if r.role() == Role::Leader {
                 let leader = *self.leaders.entry(r.term()).or_insert(r.id());
                 assert_eq!(leader, r.id(), "two leaders in term {}", r.term());
+                // Leader completeness (§5.4): an entry committed in term T is in the log of
+                // every leader of a later term.
+                for (&index, &commit_term) in self.commit_terms.range(r.log_start().index + 1..) {
+                    if commit_term >= r.term() {
+                        continue;
+                    }
+                    let Some(&term) = self.committed.get(&index) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        r.term_at(index),
+                        Some(term),
+                        "leader {} of term {} lacks {index} committed in term {commit_term}",
+                        r.id(),
+                        r.term()
+                    );
+                }
+                let from = self.commit_terms.keys().next_back().map_or(0, |&i| i) + 1;
+                for index in from.max(r.log_start().index + 1)..=r.commit_index() {
+                    let t = self.commit_terms.entry(index).or_insert(r.term());
+                    *t = (*t).min(r.term());
+                }
             }
             for index in
                 (node.store.start.index + 1)..=node.commit_index.min(node.store.last_index())

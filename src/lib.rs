@@ -11,7 +11,7 @@
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
-//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
+//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
 //! leader election, log replication and snapshots travel between nodes.

@@ -272,6 +272,7 @@ impl Cluster {
             }
         }
         self.check_safety();
+        self.check_committed_on_quorum();
         true
     }
 
@@ -424,6 +425,31 @@ impl Cluster {
     /// Removes every in-flight message.
     pub fn drop_all(&mut self) {
         self.net.clear();
+    }
+
+    /// Asserts that the highest committed index of every node is durable on a quorum: a
+    /// committed entry must survive any minority of crashes.
+    pub fn check_committed_on_quorum(&self) {
+        let quorum = self.nodes.len() / 2 + 1;
+        for node in self.nodes.values() {
+            let index = node.commit_index;
+            let Some(&term) = self.committed.get(&index) else {
+                continue;
+            };
+            let durable = self
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.store.start.index >= index
+                        || (n.store.durable_index >= index && n.store.term(index) == Some(term))
+                })
+                .count();
+            assert!(
+                durable >= quorum,
+                "index {index} committed on {} but durable on {durable} nodes",
+                node.raft.id()
+            );
+        }
     }
 
     /// Asserts election safety, leader completeness and state-machine safety over

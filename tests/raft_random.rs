@@ -62,7 +62,11 @@ mod raft {
             }
             62..=64 => c.heal(),
             65 => {
-                let id = ids[rng.range_u32(0, n as u32) as usize];
+                // Crash a random node, or the leader (the interesting case for Figure 8).
+                let id = match c.leader() {
+                    Some(leader) if rng.range_u32(0, 2) == 0 => leader,
+                    _ => ids[rng.range_u32(0, n as u32) as usize],
+                };
                 c.restart(id);
             }
             66..=69 => {
@@ -138,7 +142,12 @@ mod raft {
         let mut rng = SplitMix64::new(seed);
         let mut c = Cluster::with_config(n, |cfg| {
             cfg.seed ^= seed;
-            cfg.message_bytes_max = 300;
+            // Every third seed sends one entry per message, which opens the Figure 8 window
+            // (an old-term entry arriving without the new leader's no-op).
+            cfg.message_bytes_max = if seed % 3 == 0 { 60 } else { 300 };
+            // Every fourth seed runs the bare protocol of the paper (no pre-vote, no lease).
+            cfg.pre_vote = seed % 4 != 0;
+            cfg.check_quorum = seed % 4 != 0;
             cfg.inflight_msgs_max = 3;
             cfg.inflight_bytes_max = 600;
             cfg.entry_cache_bytes_max = 400;

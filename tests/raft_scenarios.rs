@@ -461,6 +461,19 @@ mod raft {
         assert_eq!(c.raft(1).commit_index(), c.raft(leader).commit_index());
     }
 
+    /// §5.3 / Figure 8 (c): a follower's uncommitted entry of a *higher* term than the
+    /// leader's entry at that index is still overwritten: the leader's log wins.
+    #[test]
+    fn leader_overwrites_uncommitted_higher_term_follower_entry() {
+        let logs: [&[u64]; 3] = [&[1, 1], &[1, 1], &[1, 2]];
+        let mut c = Cluster::from_logs(&logs, 2, plain);
+        c.elect(1); // votes from 2; 3 refuses (its last term 2 beats 1)
+        assert_eq!(c.raft(1).term(), 3);
+        c.ticks(2);
+        assert_eq!(c.log_terms(3), vec![1, 1, 3]);
+        assert_eq!(c.raft(3).commit_index(), 3);
+    }
+
     /// Figure 7: followers with missing, extra and divergent entries all end up with the
     /// leader's log.
     #[test]

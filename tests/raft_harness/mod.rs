@@ -177,6 +177,8 @@ pub struct Cluster {
     pub committed: BTreeMap<u64, u64>,
     /// Index -> lowest leader term in which a leader was seen to have it committed.
     pub commit_terms: BTreeMap<u64, u64>,
+    /// When `Some`, a readable line per delivered message and per Ready (golden traces).
+    pub trace: Option<Vec<String>>,
 }
 
 /// A config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
@@ -220,6 +222,7 @@ impl Cluster {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             commit_terms: BTreeMap::new(),
+            trace: None,
         }
     }
 
@@ -251,6 +254,9 @@ impl Cluster {
                 node.raft.term(), node.raft.role(), ready.hard_state.map(|h| h.current_term), ready.snapshot.map(|p| p.index), ready.truncate_from, range, ready.commit_index,
                 node.store.start.index, node.store.last_index(), node.store.durable_index, node.raft.last_index(), node.raft.persisted_index()
             );
+        }
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(describe_ready(id, &node.raft, &ready));
         }
         node.store.apply(&ready);
         if let Some(commit) = ready.commit_index {
@@ -305,6 +311,9 @@ impl Cluster {
         let m = self.net.pop_front()?;
         if self.cut.contains(&(m.from, m.to)) {
             return Some(m);
+        }
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!("  {}", describe(&m)));
         }
         if let Some(node) = self.nodes.get_mut(&m.to) {
             node.raft.step(m.clone());
@@ -587,4 +596,99 @@ impl Cluster {
 /// True for an AppendEntries carrying an entry with `index`.
 pub fn carries_index(m: &RaftMessage, index: u64) -> bool {
     matches!(&m.body, Some(Body::AppendEntries(ae)) if ae.entries.iter().any(|e| e.index == index))
+}
+
+/// One readable line for a message, e.g. `1->2 AppendEntries t1 prev 0@0 [1@1 noop] commit 0`.
+pub fn describe(m: &RaftMessage) -> String {
+    let body = match &m.body {
+        None => "(empty)".to_string(),
+        Some(Body::RequestVote(v)) => format!(
+            "{}RequestVote t{} last {}@{}{}",
+            if v.pre_vote { "Pre" } else { "" },
+            v.term,
+            v.last_log_index,
+            v.last_log_term,
+            if v.leadership_transfer {
+                " transfer"
+            } else {
+                ""
+            }
+        ),
+        Some(Body::RequestVoteResponse(r)) => format!(
+            "{}VoteResponse t{} {}",
+            if r.pre_vote { "Pre" } else { "" },
+            r.term,
+            if r.vote_granted {
+                "granted"
+            } else {
+                "rejected"
+            }
+        ),
+        Some(Body::AppendEntries(a)) => {
+            let entries: Vec<String> = a.entries.iter().map(describe_entry).collect();
+            format!(
+                "AppendEntries t{} prev {}@{} [{}] commit {}",
+                a.term,
+                a.prev_log_index,
+                a.prev_log_term,
+                entries.join(" "),
+                a.leader_commit
+            )
+        }
+        Some(Body::AppendEntriesResponse(r)) if r.success => {
+            format!(
+                "AppendResponse t{} ok appended {} durable {}",
+                r.term, r.appended_index, r.durable_index
+            )
+        }
+        Some(Body::AppendEntriesResponse(r)) => format!(
+            "AppendResponse t{} reject conflict {}@{} last {}",
+            r.term, r.conflict_index, r.conflict_term, r.last_log_index
+        ),
+        Some(Body::InstallSnapshot(i)) => format!(
+            "InstallSnapshot t{} {}@{} next offset {}",
+            i.term, i.last_included_index, i.last_included_term, i.next_offset
+        ),
+        Some(Body::InstallSnapshotResponse(r)) => {
+            format!("SnapshotResponse t{} last {}", r.term, r.last_log_index)
+        }
+        Some(Body::TimeoutNow(t)) => format!("TimeoutNow t{}", t.term),
+    };
+    format!("{}->{} {body}", m.from, m.to)
+}
+
+/// `index@term`, plus the kind when it is not data.
+fn describe_entry(e: &Entry) -> String {
+    match e.kind() {
+        raftlog::proto::EntryKind::Noop => format!("{}@{} noop", e.index, e.term),
+        _ => format!("{}@{}", e.index, e.term),
+    }
+}
+
+/// One readable line for what a Ready asks of node `id`.
+fn describe_ready(id: u64, raft: &Raft, ready: &Ready) -> String {
+    let mut parts = vec![format!("node {id} ({:?} t{})", raft.role(), raft.term())];
+    if let Some(hs) = &ready.hard_state {
+        parts.push(format!(
+            "persist term {} vote {}",
+            hs.current_term, hs.voted_for
+        ));
+    }
+    if let Some(pos) = ready.snapshot {
+        parts.push(format!("install snapshot {}@{}", pos.index, pos.term));
+    }
+    if let Some(t) = ready.truncate_from {
+        parts.push(format!("truncate from {t}"));
+    }
+    if !ready.entries.is_empty() {
+        let entries: Vec<String> = ready.entries.iter().map(describe_entry).collect();
+        parts.push(format!("append [{}]", entries.join(" ")));
+    }
+    if let Some(c) = ready.commit_index {
+        parts.push(format!("commit {c}"));
+    }
+    if !ready.messages.is_empty() {
+        parts.push(format!("send {}", ready.messages.len()));
+    }
+    parts.join(", ")
 }

@@ -542,6 +542,8 @@ impl Raft {
     /// Takes everything to do (see [`Ready`] for the order). `reader` serves entries that
     /// lagging followers need and the core no longer caches; it is only read, synchronously.
     pub fn ready(&mut self, reader: &dyn LogReader) -> Ready {
+        // Cheap (O(1)) and catches a broken log invariant at the Ready that would expose it.
+        self.log.check();
         if self.role == Role::Leader {
             self.send_wanted_appends(reader);
         }

@@ -14,7 +14,7 @@
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
 //! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
-//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
+//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
 //! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
 //! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |

@@ -294,24 +294,21 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// # Errors
     /// [`ReplicaError::NotLeader`] with a hint, backpressure, size, storage errors, or
     /// [`ReplicaError::Superseded`] when the entry was lost to a leader change.
-    pub async fn propose(
-        &self,
-        payload: Bytes,
-        record_count: u32,
-        acks: Acks,
-    ) -> Result<Appended<O>, ReplicaError> {
+    pub async fn propose(&self, payload: Bytes, record_count: u32, acks: Acks) -> Result<Appended<O>, ReplicaError> {
+        self.submit(payload, record_count, acks).await?.wait().await
+    }
+
+    /// Queues a proposal and returns once it is queued, without waiting for the answer.
+    /// Proposals queued one after another from one task reach the log in that order, which
+    /// is how a connection keeps its appends to one partition in order while it pipelines.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Stopped`] if the replica has stopped.
+    pub async fn submit(&self, payload: Bytes, record_count: u32, acks: Acks) -> Result<PendingAppend<O>, ReplicaError> {
         let (reply, answer) = oneshot::channel();
-        let event = Event::Propose {
-            payload,
-            record_count,
-            acks,
-            reply,
-        };
-        self.events
-            .send(event)
-            .await
-            .map_err(|_| ReplicaError::Stopped)?;
-        answer.await.map_err(|_| ReplicaError::Stopped)?
+        let event = Event::Propose { payload, record_count, acks, reply };
+        self.events.send(event).await.map_err(|_| ReplicaError::Stopped)?;
+        Ok(PendingAppend { answer })
     }
 
     /// Reads committed data entries starting with the one holding `offset`, up to about
@@ -368,6 +365,21 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// A receiver that changes whenever the replica's state does.
     pub fn watch_status(&self) -> watch::Receiver<ReplicaStatus> {
         self.status.clone()
+    }
+}
+
+/// A queued proposal; [`PendingAppend::wait`] gives its outcome.
+pub struct PendingAppend<O> {
+    answer: oneshot::Receiver<Result<Appended<O>, ReplicaError>>,
+}
+
+impl<O> PendingAppend<O> {
+    /// Waits for the proposal's outcome (per its acks).
+    ///
+    /// # Errors
+    /// As [`ReplicaHandle::propose`].
+    pub async fn wait(self) -> Result<Appended<O>, ReplicaError> {
+        self.answer.await.map_err(|_| ReplicaError::Stopped)?
     }
 }
 

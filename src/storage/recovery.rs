@@ -473,7 +473,12 @@ fn classify_tail(scan: &Scan, bytes: &[u8], interval_bytes: u64) -> TailState {
             .declared_bytes
             .unwrap_or(0)
             .max(FRAME_HEADER_BYTES as u64);
-    let partial_frame = !matches!(stop.error, None | Some(FrameError::End));
+    // A torn frame's length fit when it was written (never `Truncated`), and nothing
+    // non-zero lies past its end; a length field that was itself torn reads smaller.
+    let partial_frame = matches!(
+        stop.error,
+        Some(FrameError::BadCrc | FrameError::BadKind | FrameError::BadLength)
+    );
     if partial_frame && scan.nonzero_end <= frame_end {
         TailState::Torn {
             position,

@@ -352,11 +352,26 @@ pub(crate) fn frame_at(
     position: u64,
     path: &Path,
 ) -> Result<FrameHeader, StorageError> {
-    frame::decode(&bytes[position as usize..]).map_err(|error| StorageError::Corrupt {
+    frame::decode(&bytes[position as usize..]).map_err(|error| corrupt(path, position, error))
+}
+
+/// Decodes only the header at `position` (see [`frame::decode_header`]).
+pub(crate) fn header_at(
+    bytes: &[u8],
+    position: u64,
+    path: &Path,
+) -> Result<FrameHeader, StorageError> {
+    frame::decode_header(&bytes[position as usize..])
+        .map_err(|error| corrupt(path, position, error))
+}
+
+/// The read error for a frame that failed `error` at `position` of `path`.
+pub(crate) fn corrupt(path: &Path, position: u64, error: FrameError) -> StorageError {
+    StorageError::Corrupt {
         path: path.to_path_buf(),
         position,
         reason: error.reason().to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

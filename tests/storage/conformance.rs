@@ -152,7 +152,7 @@ fn truncate_suffix_across_segments_and_at_a_segment_start() {
     let segments = segment_paths(dir.path());
     // Inside an early segment: the later files go.
     log.truncate_suffix(20, 0).unwrap();
-    assert_entries(&all(&log), &written[..19].to_vec());
+    assert_entries(&all(&log), &written[..19]);
     assert!(segment_paths(dir.path()).len() < segments.len());
     // Exactly at the first index of the (now) active segment: it stays, empty.
     let first_of_active: u64 = segment_paths(dir.path())
@@ -231,7 +231,7 @@ fn reader_bytes_survive_truncation_and_rewrite() {
     // Without readers the cut clears in place.
     log.truncate_suffix(5, 0).unwrap();
     drop(log);
-    assert_entries(&all(&open(dir.path(), 64 * 1024)), &expected[..4].to_vec());
+    assert_entries(&all(&open(dir.path(), 64 * 1024)), &expected[..4]);
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn delete_prefix_moves_the_log_start_by_whole_segments() {
         log.term_at(first - 1),
         Some(written[first as usize - 2].term)
     );
-    assert_entries(&all(&log), &written[first as usize - 1..].to_vec());
+    assert_entries(&all(&log), &written[first as usize - 1..]);
 }
 
 #[test]

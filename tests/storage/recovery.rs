@@ -87,7 +87,7 @@ fn zeroed_tail() {
     write_at(&active, last_two, &vec![0u8; 2 * FRAME_BYTES as usize]);
     let (log, report) = reopen(dir.path()).unwrap();
     assert_eq!(report.tail, TailState::Zeroed);
-    assert_entries(&all(&log), &written[..18].to_vec());
+    assert_entries(&all(&log), &written[..18]);
     assert_eq!(log.durable_index(), 18);
 }
 
@@ -107,7 +107,7 @@ fn torn_tail() {
             bytes_cleared: 100
         }
     );
-    assert_entries(&all(&log), &written[..19].to_vec());
+    assert_entries(&all(&log), &written[..19]);
     // The repair is on disk: the next open finds a zeroed tail.
     drop(log);
     assert_eq!(reopen(dir.path()).unwrap().1.tail, TailState::Zeroed);
@@ -158,7 +158,7 @@ fn crc_mismatch_mid_active_segment() {
             bytes_cleared: 4 * FRAME_BYTES
         }
     );
-    assert_entries(&all(&log), &written[..16].to_vec());
+    assert_entries(&all(&log), &written[..16]);
 }
 
 const FRAME_BYTES_HEADER: u64 = FRAME_HEADER_BYTES as u64;
@@ -349,7 +349,7 @@ fn interrupted_retention() {
     let (log, report) = reopen(dir.path()).unwrap();
     assert_eq!(report.files_removed, vec![segments[0].clone()]);
     assert_eq!(log.first_index(), 8);
-    assert_entries(&all(&log), &written[7..].to_vec());
+    assert_entries(&all(&log), &written[7..]);
 }
 
 #[test]

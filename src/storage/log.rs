@@ -198,11 +198,6 @@ impl Log {
         for entry in entries {
             self.check_storable(entry)?;
         }
-        let batch_bytes: u64 = entries
-            .iter()
-            .map(|e| frame::frame_bytes(e.payload.len()) as u64)
-            .sum();
-        self.active().prefault(batch_bytes);
         for entry in entries {
             assert_eq!(
                 entry.index,
@@ -224,7 +219,6 @@ impl Log {
             let frame_bytes = frame::frame_bytes(entry.payload.len()) as u64;
             if frame_bytes > self.active().free_bytes() {
                 self.roll()?;
-                self.active().prefault(batch_bytes);
             }
             let interval_bytes = self.config.index_interval_bytes;
             self.active_mut().write(entry, interval_bytes);

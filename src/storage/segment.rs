@@ -218,23 +218,6 @@ impl Segment {
         self.index.push(&stored, position, interval_bytes);
     }
 
-    /// Asks the kernel to fault in `[from, from + bytes)` for writing in one call, instead
-    /// of one page fault per page while copying. Purely an optimisation: errors (old kernels
-    /// lack `MADV_POPULATE_WRITE`) are ignored because the copy faults the pages in anyway.
-    pub fn prefault(&self, bytes: u64) {
-        if let Some(map) = &self.map {
-            let from = self.index.end_position;
-            let bytes = bytes.min(self.capacity_bytes - from);
-            if bytes > 0 {
-                let _ = map.advise_range(
-                    memmap2::Advice::PopulateWrite,
-                    from as usize,
-                    bytes as usize,
-                );
-            }
-        }
-    }
-
     /// Clears `[from, to)` of the mapping in place.
     ///
     /// # Panics

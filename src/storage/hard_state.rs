@@ -150,13 +150,13 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_missing_is_default() {
+    fn missing_is_default() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), default_hard_state());
     }
 
     #[test]
-    fn storage_hard_state_round_trip_replaces() {
+    fn round_trip_replaces() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &default_hard_state()).unwrap();
         store(dir.path(), &state()).unwrap();
@@ -165,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_corrupt_is_an_error() {
+    fn corrupt_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &state()).unwrap();
         let path = dir.path().join(HARD_STATE_FILE);
@@ -185,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_stray_temp_is_ignored() {
+    fn stray_temp_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &state()).unwrap();
         fs::write(dir.path().join(TEMP_FILE), b"half written").unwrap();

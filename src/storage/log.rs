@@ -12,6 +12,16 @@
 //! - Every sealed segment is durable: it was synced when it was sealed.
 //! - `durable_index <= last_index()`.
 //!
+//! # Reads and the lifetime of their `Bytes`
+//! Payloads returned by [`Log::entries`] and [`Log::read_from_offset`] share the segment
+//! mappings instead of copying. They stay valid and unchanged for as long as they are held:
+//! after the segment is deleted (retention, snapshot) the mapping keeps the unlinked file
+//! alive; when suffix truncation must cut bytes a reader still holds, it writes the kept
+//! prefix into a new file instead of clearing in place. Two costs follow: a held payload pins
+//! its whole segment's mapping (and disk space, if deleted), so hold payloads only as long as
+//! a response takes; and the guarantee covers one `Log` value, so drop every payload before
+//! reopening the same directory.
+//!
 //! # Threads
 //! `Log` is `Send + Sync`. Mutations take `&mut self`; reads take `&self` and may run on
 //! several threads at once (the sealed-mapping cache is behind a mutex). Everything blocks:

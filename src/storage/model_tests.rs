@@ -217,73 +217,83 @@ fn run(ops: Vec<Op>) {
         term: 1,
     };
     for op in ops {
-        match op {
-            Op::Append {
-                count,
-                new_term,
-                payload_bytes,
-                records,
-            } => append(
-                &mut log,
-                &mut model,
-                count,
-                new_term,
-                payload_bytes,
-                records,
-            ),
-            Op::Sync => model.durable_index = log.sync().unwrap(),
-            Op::Commit { fraction } => {
-                let span = model.durable_index.saturating_sub(model.commit_index);
-                model.commit_index += (span as f64 * fraction) as u64;
-            }
-            Op::Truncate { back } => {
-                let from = (model.last_index() + 1)
-                    .saturating_sub(back)
-                    .max(model.commit_index + 1)
-                    .max(model.start_index);
-                log.truncate_suffix(from, model.commit_index).unwrap();
-                if from <= model.last_index() {
-                    model.keep_through(from - 1);
-                    model.durable_index = from - 1;
-                }
-            }
-            Op::DeletePrefix { fraction } => {
-                let before = model.start_index + (model.entries.len() as f64 * fraction) as u64;
-                let first = log.delete_prefix(before, model.commit_index).unwrap();
-                assert!(first >= model.start_index && first <= before.max(model.start_index));
-                assert!(first <= model.commit_index + 1);
-                if first > model.start_index {
-                    let dropped = (first - model.start_index) as usize;
-                    let last_dropped = model.entries[dropped - 1].clone();
-                    model.entries.drain(..dropped);
-                    model.start_index = first;
-                    model.start_term = last_dropped.term;
-                    model.start_offset =
-                        last_dropped.base_offset + u64::from(last_dropped.record_count);
-                }
-            }
-            Op::Snapshot { ahead } => {
-                let index = model.last_index() + ahead;
-                let offset = model.next_offset() + ahead;
-                model.term += 1;
-                log.install_snapshot(index, model.term, offset).unwrap();
-                model.entries.clear();
-                model.start_index = index + 1;
-                model.start_term = model.term;
-                model.start_offset = offset;
-                model.durable_index = index;
-                model.commit_index = index;
-            }
+        log = match op {
             Op::Crash { tail, seed } => {
                 crash(log, &mut model, tail, seed);
-                log = reopen(dir.path());
+                reopen(dir.path())
             }
             Op::Reopen => {
                 drop(log);
-                log = reopen(dir.path());
+                reopen(dir.path())
+            }
+            op => {
+                step(&mut log, &mut model, op);
+                log
+            }
+        };
+        assert_matches(&log, &model);
+    }
+}
+
+/// Applies one operation that keeps the log open, to both the log and the model.
+fn step(log: &mut Log, model: &mut Model, op: Op) {
+    match op {
+        Op::Append {
+            count,
+            new_term,
+            payload_bytes,
+            records,
+        } => append(log, model, count, new_term, payload_bytes, records),
+        Op::Sync => model.durable_index = log.sync().unwrap(),
+        Op::Commit { fraction } => {
+            let span = model.durable_index.saturating_sub(model.commit_index);
+            model.commit_index += (span as f64 * fraction) as u64;
+        }
+        Op::Truncate { back } => {
+            let from = (model.last_index() + 1)
+                .saturating_sub(back)
+                .max(model.commit_index + 1)
+                .max(model.start_index);
+            log.truncate_suffix(from, model.commit_index).unwrap();
+            if from <= model.last_index() {
+                model.keep_through(from - 1);
+                model.durable_index = from - 1;
             }
         }
-        assert_matches(&log, &model);
+        Op::DeletePrefix { fraction } => delete_prefix(log, model, fraction),
+        Op::Snapshot { ahead } => {
+            let index = model.last_index() + ahead;
+            let offset = model.next_offset() + ahead;
+            model.term += 1;
+            log.install_snapshot(index, model.term, offset).unwrap();
+            model.entries.clear();
+            model.start_index = index + 1;
+            model.start_term = model.term;
+            model.start_offset = offset;
+            model.durable_index = index;
+            model.commit_index = index;
+        }
+        Op::Crash { .. } | Op::Reopen => unreachable!("handled by run"),
+    }
+}
+
+/// Deletes whole segments before a random point; the model follows where the log says its
+/// start moved, after checking that the move was allowed.
+fn delete_prefix(log: &mut Log, model: &mut Model, fraction: f64) {
+    let before = model.start_index + (model.entries.len() as f64 * fraction) as u64;
+    let first = log.delete_prefix(before, model.commit_index).unwrap();
+    assert!(first >= model.start_index && first <= before.max(model.start_index));
+    assert!(
+        first <= model.commit_index + 1,
+        "deleted uncommitted entries"
+    );
+    if first > model.start_index {
+        let dropped = (first - model.start_index) as usize;
+        let last_dropped = model.entries[dropped - 1].clone();
+        model.entries.drain(..dropped);
+        model.start_index = first;
+        model.start_term = last_dropped.term;
+        model.start_offset = last_dropped.base_offset + u64::from(last_dropped.record_count);
     }
 }
 

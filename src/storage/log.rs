@@ -879,3 +879,92 @@ impl Log {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::EntryKind;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_size_bytes: 4096,
+            index_interval_bytes: 512,
+            mapped_segments_max: 2,
+            ..LogConfig::default()
+        }
+    }
+
+    fn entries(log: &Log, count: u64, term: u64) -> Vec<Entry> {
+        (0..count)
+            .map(|i| Entry {
+                term,
+                index: log.last_index() + 1 + i,
+                kind: EntryKind::Data as i32,
+                base_offset: log.next_offset() + i,
+                record_count: 1,
+                timestamp_ms: 0,
+                payload: Bytes::from(vec![i as u8; 900]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn roll_seals_syncs_and_indexes_the_old_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 5, 1)).unwrap();
+        assert_eq!(log.segment_count(), 2);
+        let sealed = &log.segments[0];
+        assert!(sealed.map.is_none(), "a sealed segment is not kept mapped");
+        assert!(segment::index_path(&sealed.path).exists());
+        // Rolling synced the sealed segment: its entries are durable without a sync call.
+        assert_eq!(log.durable_index(), sealed.index.next_index - 1);
+        assert!(log.active().map.is_some());
+    }
+
+    #[test]
+    fn truncating_into_a_sealed_segment_makes_it_active_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 10, 1)).unwrap();
+        assert!(log.segment_count() >= 3);
+        log.truncate_suffix(3, 0).unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert!(log.active().map.is_some());
+        assert!(
+            !segment::index_path(&log.active().path).exists(),
+            "stale index removed"
+        );
+        assert_eq!(log.mapped_segment_count(), 0);
+        log.append(&entries(&log, 10, 2)).unwrap();
+        assert_eq!(log.term_at(2), Some(1));
+        assert_eq!(log.term_at(3), Some(2));
+    }
+
+    #[test]
+    fn map_cache_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 20, 1)).unwrap();
+        let firsts: Vec<u64> = log.segments.iter().map(|s| s.index.first_index).collect();
+        log.entries(firsts[0], firsts[0] + 1, 0).unwrap();
+        log.entries(firsts[1], firsts[1] + 1, 0).unwrap();
+        log.entries(firsts[0], firsts[0] + 1, 0).unwrap();
+        log.entries(firsts[2], firsts[2] + 1, 0).unwrap();
+        let cache = log.maps.lock().unwrap();
+        let mut mapped: Vec<u64> = cache.maps.keys().copied().collect();
+        mapped.sort();
+        assert_eq!(mapped, vec![firsts[0], firsts[2]]);
+    }
+
+    #[test]
+    fn stale_sync_job_is_ignored_after_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 2, 1)).unwrap();
+        let job = log.prepare_sync();
+        log.install_snapshot(50, 3, 60).unwrap();
+        assert_eq!(log.complete_sync(job.run()).unwrap(), 50);
+        assert_eq!(log.durable_index(), 50);
+    }
+}

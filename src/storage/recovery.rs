@@ -496,3 +496,71 @@ fn classify_tail(scan: &Scan, bytes: &[u8], interval_bytes: u64) -> TailState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Entry, EntryKind};
+    use crate::storage::frame::encode_frame;
+
+    fn frames(count: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for index in 1..=count {
+            bytes.extend(encode_frame(&Entry {
+                term: 1,
+                index,
+                kind: EntryKind::Data as i32,
+                base_offset: index - 1,
+                record_count: 1,
+                timestamp_ms: 0,
+                payload: bytes::Bytes::from(vec![index as u8; 100]),
+            }));
+        }
+        bytes
+    }
+
+    fn classify(bytes: &[u8]) -> TailState {
+        let scan = segment::scan(bytes, 1, 256);
+        classify_tail(&scan, bytes, 256)
+    }
+
+    const FRAME: usize = FRAME_HEADER_BYTES + 100;
+
+    #[test]
+    fn classifies_every_tail_row() {
+        let mut bytes = frames(4);
+        bytes.resize(2048, 0);
+        assert_eq!(classify(&bytes), TailState::Zeroed);
+
+        let mut torn = bytes.clone();
+        torn[3 * FRAME + 60..4 * FRAME].fill(0);
+        assert_eq!(
+            classify(&torn),
+            TailState::Torn {
+                position: 3 * FRAME as u64,
+                bytes_cleared: 60
+            }
+        );
+
+        let mut garbage = bytes.clone();
+        garbage[4 * FRAME..4 * FRAME + 300].fill(0xEE);
+        assert!(matches!(classify(&garbage), TailState::Garbage { .. }));
+
+        let mut middle = bytes.clone();
+        middle[FRAME + 70] ^= 1;
+        assert_eq!(
+            classify(&middle),
+            TailState::CorruptMiddle {
+                position: FRAME as u64,
+                entries_dropped: 3,
+                bytes_cleared: 3 * FRAME as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_segment_without_zeros_is_not_damage() {
+        let bytes = frames(3);
+        assert_eq!(classify(&bytes), TailState::Zeroed);
+    }
+}

@@ -1,6 +1,10 @@
 //! Storage throughput: appends with a sync per batch against a raw `write` + `fdatasync`
 //! baseline that writes the same bytes at the same batch size, then sequential reads.
 //!
+//! First the CPU-bound micro parts under criterion (frame encode and check), then the
+//! fsync-bound runs timed by hand: criterion's many-iterations model does not fit a
+//! measurement whose unit is a whole file of synced batches.
+//!
 //! Run with `cargo bench --bench storage`. Files go to `RAFTLOG_BENCH_DIR` if set, else the
 //! system temp directory unless it is a tmpfs (where fdatasync costs nothing and the
 //! comparison would be meaningless), else `/var/tmp`. The last line printed is the ratio the
@@ -12,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use criterion::{Criterion, Throughput};
 use raftlog::proto::{Entry, EntryKind};
 use raftlog::storage::frame;
 use raftlog::storage::{Log, LogConfig};
@@ -146,7 +151,36 @@ fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / MIB as f64 / elapsed.as_secs_f64()
 }
 
+/// Frame encode (header + CRC) and frame check (CRC) of a 1 KiB entry.
+fn micro(criterion: &mut Criterion) {
+    let entry = Entry {
+        term: 1,
+        index: 1,
+        kind: EntryKind::Data as i32,
+        base_offset: 0,
+        record_count: 1,
+        timestamp_ms: 0,
+        payload: Bytes::from(vec![0x5Au8; 1024]),
+    };
+    let encoded = frame::encode_frame(&entry);
+    let mut group = criterion.benchmark_group("frame");
+    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    group.bench_function("encode_header 1 KiB", |b| {
+        b.iter(|| frame::encode_header(std::hint::black_box(&entry)))
+    });
+    group.bench_function("decode+verify 1 KiB", |b| {
+        b.iter(|| frame::decode(std::hint::black_box(&encoded)))
+    });
+    group.finish();
+}
+
 fn main() {
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    micro(&mut criterion);
+    criterion.final_summary();
     let root = bench_dir().join(format!("raftlog-storage-bench-{}", std::process::id()));
     println!(
         "storage bench in {} (tmpfs: {})",

@@ -95,3 +95,32 @@ fn full_disk_fails_install_snapshot_before_changing_anything() {
     assert!(matches!(error, StorageError::StorageFull { .. }), "{error}");
     assert_entries(&all(&log), &written);
 }
+
+/// Takes whatever space is left on the file system holding `dir`.
+fn take_the_rest(dir: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![1u8; 4096];
+    while filler.write_all(&chunk).is_ok() {}
+}
+
+#[test]
+fn full_disk_fails_hard_state_writes_without_changing_them() {
+    let Some(fs) = small_fs("1m") else { return };
+    let (mut log, written, _) = fill(&fs.path());
+    log.set_hard_state(3, 1).unwrap();
+    take_the_rest(fs.dir.path());
+    let error = log.set_hard_state(4, 2).unwrap_err();
+    assert!(matches!(error, StorageError::StorageFull { .. }), "{error}");
+    assert_eq!(
+        (log.hard_state().current_term, log.hard_state().voted_for),
+        (3, 1)
+    );
+    drop(log);
+    let (log, _) = Log::open(fs.path(), config(256 * 1024)).unwrap();
+    assert_eq!(
+        (log.hard_state().current_term, log.hard_state().voted_for),
+        (3, 1)
+    );
+    assert_entries(&all(&log), &written);
+}

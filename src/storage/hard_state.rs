@@ -3,6 +3,8 @@
 //! Owns the `hard_state` file of a partition directory and its format; it does not decide
 //! when to write it (the Raft driver persists term and vote before sending anything that
 //! depends on them; the log persists the log start when retention or a snapshot moves it).
+//! On an open log, go through [`super::Log::set_hard_state`], which keeps the log's copy in
+//! step; [`store`] and [`load`] are for tools and tests.
 //!
 //! # Layout (little-endian)
 //!
@@ -129,7 +131,7 @@ pub fn store(dir: &Path, state: &HardState) -> Result<(), StorageError> {
 }
 
 /// Fsyncs a directory so that creations, renames and deletions in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("fsync directory", dir, e))

@@ -432,7 +432,9 @@ fn open_active(
         map: Some(map),
     };
     let tail = match tail {
-        TailState::Zeroed if close_mark.as_ref() == Some(&segment.index) => TailState::Clean,
+        TailState::Zeroed if close_mark.is_some_and(|mark| marks_clean(&mark, &segment.index)) => {
+            TailState::Clean
+        }
         TailState::Zeroed => TailState::Zeroed,
         damaged => {
             segment.clear(segment.index.end_position, scan.nonzero_end);
@@ -441,6 +443,16 @@ fn open_active(
         }
     };
     Ok((segment, tail))
+}
+
+/// True when the `.index` written by `close` describes exactly what the scan found. An
+/// empty segment's offsets are not in its bytes (the scan cannot know them), so for an
+/// empty one the first index is all there is to compare.
+fn marks_clean(mark: &SegmentIndex, scanned: &SegmentIndex) -> bool {
+    if scanned.is_empty() {
+        return mark.is_empty() && mark.first_index == scanned.first_index;
+    }
+    mark == scanned
 }
 
 /// Classifies what follows the last valid frame of the active segment (rows 8 to 11).

@@ -77,6 +77,20 @@ fn clean_shutdown() {
 }
 
 #[test]
+fn clean_shutdown_with_an_empty_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config(SEGMENT_BYTES)).unwrap().0;
+    log.install_snapshot(40, 2, 900).unwrap();
+    log.close().unwrap();
+    let (log, report) = reopen(dir.path()).unwrap();
+    assert_eq!(report.tail, TailState::Clean);
+    assert_eq!(
+        (log.first_index(), log.last_index(), log.next_offset()),
+        (41, 40, 900)
+    );
+}
+
+#[test]
 fn zeroed_tail() {
     let dir = tempfile::tempdir().unwrap();
     let written = crashed_log(dir.path(), 20);

@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
-//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
+//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how

@@ -53,7 +53,11 @@ pub(crate) struct MapCache {
     tick: u64,
 }
 
-/// One partition's log. See the module doc for invariants and threading.
+/// One partition's log. See the module doc for invariants, threading and `Bytes` lifetimes.
+///
+/// Dropping it without [`Log::close`] syncs nothing: the next open treats that like a crash
+/// (what reached the page cache is normally still there, and recovery keeps whatever
+/// checks out).
 pub struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,

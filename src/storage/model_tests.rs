@@ -40,6 +40,10 @@ enum Op {
         seed: u64,
     },
     Reopen,
+    /// Read a range and keep its `Bytes` while later operations run.
+    Hold {
+        fraction: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..12).prop_map(|back| Op::Truncate { back }),
         1 => (0.0f64..1.0).prop_map(|fraction| Op::DeletePrefix { fraction }),
         1 => (0u64..4).prop_map(|ahead| Op::Snapshot { ahead }),
+        2 => (0.0f64..1.0).prop_map(|fraction| Op::Hold { fraction }),
         2 => (prop_oneof![Just(Tail::Zeroed), Just(Tail::Torn), Just(Tail::Garbage)], any::<u64>())
             .prop_map(|(tail, seed)| Op::Crash { tail, seed }),
         1 => Just(Op::Reopen),
@@ -73,6 +78,8 @@ struct Model {
     durable_index: u64,
     commit_index: u64,
     term: u64,
+    /// Payloads a reader holds, with a private copy of what they must keep showing.
+    held: Vec<(Bytes, Vec<u8>)>,
 }
 
 impl Model {
@@ -121,6 +128,9 @@ fn assert_matches(log: &Log, model: &Model) {
     assert_eq!(entries, model.entries, "entries");
     for entry in &model.entries {
         assert_eq!(log.term_at(entry.index), Some(entry.term));
+    }
+    for (held, copy) in &model.held {
+        assert!(held[..] == copy[..], "bytes held by a reader changed");
     }
 }
 
@@ -215,14 +225,17 @@ fn run(ops: Vec<Op>) {
         durable_index: 0,
         commit_index: 0,
         term: 1,
+        held: Vec::new(),
     };
     for op in ops {
         log = match op {
             Op::Crash { tail, seed } => {
+                model.held.clear();
                 crash(log, &mut model, tail, seed);
                 reopen(dir.path())
             }
             Op::Reopen => {
+                model.held.clear();
                 drop(log);
                 reopen(dir.path())
             }
@@ -272,6 +285,14 @@ fn step(log: &mut Log, model: &mut Model, op: Op) {
             model.start_offset = offset;
             model.durable_index = index;
             model.commit_index = index;
+        }
+        Op::Hold { fraction } => {
+            let lo = model.start_index + (model.entries.len() as f64 * fraction) as u64;
+            let read = log.entries(lo, model.last_index() + 1, 2000).unwrap();
+            model.held.extend(
+                read.into_iter()
+                    .map(|e| (e.payload.clone(), e.payload.to_vec())),
+            );
         }
         Op::Crash { .. } | Op::Reopen => unreachable!("handled by run"),
     }

@@ -487,6 +487,16 @@ impl Log {
             .len()
     }
 
+    /// Unmaps every sealed segment the log keeps mapped (readers holding `Bytes` keep theirs
+    /// until they drop them). Call it when a partition goes idle; the next read maps again.
+    pub fn release_mappings(&self) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .maps
+            .clear();
+    }
+
     pub(crate) fn forget_map(&self, first_index: u64) {
         self.maps
             .lock()
@@ -695,7 +705,12 @@ impl Log {
             .create_new(true)
             .open(&temp)
             .map_err(|e| StorageError::io("create segment copy", &temp, e))?;
-        segment::reserve(&file, &temp, capacity_bytes)?;
+        if let Err(error) = segment::reserve(&file, &temp, capacity_bytes) {
+            // Nothing was cut yet; the half-made copy is only tidied here (recovery deletes
+            // `*.tmp` too), so the reservation error is the one that matters.
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
         let old = self.active().map.clone().expect("mapped");
         // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we copy
         // (we hold `&mut self`, and readers only read).
@@ -959,6 +974,10 @@ mod tests {
         let mut mapped: Vec<u64> = cache.maps.keys().copied().collect();
         mapped.sort();
         assert_eq!(mapped, vec![firsts[0], firsts[2]]);
+        drop(cache);
+        log.release_mappings();
+        assert_eq!(log.mapped_segment_count(), 0);
+        assert_eq!(log.entries(firsts[1], firsts[1] + 1, 0).unwrap().len(), 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::io::Result;
 
 fn main() -> Result<()> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["raftlog.proto"], ["proto"]).map_err(std::io::Error::other)?;
+    let descriptors =
+        protox::compile(["raftlog.proto"], ["proto"]).map_err(std::io::Error::other)?;
     prost_build::Config::new()
         // Payloads are decoded as slices of the received frame instead of fresh Vec<u8>s,
         // which keeps record batches zero-copy from the socket to the log.

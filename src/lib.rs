@@ -12,7 +12,7 @@
 //! | [`client`] | the client library: connections with pipelined requests (producer, consumer, admin to come) |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
-//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
+//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |
 //! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |

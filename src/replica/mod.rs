@@ -294,7 +294,12 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// # Errors
     /// [`ReplicaError::NotLeader`] with a hint, backpressure, size, storage errors, or
     /// [`ReplicaError::Superseded`] when the entry was lost to a leader change.
-    pub async fn propose(&self, payload: Bytes, record_count: u32, acks: Acks) -> Result<Appended<O>, ReplicaError> {
+    pub async fn propose(
+        &self,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+    ) -> Result<Appended<O>, ReplicaError> {
         self.submit(payload, record_count, acks).await?.wait().await
     }
 
@@ -304,10 +309,23 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     ///
     /// # Errors
     /// [`ReplicaError::Stopped`] if the replica has stopped.
-    pub async fn submit(&self, payload: Bytes, record_count: u32, acks: Acks) -> Result<PendingAppend<O>, ReplicaError> {
+    pub async fn submit(
+        &self,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+    ) -> Result<PendingAppend<O>, ReplicaError> {
         let (reply, answer) = oneshot::channel();
-        let event = Event::Propose { payload, record_count, acks, reply };
-        self.events.send(event).await.map_err(|_| ReplicaError::Stopped)?;
+        let event = Event::Propose {
+            payload,
+            record_count,
+            acks,
+            reply,
+        };
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| ReplicaError::Stopped)?;
         Ok(PendingAppend { answer })
     }
 

@@ -458,7 +458,7 @@ impl<S: StateMachine> Replica<S> {
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
         let (status, status_rx) = watch::channel(ReplicaStatus::default());
         let high_watermark = log.start_offset();
-        let replica = Replica {
+        let mut replica = Replica {
             raft,
             log,
             machine,
@@ -471,6 +471,8 @@ impl<S: StateMachine> Replica<S> {
             status,
             high_watermark,
         };
+        // Publish the recovered state before anyone can ask for it.
+        replica.publish_status();
         tokio::spawn(replica.run(inbox));
         Ok(ReplicaHandle {
             events,

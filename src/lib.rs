@@ -9,6 +9,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
+//! | [`cli`] | the code behind the `raftlog` subcommands (`main.rs` only parses and dispatches) |
 //! | [`client`] | the client library: connections with pipelined requests (producer, consumer, admin to come) |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
@@ -27,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metadata;

@@ -265,6 +265,9 @@ enum Event<O> {
         to: u64,
     },
     Campaign,
+    Stop {
+        drain: Duration,
+    },
 }
 
 /// The way to talk to a running replica. Cheap to clone.
@@ -370,6 +373,14 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         let _ = self.events.try_send(Event::TransferLeader { to });
     }
 
+    /// Asks the replica to stop: it refuses new proposals at once, keeps running for at most
+    /// `drain` so that proposals already accepted learn their outcome (typically from the new
+    /// leader's commit index after a leadership transfer), then syncs and exits. Waiters still
+    /// unresolved then get [`ReplicaError::Stopped`].
+    pub fn stop(&self, drain: Duration) {
+        let _ = self.events.try_send(Event::Stop { drain });
+    }
+
     /// Asks this member to start an election now (used to place initial leaders evenly).
     pub fn campaign(&self) {
         let _ = self.events.try_send(Event::Campaign);
@@ -431,6 +442,8 @@ pub struct Replica<S: StateMachine> {
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     status: watch::Sender<ReplicaStatus>,
     high_watermark: u64,
+    /// Set by a stop request: the time by which the replica exits even with waiters left.
+    stopping_deadline: Option<tokio::time::Instant>,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -470,6 +483,7 @@ impl<S: StateMachine> Replica<S> {
             sync_done: mpsc::channel(1),
             status,
             high_watermark,
+            stopping_deadline: None,
         };
         // Publish the recovered state before anyone can ask for it.
         replica.publish_status();
@@ -508,6 +522,13 @@ impl<S: StateMachine> Replica<S> {
             }
             self.start_sync();
             self.publish_status();
+            let drained = self.pending.is_empty();
+            if self
+                .stopping_deadline
+                .is_some_and(|deadline| drained || tokio::time::Instant::now() >= deadline)
+            {
+                break;
+            }
         }
         self.fail_waiters(ReplicaError::Stopped);
         if self.status.borrow().failed.is_none() {
@@ -533,6 +554,9 @@ impl<S: StateMachine> Replica<S> {
                 let _ = self.raft.transfer_leader(to);
             }
             Event::Campaign => self.raft.campaign_now(),
+            Event::Stop { drain } => {
+                self.stopping_deadline = Some(tokio::time::Instant::now() + drain);
+            }
         }
     }
 
@@ -543,6 +567,11 @@ impl<S: StateMachine> Replica<S> {
         acks: Acks,
         reply: ProposeReply<S::Output>,
     ) {
+        if self.stopping_deadline.is_some() {
+            let leader_hint = self.raft.leader_id().filter(|&id| id != self.raft.id());
+            let _ = reply.send(Err(ReplicaError::NotLeader { leader_hint }));
+            return;
+        }
         let timestamp_ms = now_ms();
         match self.raft.propose(payload, record_count, timestamp_ms) {
             Ok(proposed) => self.pending.push_back(PendingProposal {

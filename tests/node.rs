@@ -560,3 +560,124 @@ async fn graceful_shutdown_of_a_leader_hands_leadership_away_without_losing_ackn
         node.shutdown().await;
     }
 }
+
+fn idempotent_batch(producer_id: u64, epoch: u32, base_sequence: u32, values: &[&str]) -> Body {
+    let mut builder =
+        RecordBatchBuilder::new(1 << 20).with_producer(producer_id, epoch, base_sequence);
+    for value in values {
+        builder
+            .push(1_700_000_000_000, None, value.as_bytes(), &[])
+            .unwrap();
+    }
+    Body::Produce(ProduceRequest {
+        topic: "idem".into(),
+        partition: 0,
+        acks: Acks::All as i32,
+        batch: builder.finish(),
+        timeout_ms: 10_000,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_batches_are_deduplicated_even_by_a_new_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path(), 3).await;
+    let mut connections = Vec::new();
+    for node in &cluster {
+        connections.push(connect(node).await);
+    }
+    let create = Body::CreateTopic(CreateTopicRequest {
+        name: "idem".into(),
+        partitions: 1,
+        replication_factor: 3,
+        ..Default::default()
+    });
+    to_leader(&connections, create).await;
+    let Body::InitProducerIdResponse(producer) =
+        to_leader(&connections, Body::InitProducerId(InitProducerIdRequest {})).await
+    else {
+        panic!("no producer id")
+    };
+    let pid = producer.producer_id;
+    assert!(pid > 0);
+
+    let first = idempotent_batch(pid, 0, 0, &["a", "b", "c"]);
+    let Body::ProduceResponse(written) = to_leader(&connections, first.clone()).await else {
+        panic!()
+    };
+    assert_eq!(written.base_offset, 0);
+    let Body::Error(duplicate) = to_leader(&connections, first.clone()).await else {
+        panic!("retry appended")
+    };
+    assert_eq!(
+        (duplicate.code(), duplicate.duplicate_offset),
+        (ErrorCode::DuplicateSequence, 0)
+    );
+    let Body::Error(gap) = to_leader(&connections, idempotent_batch(pid, 0, 5, &["x"])).await
+    else {
+        panic!()
+    };
+    assert_eq!(gap.code(), ErrorCode::OutOfOrderSequence, "{}", gap.message);
+
+    // Leadership moves; the new leader knows the batch from its own log.
+    let leader_id = cluster
+        .iter()
+        .find(|n| {
+            n.node
+                .local_partitions()
+                .iter()
+                .any(|p| p.handle.status().role == Some(raftlog::raft::Role::Leader))
+        })
+        .map(|n| n.node.id())
+        .unwrap();
+    let leaving = cluster.remove(leader_id as usize - 1);
+    connections.remove(leader_id as usize - 1);
+    leaving.shutdown().await;
+    let Body::Error(duplicate) = to_leader(&connections, first).await else {
+        panic!("retry appended after failover")
+    };
+    assert_eq!(
+        (duplicate.code(), duplicate.duplicate_offset),
+        (ErrorCode::DuplicateSequence, 0)
+    );
+    let Body::ProduceResponse(next) =
+        to_leader(&connections, idempotent_batch(pid, 0, 3, &["d"])).await
+    else {
+        panic!()
+    };
+    assert_eq!(next.base_offset, 3);
+    let Body::ProduceResponse(_) =
+        to_leader(&connections, idempotent_batch(pid, 0, 4, &["e"])).await
+    else {
+        panic!("the next sequence is appended")
+    };
+    // A newer epoch of the same producer id fences the older one.
+    let Body::ProduceResponse(_) =
+        to_leader(&connections, idempotent_batch(pid, 1, 0, &["f"])).await
+    else {
+        panic!("a new epoch starts at sequence 0")
+    };
+    let Body::Error(fenced) =
+        to_leader(&connections, idempotent_batch(pid, 0, 5, &["zombie"])).await
+    else {
+        panic!("a fenced producer appended")
+    };
+    assert_eq!(
+        fenced.code(),
+        ErrorCode::ProducerFenced,
+        "{}",
+        fenced.message
+    );
+    let stored: Vec<String> = read_all(&connections[0], "idem", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        stored,
+        ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec()
+    );
+    for node in cluster {
+        node.shutdown().await;
+    }
+}

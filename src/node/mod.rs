@@ -418,6 +418,12 @@ impl Node {
                 high_watermark: *high_watermark,
                 ..Default::default()
             },
+            ReplicaError::DuplicateSequence { base_offset } => proto::Error {
+                code: ErrorCode::DuplicateSequence as i32,
+                message: format!("{what}: {failure}"),
+                duplicate_offset: *base_offset,
+                ..Default::default()
+            },
             other => proto::Error {
                 code: other.code() as i32,
                 message: format!("{what}: {other}"),
@@ -705,5 +711,6 @@ fn replica_config(
         retention_bytes,
         retention_ms,
         retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
+        track_producers: group_id != METADATA_GROUP_ID,
     }
 }

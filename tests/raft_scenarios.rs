@@ -1008,9 +1008,11 @@ mod raft {
         assert_eq!(c.raft(1).term_runs()[0].first_index, 5);
         c.stabilize();
         assert_eq!(
-            c.nodes[&1].store.hard_state.log_start_index, 4,
-            "start persisted"
+            c.nodes[&1].store.hard_state.log_start_index, 5,
+            "start persisted as the first index still in the log"
         );
+        assert_eq!(c.raft(1).hard_state().log_start_index, 5);
+        assert_eq!(c.raft(1).hard_state().log_start_term, pos.term);
         c.restart(1);
         assert_eq!(c.raft(1).log_start(), pos);
         assert_eq!(c.raft(1).last_index(), 6);
@@ -1039,5 +1041,73 @@ mod raft {
         r.campaign_now();
         let p = r.propose(Bytes::from_static(b"z"), 4, 0).unwrap();
         assert_eq!((p.index, p.term, p.base_offset), (8, 6, 6));
+    }
+
+    /// The hard state follows the schema: `log_start_index` is the first index still in the
+    /// log (1 for a fresh log), `log_start_term` the term of the entry just before it.
+    #[test]
+    fn hard_state_log_start_is_first_index_in_log() {
+        let r = follower();
+        let hs = r.hard_state();
+        assert_eq!((hs.log_start_index, hs.log_start_term), (1, 0), "fresh log");
+        assert_eq!(r.log_start().index, 0, "nothing covered by a snapshot yet");
+
+        // A follower installing a snapshot at 7@2 persists a log that starts at 8.
+        let mut r = follower();
+        let snap = raftlog::proto::InstallSnapshot {
+            term: 2,
+            leader_id: 1,
+            last_included_index: 7,
+            last_included_term: 2,
+            next_offset: 70,
+            data: Bytes::new(),
+        };
+        r.step(RaftMessage {
+            group_id: 1,
+            from: 1,
+            to: 2,
+            body: Some(Body::InstallSnapshot(snap)),
+        });
+        let ready = r.ready(&raftlog::raft::NoLog);
+        let hs = ready.hard_state.expect("log start persisted");
+        assert_eq!(
+            (hs.log_start_index, hs.log_start_term, hs.log_start_offset),
+            (8, 2, 70)
+        );
+        assert_eq!(ready.snapshot.map(|p| p.index), Some(7));
+
+        // And it restarts from exactly that hard state.
+        let state = raftlog::raft::RestoredState {
+            hard_state: hs,
+            last_index: 7,
+        };
+        let mut config = super::raft_harness::config(2, &[1, 2, 3]);
+        plain(&mut config);
+        let r = Raft::restore(config, state, &raftlog::raft::NoLog).unwrap();
+        assert_eq!(
+            (r.log_start().index, r.last_index(), r.last_term()),
+            (7, 7, 2)
+        );
+        assert_eq!(r.hard_state(), hs);
+    }
+
+    /// A hard state claiming log start 0 (indexes start at 1), or a log that ends before its
+    /// start, is refused instead of being trusted.
+    #[test]
+    fn restore_refuses_inconsistent_log_start() {
+        let config = super::raft_harness::config(1, &[1, 2, 3]);
+        let mut state = raftlog::raft::RestoredState::default();
+        state.hard_state.log_start_index = 0;
+        assert!(matches!(
+            Raft::restore(config.clone(), state, &raftlog::raft::NoLog),
+            Err(raftlog::raft::RestoreError::Inconsistent { .. })
+        ));
+        let mut state = raftlog::raft::RestoredState::default();
+        state.hard_state.log_start_index = 5;
+        state.last_index = 3;
+        assert!(matches!(
+            Raft::restore(config, state, &raftlog::raft::NoLog),
+            Err(raftlog::raft::RestoreError::Inconsistent { .. })
+        ));
     }
 }

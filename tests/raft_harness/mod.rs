@@ -17,11 +17,12 @@ use raftlog::raft::{
 };
 
 /// An in-memory log store: entries written, a durable prefix, and the durable hard state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemStore {
     /// Durable hard state (hard state is written synchronously, as the contract requires).
+    /// Its `log_start_index` follows the schema: the first index still in the log.
     pub hard_state: HardState,
-    /// The log start.
+    /// The snapshot position (last index compacted away, its term, the next offset).
     pub start: LogPosition,
     /// Entries after `start`, written (maybe not durable).
     pub entries: Vec<Entry>,
@@ -31,7 +32,37 @@ pub struct MemStore {
     pub reads: std::cell::Cell<u64>,
 }
 
+impl Default for MemStore {
+    fn default() -> Self {
+        Self {
+            hard_state: HardState {
+                log_start_index: 1,
+                ..HardState::default()
+            },
+            start: LogPosition::default(),
+            entries: Vec::new(),
+            durable_index: 0,
+            reads: std::cell::Cell::new(0),
+        }
+    }
+}
+
 impl MemStore {
+    /// The state a core restarts from: the durable hard state and the last written index
+    /// (call after `crash` to keep only what was durable).
+    pub fn restored_state(&self) -> RestoredState {
+        assert_eq!(
+            self.hard_state.log_start_index,
+            self.start.index + 1,
+            "store hard state disagrees with its snapshot position {:?}",
+            self.start
+        );
+        RestoredState {
+            hard_state: self.hard_state,
+            last_index: self.last_index(),
+        }
+    }
+
     /// Index of the last written entry.
     pub fn last_index(&self) -> u64 {
         self.start.index + self.entries.len() as u64
@@ -101,7 +132,7 @@ impl MemStore {
         let drop = (index - self.start.index) as usize;
         self.entries.drain(..drop);
         self.start = pos;
-        self.hard_state.log_start_index = pos.index;
+        self.hard_state.log_start_index = pos.index + 1;
         self.hard_state.log_start_term = pos.term;
         self.hard_state.log_start_offset = pos.next_offset;
         pos
@@ -422,10 +453,7 @@ impl Cluster {
         }
         node.store.crash();
         node.unpersisted.clear();
-        let state = RestoredState {
-            hard_state: node.store.hard_state,
-            last_index: node.store.last_index(),
-        };
+        let state = node.store.restored_state();
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
         node.commit_index = node.raft.commit_index();
         self.net.retain(|m| m.to != id && m.from != id);
@@ -544,6 +572,7 @@ pub fn store_with_terms(terms: &[u64], current_term: u64) -> MemStore {
     MemStore {
         hard_state: HardState {
             current_term,
+            log_start_index: 1,
             ..HardState::default()
         },
         durable_index: entries.len() as u64,
@@ -560,10 +589,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let node = cluster.nodes.get_mut(&id).expect("node exists");
             node.store = store_with_terms(terms, term);
-            let state = RestoredState {
-                hard_state: node.store.hard_state,
-                last_index: node.store.last_index(),
-            };
+            let state = node.store.restored_state();
             node.raft =
                 Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
         }

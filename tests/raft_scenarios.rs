@@ -9,7 +9,9 @@ mod raft {
     use bytes::Bytes;
     use raftlog::proto::raft_message::Body;
     use raftlog::proto::{AppendEntries, Entry, EntryKind, RaftMessage};
-    use raftlog::raft::{Config, ProgressState, ProposeError, Raft, Role, TransferError};
+    use raftlog::raft::{
+        Config, DropReason, Dropped, ProgressState, ProposeError, Raft, Role, TransferError,
+    };
 
     use super::raft_harness::{carries_index, Cluster};
 
@@ -1109,5 +1111,225 @@ mod raft {
             Raft::restore(config, state, &raftlog::raft::NoLog),
             Err(raftlog::raft::RestoreError::Inconsistent { .. })
         ));
+    }
+
+    // ------------------------------------------------------------------ malformed peer input
+
+    fn msg(from: u64, to: u64, body: Body) -> RaftMessage {
+        RaftMessage {
+            group_id: 1,
+            from,
+            to,
+            body: Some(body),
+        }
+    }
+
+    fn ok_response(term: u64, appended_index: u64, durable_index: u64) -> Body {
+        Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+            term,
+            success: true,
+            appended_index,
+            durable_index,
+            conflict_index: 0,
+            conflict_term: 0,
+            last_log_index: appended_index,
+        })
+    }
+
+    /// Feeds `m` to `id` and asserts it was dropped for `reason` without changing the
+    /// member's term, role, commit index or log.
+    fn assert_dropped(c: &mut Cluster, id: u64, m: RaftMessage, reason: DropReason) {
+        let r = c.raft(id);
+        let before = (r.term(), r.role(), r.commit_index(), r.last_index());
+        let count = r.diagnostics().dropped_messages_count;
+        let from = m.from;
+        c.raft_mut(id).step(m);
+        let r = c.raft(id);
+        assert_eq!(
+            (r.term(), r.role(), r.commit_index(), r.last_index()),
+            before,
+            "a dropped message changed node {id}"
+        );
+        let d = r.diagnostics();
+        assert_eq!(
+            d.dropped_messages_count,
+            count + 1,
+            "not counted: {reason:?}"
+        );
+        assert_eq!(d.last_dropped, Some(Dropped { from, reason }));
+        c.stabilize();
+    }
+
+    /// A leader drops answers claiming indexes it never had, impossible conflict hints, and
+    /// a second leader in its own term, instead of panicking (or trusting them).
+    #[test]
+    fn leader_drops_impossible_answers_without_panicking() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"a");
+        let (term, last) = (c.raft(1).term(), c.raft(1).last_index());
+        let beyond = [
+            ok_response(term, last + 5, 0),
+            ok_response(term, last, last + 1),
+            ok_response(term, u64::MAX, u64::MAX),
+            Body::InstallSnapshotResponse(raftlog::proto::InstallSnapshotResponse {
+                term,
+                last_log_index: last + 1,
+            }),
+        ];
+        for body in beyond {
+            assert_dropped(&mut c, 1, msg(2, 1, body), DropReason::IndexBeyondLog);
+        }
+        for (conflict_index, conflict_term) in [(0, 0), (0, 1), (3, term + 1)] {
+            let reject = Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+                term,
+                success: false,
+                appended_index: 0,
+                durable_index: 0,
+                conflict_index,
+                conflict_term,
+                last_log_index: 0,
+            });
+            assert_dropped(&mut c, 1, msg(3, 1, reject), DropReason::BadConflictHint);
+        }
+        let second_leader = append(term, (last, term), vec![entry(last + 1, term)], last + 1);
+        let second_leader = RaftMessage {
+            from: 2,
+            to: 1,
+            ..second_leader
+        };
+        assert_dropped(&mut c, 1, second_leader, DropReason::SecondLeader);
+        let timeout_now = Body::TimeoutNow(raftlog::proto::TimeoutNow { term, leader_id: 3 });
+        assert_dropped(&mut c, 1, msg(3, 1, timeout_now), DropReason::SecondLeader);
+        // Conflict hints far out of range are only hints: clamped, never trusted past match.
+        let reject = Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+            term,
+            success: false,
+            appended_index: 0,
+            durable_index: 0,
+            conflict_index: u64::MAX,
+            conflict_term: 0,
+            last_log_index: u64::MAX,
+        });
+        c.raft_mut(1).step(msg(2, 1, reject));
+        c.stabilize();
+        assert_eq!(c.raft(2).last_index(), c.raft(1).last_index());
+        assert_eq!(c.propose(1, b"b"), last + 1, "the group still commits");
+        assert_eq!(c.raft(3).commit_index(), last + 1);
+    }
+
+    /// A snapshot answer while no snapshot is in flight (a duplicate, or from nowhere) does
+    /// not claim a match for the follower.
+    #[test]
+    fn snapshot_response_from_nowhere_is_ignored() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..3 {
+            c.propose(1, b"a");
+        }
+        let term = c.raft(1).term();
+        let before = c.raft(1).progress(3).unwrap().match_index;
+        let last = c.raft(1).last_index();
+        c.raft_mut(1).step(msg(
+            3,
+            1,
+            Body::InstallSnapshotResponse(raftlog::proto::InstallSnapshotResponse {
+                term,
+                last_log_index: last,
+            }),
+        ));
+        assert_eq!(c.raft(1).progress(3).unwrap().match_index, before);
+        c.heal();
+        // The lost pipelined entries are noticed after half an election timeout.
+        c.ticks(10);
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
+    }
+
+    /// Followers drop entries that are not contiguous, whose terms go backwards or exceed
+    /// the leader's, impossible snapshots, term-0 and term-MAX messages, messages from
+    /// non-voters or for other groups, and TimeoutNow from someone other than the leader.
+    #[test]
+    fn follower_drops_malformed_messages_without_panicking() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        c.propose(1, b"a");
+        let (term, last) = (c.raft(1).term(), c.raft(1).last_index());
+        let to2 = |m: RaftMessage| RaftMessage { to: 2, ..m };
+        let gap = append(term, (last, term), vec![entry(last + 2, term)], 0);
+        assert_dropped(&mut c, 2, to2(gap), DropReason::MalformedEntries);
+        let backwards = append(
+            term,
+            (last, term),
+            vec![entry(last + 1, term), entry(last + 2, term - 1)],
+            0,
+        );
+        assert_dropped(&mut c, 2, to2(backwards), DropReason::MalformedEntries);
+        let future_term = append(term, (last, term), vec![entry(last + 1, term + 1)], 0);
+        assert_dropped(&mut c, 2, to2(future_term), DropReason::MalformedEntries);
+        let below_prev = append(term, (last, term), vec![entry(last + 1, term - 1)], 0);
+        if term > 1 {
+            assert_dropped(&mut c, 2, to2(below_prev), DropReason::MalformedEntries);
+        }
+        let overflow = append(term, (u64::MAX, term), vec![entry(1, term)], 0);
+        assert_dropped(&mut c, 2, to2(overflow), DropReason::MalformedEntries);
+        let prev_zero = append(term, (0, term), vec![entry(1, term)], 0);
+        assert_dropped(&mut c, 2, to2(prev_zero), DropReason::MalformedEntries);
+        for (index, snap_term) in [(5, term + 1), (5, 0), (0, 1)] {
+            let snap = Body::InstallSnapshot(raftlog::proto::InstallSnapshot {
+                term,
+                leader_id: 1,
+                last_included_index: index,
+                last_included_term: snap_term,
+                next_offset: 0,
+                data: Bytes::new(),
+            });
+            assert_dropped(&mut c, 2, msg(1, 2, snap), DropReason::MalformedSnapshot);
+        }
+        let term_zero = append(0, (0, 0), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_zero), DropReason::BadTerm);
+        let term_max = append(u64::MAX, (last, term), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_max), DropReason::BadTerm);
+        let vote = Body::RequestVote(raftlog::proto::RequestVote {
+            term: term + 1,
+            candidate_id: 3,
+            last_log_index: 9,
+            last_log_term: term + 2,
+            pre_vote: false,
+            leadership_transfer: false,
+        });
+        assert_dropped(&mut c, 2, msg(3, 2, vote), DropReason::MalformedVoteRequest);
+        let from_stranger = append(term + 1, (last, term), vec![], 0);
+        let from_stranger = RaftMessage {
+            from: 9,
+            ..to2(from_stranger)
+        };
+        assert_dropped(&mut c, 2, from_stranger, DropReason::NotAVoter);
+        let other_group = RaftMessage {
+            group_id: 7,
+            ..to2(append(term + 1, (last, term), vec![], 0))
+        };
+        assert_dropped(&mut c, 2, other_group, DropReason::WrongGroup);
+        let to_other = RaftMessage {
+            to: 3,
+            ..append(term + 1, (last, term), vec![], 0)
+        };
+        assert_dropped(&mut c, 2, to_other, DropReason::WrongRecipient);
+        let empty = RaftMessage {
+            body: None,
+            ..to2(append(term, (0, 0), vec![], 0))
+        };
+        assert_dropped(&mut c, 2, empty, DropReason::NoBody);
+        let timeout_now = Body::TimeoutNow(raftlog::proto::TimeoutNow { term, leader_id: 3 });
+        assert_dropped(
+            &mut c,
+            2,
+            msg(3, 2, timeout_now),
+            DropReason::TimeoutNowNotFromLeader,
+        );
+        // None of it disturbed the group.
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.propose(1, b"b"), last + 1);
+        assert_eq!(c.raft(2).commit_index(), last + 1);
     }
 }

@@ -36,11 +36,18 @@
 //! through it synchronously. A reader that reports [`ReadError::Compacted`] makes the leader
 //! send an InstallSnapshot of its log start instead; `Unavailable` is retried later.
 //!
+//! # Peer input
+//!
+//! A peer message never panics the core: malformed or impossible input (see
+//! [`DropReason`]) is dropped and counted in [`Raft::diagnostics`]. `assert!`s guard the
+//! core's own invariants and the caller's inputs (`compact`, the `LogReader`), not peers.
+//!
 //! # Restart
 //!
 //! [`Raft::restore`] rebuilds a member from its durable hard state and durable log
 //! ([`RestoredState`] plus a reader); un-persisted entries are simply not there.
 
+mod check;
 mod config;
 mod leader;
 mod log;
@@ -49,6 +56,7 @@ mod progress;
 mod replication;
 mod rng;
 
+pub use check::{Diagnostics, DropReason, Dropped};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
 pub use node::{

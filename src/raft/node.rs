@@ -13,6 +13,7 @@ use crate::proto::{
     Entry, EntryKind, HardState, RaftMessage, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 
+use super::check::{check_body, message_term, Diagnostics, DropReason};
 use super::config::{Config, ConfigError};
 use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
 use super::progress::{Progress, ProgressState};
@@ -242,6 +243,8 @@ pub struct Raft {
     pub(crate) append_wanted: BTreeSet<u64>,
     /// Leader only: the commit index advanced since the last Ready.
     pub(crate) commit_changed: bool,
+    /// Peer messages dropped as malformed or impossible.
+    diagnostics: Diagnostics,
 }
 
 impl Raft {
@@ -333,6 +336,7 @@ impl Raft {
             commit_reported_index: start.index,
             append_wanted: BTreeSet::new(),
             commit_changed: false,
+            diagnostics: Diagnostics::default(),
         };
         raft.commit_reported_index = raft.log.commit_index;
         raft.reset_election_timeout();
@@ -594,15 +598,13 @@ impl Raft {
 
     // ---------------------------------------------------------------- step
 
-    /// Feeds one message from a peer. Messages for another group or member, from a
-    /// non-voter, or without a body, are dropped.
+    /// Feeds one message from a peer. Never panics on what the message says: messages for
+    /// another group or member, from a non-voter, without a body, or claiming something no
+    /// honest member could (see [`DropReason`]) are dropped and counted in
+    /// [`diagnostics`](Self::diagnostics).
     pub fn step(&mut self, m: RaftMessage) {
-        if m.group_id != self.config.group_id || m.to != self.config.id || m.from == self.config.id
-        {
-            return;
-        }
-        // Only voters take part; anything else would be counted as a vote or a replica.
-        if !self.config.voters.contains(&m.from) {
+        if let Err(reason) = self.check_envelope(&m) {
+            self.drop_message(m.from, reason);
             return;
         }
         let Some(body) = m.body else { return };
@@ -624,6 +626,32 @@ impl Raft {
                 Role::Follower => self.step_follower(m.from, body),
             },
         }
+    }
+
+    /// Peer messages this member dropped as malformed or impossible.
+    pub fn diagnostics(&self) -> Diagnostics {
+        self.diagnostics
+    }
+
+    /// Checks the routing fields and what the body claims about itself.
+    fn check_envelope(&self, m: &RaftMessage) -> Result<(), DropReason> {
+        if m.group_id != self.config.group_id {
+            return Err(DropReason::WrongGroup);
+        }
+        if m.to != self.config.id || m.from == self.config.id {
+            return Err(DropReason::WrongRecipient);
+        }
+        // Only voters take part; anything else would be counted as a vote or a replica.
+        if !self.config.voters.contains(&m.from) {
+            return Err(DropReason::NotAVoter);
+        }
+        let body = m.body.as_ref().ok_or(DropReason::NoBody)?;
+        check_body(body)
+    }
+
+    /// Drops a peer message that is malformed or impossible, keeping a count.
+    pub(crate) fn drop_message(&mut self, from: u64, reason: DropReason) {
+        self.diagnostics.record(from, reason);
     }
 
     /// Handles a message whose term is above ours; returns whether to keep processing it.
@@ -991,19 +1019,6 @@ impl Raft {
     /// Marks the hard state for the next Ready.
     pub(crate) fn mark_hard_state_dirty(&mut self) {
         self.hard_state_dirty = true;
-    }
-}
-
-/// The term carried by any message body.
-fn message_term(body: &Body) -> u64 {
-    match body {
-        Body::RequestVote(m) => m.term,
-        Body::RequestVoteResponse(m) => m.term,
-        Body::AppendEntries(m) => m.term,
-        Body::AppendEntriesResponse(m) => m.term,
-        Body::InstallSnapshot(m) => m.term,
-        Body::InstallSnapshotResponse(m) => m.term,
-        Body::TimeoutNow(m) => m.term,
     }
 }
 

@@ -6,6 +6,7 @@ use crate::proto::{
     AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, InstallSnapshotResponse,
 };
 
+use super::check::DropReason;
 use super::log::LogPosition;
 use super::node::{Raft, Role};
 
@@ -17,14 +18,10 @@ impl Raft {
         match body {
             Body::AppendEntriesResponse(r) => self.handle_append_response(from, r),
             Body::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
-            // Election safety: two leaders in one term would be a bug elsewhere; ignore rather
-            // than trust either side's claim.
+            // Election safety: two leaders in one term cannot both be right; drop rather than
+            // trust either side's claim (and never panic on what a peer says).
             Body::AppendEntries(_) | Body::InstallSnapshot(_) | Body::TimeoutNow(_) => {
-                debug_assert!(
-                    false,
-                    "leader {} got a leader message from {from} in term {}",
-                    self.config.id, self.term
-                );
+                self.drop_message(from, DropReason::SecondLeader);
             }
             Body::RequestVote(_) | Body::RequestVoteResponse(_) => {}
         }
@@ -51,6 +48,9 @@ impl Raft {
             Body::InstallSnapshot(m) => {
                 self.follow(from);
                 self.handle_install_snapshot(from, m);
+            }
+            Body::TimeoutNow(_) if self.leader_id != 0 && self.leader_id != from => {
+                self.drop_message(from, DropReason::TimeoutNowNotFromLeader);
             }
             Body::TimeoutNow(_) => {
                 // The leader hands over (dissertation §3.10): campaign at once, skipping the

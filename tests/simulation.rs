@@ -48,14 +48,14 @@ use raft_harness::Cluster;
 /// tick, as on a LAN with election timeouts of a few hundred milliseconds.
 const UNITS_PER_TICK: u64 = 10;
 /// Ticks of faults per seed: long enough for dozens of elections and a few compactions.
-const CHAOS_TICKS: u64 = 250;
+const CHAOS_TICKS: u64 = 500;
 /// After healing, a leader must commit a new proposal on every member within this many ticks
 /// (20 election timeouts: pre-vote rounds, lease expiry and catch-up all fit comfortably).
 const LIVENESS_TICKS_MAX: u64 = 200;
 /// Election timeout of every member, in ticks.
 const ELECTION_TIMEOUT_TICKS: u32 = 10;
-/// Default seed count: about 15 s in release on a 2-core machine.
-const SEEDS_DEFAULT: u64 = 300;
+/// Default seed count: about 4 s in release on this 2-core machine (CI runs at least 500).
+const SEEDS_DEFAULT: u64 = 1000;
 /// A leader is young (and a Figure 8 crash candidate) for this many ticks after election.
 const YOUNG_LEADER_TICKS: u64 = 3;
 /// Bytes of the static buffer proposal payloads are cut from.
@@ -96,6 +96,10 @@ struct Rates {
     /// Figure 8 adversary, per Ready of a leader whose commit index advanced: crash it while
     /// sending (Figure 8 (d): the leader fails right after committing).
     crash_after_commit_per_mille: u32,
+    /// Figure 8 adversary, per tick without a live leader: the follower with the most
+    /// up-to-date-looking log (highest last term) campaigns at once, as if its election
+    /// timer fired first: the member most likely to overwrite an old-term entry.
+    campaign_highest_term_per_mille: u32,
     /// Downtime of a crashed member, in ticks: `[low, high)`.
     down_ticks: (u32, u32),
     /// Per tick: change the partitions.
@@ -132,6 +136,7 @@ impl Profile {
             crash_young_leader_per_mille: 20,
             lose_current_term_entries_per_mille: 0,
             crash_after_commit_per_mille: 0,
+            campaign_highest_term_per_mille: 0,
             down_ticks: (3, 30),
             partition_per_mille: 15,
             disk_per_mille: 20,
@@ -147,9 +152,10 @@ impl Profile {
                 crash_per_mille: 60,
                 crash_leader_per_mille: 900,
                 crash_mid_send_per_mille: 15,
-                crash_young_leader_per_mille: 250,
-                lose_current_term_entries_per_mille: 700,
-                crash_after_commit_per_mille: 300,
+                crash_young_leader_per_mille: 500,
+                lose_current_term_entries_per_mille: 800,
+                crash_after_commit_per_mille: 500,
+                campaign_highest_term_per_mille: 1000,
                 down_ticks: (1, 8),
                 partition_per_mille: 5,
                 disk_per_mille: 30,
@@ -190,6 +196,7 @@ struct Streams {
     transfer: SplitMix64,
     compaction: SplitMix64,
     proposal: SplitMix64,
+    election: SplitMix64,
     config: SplitMix64,
 }
 
@@ -211,6 +218,7 @@ impl Streams {
             compaction: stream(8),
             proposal: stream(9),
             config: stream(10),
+            election: stream(11),
         }
     }
 }
@@ -387,6 +395,28 @@ impl Sim {
                 let leader = pick(&mut self.streams.transfer, &leaders);
                 let to = pick(&mut self.streams.transfer, &self.ids);
                 let _ = self.c.raft_mut(leader).transfer_leader(to);
+            }
+        }
+        if self.leaders().is_empty()
+            && chance(
+                &mut self.streams.election,
+                rates.campaign_highest_term_per_mille,
+            )
+        {
+            let up: Vec<u64> = self
+                .ids
+                .iter()
+                .copied()
+                .filter(|&id| self.is_up(id))
+                .collect();
+            let best = up.iter().map(|&id| self.c.raft(id).last_term()).max();
+            let best: Vec<u64> = up
+                .into_iter()
+                .filter(|&id| Some(self.c.raft(id).last_term()) == best)
+                .collect();
+            if !best.is_empty() {
+                let id = pick(&mut self.streams.election, &best);
+                self.c.raft_mut(id).campaign_now();
             }
         }
         if chance(&mut self.streams.compaction, rates.compaction_per_mille) {
@@ -583,10 +613,21 @@ impl Sim {
         if self.faults && !messages.is_empty() && chance(&mut self.streams.crash, crash_per_mille) {
             // Crash after persisting the hard state and writing, while sending: only some
             // messages leave (a leader that reached a minority, a vote half announced).
+            // How many leave is uniform in [0, all], so "none" and "just one" (a minority
+            // of five) are as likely as "all but one".
+            let rng = &mut self.streams.crash;
+            let mut kept = rng.range_u32(0, messages.len() as u32 + 1);
+            let mut left = messages.len() as u32;
+            let mut out = Vec::new();
             for m in messages {
-                if self.streams.crash.range_u32(0, 2) == 0 {
-                    self.send(m);
+                if rng.range_u32(0, left) < kept {
+                    out.push(m);
+                    kept -= 1;
                 }
+                left -= 1;
+            }
+            for m in out {
+                self.send(m);
             }
             self.crash(id);
             return;

@@ -823,7 +823,9 @@ fn check_leader_complete(
 }
 
 /// State-machine safety at the storage level: a Ready never truncates (or replaces by a
-/// snapshot) an entry that is committed, with the committed term, in this node's log.
+/// snapshot) a committed entry that this node knows committed or holds durably (it may
+/// have been counted toward the commit). A committed entry that is only written here, not
+/// durable and not known committed, may go, like any un-fsynced write in a crash.
 fn check_no_committed_entry_dropped(
     id: u64,
     node: &Node,
@@ -839,10 +841,13 @@ fn check_no_committed_entry_dropped(
     }
     let Some(from) = dropped_from else { return };
     let from = from.max(store.start.index + 1);
-    if from > store.last_index() {
+    let upto = store
+        .last_index()
+        .min(store.durable_index.max(node.commit_index));
+    if from > upto {
         return;
     }
-    for (&index, &term) in committed.range(from..=store.last_index()) {
+    for (&index, &term) in committed.range(from..=upto) {
         assert_ne!(
             store.term(index),
             Some(term),

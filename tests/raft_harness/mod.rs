@@ -823,9 +823,9 @@ fn check_leader_complete(
 }
 
 /// State-machine safety at the storage level: a Ready never truncates (or replaces by a
-/// snapshot) a committed entry that this node knows committed or holds durably (it may
-/// have been counted toward the commit). A committed entry that is only written here, not
-/// durable and not known committed, may go, like any un-fsynced write in a crash.
+/// snapshot) an entry this node knows is committed. (A committed entry it does not know
+/// committed may go if the core never reported it durable, like an un-fsynced write in a
+/// crash; whether enough durable copies remain is `check_committed_on_quorum`'s job.)
 fn check_no_committed_entry_dropped(
     id: u64,
     node: &Node,
@@ -841,9 +841,7 @@ fn check_no_committed_entry_dropped(
     }
     let Some(from) = dropped_from else { return };
     let from = from.max(store.start.index + 1);
-    let upto = store
-        .last_index()
-        .min(store.durable_index.max(node.commit_index));
+    let upto = store.last_index().min(node.commit_index);
     if from > upto {
         return;
     }

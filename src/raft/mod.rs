@@ -46,6 +46,11 @@
 //!
 //! [`Raft::restore`] rebuilds a member from its durable hard state and durable log
 //! ([`RestoredState`] plus a reader); un-persisted entries are simply not there.
+//!
+//! The hard state follows the schema: `log_start_index` is the first index still in the log
+//! (1 for a fresh log) and `log_start_term` the term of the entry before it. The core's
+//! [`LogPosition`] ([`Raft::log_start`], [`Ready::snapshot`], [`Raft::compact`]) names the
+//! last index covered instead, so `log_start_index == log_start().index + 1`.
 
 mod check;
 mod config;

@@ -1133,6 +1133,7 @@ mod raft {
             conflict_index: 0,
             conflict_term: 0,
             last_log_index: appended_index,
+            rejected_index: 0,
         })
     }
 
@@ -1189,6 +1190,7 @@ mod raft {
                 conflict_index,
                 conflict_term,
                 last_log_index: 0,
+                rejected_index: 0,
             });
             assert_dropped(&mut c, 1, msg(3, 1, reject), DropReason::BadConflictHint);
         }
@@ -1210,6 +1212,7 @@ mod raft {
             conflict_index: u64::MAX,
             conflict_term: 0,
             last_log_index: u64::MAX,
+            rejected_index: 0,
         });
         c.raft_mut(1).step(msg(2, 1, reject));
         c.stabilize();
@@ -1331,5 +1334,59 @@ mod raft {
         assert_eq!(c.leader(), Some(1));
         assert_eq!(c.propose(1, b"b"), last + 1);
         assert_eq!(c.raft(2).commit_index(), last + 1);
+    }
+
+    /// A rejection names the `prev_log_index` it rejects (`rejected_index`): while probing,
+    /// a late rejection of an index above the probe in flight (a reordered or duplicated
+    /// answer to an older message) does not cost another probe.
+    #[test]
+    fn stale_rejection_while_probing_costs_no_probe() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..5 {
+            c.propose(1, b"a");
+        }
+        let term = c.raft(1).term();
+        let reject = |rejected_index: u64| {
+            msg(
+                3,
+                1,
+                Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+                    term,
+                    success: false,
+                    appended_index: 0,
+                    durable_index: 0,
+                    conflict_index: 2,
+                    conflict_term: 0,
+                    last_log_index: 1,
+                    rejected_index,
+                }),
+            )
+        };
+        // The answer to the first pipelined message: back to probing from index 2.
+        c.raft_mut(1).step(reject(1));
+        let pr = c.raft(1).progress(3).unwrap().clone();
+        assert_eq!(
+            (pr.state, pr.next_index, pr.probe_sent),
+            (ProgressState::Probe, 2, false)
+        );
+        let to_3 = |r: &raftlog::raft::Ready| r.messages.iter().filter(|m| m.to == 3).count();
+        let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+        assert_eq!(to_3(&ready), 1, "one probe");
+        // Late answers to the later pipelined messages: ignored, no second probe.
+        for stale in [2, 4] {
+            c.raft_mut(1).step(reject(stale));
+            let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+            assert_eq!(
+                to_3(&ready),
+                0,
+                "stale rejection of prev {stale} probed again"
+            );
+            assert!(c.raft(1).progress(3).unwrap().probe_sent);
+        }
+        c.heal();
+        c.ticks(3);
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
     }
 }

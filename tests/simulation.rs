@@ -729,8 +729,14 @@ impl Sim {
             .values()
             .map(|n| (n.raft.role(), n.raft.term(), n.raft.commit_index()))
             .collect();
+        let progress: Vec<String> = self.c.leader().map_or(Vec::new(), |l| {
+            self.ids
+                .iter()
+                .filter_map(|&id| Some(format!("{id}: {:?}", self.c.raft(l).progress(id)?)))
+                .collect()
+        });
         panic!(
-            "liveness: no new proposal committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {proposal:?}; role, term, commit: {nodes:?})"
+            "liveness: no new proposal committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {proposal:?}; role, term, commit: {nodes:?}; leader's progress: {progress:?})"
         );
     }
 

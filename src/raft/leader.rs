@@ -220,8 +220,22 @@ impl Raft {
                 None => r.conflict_index,
             },
         };
+        let start_index = self.log.start.index;
         let pr = self.progress.get_mut(&from).expect("peer has progress");
         if matches!(pr.state, ProgressState::Snapshot { .. }) {
+            return;
+        }
+        // While probing, a rejection of an index above the one probed now answers a message
+        // sent before the leader backed up (reordered or duplicated): the probe in flight will
+        // answer for the current position, so another probe would only be wasted. A heartbeat
+        // is the exception: it is anchored at the match index or the log start, and its
+        // rejection is what unsticks a probe that was lost (or that now needs a snapshot).
+        // (0 is "unknown", from a sender that does not fill the field: handled as before.)
+        let heartbeat_anchor = pr.match_index.max(start_index);
+        if pr.state == ProgressState::Probe
+            && r.rejected_index >= pr.next_index
+            && r.rejected_index != heartbeat_anchor
+        {
             return;
         }
         if hint <= pr.match_index {
@@ -231,8 +245,8 @@ impl Raft {
             pr.match_index = hint.saturating_sub(1);
             pr.durable_index = pr.durable_index.min(pr.match_index);
         }
-        // The response does not say which message it rejects, so only ever move backwards
-        // (a stale rejection then costs a probe, never correctness), but never below match.
+        // Only ever move backwards (a stale rejection then costs a probe, never
+        // correctness), but never below match.
         let low = pr.match_index + 1;
         let high = pr.next_index.saturating_sub(1).max(low);
         pr.become_probe(hint.clamp(low, high));

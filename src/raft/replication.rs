@@ -96,7 +96,7 @@ impl Raft {
             (prev_log_index, prev_log_term, entries)
         };
         if self.log.term_at(prev_index) != Some(prev_term) {
-            self.reject_append(from, prev_index);
+            self.reject_append(from, prev_index, prev_log_index);
             return;
         }
         let last_new_index = prev_index + entries.len() as u64;
@@ -115,9 +115,11 @@ impl Raft {
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
-    /// Rejects an AppendEntries whose previous entry does not match, with fast back-up hints:
-    /// the conflicting term and where our entries of that term begin, or our log's end.
-    fn reject_append(&mut self, from: u64, prev_index: u64) {
+    /// Rejects an AppendEntries whose previous entry (checked at `prev_index`) does not
+    /// match, with fast back-up hints: the conflicting term and where our entries of that
+    /// term begin, or our log's end. `rejected_index` is the message's own `prev_log_index`,
+    /// which tells the leader which message this answers.
+    fn reject_append(&mut self, from: u64, prev_index: u64, rejected_index: u64) {
         let (conflict_index, conflict_term) = match self.log.term_at(prev_index) {
             Some(term) if prev_index > self.log.start.index => {
                 let first = self
@@ -128,7 +130,10 @@ impl Raft {
             }
             _ => (self.log.last_index + 1, 0),
         };
-        let reply = self.append_response(false, 0, conflict_index, conflict_term);
+        let reply = AppendEntriesResponse {
+            rejected_index,
+            ..self.append_response(false, 0, conflict_index, conflict_term)
+        };
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
@@ -243,6 +248,7 @@ impl Raft {
             conflict_index,
             conflict_term,
             last_log_index: self.log.last_index,
+            rejected_index: 0,
         }
     }
 

@@ -745,8 +745,8 @@ pub fn describe(m: &RaftMessage) -> String {
             )
         }
         Some(Body::AppendEntriesResponse(r)) => format!(
-            "AppendResponse t{} reject conflict {}@{} last {}",
-            r.term, r.conflict_index, r.conflict_term, r.last_log_index
+            "AppendResponse t{} reject prev {} conflict {}@{} last {}",
+            r.term, r.rejected_index, r.conflict_index, r.conflict_term, r.last_log_index
         ),
         Some(Body::InstallSnapshot(i)) => format!(
             "InstallSnapshot t{} {}@{} next offset {}",

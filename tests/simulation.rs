@@ -834,16 +834,24 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
                     .with(|p| p.borrow_mut().take())
                     .unwrap_or_default();
                 if summary.violations <= 5 {
-                    println!(
+                    report(format_args!(
                         "violation in {described} at t{} (step {}): {why}\nreproduce with RAFTLOG_SIM_SEED={seed}",
                         sim.now / UNITS_PER_TICK,
                         sim.steps
-                    );
+                    ));
                 }
             }
         }
     }
     summary
+}
+
+/// Prints a line of the report straight to stdout: the test harness captures `println!` of
+/// passing tests, and the summary line must show in every run.
+fn report(line: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -866,7 +874,7 @@ fn simulation() {
     };
     let started = std::time::Instant::now();
     let summary = run_seeds(seeds.into_iter());
-    println!(
+    report(format_args!(
         "{} leader terms, {} entries committed, {} crashes; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
         summary.leader_terms_count,
         summary.committed_count,
@@ -874,11 +882,11 @@ fn simulation() {
         summary.liveness_ticks_max,
         summary.first_violation_seed,
         started.elapsed().as_secs_f64()
-    );
-    println!(
+    ));
+    report(format_args!(
         "simulation: {} seeds, {} steps, {} violations",
         summary.seeds, summary.steps, summary.violations
-    );
+    ));
     assert_eq!(summary.violations, 0, "see the violations above");
 }
 

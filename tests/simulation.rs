@@ -810,6 +810,8 @@ struct Summary {
     leader_terms_count: u64,
     committed_count: u64,
     crashes_count: u64,
+    snapshots_count: u64,
+    truncations_count: u64,
 }
 
 /// Runs `seeds`, each caught separately; prints every violation with its replay command.
@@ -825,6 +827,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
         summary.leader_terms_count += sim.c.leaders.len() as u64;
         summary.committed_count += sim.c.committed.len() as u64;
         summary.crashes_count += sim.crashes_count;
+        summary.snapshots_count += sim.c.snapshots_count;
+        summary.truncations_count += sim.c.truncations_count;
         match result {
             Ok(ticks) => summary.liveness_ticks_max = summary.liveness_ticks_max.max(ticks),
             Err(_) => {
@@ -875,10 +879,12 @@ fn simulation() {
     let started = std::time::Instant::now();
     let summary = run_seeds(seeds.into_iter());
     report(format_args!(
-        "{} leader terms, {} entries committed, {} crashes; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
+        "{} leader terms, {} entries committed, {} crashes, {} snapshots installed, {} suffixes truncated; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
         summary.leader_terms_count,
         summary.committed_count,
         summary.crashes_count,
+        summary.snapshots_count,
+        summary.truncations_count,
         summary.liveness_ticks_max,
         summary.first_violation_seed,
         started.elapsed().as_secs_f64()

@@ -238,6 +238,10 @@ pub struct Cluster {
     pub committed: BTreeMap<u64, u64>,
     /// Index -> lowest leader term in which a leader was seen to have it committed.
     pub commit_terms: BTreeMap<u64, u64>,
+    /// Readies that installed a snapshot.
+    pub snapshots_count: u64,
+    /// Readies that truncated a conflicting suffix.
+    pub truncations_count: u64,
     /// When `Some`, a readable line per delivered message and per Ready (golden traces).
     pub trace: Option<Vec<String>>,
 }
@@ -277,6 +281,8 @@ impl Cluster {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             commit_terms: BTreeMap::new(),
+            snapshots_count: 0,
+            truncations_count: 0,
             trace: None,
         }
     }
@@ -314,6 +320,8 @@ impl Cluster {
             trace.push(describe_ready(id, &node.raft, &ready));
         }
         check_no_committed_entry_dropped(id, node, &ready, &self.committed);
+        self.snapshots_count += u64::from(ready.snapshot.is_some());
+        self.truncations_count += u64::from(ready.truncate_from.is_some());
         node.store.apply(&ready);
         check_durable_before_send(id, &node.store, &ready);
         check_log_matching(id, &node.store, &ready, &mut self.entry_ids);

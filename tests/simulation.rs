@@ -562,6 +562,21 @@ impl Sim {
             return;
         }
         let committed_now = self.c.nodes[&id].commit_index > commit_before;
+        self.schedule_writes(id);
+        let messages: Vec<RaftMessage> = self.c.net.drain(..).collect();
+        let crash_per_mille = self.crash_while_sending_per_mille(id, committed_now);
+        let messages = self.lose_current_term_entries(id, messages);
+        if self.faults && !messages.is_empty() && chance(&mut self.streams.crash, crash_per_mille) {
+            self.send_some_and_crash(id, messages);
+            return;
+        }
+        for m in messages {
+            self.send(m);
+        }
+    }
+
+    /// Queues member `id`'s new writes on its disk; they complete in issue order.
+    fn schedule_writes(&mut self, id: u64) {
         let writes = std::mem::take(&mut self.c.nodes.get_mut(&id).expect("member").unpersisted);
         let slow = self.disk_slow[&id];
         for (index, term) in writes {
@@ -574,67 +589,77 @@ impl Sim {
             let after = queue.back().map_or(0, |&(due, _, _)| due);
             queue.push_back(((self.now + u64::from(latency)).max(after), index, term));
         }
-        let messages: Vec<RaftMessage> = self.c.net.drain(..).collect();
+    }
+
+    /// The chance that member `id` crashes while sending this Ready: higher for a young
+    /// leader and for a leader whose commit index just moved (the Figure 8 moments).
+    fn crash_while_sending_per_mille(&mut self, id: u64, committed_now: bool) -> u32 {
         let raft = self.c.raft(id);
-        let young_leader = raft.role() == Role::Leader && {
-            let (term, now) = (raft.term(), self.now);
-            let elected = self.elected_at.entry(id).or_insert((term, now));
-            if elected.0 != term {
-                *elected = (term, now);
-            }
-            now - elected.1 < YOUNG_LEADER_TICKS * UNITS_PER_TICK
-        };
-        let crash_per_mille = if young_leader {
+        if raft.role() != Role::Leader {
+            return self.rates.crash_mid_send_per_mille;
+        }
+        let (term, now) = (raft.term(), self.now);
+        let elected = self.elected_at.entry(id).or_insert((term, now));
+        if elected.0 != term {
+            *elected = (term, now);
+        }
+        if now - elected.1 < YOUNG_LEADER_TICKS * UNITS_PER_TICK {
             self.rates.crash_young_leader_per_mille
-        } else if committed_now && raft.role() == Role::Leader {
+        } else if committed_now {
             self.rates.crash_after_commit_per_mille
         } else {
             self.rates.crash_mid_send_per_mille
-        };
-        // Figure 8 (c): old-term entries travel, the leader's own-term ones get lost.
+        }
+    }
+
+    /// Figure 8 (c): while leader `id` still holds uncommitted entries of earlier terms,
+    /// messages carrying its own term's entries are lost, so old-term entries spread alone.
+    fn lose_current_term_entries(
+        &mut self,
+        id: u64,
+        messages: Vec<RaftMessage>,
+    ) -> Vec<RaftMessage> {
+        let raft = self.c.raft(id);
+        let rate = self.rates.lose_current_term_entries_per_mille;
         let old_terms_uncommitted = raft.role() == Role::Leader
             && raft
                 .term_at(raft.commit_index() + 1)
                 .is_some_and(|t| t < raft.term());
-        let messages: Vec<RaftMessage> = if old_terms_uncommitted && self.faults {
-            let (term, rate) = (raft.term(), self.rates.lose_current_term_entries_per_mille);
-            let rng = &mut self.streams.net_loss;
-            messages
-                .into_iter()
-                .filter(|m| {
-                    let carries_own_term = matches!(&m.body, Some(Body::AppendEntries(ae))
-                        if ae.entries.iter().any(|e| e.term == term));
-                    !(carries_own_term && chance(rng, rate))
-                })
-                .collect()
-        } else {
-            messages
-        };
-        if self.faults && !messages.is_empty() && chance(&mut self.streams.crash, crash_per_mille) {
-            // Crash after persisting the hard state and writing, while sending: only some
-            // messages leave (a leader that reached a minority, a vote half announced).
-            // How many leave is uniform in [0, all], so "none" and "just one" (a minority
-            // of five) are as likely as "all but one".
-            let rng = &mut self.streams.crash;
-            let mut kept = rng.range_u32(0, messages.len() as u32 + 1);
-            let mut left = messages.len() as u32;
-            let mut out = Vec::new();
-            for m in messages {
-                if rng.range_u32(0, left) < kept {
-                    out.push(m);
-                    kept -= 1;
-                }
-                left -= 1;
-            }
-            for m in out {
-                self.send(m);
-            }
-            self.crash(id);
-            return;
+        if !self.faults || rate == 0 || !old_terms_uncommitted {
+            return messages;
         }
+        let term = raft.term();
+        let rng = &mut self.streams.net_loss;
+        messages
+            .into_iter()
+            .filter(|m| {
+                let carries_own_term = matches!(&m.body, Some(Body::AppendEntries(ae))
+                    if ae.entries.iter().any(|e| e.term == term));
+                !(carries_own_term && chance(rng, rate))
+            })
+            .collect()
+    }
+
+    /// Crash after persisting the hard state and writing, while sending: only some messages
+    /// leave (a leader that reached a minority, a vote half announced). How many leave is
+    /// uniform in `[0, all]`, so "none" and "just one" (a minority of five) are as likely as
+    /// "all but one".
+    fn send_some_and_crash(&mut self, id: u64, messages: Vec<RaftMessage>) {
+        let rng = &mut self.streams.crash;
+        let mut kept = rng.range_u32(0, messages.len() as u32 + 1);
+        let mut left = messages.len() as u32;
+        let mut out = Vec::new();
         for m in messages {
+            if rng.range_u32(0, left) < kept {
+                out.push(m);
+                kept -= 1;
+            }
+            left -= 1;
+        }
+        for m in out {
             self.send(m);
         }
+        self.crash(id);
     }
 
     /// Puts a message on the network: maybe lost, maybe duplicated, delayed.

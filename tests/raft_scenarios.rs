@@ -1293,6 +1293,8 @@ mod raft {
         assert_dropped(&mut c, 2, to2(term_zero), DropReason::BadTerm);
         let term_max = append(u64::MAX, (last, term), vec![], 0);
         assert_dropped(&mut c, 2, to2(term_max), DropReason::BadTerm);
+        let term_huge = append(raftlog::raft::TERM_MAX + 1, (last, term), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_huge), DropReason::BadTerm);
         let vote = Body::RequestVote(raftlog::proto::RequestVote {
             term: term + 1,
             candidate_id: 3,

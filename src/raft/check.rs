@@ -14,6 +14,12 @@ use std::fmt;
 use crate::proto::raft_message::Body;
 use crate::proto::{AppendEntries, InstallSnapshot};
 
+/// The highest term a peer message may carry: 2^62. Terms grow by one per election round,
+/// so no group ever gets near it (at a million elections a second, it would take over
+/// 100,000 years), while the margin below `u64::MAX` means campaigning from any accepted term
+/// cannot overflow.
+pub const TERM_MAX: u64 = 1 << 62;
+
 /// Why a peer message was dropped as malformed or impossible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -25,8 +31,9 @@ pub enum DropReason {
     NotAVoter,
     /// The message has no body.
     NoBody,
-    /// The term is 0 (only a fresh member's vote rejection may carry it) or `u64::MAX` (which
-    /// would leave no next term to campaign in).
+    /// The term is 0 (only a fresh member's vote rejection may carry it) or above
+    /// [`TERM_MAX`] (which no honest member reaches, and which could overflow the next
+    /// campaign's term).
     BadTerm,
     /// AppendEntries entries are not contiguous from `prev_log_index + 1`, their terms
     /// decrease, fall below `prev_log_term` or exceed the message's term, or an entry at an
@@ -91,7 +98,7 @@ impl Diagnostics {
 pub(crate) fn check_body(body: &Body) -> Result<(), DropReason> {
     let term = message_term(body);
     let term_zero_allowed = matches!(body, Body::RequestVoteResponse(r) if !r.vote_granted);
-    if term == u64::MAX || (term == 0 && !term_zero_allowed) {
+    if term > TERM_MAX || (term == 0 && !term_zero_allowed) {
         return Err(DropReason::BadTerm);
     }
     match body {

@@ -1391,4 +1391,137 @@ mod raft {
         c.ticks(3);
         assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
     }
+
+    /// Peer input never panics, whatever it says: seeded random messages (well-formed,
+    /// malformed, stale, from the future, for other groups) fed to every role. Byzantine
+    /// input may of course mislead the members (Raft does not tolerate lying peers); the
+    /// point is that a server survives it and its own invariants hold.
+    #[test]
+    fn random_peer_messages_never_panic() {
+        use raftlog::proto::{
+            AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, RequestVote,
+            RequestVoteResponse, TimeoutNow,
+        };
+        use raftlog::raft::SplitMix64;
+        let mut rng = SplitMix64::new(4);
+        let (mut dropped, mut moved_terms) = (0, 0);
+        for round in 0..40 {
+            let mut c = Cluster::new(3);
+            c.elect(1);
+            for _ in 0..(round % 7) {
+                c.propose(1, b"a");
+            }
+            if round % 3 == 0 {
+                c.raft_mut(3).campaign_now();
+            }
+            let (t, last) = (c.raft(1).term(), c.raft(1).last_index());
+            for _ in 0..2_000 {
+                let mut draw =
+                    |choices: &[u64]| choices[rng.range_u32(0, choices.len() as u32) as usize];
+                let term = draw(&[0, t.saturating_sub(1), t, t, t + 1, t + 7, u64::MAX]);
+                let index = draw(&[
+                    0,
+                    1,
+                    last.saturating_sub(1),
+                    last,
+                    last + 1,
+                    last + 9,
+                    u64::MAX,
+                ]);
+                let other = draw(&[0, 1, last, last + 2, u64::MAX]);
+                let flag = draw(&[0, 1]) == 1;
+                let small = |x: u64| x.min(1 << 20);
+                let entries: Vec<Entry> = (0..draw(&[0, 1, 3]))
+                    .map(|i| {
+                        entry(
+                            small(index).max(1) + i + draw(&[0, 0, 1]),
+                            draw(&[0, 1, t, t + 1]),
+                        )
+                    })
+                    .collect();
+                let body = match draw(&[0, 1, 2, 3, 4, 5, 6]) {
+                    0 => Body::RequestVote(RequestVote {
+                        term,
+                        candidate_id: draw(&[1, 2, 3]),
+                        last_log_index: index,
+                        last_log_term: draw(&[0, 1, t, t + 1]),
+                        pre_vote: flag,
+                        leadership_transfer: draw(&[0, 1]) == 1,
+                    }),
+                    1 => Body::RequestVoteResponse(RequestVoteResponse {
+                        term,
+                        vote_granted: flag,
+                        pre_vote: draw(&[0, 1]) == 1,
+                    }),
+                    2 => Body::AppendEntries(AppendEntries {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                        prev_log_index: index,
+                        prev_log_term: draw(&[0, 1, t, t + 1]),
+                        entries,
+                        leader_commit: other,
+                    }),
+                    3 => Body::AppendEntriesResponse(AppendEntriesResponse {
+                        term,
+                        success: flag,
+                        appended_index: index,
+                        durable_index: other,
+                        conflict_index: draw(&[0, 1, last, last + 1, u64::MAX]),
+                        conflict_term: draw(&[0, 1, t, t + 1, u64::MAX]),
+                        last_log_index: other,
+                        rejected_index: index,
+                    }),
+                    4 => Body::InstallSnapshot(InstallSnapshot {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                        last_included_index: index,
+                        last_included_term: draw(&[0, 1, t, t + 1]),
+                        next_offset: other,
+                        data: Bytes::new(),
+                    }),
+                    5 => Body::InstallSnapshotResponse(InstallSnapshotResponse {
+                        term,
+                        last_log_index: index,
+                    }),
+                    _ => Body::TimeoutNow(TimeoutNow {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                    }),
+                };
+                let m = RaftMessage {
+                    group_id: draw(&[1, 1, 1, 2]),
+                    from: draw(&[0, 1, 2, 3, 3, 9]),
+                    to: draw(&[1, 2, 3]),
+                    body: Some(body),
+                };
+                let to = m.to;
+                c.raft_mut(to).step(m);
+                if draw(&[0, 1, 2]) == 0 {
+                    c.raft_mut(to).tick();
+                }
+                // Every Ready checks the member's own log invariants.
+                let node = c.nodes.get_mut(&to).unwrap();
+                let ready = node.raft.ready(&node.store);
+                node.store.apply(&ready);
+                if let Some(last) = ready.entries.last() {
+                    node.store.durable_index = last.index;
+                    node.raft.persisted(last.index, last.term);
+                }
+            }
+            dropped += c
+                .nodes
+                .values()
+                .map(|n| n.raft.diagnostics().dropped_messages_count)
+                .sum::<u64>();
+            moved_terms += u64::from(c.nodes.values().any(|n| n.raft.term() > t));
+        }
+        assert!(
+            dropped > 10_000,
+            "most random messages are malformed: {dropped}"
+        );
+        assert!(
+            moved_terms > 10,
+            "some were accepted and moved terms: {moved_terms}"
+        );
+    }
 }

@@ -1030,15 +1030,11 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// The core's view of a reopened log.
-///
-/// The schema and storage define `log_start_index` as the first index still in the log; the
-/// core counts its log start as the last index covered by the snapshot, one less.
+/// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
+/// first index still in the log, as the schema defines it) and its last index.
 fn restored_state(log: &Log) -> RestoredState {
-    let mut hard_state = *log.hard_state();
-    hard_state.log_start_index = log.first_index() - 1;
     RestoredState {
-        hard_state,
+        hard_state: *log.hard_state(),
         last_index: log.last_index(),
     }
 }

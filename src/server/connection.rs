@@ -78,9 +78,14 @@ async fn dispatch(
     responses: &mpsc::Sender<Envelope>,
 ) {
     let correlation_id = envelope.correlation_id;
-    let answer = move |body: Body| Envelope {
-        correlation_id,
-        body: Some(body),
+    let received = std::time::Instant::now();
+    let metrics = crate::metrics::node(node.id());
+    let answer = move |body: Body| {
+        metrics.answered(&body);
+        Envelope {
+            correlation_id,
+            body: Some(body),
+        }
     };
     match envelope.body {
         Some(Body::Produce(request)) => match handlers::submit_produce(node, request).await {
@@ -88,11 +93,13 @@ async fn dispatch(
                 let responses = responses.clone();
                 tokio::spawn(async move {
                     let body = pending.finish().await;
+                    metrics.produce_answered(received.elapsed());
                     let _ = responses.send(answer(body)).await;
                     drop(slot);
                 });
             }
             Err(error) => {
+                metrics.produce_answered(received.elapsed());
                 let _ = responses.send(answer(Body::Error(error))).await;
             }
         },

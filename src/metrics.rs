@@ -235,6 +235,7 @@ pub fn name_group(node_id: NodeId, group_id: u64, topic: &str, partition: u32) {
 
 /// One node's registry and the node-wide handles.
 pub struct NodeMetrics {
+    node_id: NodeId,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     groups: RwLock<HashMap<u64, Arc<GroupMetrics>>>,
@@ -246,8 +247,8 @@ pub struct NodeMetrics {
     connections_open: Gauge,
     /// Indexed by wire error code; every code is registered up front so that a rate of 0 is
     /// a series, not a missing one.
-    errors: Vec<Counter>,
-    /// Error counter for a code outside the enum (a newer peer's), never expected.
+    errors: Vec<Option<Counter>>,
+    /// Error counter for a code outside the enum, never expected.
     errors_unknown: Counter,
     ready: Gauge,
     /// Consumer-group lag gauges by (group, topic, partition), kept to zero stale ones.
@@ -263,7 +264,8 @@ impl NodeMetrics {
                 .expect("bucket layouts in METRICS are not empty");
         }
         let recorder = builder.build_recorder();
-        for metric in METRICS {
+        // Process metrics are rendered from /proc at each scrape, not recorded (see `render`).
+        for metric in METRICS.iter().filter(|m| !m.name.starts_with("process_")) {
             let name = KeyName::from(metric.name);
             let help = SharedString::from(metric.help);
             let unit: Option<Unit> = None;
@@ -275,22 +277,24 @@ impl NodeMetrics {
         }
         let handle = recorder.handle();
         let plain = |name: &'static str| key(name, Vec::new());
+        // Codes are small and dense; 64 leaves room for the enum to grow.
         let errors = (0..64)
             .map(|code| {
-                let label = error_code_label(code);
-                recorder.register_counter(
-                    &key("raftlog_errors_total", vec![Label::new("code", label)]),
-                    &META,
-                )
+                let known = ErrorCode::try_from(code).is_ok_and(|c| c != ErrorCode::None);
+                known.then(|| {
+                    let label = Label::new("code", error_code_label(code));
+                    recorder.register_counter(&key("raftlog_errors_total", vec![label]), &META)
+                })
             })
             .collect();
         let errors_unknown = recorder.register_counter(
-            &key("raftlog_errors_total", vec![Label::new("code", "UNKNOWN")]),
+            &key("raftlog_errors_total", vec![Label::new("code", "OTHER")]),
             &META,
         );
         let histogram = |name| recorder.register_histogram(&plain(name), &META);
         let gauge = |name| recorder.register_gauge(&plain(name), &META);
         NodeMetrics {
+            node_id,
             produce_latency: histogram("raftlog_produce_latency_seconds"),
             fetch_latency: histogram("raftlog_fetch_latency_seconds"),
             fsync_latency: histogram("raftlog_fsync_latency_seconds"),
@@ -307,9 +311,11 @@ impl NodeMetrics {
         }
     }
 
-    /// The exposition-format text of every series of this node.
+    /// The exposition-format text of every series of this node, process metrics included.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        render_process(&mut text, self.node_id);
+        text
     }
 
     /// The handles of group `group_id`, created (unnamed) on first use.
@@ -380,7 +386,10 @@ impl NodeMetrics {
 
     /// Counts one error response with wire code `code`.
     pub fn error(&self, code: i32) {
-        match usize::try_from(code).ok().and_then(|c| self.errors.get(c)) {
+        match usize::try_from(code)
+            .ok()
+            .and_then(|c| self.errors.get(c)?.as_ref())
+        {
             Some(counter) => counter.increment(1),
             None => self.errors_unknown.increment(1),
         }
@@ -685,7 +694,6 @@ fn collect_now(node: &Node) {
             .gauge("raftlog_data_dir_size_bytes")
             .set(size as f64);
     }
-    collect_process(metrics);
     metrics.handle.run_upkeep();
 }
 
@@ -726,36 +734,48 @@ fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     ))
 }
 
-/// Process figures from `/proc/self`, in the names Prometheus's client libraries use, so the
-/// usual process dashboards work. Silently skipped where `/proc` is missing.
-fn collect_process(metrics: &NodeMetrics) {
+/// Appends the process metrics, read from `/proc/self` now, in the names Prometheus's client
+/// libraries use, so the usual process dashboards work. They are rendered rather than
+/// recorded because `metrics` counters are integers and CPU seconds need fractions. Skipped
+/// where `/proc` is missing.
+fn render_process(out: &mut String, node_id: NodeId) {
+    use std::fmt::Write;
     let Some(stat) = ProcStat::read() else {
         return;
     };
-    metrics
-        .gauge("process_resident_memory_bytes")
-        .set(stat.resident_bytes as f64);
-    metrics
-        .gauge("process_virtual_memory_bytes")
-        .set(stat.virtual_bytes as f64);
-    metrics
-        .recorder
-        .register_counter(&key("process_cpu_seconds_total", Vec::new()), &META)
-        .absolute(stat.cpu_seconds as u64);
-    metrics.gauge("process_threads").set(stat.threads as f64);
-    metrics
-        .gauge("process_start_time_seconds")
-        .set(stat.start_time_seconds);
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        metrics.gauge("process_open_fds").set(fds.count() as f64);
-    }
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count());
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        metrics.gauge("process_max_fds").set(limit.rlim_cur as f64);
+    let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur as f64,
+        _ => f64::INFINITY,
+    };
+    let values = [
+        ("process_resident_memory_bytes", stat.resident_bytes as f64),
+        ("process_virtual_memory_bytes", stat.virtual_bytes as f64),
+        ("process_cpu_seconds_total", stat.cpu_seconds),
+        ("process_open_fds", open_fds as f64),
+        ("process_max_fds", max_fds),
+        ("process_threads", stat.threads as f64),
+        ("process_start_time_seconds", stat.start_time_seconds),
+    ];
+    for (name, value) in values {
+        let metric = def(name);
+        // The exposition format spells infinity `+Inf`; Rust's Display says `inf`.
+        let value = if value.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            value.to_string()
+        };
+        let _ = write!(
+            out,
+            "# HELP {name} {}\n# TYPE {name} {}\n{name}{{node=\"{node_id}\"}} {value}\n\n",
+            metric.help,
+            metric.kind.type_name()
+        );
     }
 }
 
@@ -912,7 +932,6 @@ mod tests {
         metrics.ready.set(1.0);
         metrics.gauge("raftlog_data_dir_free_bytes").set(1.0);
         metrics.gauge("raftlog_data_dir_size_bytes").set(2.0);
-        collect_process(metrics);
 
         let text = metrics.render();
         let exported = exported(&text);

@@ -150,6 +150,10 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
+    metric!("raftlog_peer_sent_messages_total", Counter, &["peer"], "Raft messages written to the connection to `peer`."),
+    metric!("raftlog_peer_dropped_messages_total", Counter, &["peer"], "Raft messages for `peer` dropped (full queue or broken connection); Raft retransmits them."),
+    metric!("raftlog_peer_reconnects_total", Counter, &["peer"], "Connections to `peer` re-established after the first."),
+    metric!("raftlog_peer_queued_messages", Gauge, &["peer"], "Raft messages waiting in the queue to `peer`."),
     metric!("raftlog_connections_open", Gauge, NONE, "Client connections open now."),
     metric!("raftlog_errors_total", Counter, &["code"], "Error responses sent to clients, by wire error code."),
     metric!("raftlog_ready", Gauge, NONE, "1 when /ready answers 200 (metadata leader known, every local replica caught up), else 0."),
@@ -683,6 +687,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 fn collect_now(node: &Node) {
     let metrics = node_metrics(node);
     metrics.set_group_lag(consumer_group_lag(node));
+    collect_peers(node, metrics);
     metrics
         .ready
         .set(if readiness(node).is_ok() { 1.0 } else { 0.0 });
@@ -695,6 +700,29 @@ fn collect_now(node: &Node) {
             .set(size as f64);
     }
     metrics.handle.run_upkeep();
+}
+
+/// Copies the transport's per-peer counters (kept by the transport itself, so its hot path
+/// does not change) into the registry.
+fn collect_peers(node: &Node, metrics: &NodeMetrics) {
+    for &peer in node.config().peers.keys() {
+        let Some(stats) = node.transport().stats(peer) else {
+            continue;
+        };
+        let labels = || vec![Label::new("peer", peer.to_string())];
+        let counter = |name| {
+            metrics
+                .recorder
+                .register_counter(&key(name, labels()), &META)
+        };
+        counter("raftlog_peer_sent_messages_total").absolute(stats.sent_messages);
+        counter("raftlog_peer_dropped_messages_total").absolute(stats.dropped_messages);
+        counter("raftlog_peer_reconnects_total").absolute(stats.reconnects);
+        metrics
+            .recorder
+            .register_gauge(&key("raftlog_peer_queued_messages", labels()), &META)
+            .set(stats.queued_messages as f64);
+    }
 }
 
 /// High watermark minus committed offset for every group offset of a partition replicated
@@ -929,6 +957,22 @@ mod tests {
         metrics.connection_opened();
         metrics.error(ErrorCode::NotLeader as i32);
         metrics.set_group_lag(vec![(("billing".into(), "orders".into(), 3), 4)]);
+        for name in [
+            "raftlog_peer_sent_messages_total",
+            "raftlog_peer_dropped_messages_total",
+            "raftlog_peer_reconnects_total",
+        ] {
+            let labels = vec![Label::new("peer", "2")];
+            metrics
+                .recorder
+                .register_counter(&key(name, labels), &META)
+                .absolute(1);
+        }
+        let labels = vec![Label::new("peer", "2")];
+        metrics
+            .recorder
+            .register_gauge(&key("raftlog_peer_queued_messages", labels), &META)
+            .set(0.0);
         metrics.ready.set(1.0);
         metrics.gauge("raftlog_data_dir_free_bytes").set(1.0);
         metrics.gauge("raftlog_data_dir_size_bytes").set(2.0);

@@ -273,6 +273,11 @@ impl Node {
         &self.config
     }
 
+    /// The peer transport, for its per-peer counters.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// The token cancelled when the node shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown

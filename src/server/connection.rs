@@ -51,15 +51,16 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
             Some(Ok(envelope)) => envelope,
             Some(Err(failure)) => {
                 // The byte stream cannot be trusted past a bad frame: answer, then close.
-                let _ = responses
-                    .send(error_envelope(0, failure.to_message()))
-                    .await;
+                let error = failure.to_message();
+                crate::metrics::node(node.id()).error(error.code);
+                let _ = responses.send(error_envelope(0, error)).await;
                 break;
             }
         };
         let correlation_id = envelope.correlation_id;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             let error = in_flight_refusal(in_flight_max);
+            crate::metrics::node(node.id()).error(error.code);
             let _ = responses.send(error_envelope(correlation_id, error)).await;
             continue;
         };

@@ -63,6 +63,7 @@ fn every_yaml_and_json_file_parses() {
     for file in [
         "deploy/prometheus.yml",
         "deploy/alerts.yml",
+        "deploy/alerts_test.yml",
         "deploy/compose.yaml",
         "grafana/provisioning/datasources/prometheus.yaml",
         "grafana/provisioning/dashboards/raftlog.yaml",
@@ -237,8 +238,8 @@ fn promtool(args: &[&str]) {
 }
 
 #[test]
-fn promtool_accepts_the_scrape_config_and_the_rules() {
-    if !tools_available("promtool_accepts_the_scrape_config_and_the_rules") {
+fn promtool_accepts_the_scrape_config_and_the_rules_and_their_unit_tests() {
+    if !tools_available("promtool_accepts_the_scrape_config_and_the_rules_and_their_unit_tests") {
         return;
     }
     let deploy = repo().join("deploy");
@@ -247,11 +248,9 @@ fn promtool_accepts_the_scrape_config_and_the_rules() {
         "config",
         deploy.join("prometheus.yml").to_str().unwrap(),
     ]);
-    promtool(&[
-        "check",
-        "rules",
-        deploy.join("alerts.yml").to_str().unwrap(),
-    ]);
+    let path = |file: &str| deploy.join(file).to_str().unwrap().to_owned();
+    promtool(&["check", "rules", &path("alerts.yml")]);
+    promtool(&["test", "rules", &path("alerts_test.yml")]);
 }
 
 /// A Prometheus server killed (by its PID, through its `Child`) when dropped.

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # System packages some tests use; installed only when missing, so repeat runs stay offline.
 need_packages=()
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+# Debian's prometheus package brings both `prometheus` and `promtool`, which
+# tests/observability.rs runs against a real cluster (it fails under CI without them).
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_packages+=(prometheus)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null

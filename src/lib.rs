@@ -20,6 +20,7 @@
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
 //! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
+//! | [`metrics`] | every metric's name, type, labels and buckets in one place; per-node registries; the `/metrics`, `/health` and `/ready` listener |
 //! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metadata;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod raft;

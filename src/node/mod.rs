@@ -176,6 +176,7 @@ impl Node {
         };
         let client_listener = bind(config.client_listen).await?;
         let peer_listener = bind(config.peer_listen).await?;
+        let metrics_listener = bind(config.metrics_listen).await?;
         let client_address = client_listener
             .local_addr()
             .map_err(|source| NodeError::Bind {
@@ -252,11 +253,12 @@ impl Node {
             })
         };
         let server = tokio::spawn(crate::server::serve(node.clone(), client_listener));
+        let metrics = tokio::spawn(crate::metrics::serve(node.clone(), metrics_listener));
         Ok(RunningNode {
             node,
             client_address,
             peer_address,
-            tasks: vec![reconciler, server],
+            tasks: vec![reconciler, server, metrics],
             router,
         })
     }
@@ -269,6 +271,11 @@ impl Node {
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// The peer transport, for its per-peer counters.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// The token cancelled when the node shuts down.
@@ -512,6 +519,12 @@ impl Node {
             topic.retention_ms,
         );
         let sink: Arc<dyn MessageSink> = Arc::new(TransportSink(self.transport.clone()));
+        crate::metrics::name_group(
+            self.id(),
+            assignment.group_id,
+            &topic.name,
+            assignment.partition,
+        );
         let handle = Replica::start(config, crate::replica::LogIsTheState, sink)?;
         let fresh = handle.status().last_index == 0;
         if fresh && assignment.replicas.first() == Some(&self.id()) {

@@ -476,6 +476,8 @@ pub struct Replica<S: StateMachine> {
     stopping_deadline: Option<tokio::time::Instant>,
     /// Idempotent producers' recent batches, as the log holds them.
     producers: ProducerTable,
+    /// This group's metric handles (see [`crate::metrics`]).
+    metrics: std::sync::Arc<crate::metrics::GroupMetrics>,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -503,6 +505,7 @@ impl<S: StateMachine> Replica<S> {
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
         let (status, status_rx) = watch::channel(ReplicaStatus::default());
         let high_watermark = log.start_offset();
+        let metrics = crate::metrics::group(config.raft.id, config.raft.group_id);
         let mut replica = Replica {
             raft,
             log,
@@ -517,6 +520,7 @@ impl<S: StateMachine> Replica<S> {
             high_watermark,
             stopping_deadline: None,
             producers: ProducerTable::new(),
+            metrics,
         };
         replica
             .rebuild_producers()
@@ -574,7 +578,10 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_event(&mut self, event: Event<S::Output>) {
         match event {
-            Event::Message(message) => self.raft.step(message),
+            Event::Message(message) => {
+                self.metrics.received(&message);
+                self.raft.step(message);
+            }
             Event::Propose {
                 payload,
                 record_count,
@@ -747,6 +754,7 @@ impl<S: StateMachine> Replica<S> {
             return Ok(());
         }
         self.write_log(&ready)?;
+        self.metrics.node().messages_sent(&ready.messages);
         for message in ready.messages {
             self.sink.send(message);
         }
@@ -942,8 +950,12 @@ impl<S: StateMachine> Replica<S> {
         };
         self.sync_running = true;
         let done = self.sync_done.0.clone();
+        let metrics = self.metrics.node();
         tokio::task::spawn_blocking(move || {
-            let _ = done.blocking_send(job.run());
+            let started = std::time::Instant::now();
+            let synced = job.run();
+            metrics.fsync_done(started.elapsed());
+            let _ = done.blocking_send(synced);
         });
     }
 
@@ -1001,6 +1013,7 @@ impl<S: StateMachine> Replica<S> {
             follower_match,
             failed: None,
         };
+        self.metrics.status(&self.status.borrow(), &status);
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
@@ -1013,6 +1026,7 @@ impl<S: StateMachine> Replica<S> {
     fn fail(&mut self, error: StorageError) {
         tracing::error!(group = self.config.raft.group_id, %error, "replica stopped on a storage error");
         let reason = error.to_string();
+        self.metrics.replica_failed();
         self.fail_waiters(ReplicaError::from_storage(&error));
         self.status
             .send_modify(|status| status.failed = Some(reason));

@@ -51,15 +51,16 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
             Some(Ok(envelope)) => envelope,
             Some(Err(failure)) => {
                 // The byte stream cannot be trusted past a bad frame: answer, then close.
-                let _ = responses
-                    .send(error_envelope(0, failure.to_message()))
-                    .await;
+                let error = failure.to_message();
+                crate::metrics::node(node.id()).error(error.code);
+                let _ = responses.send(error_envelope(0, error)).await;
                 break;
             }
         };
         let correlation_id = envelope.correlation_id;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             let error = in_flight_refusal(in_flight_max);
+            crate::metrics::node(node.id()).error(error.code);
             let _ = responses.send(error_envelope(correlation_id, error)).await;
             continue;
         };
@@ -78,9 +79,14 @@ async fn dispatch(
     responses: &mpsc::Sender<Envelope>,
 ) {
     let correlation_id = envelope.correlation_id;
-    let answer = move |body: Body| Envelope {
-        correlation_id,
-        body: Some(body),
+    let received = std::time::Instant::now();
+    let metrics = crate::metrics::node(node.id());
+    let answer = move |body: Body| {
+        metrics.answered(&body);
+        Envelope {
+            correlation_id,
+            body: Some(body),
+        }
     };
     match envelope.body {
         Some(Body::Produce(request)) => match handlers::submit_produce(node, request).await {
@@ -88,11 +94,13 @@ async fn dispatch(
                 let responses = responses.clone();
                 tokio::spawn(async move {
                     let body = pending.finish().await;
+                    metrics.produce_answered(received.elapsed());
                     let _ = responses.send(answer(body)).await;
                     drop(slot);
                 });
             }
             Err(error) => {
+                metrics.produce_answered(received.elapsed());
                 let _ = responses.send(answer(Body::Error(error))).await;
             }
         },

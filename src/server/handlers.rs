@@ -74,11 +74,14 @@ pub async fn submit_produce(
         asked => u64::from(asked).min(server.produce_timeout_ms),
     };
     let what = format!("{}/{}", request.topic, request.partition);
+    let batch_bytes = request.batch.len();
     let pending = local
         .handle
         .submit(request.batch, validated.record_count(), acks)
         .await
         .map_err(|failure| node.replica_error(&failure, &what))?;
+    crate::metrics::group(node.id(), local.group_id)
+        .produced(validated.record_count(), batch_bytes);
     Ok(PendingProduce {
         pending,
         local,
@@ -90,7 +93,12 @@ pub async fn submit_produce(
 /// Handles every request except produce, returning its response or error body.
 pub async fn handle(node: &Node, body: Body) -> Body {
     let result = match body {
-        Body::Fetch(request) => fetch(node, request).await.map(Body::FetchResponse),
+        Body::Fetch(request) => {
+            let started = std::time::Instant::now();
+            let fetched = fetch(node, request).await;
+            crate::metrics::node(node.id()).fetch_answered(started.elapsed());
+            fetched.map(Body::FetchResponse)
+        }
         Body::Metadata(request) => Ok(Body::MetadataResponse(metadata(node, &request))),
         Body::ListTopics(_) => {
             let topics = node
@@ -171,6 +179,13 @@ async fn fetch(node: &Node, request: FetchRequest) -> Result<FetchResponse, Erro
         .fetch(request.offset, bytes_max, wait)
         .await
         .map_err(|failure| node.replica_error(&failure, &what))?;
+    let records = fetched
+        .entries
+        .iter()
+        .map(|e| u64::from(e.record_count))
+        .sum();
+    let bytes = fetched.entries.iter().map(|e| e.payload.len() as u64).sum();
+    crate::metrics::group(node.id(), local.group_id).fetched(records, bytes);
     let batches = fetched
         .entries
         .into_iter()

@@ -41,8 +41,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         match connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let node = node.clone();
+                let metrics = crate::metrics::node(node.id());
                 tokio::spawn(async move {
+                    metrics.connection_opened();
                     connection::serve(node, socket).await;
+                    metrics.connection_closed();
                     drop(permit);
                 });
             }

@@ -9,7 +9,8 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
-//! | [`client`] | the client library: connections with pipelined requests (producer, consumer, admin to come) |
+//! | [`client`] | the client library: cluster routing with retries, producer, consumer, admin, group offsets |
+//! | [`cli`] | the client commands of the `raftlog` binary: `topic`, `produce`, `consume` |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
@@ -25,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metadata;

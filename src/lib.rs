@@ -13,9 +13,11 @@
 //! | [`cli`] | the client commands of the `raftlog` binary: `topic`, `produce`, `consume` |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
-//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery |
+//! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |
+//! | [`node`] | a running node: metadata group, partition replicas placed here, routing, start and graceful stop; `raftlog dev` |
+//! | [`server`] | the client listener: handshake, limits, pipelined requests, handlers |
 //! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
-//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads |
+//! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
 //! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
 //! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |
@@ -30,9 +32,11 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod metadata;
+pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod replica;
+pub mod server;
 pub mod storage;
 pub mod transport;
 pub mod wire;

@@ -461,6 +461,19 @@ mod raft {
         assert_eq!(c.raft(1).commit_index(), c.raft(leader).commit_index());
     }
 
+    /// §5.3 / Figure 8 (c): a follower's uncommitted entry of a *higher* term than the
+    /// leader's entry at that index is still overwritten: the leader's log wins.
+    #[test]
+    fn leader_overwrites_uncommitted_higher_term_follower_entry() {
+        let logs: [&[u64]; 3] = [&[1, 1], &[1, 1], &[1, 2]];
+        let mut c = Cluster::from_logs(&logs, 2, plain);
+        c.elect(1); // votes from 2; 3 refuses (its last term 2 beats 1)
+        assert_eq!(c.raft(1).term(), 3);
+        c.ticks(2);
+        assert_eq!(c.log_terms(3), vec![1, 1, 3]);
+        assert_eq!(c.raft(3).commit_index(), 3);
+    }
+
     /// Figure 7: followers with missing, extra and divergent entries all end up with the
     /// leader's log.
     #[test]
@@ -910,6 +923,97 @@ mod raft {
         assert_eq!(c.raft(1).transferee(), None);
         assert_eq!(c.leader(), Some(1));
         c.propose(1, b"accepted again");
+    }
+
+    /// Dissertation §4.2.3: a member that heard from a leader within the election timeout
+    /// ignores RequestVote, unless it is part of a leadership transfer.
+    #[test]
+    fn vote_refused_while_leader_heard_recently() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        let vote = |transfer: bool| {
+            let rv = raftlog::proto::RequestVote {
+                term: 5,
+                candidate_id: 2,
+                last_log_index: 10,
+                last_log_term: 4,
+                pre_vote: false,
+                leadership_transfer: transfer,
+            };
+            RaftMessage {
+                group_id: 1,
+                from: 2,
+                to: 3,
+                body: Some(Body::RequestVote(rv)),
+            }
+        };
+        c.raft_mut(3).step(vote(false));
+        assert_eq!(c.raft(3).term(), 1, "ignored: leader 1 was heard recently");
+        c.raft_mut(3).step(vote(true));
+        assert_eq!((c.raft(3).term(), c.raft(3).voted_for()), (5, Some(2)));
+    }
+
+    /// §5.2: "each server will vote for at most one candidate in a given term": the vote is
+    /// durable, so a restarted member does not vote again in the same term.
+    #[test]
+    fn restarted_member_does_not_vote_twice_in_a_term() {
+        let mut c = Cluster::with_config(3, plain);
+        c.partition(1, 3);
+        c.raft_mut(1).campaign_now();
+        // No AppendEntries: 2's log stays as empty as 3's, so only the vote can refuse 3.
+        c.stabilize_dropping(|m| matches!(m.body, Some(Body::AppendEntries(_))));
+        assert_eq!(c.raft(2).voted_for(), Some(1));
+        assert_eq!(c.raft(2).last_index(), 0);
+        c.restart(2);
+        assert_eq!((c.raft(2).term(), c.raft(2).voted_for()), (1, Some(1)));
+        c.isolate(1);
+        // 3 is still at term 0 and campaigns for term 1: 2 must refuse.
+        c.raft_mut(3).campaign_now();
+        c.stabilize();
+        assert_ne!(c.raft(3).role(), Role::Leader);
+    }
+
+    /// Leadership can only be transferred by the leader, to another voter.
+    #[test]
+    fn leadership_transfer_validates_target() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        assert_eq!(
+            c.raft_mut(1).transfer_leader(1),
+            Err(TransferError::NotAVoter)
+        );
+        assert_eq!(
+            c.raft_mut(1).transfer_leader(9),
+            Err(TransferError::NotAVoter)
+        );
+        assert_eq!(
+            c.raft_mut(2).transfer_leader(3),
+            Err(TransferError::NotLeader)
+        );
+    }
+
+    /// Retention moves the log start; the term index and cache forget what is gone.
+    #[test]
+    fn compaction_moves_log_start() {
+        let mut c = Cluster::new(1);
+        c.elect(1);
+        for _ in 0..5 {
+            c.propose(1, b"r");
+        }
+        let pos = c.nodes.get_mut(&1).unwrap().store.compact(4);
+        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        assert_eq!(c.raft(1).log_start(), pos);
+        assert_eq!(c.raft(1).term_at(3), None);
+        assert_eq!(c.raft(1).term_at(4), Some(1));
+        assert_eq!(c.raft(1).term_runs()[0].first_index, 5);
+        c.stabilize();
+        assert_eq!(
+            c.nodes[&1].store.hard_state.log_start_index, 4,
+            "start persisted"
+        );
+        c.restart(1);
+        assert_eq!(c.raft(1).log_start(), pos);
+        assert_eq!(c.raft(1).last_index(), 6);
     }
 
     // ------------------------------------------------------------------ restart

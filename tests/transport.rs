@@ -56,6 +56,7 @@ fn peers(addresses: &[String]) -> BTreeMap<NodeId, String> {
 
 fn config(node_id: NodeId, peers: &BTreeMap<NodeId, String>) -> TransportConfig {
     TransportConfig {
+        client_address: format!("client-of-{node_id}:1"),
         node_id,
         cluster_id: CLUSTER.to_owned(),
         peers: peers.clone(),
@@ -200,6 +201,15 @@ async fn two_transports_exchange_messages_of_several_groups_in_order() {
     assert_eq!(stats.dropped_messages, 0);
     assert!(stats.sent_frames <= stats.sent_messages);
     assert_eq!(nodes[1].0.received_messages_total(), per_direction);
+    // Each node learned where clients reach the other from its handshake.
+    assert_eq!(
+        nodes[0].0.peer_client_address(2).as_deref(),
+        Some("client-of-2:1")
+    );
+    assert_eq!(
+        nodes[1].0.peer_client_address(1).as_deref(),
+        Some("client-of-1:1")
+    );
     shutdown_all(nodes).await;
 }
 

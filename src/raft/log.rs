@@ -419,3 +419,128 @@ impl RaftLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(index: u64, term: u64, payload_bytes: usize) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: crate::proto::EntryKind::Data as i32,
+            base_offset: (index - 1) * 2,
+            record_count: 2,
+            timestamp_ms: 0,
+            payload: Bytes::from(vec![0; payload_bytes]),
+        }
+    }
+
+    fn log_with(terms: &[u64]) -> RaftLog {
+        let mut log = RaftLog::new(LogPosition::default(), Vec::new(), 0, 0);
+        log.set_cache_bytes_max(u64::MAX);
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| entry(i as u64 + 1, t, 1))
+            .collect();
+        log.append(&entries);
+        log
+    }
+
+    #[test]
+    fn term_index_keeps_one_run_per_term() {
+        let log = log_with(&[1, 1, 2, 2, 2, 5]);
+        assert_eq!(log.runs().len(), 3);
+        assert_eq!(
+            (
+                log.term_at(0),
+                log.term_at(2),
+                log.term_at(3),
+                log.term_at(6),
+                log.term_at(7)
+            ),
+            (Some(0), Some(1), Some(2), Some(5), None)
+        );
+        assert_eq!(log.last_index_of_term(2), Some(5));
+        assert_eq!(log.last_index_of_term(3), None);
+        assert_eq!(log.run_first_index(5), 3);
+        assert_eq!(log.next_offset, 12);
+    }
+
+    #[test]
+    fn truncate_drops_runs_cache_and_durability() {
+        let mut log = log_with(&[1, 1, 2, 2]);
+        assert!(log.persisted(4, 2));
+        log.truncate_from(3);
+        assert_eq!(
+            (log.last_index, log.persisted_index, log.runs().len()),
+            (2, 2, 1)
+        );
+        assert_eq!(log.cached(1, 3, u64::MAX).len(), 2);
+        assert_eq!(log.next_offset, 4);
+    }
+
+    #[test]
+    fn stale_persisted_report_is_ignored() {
+        let mut log = log_with(&[1, 1, 1]);
+        log.truncate_from(2);
+        log.append(&[entry(2, 3, 1), entry(3, 3, 1)]);
+        assert!(!log.persisted(3, 1), "term at 3 is now 3");
+        assert!(log.persisted(3, 3));
+        assert!(!log.persisted(2, 3), "not news");
+    }
+
+    #[test]
+    fn compact_keeps_suffix_and_splits_run() {
+        let mut log = log_with(&[1, 1, 1, 2, 2]);
+        log.persisted(5, 2);
+        log.commit_index = 5;
+        log.compact(LogPosition {
+            index: 2,
+            term: 1,
+            next_offset: 4,
+        });
+        assert_eq!(
+            log.runs()[0],
+            TermRun {
+                first_index: 3,
+                term: 1
+            }
+        );
+        assert_eq!(
+            (log.term_at(1), log.term_at(2), log.term_at(3)),
+            (None, Some(1), Some(1))
+        );
+        assert_eq!(log.cache_first_index(), Some(3));
+        log.compact(LogPosition {
+            index: 5,
+            term: 2,
+            next_offset: 10,
+        });
+        assert!(log.runs().is_empty());
+        assert_eq!((log.last_index, log.last_term()), (5, 2));
+    }
+
+    #[test]
+    fn cache_evicts_only_durable_entries() {
+        let mut log = RaftLog::new(LogPosition::default(), Vec::new(), 0, 0);
+        log.set_cache_bytes_max(2 * (ENTRY_OVERHEAD_BYTES + 10));
+        let entries: Vec<Entry> = (1..=5).map(|i| entry(i, 1, 10)).collect();
+        log.append(&entries);
+        assert_eq!(
+            log.cache_first_index(),
+            Some(1),
+            "nothing durable: everything kept"
+        );
+        log.persisted(4, 1);
+        assert_eq!(
+            log.cache_first_index(),
+            Some(4),
+            "durable entries evicted down to the limit"
+        );
+        let batch = log.cached(4, 6, ENTRY_OVERHEAD_BYTES + 10);
+        assert_eq!(batch.len(), 1, "bytes limit respected");
+    }
+}

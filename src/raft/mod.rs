@@ -20,7 +20,8 @@
 //!    the leader's own copy counts toward commit only once reported durable, and a
 //!    follower's answers carry its durable index separately from its appended index.
 //! 3. Send `messages` (any order, any loss: the protocol tolerates both).
-//! 4. Expose entries up to `commit_index` to consumers.
+//! 4. Expose entries up to `commit_index` to consumers. They are written (or in this Ready's
+//!    `entries`); on a follower they may not be durable locally yet, but they are on a quorum.
 //! 5. When the append is durable, call `persisted(last.index, last.term)`. Reports are
 //!    checked against the current log, so a completion that raced with a truncation (the
 //!    term at that index changed) is dropped. Writes must complete in the order issued.
@@ -50,6 +51,8 @@ mod rng;
 
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
-pub use node::{ProposeError, Proposed, Raft, Ready, RestoredState, Role, TransferError};
+pub use node::{
+    ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role, TransferError,
+};
 pub use progress::{Progress, ProgressState};
 pub use rng::SplitMix64;

@@ -125,6 +125,35 @@ impl fmt::Display for TransferError {
 
 impl std::error::Error for TransferError {}
 
+/// Why a core could not be rebuilt from storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The durable log could not be read at `index`.
+    Read {
+        /// The index being read.
+        index: u64,
+        /// What the reader said.
+        error: ReadError,
+    },
+    /// The durable state contradicts itself.
+    Inconsistent {
+        /// The last durable index given.
+        last_index: u64,
+        /// The log start in the hard state.
+        log_start_index: u64,
+    },
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot restore raft state: {self:?}")
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
 /// The persisted state a core is rebuilt from after a restart (see [`Raft::restore`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RestoredState {
@@ -202,7 +231,10 @@ impl Raft {
     /// # Errors
     /// If the configuration is invalid.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        Self::restore(config, RestoredState::default(), &super::log::NoLog)
+        Self::restore(config, RestoredState::default(), &super::log::NoLog).map_err(|e| match e {
+            RestoreError::Config(e) => e,
+            other => unreachable!("an empty log needs no reads: {other:?}"),
+        })
     }
 
     /// Rebuilds a member from its durable state after a restart: the hard state and the
@@ -211,40 +243,40 @@ impl Raft {
     /// commit index restarts at the log start and is relearned from the leader.
     ///
     /// # Errors
-    /// If the configuration is invalid.
-    ///
-    /// # Panics
-    /// If `reader` cannot return the terms or last entry of `(log_start_index, last_index]`.
+    /// [`RestoreError::Config`] if the configuration is invalid, [`RestoreError::Read`] if
+    /// `reader` cannot return the terms or the last entry of `(log_start_index, last_index]`,
+    /// [`RestoreError::Inconsistent`] if `last_index` is before the log start.
     pub fn restore(
         config: Config,
         state: RestoredState,
         reader: &dyn LogReader,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
+    ) -> Result<Self, RestoreError> {
+        config.validate().map_err(RestoreError::Config)?;
         let hs = &state.hard_state;
         let start = LogPosition {
             index: hs.log_start_index,
             term: hs.log_start_term,
             next_offset: hs.log_start_offset,
         };
-        assert!(
-            state.last_index >= start.index,
-            "last index {} before log start {start:?}",
-            state.last_index
-        );
-        let runs = rebuild_runs(start.index, state.last_index, reader);
+        if state.last_index < start.index {
+            return Err(RestoreError::Inconsistent {
+                last_index: state.last_index,
+                log_start_index: start.index,
+            });
+        }
+        let runs = rebuild_runs(start.index, state.last_index, reader)?;
         let next_offset = if state.last_index == start.index {
             start.next_offset
         } else {
+            let index = state.last_index;
             let last = reader
-                .entries(state.last_index, state.last_index + 1, u64::MAX)
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "restore: cannot read last entry {}: {e:?}",
-                        state.last_index
-                    )
-                });
-            last[0].base_offset + u64::from(last[0].record_count)
+                .entries(index, index + 1, u64::MAX)
+                .map_err(|error| RestoreError::Read { index, error })?;
+            let last = last.first().ok_or(RestoreError::Read {
+                index,
+                error: ReadError::Unavailable,
+            })?;
+            last.base_offset + u64::from(last.record_count)
         };
         let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
         log.set_cache_bytes_max(config.entry_cache_bytes_max);
@@ -510,6 +542,8 @@ impl Raft {
     /// Takes everything to do (see [`Ready`] for the order). `reader` serves entries that
     /// lagging followers need and the core no longer caches; it is only read, synchronously.
     pub fn ready(&mut self, reader: &dyn LogReader) -> Ready {
+        // Cheap (O(1)) and catches a broken log invariant at the Ready that would expose it.
+        self.log.check();
         if self.role == Role::Leader {
             self.send_wanted_appends(reader);
         }
@@ -529,11 +563,15 @@ impl Raft {
 
     // ---------------------------------------------------------------- step
 
-    /// Feeds one message from a peer. Messages for another group or member, or without a
-    /// body, are dropped.
+    /// Feeds one message from a peer. Messages for another group or member, from a
+    /// non-voter, or without a body, are dropped.
     pub fn step(&mut self, m: RaftMessage) {
         if m.group_id != self.config.group_id || m.to != self.config.id || m.from == self.config.id
         {
+            return;
+        }
+        // Only voters take part; anything else would be counted as a vote or a replica.
+        if !self.config.voters.contains(&m.from) {
             return;
         }
         let Some(body) = m.body else { return };
@@ -779,14 +817,16 @@ impl Raft {
             "term going backwards: {} -> {term}",
             self.term
         );
+        // What was verified against a leader holds for that leader in that term only: the
+        // same member re-elected after a crash may have lost entries it once sent us.
+        if term > self.term || self.role != Role::Follower || self.leader_id != leader_id {
+            self.verified_index = 0;
+            self.durable_reported_index = 0;
+        }
         if term > self.term {
             self.term = term;
             self.voted_for = 0;
             self.hard_state_dirty = true;
-        }
-        if self.role != Role::Follower || self.leader_id != leader_id {
-            self.verified_index = 0;
-            self.durable_reported_index = 0;
         }
         self.role = Role::Follower;
         self.leader_id = leader_id;
@@ -938,21 +978,25 @@ fn message_term(body: &Body) -> u64 {
 
 /// Rebuilds the term index of `(start, last]` with O(runs · log n) `term_at` reads: terms are
 /// non-decreasing along the log, so each run's end is found by binary search.
-fn rebuild_runs(start: u64, last: u64, reader: &dyn LogReader) -> Vec<TermRun> {
-    let term_at = |index: u64| -> u64 {
+fn rebuild_runs(
+    start: u64,
+    last: u64,
+    reader: &dyn LogReader,
+) -> Result<Vec<TermRun>, RestoreError> {
+    let term_at = |index: u64| {
         reader
             .term_at(index)
-            .unwrap_or_else(|e: ReadError| panic!("restore: no term at {index}: {e:?}"))
+            .map_err(|error| RestoreError::Read { index, error })
     };
     let mut runs = Vec::new();
     let mut first = start + 1;
     while first <= last {
-        let term = term_at(first);
+        let term = term_at(first)?;
         // Invariant: term_at(lo) == term, and everything after `hi` has a larger term.
         let (mut lo, mut hi) = (first, last);
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
-            if term_at(mid) == term {
+            if term_at(mid)? == term {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -964,5 +1008,5 @@ fn rebuild_runs(start: u64, last: u64, reader: &dyn LogReader) -> Vec<TermRun> {
         });
         first = lo + 1;
     }
-    runs
+    Ok(runs)
 }

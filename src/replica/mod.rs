@@ -300,6 +300,21 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         record_count: u32,
         acks: Acks,
     ) -> Result<Appended<O>, ReplicaError> {
+        self.submit(payload, record_count, acks).await?.wait().await
+    }
+
+    /// Queues a proposal and returns once it is queued, without waiting for the answer.
+    /// Proposals queued one after another from one task reach the log in that order, which
+    /// is how a connection keeps its appends to one partition in order while it pipelines.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Stopped`] if the replica has stopped.
+    pub async fn submit(
+        &self,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+    ) -> Result<PendingAppend<O>, ReplicaError> {
         let (reply, answer) = oneshot::channel();
         let event = Event::Propose {
             payload,
@@ -311,7 +326,7 @@ impl<O: Send + 'static> ReplicaHandle<O> {
             .send(event)
             .await
             .map_err(|_| ReplicaError::Stopped)?;
-        answer.await.map_err(|_| ReplicaError::Stopped)?
+        Ok(PendingAppend { answer })
     }
 
     /// Reads committed data entries starting with the one holding `offset`, up to about
@@ -368,6 +383,21 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// A receiver that changes whenever the replica's state does.
     pub fn watch_status(&self) -> watch::Receiver<ReplicaStatus> {
         self.status.clone()
+    }
+}
+
+/// A queued proposal; [`PendingAppend::wait`] gives its outcome.
+pub struct PendingAppend<O> {
+    answer: oneshot::Receiver<Result<Appended<O>, ReplicaError>>,
+}
+
+impl<O> PendingAppend<O> {
+    /// Waits for the proposal's outcome (per its acks).
+    ///
+    /// # Errors
+    /// As [`ReplicaHandle::propose`].
+    pub async fn wait(self) -> Result<Appended<O>, ReplicaError> {
+        self.answer.await.map_err(|_| ReplicaError::Stopped)?
     }
 }
 
@@ -428,7 +458,7 @@ impl<S: StateMachine> Replica<S> {
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
         let (status, status_rx) = watch::channel(ReplicaStatus::default());
         let high_watermark = log.start_offset();
-        let replica = Replica {
+        let mut replica = Replica {
             raft,
             log,
             machine,
@@ -441,6 +471,8 @@ impl<S: StateMachine> Replica<S> {
             status,
             high_watermark,
         };
+        // Publish the recovered state before anyone can ask for it.
+        replica.publish_status();
         tokio::spawn(replica.run(inbox));
         Ok(ReplicaHandle {
             events,

@@ -138,6 +138,15 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Decodes and fully checks (length, CRC, kind) the frame at the start of `bytes`, which
 /// holds everything from the frame's position to the end of the written area or file.
 pub fn decode(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
+    let header = decode_header(bytes)?;
+    verify(&bytes[..header.length as usize], &header)?;
+    Ok(header)
+}
+
+/// Decodes the header at the start of `bytes`, checking only that its length is sane and
+/// fits `bytes`; [`verify`] checks the rest. Readers use it to skip frames they do not
+/// return without paying for their CRC.
+pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if bytes.len() < 4 {
         return if bytes.iter().all(|&b| b == 0) {
             Err(FrameError::End)
@@ -155,17 +164,21 @@ pub fn decode(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if length as usize > bytes.len() {
         return Err(FrameError::Truncated);
     }
-    let frame = &bytes[..length as usize];
-    let header = FrameHeader {
+    Ok(FrameHeader {
         length,
-        crc: u32_at(frame, 4),
-        term: u64_at(frame, 8),
-        index: u64_at(frame, 16),
-        base_offset: u64_at(frame, 24),
-        timestamp_ms: u64_at(frame, 32) as i64,
-        record_count: u32_at(frame, 40),
-        kind: u32_at(frame, 44),
-    };
+        crc: u32_at(bytes, 4),
+        term: u64_at(bytes, 8),
+        index: u64_at(bytes, 16),
+        base_offset: u64_at(bytes, 24),
+        timestamp_ms: u64_at(bytes, 32) as i64,
+        record_count: u32_at(bytes, 40),
+        kind: u32_at(bytes, 44),
+    })
+}
+
+/// Checks the CRC and kind of `frame` (exactly the frame's bytes) against its `header`.
+pub fn verify(frame: &[u8], header: &FrameHeader) -> Result<(), FrameError> {
+    debug_assert_eq!(frame.len(), header.length as usize);
     if crc32fast::hash(&frame[8..]) != header.crc {
         return Err(FrameError::BadCrc);
     }
@@ -174,7 +187,7 @@ pub fn decode(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         .and_then(|k| EntryKind::try_from(k).ok())
     {
         Some(EntryKind::Unspecified) | None => Err(FrameError::BadKind),
-        Some(_) => Ok(header),
+        Some(_) => Ok(()),
     }
 }
 

@@ -3,6 +3,8 @@
 //! Owns the `hard_state` file of a partition directory and its format; it does not decide
 //! when to write it (the Raft driver persists term and vote before sending anything that
 //! depends on them; the log persists the log start when retention or a snapshot moves it).
+//! On an open log, go through [`super::Log::set_hard_state`], which keeps the log's copy in
+//! step; [`store`] and [`load`] are for tools and tests.
 //!
 //! # Layout (little-endian)
 //!
@@ -129,7 +131,7 @@ pub fn store(dir: &Path, state: &HardState) -> Result<(), StorageError> {
 }
 
 /// Fsyncs a directory so that creations, renames and deletions in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("fsync directory", dir, e))
@@ -150,13 +152,13 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_missing_is_default() {
+    fn missing_is_default() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), default_hard_state());
     }
 
     #[test]
-    fn storage_hard_state_round_trip_replaces() {
+    fn round_trip_replaces() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &default_hard_state()).unwrap();
         store(dir.path(), &state()).unwrap();
@@ -165,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_corrupt_is_an_error() {
+    fn corrupt_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &state()).unwrap();
         let path = dir.path().join(HARD_STATE_FILE);
@@ -185,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn storage_hard_state_stray_temp_is_ignored() {
+    fn stray_temp_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), &state()).unwrap();
         fs::write(dir.path().join(TEMP_FILE), b"half written").unwrap();

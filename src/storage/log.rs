@@ -12,6 +12,16 @@
 //! - Every sealed segment is durable: it was synced when it was sealed.
 //! - `durable_index <= last_index()`.
 //!
+//! # Reads and the lifetime of their `Bytes`
+//! Payloads returned by [`Log::entries`] and [`Log::read_from_offset`] share the segment
+//! mappings instead of copying. They stay valid and unchanged for as long as they are held:
+//! after the segment is deleted (retention, snapshot) the mapping keeps the unlinked file
+//! alive; when suffix truncation must cut bytes a reader still holds, it writes the kept
+//! prefix into a new file instead of clearing in place. Two costs follow: a held payload pins
+//! its whole segment's mapping (and disk space, if deleted), so hold payloads only as long as
+//! a response takes; and the guarantee covers one `Log` value, so drop every payload before
+//! reopening the same directory.
+//!
 //! # Threads
 //! `Log` is `Send + Sync`. Mutations take `&mut self`; reads take `&self` and may run on
 //! several threads at once (the sealed-mapping cache is behind a mutex). Everything blocks:
@@ -43,7 +53,11 @@ pub(crate) struct MapCache {
     tick: u64,
 }
 
-/// One partition's log. See the module doc for invariants and threading.
+/// One partition's log. See the module doc for invariants, threading and `Bytes` lifetimes.
+///
+/// Dropping it without [`Log::close`] syncs nothing: the next open treats that like a crash
+/// (what reached the page cache is normally still there, and recovery keeps whatever
+/// checks out).
 pub struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
@@ -198,11 +212,6 @@ impl Log {
         for entry in entries {
             self.check_storable(entry)?;
         }
-        let batch_bytes: u64 = entries
-            .iter()
-            .map(|e| frame::frame_bytes(e.payload.len()) as u64)
-            .sum();
-        self.active().prefault(batch_bytes);
         for entry in entries {
             assert_eq!(
                 entry.index,
@@ -224,7 +233,6 @@ impl Log {
             let frame_bytes = frame::frame_bytes(entry.payload.len()) as u64;
             if frame_bytes > self.active().free_bytes() {
                 self.roll()?;
-                self.active().prefault(batch_bytes);
             }
             let interval_bytes = self.config.index_interval_bytes;
             self.active_mut().write(entry, interval_bytes);
@@ -385,7 +393,8 @@ impl Log {
     }
 
     /// Walks the frames of `segment` from `start` to its end, letting `decide` skip, take or
-    /// stop; returns true when `decide` stopped.
+    /// stop; returns true when `decide` stopped. Skipped frames are only checked for a sane
+    /// length and the index sequence; taken ones are CRC-checked before they are returned.
     fn read_frames(
         &self,
         segment: &Segment,
@@ -398,16 +407,29 @@ impl Log {
         }
         let bytes = self.view(segment)?;
         let mut position = start;
+        let mut expected_index = None;
         while position < segment.index.end_position {
-            let header = segment::frame_at(&bytes, position, &segment.path)?;
-            let payload_start = position as usize + frame::FRAME_HEADER_BYTES;
+            let header = segment::header_at(&bytes, position, &segment.path)?;
+            if expected_index.is_some_and(|index| index != header.index) {
+                return Err(StorageError::Corrupt {
+                    path: segment.path.clone(),
+                    position,
+                    reason: format!("entry {} where {expected_index:?} belongs", header.index),
+                });
+            }
+            expected_index = Some(header.index + 1);
+            let frame_end = position as usize + header.length as usize;
             match decide(&header, !out.is_empty()) {
                 Step::Skip => {}
                 Step::Stop => return Ok(true),
                 Step::Take => {
-                    let payload =
-                        bytes.slice(payload_start..payload_start + header.payload_bytes());
-                    out.push(frame::to_entry(&header, payload));
+                    frame::verify(&bytes[position as usize..frame_end], &header)
+                        .map_err(|error| segment::corrupt(&segment.path, position, error))?;
+                    let payload_start = position as usize + frame::FRAME_HEADER_BYTES;
+                    out.push(frame::to_entry(
+                        &header,
+                        bytes.slice(payload_start..frame_end),
+                    ));
                 }
             }
             position += u64::from(header.length);
@@ -463,6 +485,16 @@ impl Log {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .maps
             .len()
+    }
+
+    /// Unmaps every sealed segment the log keeps mapped (readers holding `Bytes` keep theirs
+    /// until they drop them). Call it when a partition goes idle; the next read maps again.
+    pub fn release_mappings(&self) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .maps
+            .clear();
     }
 
     pub(crate) fn forget_map(&self, first_index: u64) {
@@ -673,7 +705,12 @@ impl Log {
             .create_new(true)
             .open(&temp)
             .map_err(|e| StorageError::io("create segment copy", &temp, e))?;
-        segment::reserve(&file, &temp, capacity_bytes)?;
+        if let Err(error) = segment::reserve(&file, &temp, capacity_bytes) {
+            // Nothing was cut yet; the half-made copy is only tidied here (recovery deletes
+            // `*.tmp` too), so the reservation error is the one that matters.
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
         let old = self.active().map.clone().expect("mapped");
         // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we copy
         // (we hold `&mut self`, and readers only read).
@@ -795,12 +832,21 @@ impl Log {
             fs::remove_dir_all(&temp_dir).map_err(|e| StorageError::io("remove", &temp_dir, e))?;
         }
         fs::create_dir(&temp_dir).map_err(|e| StorageError::io("create dir", &temp_dir, e))?;
-        let mut segment = Segment::create(
+        let created = Segment::create(
             &temp_dir,
             index + 1,
             next_offset,
             self.config.segment_size_bytes,
-        )?;
+        );
+        let mut segment = match created {
+            Ok(segment) => segment,
+            Err(error) => {
+                // The reservation failed and nothing changed; the empty temp directory is
+                // only tidied here (recovery removes it too), so its own error is not the news.
+                let _ = fs::remove_dir_all(&temp_dir);
+                return Err(error);
+            }
+        };
         self.epoch += 1;
         while let Some(old) = self.segments.pop() {
             self.remove_segment_files(&old)?;
@@ -823,5 +869,125 @@ impl Log {
         self.segments.push(segment);
         self.durable_index = index;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Log {
+    /// For crash tests: the active segment's path, the byte position after its last durable
+    /// frame, and its end of data. Bytes in between may be lost by a crash.
+    pub(crate) fn durable_tail(&self) -> (PathBuf, u64, u64) {
+        let active = self.active();
+        let end = active.index.end_position;
+        if self.durable_index + 1 >= active.index.next_index {
+            return (active.path.clone(), end, end);
+        }
+        assert!(
+            self.durable_index + 1 >= active.index.first_index,
+            "sealed segments are durable"
+        );
+        let bytes = self.view(active).expect("active segment is mapped");
+        let target = self.durable_index + 1;
+        let mut position = active.index.position_for_index(target);
+        loop {
+            let header = segment::frame_at(&bytes, position, &active.path).expect("valid frame");
+            if header.index == target {
+                return (active.path.clone(), position, end);
+            }
+            position += u64::from(header.length);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::EntryKind;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_size_bytes: 4096,
+            index_interval_bytes: 512,
+            mapped_segments_max: 2,
+            ..LogConfig::default()
+        }
+    }
+
+    fn entries(log: &Log, count: u64, term: u64) -> Vec<Entry> {
+        (0..count)
+            .map(|i| Entry {
+                term,
+                index: log.last_index() + 1 + i,
+                kind: EntryKind::Data as i32,
+                base_offset: log.next_offset() + i,
+                record_count: 1,
+                timestamp_ms: 0,
+                payload: Bytes::from(vec![i as u8; 900]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn roll_seals_syncs_and_indexes_the_old_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 5, 1)).unwrap();
+        assert_eq!(log.segment_count(), 2);
+        let sealed = &log.segments[0];
+        assert!(sealed.map.is_none(), "a sealed segment is not kept mapped");
+        assert!(segment::index_path(&sealed.path).exists());
+        // Rolling synced the sealed segment: its entries are durable without a sync call.
+        assert_eq!(log.durable_index(), sealed.index.next_index - 1);
+        assert!(log.active().map.is_some());
+    }
+
+    #[test]
+    fn truncating_into_a_sealed_segment_makes_it_active_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 10, 1)).unwrap();
+        assert!(log.segment_count() >= 3);
+        log.truncate_suffix(3, 0).unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert!(log.active().map.is_some());
+        assert!(
+            !segment::index_path(&log.active().path).exists(),
+            "stale index removed"
+        );
+        assert_eq!(log.mapped_segment_count(), 0);
+        log.append(&entries(&log, 10, 2)).unwrap();
+        assert_eq!(log.term_at(2), Some(1));
+        assert_eq!(log.term_at(3), Some(2));
+    }
+
+    #[test]
+    fn map_cache_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 20, 1)).unwrap();
+        let firsts: Vec<u64> = log.segments.iter().map(|s| s.index.first_index).collect();
+        log.entries(firsts[0], firsts[0] + 1, 0).unwrap();
+        log.entries(firsts[1], firsts[1] + 1, 0).unwrap();
+        log.entries(firsts[0], firsts[0] + 1, 0).unwrap();
+        log.entries(firsts[2], firsts[2] + 1, 0).unwrap();
+        let cache = log.maps.lock().unwrap();
+        let mut mapped: Vec<u64> = cache.maps.keys().copied().collect();
+        mapped.sort();
+        assert_eq!(mapped, vec![firsts[0], firsts[2]]);
+        drop(cache);
+        log.release_mappings();
+        assert_eq!(log.mapped_segment_count(), 0);
+        assert_eq!(log.entries(firsts[1], firsts[1] + 1, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stale_sync_job_is_ignored_after_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), config()).unwrap().0;
+        log.append(&entries(&log, 2, 1)).unwrap();
+        let job = log.prepare_sync();
+        log.install_snapshot(50, 3, 60).unwrap();
+        assert_eq!(log.complete_sync(job.run()).unwrap(), 50);
+        assert_eq!(log.durable_index(), 50);
     }
 }

@@ -4,32 +4,37 @@
 //! Owns [`RecoveryReport`], [`TailState`] and the open path; it builds a [`Log`] but does not
 //! operate it afterwards.
 //!
+//! Each row's test is in `tests/storage/recovery.rs` (`cargo test storage::recovery`); a
+//! damaged hard state is refused too (`corrupt_hard_state`).
+//!
 //! # Directory-level rows
 //!
 //! | # | what is found | decision | tested by |
 //! | --- | --- | --- | --- |
-//! | 1 | no segment (empty or new directory) | create an empty segment at the hard state's log start | `recovery_empty_directory` |
-//! | 2 | `*.tmp` files, `snapshot.tmp/`, `.index` without its `.log` | delete them (half-made replacements) | `recovery_stray_files_are_removed` |
-//! | 3 | segments wholly before the hard state's log start | delete them (retention was interrupted after it moved the start) | `recovery_interrupted_retention` |
-//! | 4 | first segment does not start at the log start, or a gap or overlap between segments | refuse: `SegmentSequence` | `recovery_gap_in_segments`, `recovery_overlap_in_segments` |
-//! | 5 | damage anywhere inside a sealed segment (all but the last) | refuse: `Corrupt` naming file and position; a sealed segment was synced before the next one was created, so no crash explains it | `recovery_corrupt_sealed_segment` |
-//! | 6 | a sealed segment's `.index` missing, damaged, or pointing past the end | rebuild it by scanning the segment | `recovery_index_missing`, `recovery_index_past_end` |
+//! | 1 | no segment (empty or new directory) | create an empty segment at the hard state's log start | `empty_directory` |
+//! | 2 | `*.tmp` files, `snapshot.tmp/`, `.index` without its `.log` | delete them (half-made replacements) | `stray_files_are_removed` |
+//! | 3 | segments wholly before the hard state's log start | delete them (retention was interrupted after it moved the start) | `interrupted_retention` |
+//! | 4 | first segment does not start at the log start, or a gap or overlap between segments | refuse: `SegmentSequence` | `gap_in_segments`, `overlap_in_segments` |
+//! | 5 | damage anywhere inside a sealed segment (all but the last) | refuse: `Corrupt` naming file and position; a sealed segment was synced before the next one was created, so no crash explains it (with `verify_sealed_on_open` off only the sparse points and the last interval are checked at open, and a read that reaches other damage gets `Corrupt`) | `corrupt_sealed_segment`, `corrupt_sealed_segment_found_by_read_without_verify` |
+//! | 6 | a sealed segment's `.index` missing, damaged, or pointing past the end | rebuild it by scanning the segment | `index_missing`, `index_past_end` |
 //!
 //! # Rows for the active (last) segment, scanned frame by frame
 //!
 //! | # | what follows the last valid frame | [`TailState`] | decision | tested by |
 //! | --- | --- | --- | --- | --- |
-//! | 7 | zeros, and the `.index` written by `close` matches | `Clean` | nothing to repair | `recovery_clean_shutdown` |
-//! | 8 | zeros, no matching `.index` (a crash; preallocated space) | `Zeroed` | nothing to repair | `recovery_zeroed_tail` |
-//! | 9 | one partial frame, zeros after it | `Torn` | clear it | `recovery_torn_tail` |
-//! | 10 | bytes that are no frame and run past one frame | `Garbage` | clear them | `recovery_garbage_tail` |
-//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | keep the prefix, clear the rest, report how many entries were dropped | `recovery_crc_mismatch_mid_active_segment` |
+//! | 7 | zeros, and the `.index` written by `close` matches | `Clean` | nothing to repair | `clean_shutdown` |
+//! | 8 | zeros, no matching `.index` (a crash; preallocated space) | `Zeroed` | nothing to repair | `zeroed_tail` |
+//! | 9 | one partial frame, zeros after it | `Torn` | clear it | `torn_tail` |
+//! | 10 | bytes that are no frame and run past one frame | `Garbage` | clear them | `garbage_tail` |
+//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | keep the prefix, clear the rest, report how many entries were dropped | `crc_mismatch_mid_active_segment` |
 //!
 //! Row 11 keeps the prefix rather than refusing because a power loss during an unsynced
 //! write can persist later pages of a batch and not earlier ones, which looks the same as
-//! media damage; the report says how many entries were dropped so the replica can tell its
-//! operator (and must not count them as durable, which it never did if they were unsynced).
-//! After any repair the active segment is synced, so what recovery kept is durable.
+//! media damage. The report says how many entries were dropped: if they had been synced and
+//! acknowledged, this replica no longer holds what it promised, and the replica driver should
+//! treat the report like a partly lost disk (for example, not vote until it has caught up
+//! from a leader). That policy is the driver's, not storage's. After any repair the active
+//! segment is synced, so what recovery kept is durable.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -427,7 +432,9 @@ fn open_active(
         map: Some(map),
     };
     let tail = match tail {
-        TailState::Zeroed if close_mark.as_ref() == Some(&segment.index) => TailState::Clean,
+        TailState::Zeroed if close_mark.is_some_and(|mark| marks_clean(&mark, &segment.index)) => {
+            TailState::Clean
+        }
         TailState::Zeroed => TailState::Zeroed,
         damaged => {
             segment.clear(segment.index.end_position, scan.nonzero_end);
@@ -436,6 +443,16 @@ fn open_active(
         }
     };
     Ok((segment, tail))
+}
+
+/// True when the `.index` written by `close` describes exactly what the scan found. An
+/// empty segment's offsets are not in its bytes (the scan cannot know them), so for an
+/// empty one the first index is all there is to compare.
+fn marks_clean(mark: &SegmentIndex, scanned: &SegmentIndex) -> bool {
+    if scanned.is_empty() {
+        return mark.is_empty() && mark.first_index == scanned.first_index;
+    }
+    mark == scanned
 }
 
 /// Classifies what follows the last valid frame of the active segment (rows 8 to 11).
@@ -473,7 +490,12 @@ fn classify_tail(scan: &Scan, bytes: &[u8], interval_bytes: u64) -> TailState {
             .declared_bytes
             .unwrap_or(0)
             .max(FRAME_HEADER_BYTES as u64);
-    let partial_frame = !matches!(stop.error, None | Some(FrameError::End));
+    // A torn frame's length fit when it was written (never `Truncated`), and nothing
+    // non-zero lies past its end; a length field that was itself torn reads smaller.
+    let partial_frame = matches!(
+        stop.error,
+        Some(FrameError::BadCrc | FrameError::BadKind | FrameError::BadLength)
+    );
     if partial_frame && scan.nonzero_end <= frame_end {
         TailState::Torn {
             position,
@@ -484,5 +506,73 @@ fn classify_tail(scan: &Scan, bytes: &[u8], interval_bytes: u64) -> TailState {
             position,
             bytes_cleared,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Entry, EntryKind};
+    use crate::storage::frame::encode_frame;
+
+    fn frames(count: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for index in 1..=count {
+            bytes.extend(encode_frame(&Entry {
+                term: 1,
+                index,
+                kind: EntryKind::Data as i32,
+                base_offset: index - 1,
+                record_count: 1,
+                timestamp_ms: 0,
+                payload: bytes::Bytes::from(vec![index as u8; 100]),
+            }));
+        }
+        bytes
+    }
+
+    fn classify(bytes: &[u8]) -> TailState {
+        let scan = segment::scan(bytes, 1, 256);
+        classify_tail(&scan, bytes, 256)
+    }
+
+    const FRAME: usize = FRAME_HEADER_BYTES + 100;
+
+    #[test]
+    fn classifies_every_tail_row() {
+        let mut bytes = frames(4);
+        bytes.resize(2048, 0);
+        assert_eq!(classify(&bytes), TailState::Zeroed);
+
+        let mut torn = bytes.clone();
+        torn[3 * FRAME + 60..4 * FRAME].fill(0);
+        assert_eq!(
+            classify(&torn),
+            TailState::Torn {
+                position: 3 * FRAME as u64,
+                bytes_cleared: 60
+            }
+        );
+
+        let mut garbage = bytes.clone();
+        garbage[4 * FRAME..4 * FRAME + 300].fill(0xEE);
+        assert!(matches!(classify(&garbage), TailState::Garbage { .. }));
+
+        let mut middle = bytes.clone();
+        middle[FRAME + 70] ^= 1;
+        assert_eq!(
+            classify(&middle),
+            TailState::CorruptMiddle {
+                position: FRAME as u64,
+                entries_dropped: 3,
+                bytes_cleared: 3 * FRAME as u64
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_segment_without_zeros_is_not_damage() {
+        let bytes = frames(3);
+        assert_eq!(classify(&bytes), TailState::Zeroed);
     }
 }

@@ -218,23 +218,6 @@ impl Segment {
         self.index.push(&stored, position, interval_bytes);
     }
 
-    /// Asks the kernel to fault in `[from, from + bytes)` for writing in one call, instead
-    /// of one page fault per page while copying. Purely an optimisation: errors (old kernels
-    /// lack `MADV_POPULATE_WRITE`) are ignored because the copy faults the pages in anyway.
-    pub fn prefault(&self, bytes: u64) {
-        if let Some(map) = &self.map {
-            let from = self.index.end_position;
-            let bytes = bytes.min(self.capacity_bytes - from);
-            if bytes > 0 {
-                let _ = map.advise_range(
-                    memmap2::Advice::PopulateWrite,
-                    from as usize,
-                    bytes as usize,
-                );
-            }
-        }
-    }
-
     /// Clears `[from, to)` of the mapping in place.
     ///
     /// # Panics
@@ -352,11 +335,26 @@ pub(crate) fn frame_at(
     position: u64,
     path: &Path,
 ) -> Result<FrameHeader, StorageError> {
-    frame::decode(&bytes[position as usize..]).map_err(|error| StorageError::Corrupt {
+    frame::decode(&bytes[position as usize..]).map_err(|error| corrupt(path, position, error))
+}
+
+/// Decodes only the header at `position` (see [`frame::decode_header`]).
+pub(crate) fn header_at(
+    bytes: &[u8],
+    position: u64,
+    path: &Path,
+) -> Result<FrameHeader, StorageError> {
+    frame::decode_header(&bytes[position as usize..])
+        .map_err(|error| corrupt(path, position, error))
+}
+
+/// The read error for a frame that failed `error` at `position` of `path`.
+pub(crate) fn corrupt(path: &Path, position: u64, error: FrameError) -> StorageError {
+    StorageError::Corrupt {
         path: path.to_path_buf(),
         position,
         reason: error.reason().to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -78,7 +78,14 @@ async fn serve(
         _ = token.cancelled() => return Ok(()),
         accepted = tokio::time::timeout(config.handshake_timeout(), accept(&mut connection, config)) => accepted,
     };
-    let peer = accepted.map_err(|_| TransportError::Timeout)??;
+    let (peer, client_address) = accepted.map_err(|_| TransportError::Timeout)??;
+    if !client_address.is_empty() {
+        let mut addresses = shared.peer_client_addresses.lock();
+        let addresses = addresses
+            .as_mut()
+            .unwrap_or_else(|poisoned| poisoned.get_mut());
+        addresses.insert(peer, client_address);
+    }
     let registration = Registration::new(shared, peer);
     receive(&mut connection, peer, shared, inbound, &registration.token).await
 }
@@ -157,16 +164,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn accept(
     connection: &mut PeerConnection,
     config: &TransportConfig,
-) -> Result<NodeId, TransportError> {
+) -> Result<(NodeId, String), TransportError> {
     let first = connection.next().await.ok_or(WireError::Closed)?;
     let checked = first
         .and_then(|envelope| {
             handshake::check_handshake(envelope, &config.cluster_id, ConnectionRole::Peer)
         })
         .map_err(TransportError::from)
-        .and_then(|handshake| check_member(handshake.node_id, config));
+        .and_then(|handshake| {
+            check_member(handshake.node_id, config).map(|peer| (peer, handshake.client_address))
+        });
     match checked {
-        Ok(peer) => {
+        Ok((peer, client_address)) => {
             let response = HandshakeResponse {
                 protocol_version: PROTOCOL_VERSION,
                 node_id: config.node_id,
@@ -176,7 +185,7 @@ async fn accept(
                 body: Some(Body::HandshakeResponse(response)),
             };
             connection.send(envelope).await?;
-            Ok(peer)
+            Ok((peer, client_address))
         }
         Err(error) => {
             let message = match &error {

@@ -68,6 +68,8 @@ pub struct TransportConfig {
     pub cluster_id: String,
     /// Every voter's peer address, this node included.
     pub peers: BTreeMap<NodeId, String>,
+    /// The address where clients reach this node, advertised to peers in the handshake.
+    pub client_address: String,
     /// Frame size, queue bounds, timeouts and backoff.
     pub network: NetworkConfig,
 }
@@ -78,6 +80,7 @@ impl TransportConfig {
         Self {
             node_id: config.node_id,
             cluster_id: config.cluster_id.clone(),
+            client_address: config.client_listen.to_string(),
             peers: config.peers.clone(),
             network: config.network.clone(),
         }
@@ -207,6 +210,8 @@ struct Shared {
     /// closes it. A peer has one at a time: when it connects again (it restarted, or its old
     /// connection died without this side noticing), the newer connection replaces the older.
     incoming: Mutex<BTreeMap<NodeId, (u64, CancellationToken)>>,
+    /// Each peer's client address, as advertised in its latest handshake.
+    peer_client_addresses: Mutex<BTreeMap<NodeId, String>>,
     incoming_generation: AtomicU64,
     token: CancellationToken,
     tasks: TaskTracker,
@@ -269,6 +274,7 @@ impl Transport {
             received_messages: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
             incoming: Mutex::new(BTreeMap::new()),
+            peer_client_addresses: Mutex::new(BTreeMap::new()),
             incoming_generation: AtomicU64::new(0),
             token: shutdown.child_token(),
             tasks: TaskTracker::default(),
@@ -285,6 +291,13 @@ impl Transport {
         let task = acceptor::run(listener, shared.clone(), config, inbound_sender);
         shared.tasks.spawn(task);
         Ok((Transport { shared }, inbound))
+    }
+
+    /// The client address `peer` advertised in its latest handshake, once it has connected.
+    pub fn peer_client_address(&self, peer: NodeId) -> Option<String> {
+        let addresses = self.shared.peer_client_addresses.lock();
+        let addresses = addresses.unwrap_or_else(|poisoned| poisoned.into_inner());
+        addresses.get(&peer).cloned()
     }
 
     /// Queues `message` for the node named by `message.to`, without waiting.

@@ -10,7 +10,7 @@ use tokio_util::codec::Framed;
 
 use super::{Backoff, PeerLink, Shared, TransportConfig, TransportError};
 use crate::proto::envelope::Body;
-use crate::proto::{ConnectionRole, Envelope, RaftBatch};
+use crate::proto::{Envelope, RaftBatch};
 use crate::wire::{handshake, EnvelopeCodec, WireError};
 
 type PeerConnection = Framed<TcpStream, EnvelopeCodec>;
@@ -70,14 +70,12 @@ async fn connect(
         stream.set_nodelay(true)?;
         let mut connection =
             Framed::new(stream, EnvelopeCodec::new(config.network.frame_bytes_max));
-        let response = handshake::connect(
-            &mut connection,
+        let hello = handshake::peer_handshake_envelope(
             &config.cluster_id,
-            ConnectionRole::Peer,
             config.node_id,
-            "",
-        )
-        .await?;
+            &config.client_address,
+        );
+        let response = handshake::connect_with(&mut connection, hello).await?;
         if response.node_id != link.node_id {
             return Err(TransportError::WrongPeer {
                 expected: link.node_id,

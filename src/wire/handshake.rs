@@ -36,11 +36,22 @@ pub fn handshake_envelope(
         role: role as i32,
         node_id,
         client_id: client_id.to_owned(),
+        client_address: String::new(),
     };
     Envelope {
         correlation_id: 0,
         body: Some(Body::Handshake(handshake)),
     }
+}
+
+/// The handshake a node sends when it dials a peer: it names itself and advertises the
+/// address where clients reach it.
+pub fn peer_handshake_envelope(cluster_id: &str, node_id: u64, client_address: &str) -> Envelope {
+    let mut envelope = handshake_envelope(cluster_id, ConnectionRole::Peer, node_id, "");
+    if let Some(Body::Handshake(handshake)) = envelope.body.as_mut() {
+        handshake.client_address = client_address.to_owned();
+    }
+    envelope
 }
 
 /// Checks the first envelope of a connection against this node's cluster and port role.
@@ -139,9 +150,26 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    framed
-        .send(handshake_envelope(cluster_id, role, node_id, client_id))
-        .await?;
+    connect_with(
+        framed,
+        handshake_envelope(cluster_id, role, node_id, client_id),
+    )
+    .await
+}
+
+/// Runs the opener's side with a handshake envelope built by the caller (see
+/// [`peer_handshake_envelope`]).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with<S>(
+    framed: &mut Framed<S, EnvelopeCodec>,
+    handshake: Envelope,
+) -> Result<HandshakeResponse, WireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    framed.send(handshake).await?;
     let answer = framed.next().await.ok_or(WireError::Closed)??;
     match answer.body {
         Some(Body::HandshakeResponse(response)) => Ok(response),

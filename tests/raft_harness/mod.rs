@@ -59,12 +59,10 @@ impl MemStore {
             self.hard_state = *hs;
         }
         if let Some(pos) = ready.snapshot {
-            let drop = (pos
-                .index
-                .min(self.last_index())
-                .saturating_sub(self.start.index)) as usize;
+            let last = self.last_index();
+            let drop = (pos.index.min(last).saturating_sub(self.start.index)) as usize;
             self.entries.drain(..drop);
-            if pos.index > self.last_index() {
+            if pos.index > last {
                 self.entries.clear();
             }
             self.start = pos;
@@ -76,7 +74,15 @@ impl MemStore {
             self.durable_index = self.durable_index.min(self.last_index());
         }
         if let Some(first) = ready.entries.first() {
-            assert_eq!(first.index, self.last_index() + 1, "store append gap");
+            assert_eq!(
+                first.index,
+                self.last_index() + 1,
+                "store append gap: start {:?} snapshot {:?} truncate {:?} n {}",
+                self.start,
+                ready.snapshot,
+                ready.truncate_from,
+                ready.entries.len()
+            );
             self.entries.extend(ready.entries.iter().cloned());
         }
     }
@@ -169,6 +175,10 @@ pub struct Cluster {
     pub leaders: BTreeMap<u64, u64>,
     /// Committed (index -> term) as first seen anywhere (state machine safety check).
     pub committed: BTreeMap<u64, u64>,
+    /// Index -> lowest leader term in which a leader was seen to have it committed.
+    pub commit_terms: BTreeMap<u64, u64>,
+    /// When `Some`, a readable line per delivered message and per Ready (golden traces).
+    pub trace: Option<Vec<String>>,
 }
 
 /// A config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
@@ -211,6 +221,8 @@ impl Cluster {
             delivered: Vec::new(),
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
+            commit_terms: BTreeMap::new(),
+            trace: None,
         }
     }
 
@@ -232,6 +244,20 @@ impl Cluster {
         if ready.is_empty() {
             return false;
         }
+        if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
+            let range = ready
+                .entries
+                .first()
+                .map(|f| (f.index, ready.entries.last().unwrap().index));
+            eprintln!(
+                "node {id} t{} {:?} ready: hs {:?} snap {:?} trunc {:?} entries {:?} commit {:?} | store start {} last {} durable {} | core last {} persisted {}",
+                node.raft.term(), node.raft.role(), ready.hard_state.map(|h| h.current_term), ready.snapshot.map(|p| p.index), ready.truncate_from, range, ready.commit_index,
+                node.store.start.index, node.store.last_index(), node.store.durable_index, node.raft.last_index(), node.raft.persisted_index()
+            );
+        }
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(describe_ready(id, &node.raft, &ready));
+        }
         node.store.apply(&ready);
         if let Some(commit) = ready.commit_index {
             assert!(commit > node.commit_index, "commit went backwards on {id}");
@@ -252,6 +278,7 @@ impl Cluster {
             }
         }
         self.check_safety();
+        self.check_committed_on_quorum();
         true
     }
 
@@ -284,6 +311,9 @@ impl Cluster {
         let m = self.net.pop_front()?;
         if self.cut.contains(&(m.from, m.to)) {
             return Some(m);
+        }
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!("  {}", describe(&m)));
         }
         if let Some(node) = self.nodes.get_mut(&m.to) {
             node.raft.step(m.clone());
@@ -382,6 +412,14 @@ impl Cluster {
     /// from its durable state.
     pub fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node exists");
+        if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
+            eprintln!(
+                "node {id} restart: store start {} last {} durable {}",
+                node.store.start.index,
+                node.store.last_index(),
+                node.store.durable_index
+            );
+        }
         node.store.crash();
         node.unpersisted.clear();
         let state = RestoredState {
@@ -398,13 +436,61 @@ impl Cluster {
         self.net.clear();
     }
 
-    /// Asserts election safety and state-machine safety over everything seen so far.
+    /// Asserts that the highest committed index of every node is durable on a quorum: a
+    /// committed entry must survive any minority of crashes.
+    pub fn check_committed_on_quorum(&self) {
+        let quorum = self.nodes.len() / 2 + 1;
+        for node in self.nodes.values() {
+            let index = node.commit_index;
+            let Some(&term) = self.committed.get(&index) else {
+                continue;
+            };
+            let durable = self
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.store.start.index >= index
+                        || (n.store.durable_index >= index && n.store.term(index) == Some(term))
+                })
+                .count();
+            assert!(
+                durable >= quorum,
+                "index {index} committed on {} but durable on {durable} nodes",
+                node.raft.id()
+            );
+        }
+    }
+
+    /// Asserts election safety, leader completeness and state-machine safety over
+    /// everything seen so far.
     pub fn check_safety(&mut self) {
         for node in self.nodes.values() {
             let r = &node.raft;
             if r.role() == Role::Leader {
                 let leader = *self.leaders.entry(r.term()).or_insert(r.id());
                 assert_eq!(leader, r.id(), "two leaders in term {}", r.term());
+                // Leader completeness (§5.4): an entry committed in term T is in the log of
+                // every leader of a later term.
+                for (&index, &commit_term) in self.commit_terms.range(r.log_start().index + 1..) {
+                    if commit_term >= r.term() {
+                        continue;
+                    }
+                    let Some(&term) = self.committed.get(&index) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        r.term_at(index),
+                        Some(term),
+                        "leader {} of term {} lacks {index} committed in term {commit_term}",
+                        r.id(),
+                        r.term()
+                    );
+                }
+                let from = self.commit_terms.keys().next_back().map_or(0, |&i| i) + 1;
+                for index in from.max(r.log_start().index + 1)..=r.commit_index() {
+                    let t = self.commit_terms.entry(index).or_insert(r.term());
+                    *t = (*t).min(r.term());
+                }
             }
             for index in
                 (node.store.start.index + 1)..=node.commit_index.min(node.store.last_index())
@@ -510,4 +596,99 @@ impl Cluster {
 /// True for an AppendEntries carrying an entry with `index`.
 pub fn carries_index(m: &RaftMessage, index: u64) -> bool {
     matches!(&m.body, Some(Body::AppendEntries(ae)) if ae.entries.iter().any(|e| e.index == index))
+}
+
+/// One readable line for a message, e.g. `1->2 AppendEntries t1 prev 0@0 [1@1 noop] commit 0`.
+pub fn describe(m: &RaftMessage) -> String {
+    let body = match &m.body {
+        None => "(empty)".to_string(),
+        Some(Body::RequestVote(v)) => format!(
+            "{}RequestVote t{} last {}@{}{}",
+            if v.pre_vote { "Pre" } else { "" },
+            v.term,
+            v.last_log_index,
+            v.last_log_term,
+            if v.leadership_transfer {
+                " transfer"
+            } else {
+                ""
+            }
+        ),
+        Some(Body::RequestVoteResponse(r)) => format!(
+            "{}VoteResponse t{} {}",
+            if r.pre_vote { "Pre" } else { "" },
+            r.term,
+            if r.vote_granted {
+                "granted"
+            } else {
+                "rejected"
+            }
+        ),
+        Some(Body::AppendEntries(a)) => {
+            let entries: Vec<String> = a.entries.iter().map(describe_entry).collect();
+            format!(
+                "AppendEntries t{} prev {}@{} [{}] commit {}",
+                a.term,
+                a.prev_log_index,
+                a.prev_log_term,
+                entries.join(" "),
+                a.leader_commit
+            )
+        }
+        Some(Body::AppendEntriesResponse(r)) if r.success => {
+            format!(
+                "AppendResponse t{} ok appended {} durable {}",
+                r.term, r.appended_index, r.durable_index
+            )
+        }
+        Some(Body::AppendEntriesResponse(r)) => format!(
+            "AppendResponse t{} reject conflict {}@{} last {}",
+            r.term, r.conflict_index, r.conflict_term, r.last_log_index
+        ),
+        Some(Body::InstallSnapshot(i)) => format!(
+            "InstallSnapshot t{} {}@{} next offset {}",
+            i.term, i.last_included_index, i.last_included_term, i.next_offset
+        ),
+        Some(Body::InstallSnapshotResponse(r)) => {
+            format!("SnapshotResponse t{} last {}", r.term, r.last_log_index)
+        }
+        Some(Body::TimeoutNow(t)) => format!("TimeoutNow t{}", t.term),
+    };
+    format!("{}->{} {body}", m.from, m.to)
+}
+
+/// `index@term`, plus the kind when it is not data.
+fn describe_entry(e: &Entry) -> String {
+    match e.kind() {
+        raftlog::proto::EntryKind::Noop => format!("{}@{} noop", e.index, e.term),
+        _ => format!("{}@{}", e.index, e.term),
+    }
+}
+
+/// One readable line for what a Ready asks of node `id`.
+fn describe_ready(id: u64, raft: &Raft, ready: &Ready) -> String {
+    let mut parts = vec![format!("node {id} ({:?} t{})", raft.role(), raft.term())];
+    if let Some(hs) = &ready.hard_state {
+        parts.push(format!(
+            "persist term {} vote {}",
+            hs.current_term, hs.voted_for
+        ));
+    }
+    if let Some(pos) = ready.snapshot {
+        parts.push(format!("install snapshot {}@{}", pos.index, pos.term));
+    }
+    if let Some(t) = ready.truncate_from {
+        parts.push(format!("truncate from {t}"));
+    }
+    if !ready.entries.is_empty() {
+        let entries: Vec<String> = ready.entries.iter().map(describe_entry).collect();
+        parts.push(format!("append [{}]", entries.join(" ")));
+    }
+    if let Some(c) = ready.commit_index {
+        parts.push(format!("commit {c}"));
+    }
+    if !ready.messages.is_empty() {
+        parts.push(format!("send {}", ready.messages.len()));
+    }
+    parts.join(", ")
 }

@@ -1,0 +1,693 @@
+//! A raftlog node: the cluster-metadata group, the partition replicas placed here, the peer
+//! transport and the client server, started and stopped together.
+//!
+//! The node owns which replicas run here and how messages reach them. It does not own the
+//! Raft logic (the replicas do), the wire protocol (the server and transport do), nor the
+//! metadata's rules ([`crate::metadata`] does).
+//!
+//! ```text
+//!   clients ─► server ─┬─► metadata replica (group 0) ─► Metadata (applied copy) ─► reconcile
+//!                      └─► partition replicas (groups 1..) ◄────────────────────────┘ start/stop
+//!   peers ◄─► transport ─► route by group id ─► replicas
+//! ```
+//!
+//! Every node applies the metadata log to its own copy; whenever that copy changes the node
+//! reconciles: it starts a replica for every partition placed on it and stops the replicas of
+//! deleted topics. A newly created partition's preferred leader (its first replica) starts an
+//! election at once, which spreads initial leaders as evenly as placement does.
+
+pub mod dev;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FsyncPolicy, NodeConfig, NodeId};
+use crate::metadata::{Applied, Metadata, MetadataError, Topic, METADATA_GROUP_ID};
+use crate::proto::{self, EntryKind, ErrorCode, MetadataCommand, RaftMessage};
+use crate::raft::{self, Role};
+use crate::replica::{
+    Acks, MessageSink, Replica, ReplicaConfig, ReplicaError, ReplicaHandle, StateMachine,
+};
+use crate::storage::{LogConfig, SyncPolicy};
+use crate::transport::{Transport, TransportConfig};
+
+/// What applying one metadata command produced.
+pub type MetadataOutcome = Result<Applied, MetadataError>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer transport could not start.
+    #[error("peer transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// A replica's log could not be opened.
+    #[error("replica of group {group_id}: {source}")]
+    Replica {
+        /// The Raft group.
+        group_id: u64,
+        /// Why.
+        source: ReplicaError,
+    },
+}
+
+/// One partition replica running on this node.
+#[derive(Clone)]
+pub struct LocalPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The partition's Raft group.
+    pub group_id: u64,
+    /// Nodes holding a replica, preferred leader first.
+    pub replicas: Vec<NodeId>,
+    /// The running replica.
+    pub handle: ReplicaHandle<()>,
+}
+
+/// Sends the replicas' outgoing messages through the peer transport.
+struct TransportSink(Transport);
+
+impl MessageSink for TransportSink {
+    fn send(&self, message: RaftMessage) {
+        // A full queue drops the message (counted by the transport); Raft retransmits.
+        let _ = self.0.send(message);
+    }
+}
+
+/// Applies committed metadata commands to the node's shared copy and announces each change.
+struct MetadataMachine {
+    view: Arc<RwLock<Metadata>>,
+    changed: watch::Sender<u64>,
+}
+
+impl StateMachine for MetadataMachine {
+    type Output = MetadataOutcome;
+
+    fn apply(&mut self, entry: &proto::Entry) -> MetadataOutcome {
+        let mut view = self
+            .view
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entry.kind() != EntryKind::Data {
+            view.skip(entry.index);
+            return Err(MetadataError::Invalid("not a metadata command".into()));
+        }
+        let outcome = match MetadataCommand::decode(entry.payload.clone()) {
+            Ok(command) => view.apply(entry.index, &command),
+            Err(error) => {
+                // Only this node's own proposals reach the log, each encoded by it; a command
+                // that does not decode is skipped the same way on every node.
+                view.skip(entry.index);
+                Err(MetadataError::Invalid(format!(
+                    "undecodable metadata command: {error}"
+                )))
+            }
+        };
+        drop(view);
+        self.changed.send_replace(entry.index);
+        outcome
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .applied_index()
+    }
+}
+
+/// A running node. Cheap to share: the server and background tasks hold an `Arc<Node>`.
+pub struct Node {
+    config: NodeConfig,
+    client_address: SocketAddr,
+    transport: Transport,
+    metadata: ReplicaHandle<MetadataOutcome>,
+    metadata_view: Arc<RwLock<Metadata>>,
+    partitions: RwLock<HashMap<u64, LocalPartition>>,
+    shutdown: CancellationToken,
+}
+
+/// The handle returned by [`Node::start`]: addresses, the node, and the way to stop it.
+pub struct RunningNode {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Where the client listener is bound.
+    pub client_address: SocketAddr,
+    /// Where the peer listener is bound.
+    pub peer_address: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node: binds its listeners, opens (and recovers) its logs, starts the peer
+    /// transport, the metadata group, the replicas placed here, and the client server. Must
+    /// run inside a multi-threaded tokio runtime.
+    ///
+    /// # Errors
+    /// An invalid configuration, a listener that cannot bind, or a log that cannot open.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        config.validate()?;
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|source| NodeError::Bind { address, source })
+        };
+        let client_listener = bind(config.client_listen).await?;
+        let peer_listener = bind(config.peer_listen).await?;
+        let client_address = client_listener
+            .local_addr()
+            .map_err(|source| NodeError::Bind {
+                address: config.client_listen,
+                source,
+            })?;
+        let peer_address = peer_listener
+            .local_addr()
+            .map_err(|source| NodeError::Bind {
+                address: config.peer_listen,
+                source,
+            })?;
+        let shutdown = CancellationToken::new();
+        let mut transport_config = TransportConfig::from_node_config(&config);
+        transport_config.client_address = client_address.to_string();
+        let (transport, mut inbound) =
+            Transport::start(transport_config, peer_listener, &shutdown)?;
+
+        let voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
+        let (changed, mut metadata_changes) = watch::channel(0u64);
+        let machine = MetadataMachine {
+            view: metadata_view.clone(),
+            changed,
+        };
+        let sink: Arc<dyn MessageSink> = Arc::new(TransportSink(transport.clone()));
+        let metadata_config = replica_config(
+            &config,
+            METADATA_GROUP_ID,
+            voters,
+            config.data_dir.join("metadata"),
+            0,
+            0,
+        );
+        let metadata = Replica::start(metadata_config, machine, sink).map_err(|source| {
+            NodeError::Replica {
+                group_id: METADATA_GROUP_ID,
+                source,
+            }
+        })?;
+
+        let node = Arc::new(Node {
+            config,
+            client_address,
+            transport,
+            metadata,
+            metadata_view,
+            partitions: RwLock::new(HashMap::new()),
+            shutdown: shutdown.clone(),
+        });
+        let router = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    let message = tokio::select! {
+                        _ = node.shutdown.cancelled() => break,
+                        message = inbound.recv() => message,
+                    };
+                    let Some(message) = message else { break };
+                    node.route(message);
+                }
+            })
+        };
+        let reconciler = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    node.reconcile();
+                    tokio::select! {
+                        _ = node.shutdown.cancelled() => break,
+                        changed = metadata_changes.changed() => if changed.is_err() { break },
+                    }
+                }
+            })
+        };
+        let server = tokio::spawn(crate::server::serve(node.clone(), client_listener));
+        Ok(RunningNode {
+            node,
+            client_address,
+            peer_address,
+            tasks: vec![router, reconciler, server],
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The token cancelled when the node shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// A consistent copy of the applied metadata.
+    pub fn metadata(&self) -> Metadata {
+        self.metadata_view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The metadata group's replica.
+    pub fn metadata_replica(&self) -> &ReplicaHandle<MetadataOutcome> {
+        &self.metadata
+    }
+
+    /// Every partition replica running on this node.
+    pub fn local_partitions(&self) -> Vec<LocalPartition> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The address where clients reach `node`, if known: this node's own, or what the peer
+    /// advertised in its handshake.
+    pub fn client_address_of(&self, node: NodeId) -> Option<String> {
+        if node == self.id() {
+            return Some(self.client_address.to_string());
+        }
+        self.transport.peer_client_address(node)
+    }
+
+    /// The `NOT_LEADER` error for a leader hint, with the leader's client address when known.
+    pub fn not_leader(&self, leader_hint: Option<NodeId>, what: &str) -> proto::Error {
+        let leader_id = leader_hint.unwrap_or(0);
+        let leader_address = leader_hint
+            .and_then(|id| self.client_address_of(id))
+            .unwrap_or_default();
+        let message = match leader_hint {
+            Some(id) => format!("node {} does not lead {what}; node {id} does", self.id()),
+            None => format!(
+                "node {} does not lead {what}, and no leader is known yet",
+                self.id()
+            ),
+        };
+        proto::Error {
+            code: ErrorCode::NotLeader as i32,
+            message,
+            leader_id,
+            leader_address,
+            ..Default::default()
+        }
+    }
+
+    /// The replica of `topic`/`partition` on this node.
+    ///
+    /// # Errors
+    /// `UNKNOWN_TOPIC`, `UNKNOWN_PARTITION`, or `NOT_LEADER` pointing at the preferred leader
+    /// when this node holds no replica of the partition.
+    pub fn local_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<LocalPartition, proto::Error> {
+        let metadata = self
+            .metadata_view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let known = metadata
+            .topic(topic)
+            .ok_or_else(|| error(&MetadataError::UnknownTopic(topic.into())))?;
+        let assignment = known.partitions.get(partition as usize).ok_or_else(|| {
+            error(&MetadataError::UnknownPartition {
+                topic: topic.into(),
+                partition,
+                partitions: known.partitions.len() as u32,
+            })
+        })?;
+        let group_id = assignment.group_id;
+        let preferred = assignment.replicas.first().copied();
+        drop(metadata);
+        let partitions = self
+            .partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match partitions.get(&group_id) {
+            Some(local) => Ok(local.clone()),
+            None => Err(self.not_leader(preferred, &format!("{topic}/{partition}"))),
+        }
+    }
+
+    /// Proposes a metadata command through this node, which must lead the metadata group, and
+    /// waits until it is committed and applied.
+    ///
+    /// # Errors
+    /// `NOT_LEADER` with the metadata leader's address, the command's refusal, or a
+    /// replication error.
+    pub async fn propose_metadata(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<Applied, proto::Error> {
+        let status = self.metadata.status();
+        if status.role != Some(Role::Leader) {
+            return Err(self.not_leader(hint(status.leader_id), "the cluster metadata"));
+        }
+        self.metadata_view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check(&command)
+            .map_err(|e| error(&e))?;
+        let payload = Bytes::from(command.encode_to_vec());
+        let appended = self
+            .metadata
+            .propose(payload, 0, Acks::All)
+            .await
+            .map_err(|e| self.replica_error(&e, "the cluster metadata"))?;
+        match appended.output {
+            Some(outcome) => outcome.map_err(|e| error(&e)),
+            None => Err(internal("metadata command committed without an outcome")),
+        }
+    }
+
+    /// Turns a replica error into the wire error a client receives.
+    pub fn replica_error(&self, failure: &ReplicaError, what: &str) -> proto::Error {
+        match failure {
+            ReplicaError::NotLeader { leader_hint } => self.not_leader(*leader_hint, what),
+            ReplicaError::Superseded => {
+                let mut answer = self.not_leader(None, what);
+                answer.message = format!("leadership of {what} changed before the write committed; it was not written, retry");
+                answer
+            }
+            ReplicaError::OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+                ..
+            } => proto::Error {
+                code: ErrorCode::OffsetOutOfRange as i32,
+                message: format!("{what}: {failure}"),
+                log_start_offset: *log_start_offset,
+                high_watermark: *high_watermark,
+                ..Default::default()
+            },
+            other => proto::Error {
+                code: other.code() as i32,
+                message: format!("{what}: {other}"),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Hands the message to the replica of its group; messages for groups not (yet) running
+    /// here are dropped, and Raft retransmits them once the group has started.
+    fn route(&self, message: RaftMessage) {
+        if message.group_id == METADATA_GROUP_ID {
+            self.metadata.step(message);
+            return;
+        }
+        let partitions = self
+            .partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(local) = partitions.get(&message.group_id) {
+            local.handle.step(message);
+        }
+    }
+
+    /// Starts a replica for every partition placed here and stops those no longer placed.
+    fn reconcile(&self) {
+        let wanted: Vec<(Topic, u32)> = {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            metadata
+                .partitions_on(self.id())
+                .map(|(topic, p)| (topic.clone(), p.partition))
+                .collect()
+        };
+        let mut partitions = self
+            .partitions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keep = std::collections::HashSet::new();
+        for (topic, partition) in wanted {
+            let assignment = topic.partitions[partition as usize].clone();
+            keep.insert(assignment.group_id);
+            if partitions.contains_key(&assignment.group_id) {
+                continue;
+            }
+            match self.start_partition(&topic, &assignment) {
+                Ok(local) => {
+                    partitions.insert(assignment.group_id, local);
+                }
+                Err(failure) => {
+                    tracing::error!(topic = %topic.name, partition, %failure, "cannot start partition replica")
+                }
+            }
+        }
+        let removed: Vec<u64> = partitions
+            .keys()
+            .copied()
+            .filter(|group| !keep.contains(group))
+            .collect();
+        for group_id in removed {
+            if let Some(local) = partitions.remove(&group_id) {
+                // Dropping the handle stops the replica; its files go with the topic.
+                let dir = self.partition_dir(&local.topic, local.partition, group_id);
+                drop(local);
+                if let Err(failure) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
+                }
+            }
+        }
+    }
+
+    fn start_partition(
+        &self,
+        topic: &Topic,
+        assignment: &crate::metadata::PartitionAssignment,
+    ) -> Result<LocalPartition, ReplicaError> {
+        let dir = self.partition_dir(&topic.name, assignment.partition, assignment.group_id);
+        let config = replica_config(
+            &self.config,
+            assignment.group_id,
+            assignment.replicas.clone(),
+            dir,
+            topic.retention_bytes,
+            topic.retention_ms,
+        );
+        let sink: Arc<dyn MessageSink> = Arc::new(TransportSink(self.transport.clone()));
+        let handle = Replica::start(config, crate::replica::LogIsTheState, sink)?;
+        let fresh = handle.status().last_index == 0;
+        if fresh && assignment.replicas.first() == Some(&self.id()) {
+            handle.campaign();
+        }
+        Ok(LocalPartition {
+            topic: topic.name.clone(),
+            partition: assignment.partition,
+            group_id: assignment.group_id,
+            replicas: assignment.replicas.clone(),
+            handle,
+        })
+    }
+
+    fn partition_dir(&self, topic: &str, partition: u32, group_id: u64) -> PathBuf {
+        // Topic names are restricted to [a-zA-Z0-9._-], so they are safe in a path; the group
+        // id keeps a re-created topic's files apart from the deleted one's.
+        self.config
+            .data_dir
+            .join("partitions")
+            .join(format!("{topic}-{partition}.g{group_id}"))
+    }
+}
+
+impl RunningNode {
+    /// Stops the node gracefully: stops taking requests, hands away the leadership of every
+    /// group it leads (so clients fail over without waiting for an election timeout), lets the
+    /// replicas sync and stop, then closes the peer transport.
+    pub async fn shutdown(self) {
+        let node = self.node;
+        node.shutdown.cancel();
+        let grace = Duration::from_millis(node.config.server.shutdown_grace_ms);
+        let _ = tokio::time::timeout(grace, node.hand_off_leadership()).await;
+        let replicas: Vec<_> = {
+            let mut partitions = node
+                .partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            partitions
+                .drain()
+                .map(|(_, local)| local.handle.watch_status())
+                .collect()
+        };
+        for task in self.tasks {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        // Each replica syncs its log as it stops; its status channel closes when it is gone.
+        for mut status in replicas {
+            let _ = tokio::time::timeout(grace, async { while status.changed().await.is_ok() {} })
+                .await;
+        }
+        node.transport.shutdown().await;
+    }
+
+    /// Stops the node abruptly, as a crash would, without handing off leadership or waiting.
+    pub fn abort(self) {
+        self.node.shutdown.cancel();
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Node {
+    /// Transfers leadership of every group led here to its most caught-up follower and waits
+    /// until none is led here any more.
+    async fn hand_off_leadership(&self) {
+        let mut groups: Vec<(ReplicaHandleAny, Vec<(u64, u64)>)> = Vec::new();
+        let metadata_status = self.metadata.status();
+        if metadata_status.role == Some(Role::Leader) {
+            groups.push((
+                ReplicaHandleAny::Metadata(self.metadata.clone()),
+                metadata_status.follower_match,
+            ));
+        }
+        for local in self.local_partitions() {
+            let status = local.handle.status();
+            if status.role == Some(Role::Leader) {
+                groups.push((
+                    ReplicaHandleAny::Partition(local.handle),
+                    status.follower_match,
+                ));
+            }
+        }
+        for (handle, followers) in &groups {
+            if let Some(&(to, _)) = followers
+                .iter()
+                .max_by_key(|(id, match_index)| (*match_index, *id))
+            {
+                handle.transfer_leader(to);
+            }
+        }
+        loop {
+            if groups.iter().all(|(handle, _)| !handle.is_leader()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A replica handle of either kind, for shutdown.
+enum ReplicaHandleAny {
+    Metadata(ReplicaHandle<MetadataOutcome>),
+    Partition(ReplicaHandle<()>),
+}
+
+impl ReplicaHandleAny {
+    fn transfer_leader(&self, to: u64) {
+        match self {
+            ReplicaHandleAny::Metadata(handle) => handle.transfer_leader(to),
+            ReplicaHandleAny::Partition(handle) => handle.transfer_leader(to),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let role = match self {
+            ReplicaHandleAny::Metadata(handle) => handle.status().role,
+            ReplicaHandleAny::Partition(handle) => handle.status().role,
+        };
+        role == Some(Role::Leader)
+    }
+}
+
+fn hint(leader_id: u64) -> Option<NodeId> {
+    (leader_id != 0).then_some(leader_id)
+}
+
+/// The wire error for a refused metadata command.
+pub fn error(refusal: &MetadataError) -> proto::Error {
+    proto::Error {
+        code: refusal.code() as i32,
+        message: refusal.to_string(),
+        ..Default::default()
+    }
+}
+
+fn internal(message: &str) -> proto::Error {
+    proto::Error {
+        code: ErrorCode::Internal as i32,
+        message: message.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The replica configuration of one group on this node, from the node's settings.
+fn replica_config(
+    config: &NodeConfig,
+    group_id: u64,
+    voters: Vec<NodeId>,
+    dir: PathBuf,
+    retention_bytes: u64,
+    retention_ms: u64,
+) -> ReplicaConfig {
+    let settings = &config.raft;
+    let mut raft = raft::Config::new(config.node_id, voters);
+    raft.group_id = group_id;
+    raft.election_timeout_ticks = settings.election_timeout_ticks;
+    raft.heartbeat_interval_ticks = settings.heartbeat_interval_ticks;
+    raft.inflight_msgs_max = settings.append_in_flight_messages_max as u32;
+    raft.inflight_bytes_max = settings.append_in_flight_bytes_max as u64;
+    raft.message_bytes_max = settings.append_message_bytes_max as u64;
+    raft.uncommitted_bytes_max = settings.uncommitted_bytes_max as u64;
+    // Distinct seeds per member and group, so elections of many groups do not tie in step.
+    raft.seed = config.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group_id;
+    let storage = &config.storage;
+    let sync_policy = match storage.fsync_policy {
+        FsyncPolicy::Always => SyncPolicy::Always,
+        FsyncPolicy::IntervalMs(ms) => SyncPolicy::Interval(ms),
+        FsyncPolicy::Never => SyncPolicy::Never,
+    };
+    ReplicaConfig {
+        raft,
+        dir,
+        log: LogConfig {
+            segment_size_bytes: storage.segment_bytes as u64,
+            index_interval_bytes: storage.index_interval_bytes as u64,
+            sync_policy,
+            ..LogConfig::default()
+        },
+        tick_interval: Duration::from_millis(settings.tick_interval_ms),
+        events_queue_max: config.network.peer_inbound_messages_max,
+        retention_bytes,
+        retention_ms,
+        retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
+    }
+}

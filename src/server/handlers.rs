@@ -1,0 +1,266 @@
+//! Request handlers: each turns one client request into calls on the node and one response.
+
+use std::time::Duration;
+
+use crate::batch;
+use crate::metadata::Applied;
+use crate::node::{LocalPartition, Node};
+use crate::proto::envelope::Body;
+use crate::proto::metadata_command::Command;
+use crate::proto::{
+    Acks as WireAcks, CreateTopicResponse, DeleteTopicResponse, Error as ErrorMessage, ErrorCode,
+    FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
+    MetadataCommand, MetadataRequest, MetadataResponse, NodeInfo, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest, ProduceResponse,
+    TopicInfo,
+};
+use crate::replica::{Acks, PendingAppend};
+
+/// A produce request queued to its replica, waiting for its acknowledgement.
+pub struct PendingProduce {
+    pending: PendingAppend<()>,
+    local: LocalPartition,
+    node: std::sync::Arc<Node>,
+    timeout: Duration,
+}
+
+impl PendingProduce {
+    /// Waits for the outcome (bounded by the produce timeout) and builds the response.
+    pub async fn finish(self) -> Body {
+        let what = format!("{}/{}", self.local.topic, self.local.partition);
+        match tokio::time::timeout(self.timeout, self.pending.wait()).await {
+            Ok(Ok(appended)) => Body::ProduceResponse(ProduceResponse {
+                base_offset: appended.base_offset,
+                timestamp_ms: appended.timestamp_ms,
+                high_watermark: self.local.handle.status().high_watermark,
+            }),
+            Ok(Err(failure)) => Body::Error(self.node.replica_error(&failure, &what)),
+            Err(_) => Body::Error(ErrorMessage {
+                code: ErrorCode::Timeout as i32,
+                message: format!(
+                    "{what}: not acknowledged within {} ms; the write may or may not have taken effect",
+                    self.timeout.as_millis()
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Validates a produce request and queues its batch to the partition's replica.
+///
+/// # Errors
+/// Unknown topic or partition, a batch that fails validation (CRC, count, size), or a
+/// replica that is not the leader.
+pub async fn submit_produce(
+    node: &std::sync::Arc<Node>,
+    request: ProduceRequest,
+) -> Result<PendingProduce, ErrorMessage> {
+    let local = node.local_partition(&request.topic, request.partition)?;
+    let server = &node.config().server;
+    let validated = batch::validate(&request.batch, server.batch_bytes_max).map_err(|failure| {
+        ErrorMessage {
+            code: failure.code() as i32,
+            message: format!("{}/{}: {failure}", request.topic, request.partition),
+            ..Default::default()
+        }
+    })?;
+    let acks = match request.acks() {
+        WireAcks::Leader => Acks::Leader,
+        WireAcks::All | WireAcks::Unspecified => Acks::All,
+    };
+    let timeout_ms = match request.timeout_ms {
+        0 => server.produce_timeout_ms,
+        asked => u64::from(asked).min(server.produce_timeout_ms),
+    };
+    let what = format!("{}/{}", request.topic, request.partition);
+    let pending = local
+        .handle
+        .submit(request.batch, validated.record_count(), acks)
+        .await
+        .map_err(|failure| node.replica_error(&failure, &what))?;
+    Ok(PendingProduce {
+        pending,
+        local,
+        node: node.clone(),
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+/// Handles every request except produce, returning its response or error body.
+pub async fn handle(node: &Node, body: Body) -> Body {
+    let result = match body {
+        Body::Fetch(request) => fetch(node, request).await.map(Body::FetchResponse),
+        Body::Metadata(request) => Ok(Body::MetadataResponse(metadata(node, &request))),
+        Body::ListTopics(_) => {
+            let topics = node
+                .metadata()
+                .topics()
+                .map(|topic| describe(node, topic.to_info()))
+                .collect();
+            Ok(Body::ListTopicsResponse(ListTopicsResponse { topics }))
+        }
+        Body::CreateTopic(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::CreateTopic(request)),
+            };
+            match node.propose_metadata(command).await {
+                Ok(Applied::TopicCreated(topic)) => {
+                    Ok(Body::CreateTopicResponse(CreateTopicResponse {
+                        topic: Some(topic.to_info()),
+                    }))
+                }
+                Ok(other) => Err(unexpected(&other)),
+                Err(error) => Err(error),
+            }
+        }
+        Body::DeleteTopic(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::DeleteTopic(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| Body::DeleteTopicResponse(DeleteTopicResponse {}))
+        }
+        Body::OffsetCommit(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::CommitOffsets(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| Body::OffsetCommitResponse(OffsetCommitResponse {}))
+        }
+        Body::OffsetFetch(request) => offset_fetch(node, &request).map(Body::OffsetFetchResponse),
+        Body::InitProducerId(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::AllocateProducerId(request)),
+            };
+            match node.propose_metadata(command).await {
+                Ok(Applied::ProducerIdAllocated {
+                    producer_id,
+                    producer_epoch,
+                }) => Ok(Body::InitProducerIdResponse(InitProducerIdResponse {
+                    producer_id,
+                    producer_epoch,
+                })),
+                Ok(other) => Err(unexpected(&other)),
+                Err(error) => Err(error),
+            }
+        }
+        other => Err(ErrorMessage {
+            code: ErrorCode::InvalidRequest as i32,
+            message: format!(
+                "{} is not a request",
+                crate::wire::error::body_name(Some(&other))
+            ),
+            ..Default::default()
+        }),
+    };
+    result.unwrap_or_else(Body::Error)
+}
+
+async fn fetch(node: &Node, request: FetchRequest) -> Result<FetchResponse, ErrorMessage> {
+    let local = node.local_partition(&request.topic, request.partition)?;
+    let server = &node.config().server;
+    let wait = Duration::from_millis(u64::from(request.max_wait_ms).min(server.fetch_wait_ms_max));
+    // A zero budget still returns one batch, as Kafka does, so a consumer always progresses.
+    let bytes_max = u64::from(request.max_bytes).max(1);
+    let what = format!("{}/{}", request.topic, request.partition);
+    let fetched = local
+        .handle
+        .fetch(request.offset, bytes_max, wait)
+        .await
+        .map_err(|failure| node.replica_error(&failure, &what))?;
+    let batches = fetched
+        .entries
+        .into_iter()
+        .map(|entry| FetchedBatch {
+            base_offset: entry.base_offset,
+            record_count: entry.record_count,
+            timestamp_ms: entry.timestamp_ms,
+            batch: entry.payload,
+        })
+        .collect();
+    Ok(FetchResponse {
+        batches,
+        high_watermark: fetched.high_watermark,
+        log_start_offset: fetched.log_start_offset,
+    })
+}
+
+fn metadata(node: &Node, request: &MetadataRequest) -> MetadataResponse {
+    let metadata = node.metadata();
+    let nodes = metadata
+        .nodes()
+        .iter()
+        .map(|&id| NodeInfo {
+            node_id: id,
+            client_address: node.client_address_of(id).unwrap_or_default(),
+            peer_address: node.config().peers.get(&id).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let topics = metadata
+        .topics()
+        .filter(|topic| request.topics.is_empty() || request.topics.contains(&topic.name))
+        .map(|topic| describe(node, topic.to_info()))
+        .collect();
+    let metadata_leader_id = node.metadata_replica().status().leader_id;
+    MetadataResponse {
+        nodes,
+        topics,
+        metadata_leader_id,
+    }
+}
+
+/// Adds what this node knows live about a topic's partitions: leader, term, offsets. A
+/// partition without a replica here keeps leader 0 ("ask one of its replicas").
+fn describe(node: &Node, mut info: TopicInfo) -> TopicInfo {
+    let local = node.local_partitions();
+    for partition in &mut info.partitions {
+        if let Some(replica) = local.iter().find(|l| l.group_id == partition.group_id) {
+            let status = replica.handle.status();
+            partition.leader_id = status.leader_id;
+            partition.term = status.term;
+            partition.log_start_offset = status.log_start_offset;
+            partition.high_watermark = status.high_watermark;
+        }
+    }
+    info
+}
+
+fn offset_fetch(
+    node: &Node,
+    request: &OffsetFetchRequest,
+) -> Result<OffsetFetchResponse, ErrorMessage> {
+    let metadata = node.metadata();
+    let topic = metadata.topic(&request.topic).ok_or_else(|| {
+        crate::node::error(&crate::metadata::MetadataError::UnknownTopic(
+            request.topic.clone(),
+        ))
+    })?;
+    let partitions: Vec<u32> = if request.partitions.is_empty() {
+        (0..topic.partitions.len() as u32).collect()
+    } else {
+        request.partitions.clone()
+    };
+    let offsets = partitions
+        .into_iter()
+        .map(|partition| {
+            let stored = metadata.group_offset(&request.group, &request.topic, partition);
+            PartitionOffset {
+                partition,
+                offset: stored.unwrap_or(0),
+                committed: stored.is_some(),
+            }
+        })
+        .collect();
+    Ok(OffsetFetchResponse { offsets })
+}
+
+fn unexpected(applied: &Applied) -> ErrorMessage {
+    ErrorMessage {
+        code: ErrorCode::Internal as i32,
+        message: format!("metadata command produced an unexpected outcome: {applied:?}"),
+        ..Default::default()
+    }
+}

@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::connection::{ClientError, ConnectOptions, Connection};
 use crate::proto::envelope::Body;
-use crate::proto::{ErrorCode, MetadataRequest, MetadataResponse, TopicInfo};
+use crate::proto::{ErrorCode, MetadataRequest, MetadataResponse, PartitionInfo, TopicInfo};
 use crate::wire::error::body_name;
 
 /// The address client commands use when none is given: node 1 of `raftlog dev`.
@@ -30,6 +32,9 @@ pub const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:9400";
 /// moment ago may not yet be applied on the node that answered; a few short retries cover that
 /// without making a real typo wait for the whole request timeout.
 const UNKNOWN_TOPIC_ATTEMPTS_MAX: u32 = 4;
+
+/// How long a metadata refresh waits for more nodes' answers after the first one arrived.
+pub const MERGE_WAIT: Duration = Duration::from_millis(200);
 
 /// How a client reaches and talks to a cluster.
 #[derive(Debug, Clone)]
@@ -222,10 +227,13 @@ impl Cluster {
         self.inner.metadata.lock().expect("metadata lock").clone()
     }
 
-    /// Fetches the metadata of every node and topic from any node and caches it.
+    /// Asks every known node for its metadata, merges the answers, and caches the result.
     ///
-    /// Concurrent callers share one request: a caller that waited for another's refresh uses
-    /// its result instead of sending its own.
+    /// Each node describes live partition state (leader, term, high watermark) only for the
+    /// partitions it holds a replica of, and reports leader 0 for the others; merging keeps,
+    /// per partition, the answer with a known leader and the highest term. Answers that come
+    /// more than [`MERGE_WAIT`] after the first are not waited for, so a dead node does not
+    /// slow a refresh down. Concurrent callers share one refresh.
     ///
     /// # Errors
     /// The last node's error when no known node (nor bootstrap address) answered.
@@ -237,14 +245,30 @@ impl Cluster {
                 return Ok(metadata);
             }
         }
+        let mut pending: FuturesUnordered<_> = self
+            .candidate_addresses()
+            .into_iter()
+            .map(|address| async move {
+                let answer = self.metadata_from(&address).await;
+                (address, answer)
+            })
+            .collect();
+        let mut answers = Vec::new();
         let mut last_error = ClientError::Invalid("no node address known".into());
-        for address in self.candidate_addresses() {
-            match self.metadata_from(&address).await {
+        let mut merge_deadline: Option<Instant> = None;
+        loop {
+            let next = match merge_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            let Some((address, answer)) = next else { break };
+            match answer {
                 Ok(metadata) => {
-                    let metadata = Arc::new(metadata);
-                    *self.inner.metadata.lock().expect("metadata lock") = Some(metadata.clone());
-                    self.inner.refreshes.fetch_add(1, Ordering::AcqRel);
-                    return Ok(metadata);
+                    answers.push(metadata);
+                    merge_deadline.get_or_insert_with(|| Instant::now() + MERGE_WAIT);
                 }
                 Err(error) => {
                     tracing::debug!(%address, %error, "metadata refresh failed");
@@ -252,7 +276,57 @@ impl Cluster {
                 }
             }
         }
-        Err(last_error)
+        let Some(metadata) = merge_metadata(answers) else {
+            return Err(last_error);
+        };
+        let metadata = Arc::new(metadata);
+        *self.inner.metadata.lock().expect("metadata lock") = Some(metadata.clone());
+        self.inner.refreshes.fetch_add(1, Ordering::AcqRel);
+        Ok(metadata)
+    }
+
+    /// Records a leader learned from a NOT_LEADER hint, so later requests go there directly.
+    fn note_leader(&self, route: Route<'_>, leader_id: u64) {
+        if leader_id == 0 {
+            return;
+        }
+        let mut cached = self.inner.metadata.lock().expect("metadata lock");
+        let Some(metadata) = cached.as_mut() else {
+            return;
+        };
+        let metadata = Arc::make_mut(metadata);
+        match route {
+            Route::Any => {}
+            Route::MetadataLeader => metadata.metadata_leader_id = leader_id,
+            Route::Partition { topic, partition } => {
+                let info = metadata
+                    .topics
+                    .iter_mut()
+                    .filter(|t| t.name == topic)
+                    .flat_map(|t| t.partitions.iter_mut())
+                    .find(|p| p.partition == partition);
+                if let Some(info) = info {
+                    info.leader_id = leader_id;
+                }
+            }
+        }
+    }
+
+    /// Whether the cached metadata knows the leader `route` needs.
+    fn leader_known(&self, route: Route<'_>) -> bool {
+        let Some(metadata) = self.cached_metadata() else {
+            return false;
+        };
+        match route {
+            Route::Any => true,
+            Route::MetadataLeader => metadata.metadata_leader_id != 0,
+            Route::Partition { topic, partition } => metadata
+                .topics
+                .iter()
+                .filter(|t| t.name == topic)
+                .flat_map(|t| t.partitions.iter())
+                .any(|p| p.partition == partition && p.leader_id != 0),
+        }
     }
 
     /// One Metadata request to one address, bounded by the connect timeout plus a margin.
@@ -397,6 +471,11 @@ impl Cluster {
         let mut hint: Option<String> = None;
         let mut unknown_topic_attempts = 0;
         let mut followed_hint = false;
+        if !self.leader_known(route) {
+            // Right after a topic is created, or from a node without a replica, the cache may
+            // not name the leader; one refresh usually does.
+            let _ = self.refresh_metadata().await;
+        }
         loop {
             let target = match hint.take() {
                 Some(address) => Ok(address),
@@ -419,6 +498,9 @@ impl Cluster {
             let Verdict::Retry(next_hint) = verdict else {
                 return Err(error);
             };
+            if let Some(hinted) = error.server_error().map(|e| e.leader_id) {
+                self.note_leader(route, hinted);
+            }
             tracing::debug!(?route, %error, "request failed; retrying");
             let timeout = || ClientError::Timeout {
                 what: format!("sending {} to {}", body_name(Some(&body)), describe(route)),
@@ -497,6 +579,19 @@ impl Cluster {
                         partitions: info.partitions.len() as u32,
                     });
                 };
+                if p.leader_id == 0 && !p.replicas.is_empty() {
+                    // A node reports leader 0 for partitions it holds no replica of, and
+                    // during an election. Either way a replica knows best: it serves the
+                    // request or answers NOT_LEADER with the leader's address.
+                    let start = self.inner.any_cursor.fetch_add(1, Ordering::Relaxed);
+                    let count = p.replicas.len();
+                    let replica = (0..count)
+                        .map(|i| p.replicas[(start + i) % count])
+                        .find_map(|id| node_address(&metadata, id));
+                    if let Some(address) = replica {
+                        return Ok(address);
+                    }
+                }
                 p.leader_id
             }
         };
@@ -509,6 +604,50 @@ impl Cluster {
                 ..Default::default()
             })
         })
+    }
+}
+
+/// Merges the metadata answers of several nodes: topics from all of them, and per partition
+/// the live state of the answer that knows a leader with the highest term (see
+/// [`Cluster::refresh_metadata`]). `None` for no answers.
+pub fn merge_metadata(answers: Vec<MetadataResponse>) -> Option<MetadataResponse> {
+    let mut answers = answers.into_iter();
+    let mut merged = answers.next()?;
+    for answer in answers {
+        if merged.metadata_leader_id == 0 {
+            merged.metadata_leader_id = answer.metadata_leader_id;
+        }
+        for node in answer.nodes {
+            if !merged.nodes.iter().any(|n| n.node_id == node.node_id) {
+                merged.nodes.push(node);
+            }
+        }
+        for topic in answer.topics {
+            match merged.topics.iter_mut().find(|t| t.name == topic.name) {
+                Some(known) => merge_partitions(&mut known.partitions, topic.partitions),
+                None => merged.topics.push(topic),
+            }
+        }
+    }
+    Some(merged)
+}
+
+fn merge_partitions(known: &mut [PartitionInfo], other: Vec<PartitionInfo>) {
+    for partition in other {
+        let Some(mine) = known
+            .iter_mut()
+            .find(|p| p.partition == partition.partition)
+        else {
+            continue;
+        };
+        let rank = |p: &PartitionInfo| (p.leader_id != 0, p.term);
+        if rank(&partition) > rank(mine) {
+            let high_watermark = mine.high_watermark.max(partition.high_watermark);
+            *mine = partition;
+            mine.high_watermark = high_watermark;
+        } else {
+            mine.high_watermark = mine.high_watermark.max(partition.high_watermark);
+        }
     }
 }
 
@@ -593,6 +732,36 @@ mod tests {
         ] {
             assert_eq!(verdict(&server(code, ""), Retry::All), Verdict::Fail);
         }
+    }
+
+    #[test]
+    fn merged_metadata_keeps_known_leaders_with_the_highest_term() {
+        let answer = |leader_id, term, high_watermark| MetadataResponse {
+            topics: vec![TopicInfo {
+                name: "t".into(),
+                partitions: vec![PartitionInfo {
+                    partition: 0,
+                    leader_id,
+                    term,
+                    high_watermark,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let merged =
+            merge_metadata(vec![answer(0, 0, 0), answer(2, 3, 7), answer(1, 2, 9)]).unwrap();
+        let partition = &merged.topics[0].partitions[0];
+        assert_eq!(
+            (
+                partition.leader_id,
+                partition.term,
+                partition.high_watermark
+            ),
+            (2, 3, 9)
+        );
+        assert!(merge_metadata(Vec::new()).is_none());
     }
 
     #[test]

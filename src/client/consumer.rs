@@ -29,6 +29,10 @@ use crate::proto::envelope::Body;
 use crate::proto::{ErrorCode, FetchRequest, FetchResponse, RecordHeader};
 use crate::wire::FRAME_BYTES_MAX_DEFAULT;
 
+/// Fetches past a replica's high watermark retried before OFFSET_OUT_OF_RANGE is believed
+/// (see `FetchLoop::fetch_once`).
+const OUT_OF_RANGE_ATTEMPTS_MAX: u32 = 6;
+
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -453,7 +457,28 @@ impl FetchLoop {
         }
     }
 
+    /// One fetch; an offset just past a replica's high watermark is retried a few times
+    /// after a metadata refresh, because a follower learns of commits a moment after the
+    /// leader, and a position taken from the leader may be ahead of it.
     async fn fetch_once(&self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let mut attempts = 0;
+        loop {
+            match self.fetch_at_replica().await {
+                Err(ClientError::Server(error))
+                    if error.code() == ErrorCode::OffsetOutOfRange
+                        && self.next > error.high_watermark
+                        && attempts < OUT_OF_RANGE_ATTEMPTS_MAX =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = self.cluster.refresh_metadata().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn fetch_at_replica(&self) -> Result<Vec<ConsumerRecord>, ClientError> {
         let body = Body::Fetch(FetchRequest {
             topic: self.topic.clone(),
             partition: self.partition,

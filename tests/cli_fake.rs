@@ -1,49 +1,13 @@
 //! The `raftlog` binary's client commands against a fake cluster (real TCP and wire protocol,
 //! in-memory logs): output formats, exit codes and error messages of the CLI contract.
 
+mod cli_support;
 mod fake_cluster;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use cli_support::{raftlog, spawn, terminate};
 use fake_cluster::FakeCluster;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-const BOUND: Duration = Duration::from_secs(30);
-
-/// What a finished command left behind.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `raftlog ARGS` with `stdin`, bounded by [`BOUND`]; the child is killed if it overruns.
-async fn raftlog(bootstrap: &str, args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raftlog"))
-        .args(args)
-        .env("RAFTLOG_BOOTSTRAP", bootstrap)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the raftlog binary starts");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let output = tokio::time::timeout(BOUND, child.wait_with_output())
-        .await
-        .expect("raftlog finished in time")
-        .unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 async fn cluster_with_topic(topic: &str, partitions: &str) -> FakeCluster {
     let fake = FakeCluster::start(3, 1).await;
@@ -217,14 +181,7 @@ async fn a_group_resumes_where_it_stopped() {
 async fn follow_tails_until_sigterm() {
     let fake = cluster_with_topic("tail", "1").await;
     let bootstrap = fake.bootstrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_raftlog"))
-        .args(["consume", "tail", "--follow"])
-        .env("RAFTLOG_BOOTSTRAP", &bootstrap)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn(&bootstrap, &["consume", "tail", "--follow"]);
     assert_eq!(
         raftlog(&bootstrap, &["produce", "tail"], "one\ntwo\n")
             .await
@@ -233,15 +190,12 @@ async fn follow_tails_until_sigterm() {
     );
     // Give the follower time to print, then ask it to stop.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().expect("still running") as libc::pid_t;
-    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let output = tokio::time::timeout(BOUND, child.wait_with_output())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "one\ntwo\n");
+    let output = terminate(child).await;
+    assert_eq!(
+        (output.code, output.stdout.as_str()),
+        (0, "one\ntwo\n"),
+        "{output:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,7 +143,8 @@ async fn single_replica_partitions_are_reached_from_any_bootstrap_node() {
         let expected = format!("{}-{}", record.partition, record.offset);
         assert_eq!(record.value, expected.as_bytes());
     }
-    nodes.shutdown().await;
+    // Graceful shutdown waits in vain to hand single-replica partitions to another node.
+    nodes.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

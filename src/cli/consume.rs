@@ -14,7 +14,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{CliError, ClientArgs};
-use crate::client::{Admin, Cluster, Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec};
+use crate::client::{
+    Admin, ClientError, Cluster, Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec,
+    PartitionBounds,
+};
+use crate::proto::{Error as ErrorMessage, ErrorCode};
 
 /// How long one poll waits before the loop checks whether it is done.
 const POLL_WAIT: Duration = Duration::from_millis(200);
@@ -104,11 +108,23 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         }
         (None, None) => {}
     }
-    // Without --follow, stop at the high watermark of each partition as it is now.
+    // Without --follow, stop at the high watermark of each partition as it is now. An
+    // explicit offset outside the log is refused here, with the bounds, rather than being
+    // taken for "nothing to show".
     let mut ends = BTreeMap::new();
-    if !args.follow {
+    let explicit = match args.from {
+        Some(From(OffsetSpec::At(offset))) => Some(offset),
+        _ => None,
+    };
+    if !args.follow || explicit.is_some() {
         for partition in consumer.assignment() {
-            ends.insert(partition, consumer.bounds(partition).await?.high_watermark);
+            let bounds = consumer.bounds(partition).await?;
+            if let Some(offset) = explicit {
+                check_in_range(&args.topic, partition, offset, bounds)?;
+            }
+            if !args.follow {
+                ends.insert(partition, bounds.high_watermark);
+            }
         }
     }
     let mut state = Progress {
@@ -128,6 +144,26 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         return Ok(());
     }
     outcome
+}
+
+/// OFFSET_OUT_OF_RANGE unless `offset` lies in `[log_start_offset, high_watermark]`.
+fn check_in_range(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    bounds: PartitionBounds,
+) -> Result<(), CliError> {
+    if (bounds.log_start_offset..=bounds.high_watermark).contains(&offset) {
+        return Ok(());
+    }
+    Err(ClientError::Server(ErrorMessage {
+        code: ErrorCode::OffsetOutOfRange as i32,
+        message: format!("{topic}/{partition}: offset {offset} is outside the log"),
+        log_start_offset: bounds.log_start_offset,
+        high_watermark: bounds.high_watermark,
+        ..Default::default()
+    })
+    .into())
 }
 
 /// Where the command stands.

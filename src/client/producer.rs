@@ -63,8 +63,9 @@ pub struct ProducerOptions {
     pub request_timeout_ms: u32,
     /// Records queued per partition before `send` waits (back-pressure).
     pub queue_records_max: usize,
-    /// Ask for a producer id and number every batch, so that retries after an unknown
-    /// outcome are safe (the leader drops duplicates).
+    /// Ask for a producer id and number every batch, and retry after unknown outcomes too.
+    /// Safe only against a server that drops duplicate sequences (DUPLICATE_SEQUENCE); off
+    /// by default until the server does.
     pub enable_idempotence: bool,
 }
 

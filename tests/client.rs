@@ -216,3 +216,82 @@ async fn group_offsets_and_seeks_on_a_real_cluster() {
     assert!(admin.list_topics().await.unwrap().is_empty());
     nodes.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn producing_survives_the_loss_of_the_partition_leader() {
+    let mut nodes = RealCluster::start(3).await;
+    let cluster = Cluster::connect(options(&nodes.bootstrap())).await.unwrap();
+    let admin = Admin::new(cluster.clone());
+    admin.create_topic(&NewTopic::new("k", 1, 3)).await.unwrap();
+    let before = admin
+        .wait_for_leaders("k", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let leader = before.partitions[0].leader_id;
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerOptions {
+            // A batch in flight to the crashed leader fails after this (unknown outcome);
+            // the ones behind it go to the new leader.
+            request_timeout_ms: 2_000,
+            delivery_timeout_ms: 30_000,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let total = 3_000u32;
+    let mut deliveries = Vec::new();
+    for i in 0..total {
+        if i == total / 3 {
+            // Crash the leader (no hand-over) while records are in flight.
+            nodes.nodes.remove(leader as usize - 1).abort();
+        }
+        let record = ProducerRecord::new("k", format!("{i}"));
+        deliveries.push((i, producer.send(record).await.unwrap()));
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    for (i, delivery) in deliveries {
+        match timeout(BOUND, delivery).await.unwrap() {
+            Ok(_) => acknowledged.push(i),
+            Err(error) => {
+                if failed < 3 {
+                    eprintln!("record {i}: {error}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("{} acknowledged, {failed} failed", acknowledged.len());
+    assert!(
+        acknowledged.contains(&(total - 1)),
+        "producing continued under a new leader ({failed} failed)"
+    );
+
+    // Every acknowledged record is in the log exactly once.
+    let survivors = nodes.bootstrap();
+    let reader = Cluster::connect(options(&survivors)).await.unwrap();
+    let mut consumer = Consumer::new(reader, "k", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let end = consumer.bounds(0).await.unwrap().high_watermark;
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    timeout(BOUND, async {
+        while consumer.position(0).is_none_or(|p| p < end) {
+            for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
+                let value: u32 = std::str::from_utf8(&record.value).unwrap().parse().unwrap();
+                *counts.entry(value).or_default() += 1;
+            }
+        }
+    })
+    .await
+    .expect("the log is read back in time");
+    for i in &acknowledged {
+        assert_eq!(counts.get(i), Some(&1), "acknowledged record {i}");
+    }
+    nodes.abort();
+}

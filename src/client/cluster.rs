@@ -45,6 +45,10 @@ pub struct ClientOptions {
     pub connect: ConnectOptions,
     /// Longest time one routed request may take, its retries included.
     pub request_timeout: Duration,
+    /// Longest wait for one node's answer to one attempt; after it the attempt counts as
+    /// lost (an unknown outcome), so a node that hangs cannot hold a request until its
+    /// deadline.
+    pub attempt_timeout: Duration,
     /// Longest time [`Cluster::connect`] keeps trying the bootstrap addresses.
     pub bootstrap_timeout: Duration,
     /// First wait between retries; it doubles after each failed attempt.
@@ -59,6 +63,7 @@ impl Default for ClientOptions {
             bootstrap: vec![BOOTSTRAP_DEFAULT.to_owned()],
             connect: ConnectOptions::default(),
             request_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(15),
             bootstrap_timeout: Duration::from_secs(5),
             retry_backoff_min: Duration::from_millis(20),
             retry_backoff_max: Duration::from_millis(1000),
@@ -466,6 +471,24 @@ impl Cluster {
         retry: Retry,
         deadline: Instant,
     ) -> Result<Body, ClientError> {
+        let attempt_timeout = self.inner.options.attempt_timeout;
+        self.request_bounded(route, body, retry, deadline, attempt_timeout)
+            .await
+    }
+
+    /// Like [`Self::request_until`], with an explicit bound on each attempt (for requests the
+    /// server itself may hold for long, like a produce waiting for its commit).
+    ///
+    /// # Errors
+    /// As [`Self::request`].
+    pub async fn request_bounded(
+        &self,
+        route: Route<'_>,
+        body: Body,
+        retry: Retry,
+        deadline: Instant,
+        attempt_timeout: Duration,
+    ) -> Result<Body, ClientError> {
         let started = Instant::now();
         let mut backoff = self.backoff();
         let mut hint: Option<String> = None;
@@ -482,10 +505,13 @@ impl Cluster {
                 None => self.address_for(route).await,
             };
             let error = match target {
-                Ok(address) => match self.attempt(&address, body.clone(), deadline).await {
-                    Ok(answer) => return Ok(answer),
-                    Err(error) => error,
-                },
+                Ok(address) => {
+                    let attempt_deadline = deadline.min(Instant::now() + attempt_timeout);
+                    match self.attempt(&address, body.clone(), attempt_deadline).await {
+                        Ok(answer) => return Ok(answer),
+                        Err(error) => error,
+                    }
+                }
                 Err(error) => error,
             };
             let mut verdict = verdict(&error, retry);
@@ -496,6 +522,19 @@ impl Cluster {
                 }
             }
             let Verdict::Retry(next_hint) = verdict else {
+                let lost = matches!(error, ClientError::Closed)
+                    || matches!(
+                        error.code(),
+                        Some(
+                            ErrorCode::Timeout
+                                | ErrorCode::ShuttingDown
+                                | ErrorCode::NotEnoughReplicas
+                        )
+                    );
+                if lost {
+                    // The node may be gone: let the next request find the new leader.
+                    let _ = self.refresh_metadata().await;
+                }
                 return Err(error);
             };
             if let Some(hinted) = error.server_error().map(|e| e.leader_id) {
@@ -537,6 +576,7 @@ impl Cluster {
         deadline: Instant,
     ) -> Result<Body, ClientError> {
         let what = body_name(Some(&body));
+        let started = Instant::now();
         let connection = self.connection(address).await?;
         match tokio::time::timeout_at(deadline, connection.request(body)).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -546,8 +586,8 @@ impl Cluster {
             }
             Err(_) => Err(ClientError::Timeout {
                 what: format!("waiting for {address} to answer {what}"),
-                elapsed_ms: 0,
-                last: "no answer".into(),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                last: "no answer; the request may or may not have taken effect".into(),
             }),
         }
     }

@@ -45,6 +45,9 @@ use crate::batch::{BatchError, RecordBatchBuilder};
 use crate::proto::envelope::Body;
 use crate::proto::{Acks, ErrorCode, InitProducerIdRequest, ProduceRequest};
 
+/// Time allowed beyond `request_timeout_ms` for a produce answer to travel back.
+const ATTEMPT_MARGIN: Duration = Duration::from_secs(2);
+
 /// How a producer batches, acknowledges and retries. Names follow Kafka's where the idea is
 /// the same.
 #[derive(Debug, Clone)]
@@ -77,7 +80,7 @@ impl Default for ProducerOptions {
             batch_bytes_max: 1024 * 1024,
             max_in_flight: 1,
             delivery_timeout_ms: 120_000,
-            request_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
             queue_records_max: 10_000,
             enable_idempotence: false,
         }
@@ -530,11 +533,15 @@ async fn produce(
         Retry::Determinate
     };
     let route = Route::Partition { topic, partition };
-    match shared
+    // The leader may hold the request up to request_timeout_ms waiting for the commit; give
+    // it that plus a margin before counting the attempt as lost.
+    let attempt_timeout =
+        Duration::from_millis(u64::from(shared.options.request_timeout_ms)) + ATTEMPT_MARGIN;
+    let answer = shared
         .cluster
-        .request_until(route, body, retry, deadline)
-        .await
-    {
+        .request_bounded(route, body, retry, deadline, attempt_timeout)
+        .await;
+    match answer {
         Ok(Body::ProduceResponse(response)) => Ok((response.base_offset, response.timestamp_ms)),
         Ok(other) => Err(unexpected("ProduceResponse", &other)),
         // A retry of a batch the leader already has: it was written once, at this offset.

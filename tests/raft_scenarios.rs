@@ -9,7 +9,9 @@ mod raft {
     use bytes::Bytes;
     use raftlog::proto::raft_message::Body;
     use raftlog::proto::{AppendEntries, Entry, EntryKind, RaftMessage};
-    use raftlog::raft::{Config, ProgressState, ProposeError, Raft, Role, TransferError};
+    use raftlog::raft::{
+        Config, DropReason, Dropped, ProgressState, ProposeError, Raft, Role, TransferError,
+    };
 
     use super::raft_harness::{carries_index, Cluster};
 
@@ -1008,9 +1010,11 @@ mod raft {
         assert_eq!(c.raft(1).term_runs()[0].first_index, 5);
         c.stabilize();
         assert_eq!(
-            c.nodes[&1].store.hard_state.log_start_index, 4,
-            "start persisted"
+            c.nodes[&1].store.hard_state.log_start_index, 5,
+            "start persisted as the first index still in the log"
         );
+        assert_eq!(c.raft(1).hard_state().log_start_index, 5);
+        assert_eq!(c.raft(1).hard_state().log_start_term, pos.term);
         c.restart(1);
         assert_eq!(c.raft(1).log_start(), pos);
         assert_eq!(c.raft(1).last_index(), 6);
@@ -1039,5 +1043,485 @@ mod raft {
         r.campaign_now();
         let p = r.propose(Bytes::from_static(b"z"), 4, 0).unwrap();
         assert_eq!((p.index, p.term, p.base_offset), (8, 6, 6));
+    }
+
+    /// The hard state follows the schema: `log_start_index` is the first index still in the
+    /// log (1 for a fresh log), `log_start_term` the term of the entry just before it.
+    #[test]
+    fn hard_state_log_start_is_first_index_in_log() {
+        let r = follower();
+        let hs = r.hard_state();
+        assert_eq!((hs.log_start_index, hs.log_start_term), (1, 0), "fresh log");
+        assert_eq!(r.log_start().index, 0, "nothing covered by a snapshot yet");
+
+        // A follower installing a snapshot at 7@2 persists a log that starts at 8.
+        let mut r = follower();
+        let snap = raftlog::proto::InstallSnapshot {
+            term: 2,
+            leader_id: 1,
+            last_included_index: 7,
+            last_included_term: 2,
+            next_offset: 70,
+            data: Bytes::new(),
+        };
+        r.step(RaftMessage {
+            group_id: 1,
+            from: 1,
+            to: 2,
+            body: Some(Body::InstallSnapshot(snap)),
+        });
+        let ready = r.ready(&raftlog::raft::NoLog);
+        let hs = ready.hard_state.expect("log start persisted");
+        assert_eq!(
+            (hs.log_start_index, hs.log_start_term, hs.log_start_offset),
+            (8, 2, 70)
+        );
+        assert_eq!(ready.snapshot.map(|p| p.index), Some(7));
+
+        // And it restarts from exactly that hard state.
+        let state = raftlog::raft::RestoredState {
+            hard_state: hs,
+            last_index: 7,
+        };
+        let mut config = super::raft_harness::config(2, &[1, 2, 3]);
+        plain(&mut config);
+        let r = Raft::restore(config, state, &raftlog::raft::NoLog).unwrap();
+        assert_eq!(
+            (r.log_start().index, r.last_index(), r.last_term()),
+            (7, 7, 2)
+        );
+        assert_eq!(r.hard_state(), hs);
+    }
+
+    /// A hard state claiming log start 0 (indexes start at 1), or a log that ends before its
+    /// start, is refused instead of being trusted.
+    #[test]
+    fn restore_refuses_inconsistent_log_start() {
+        let config = super::raft_harness::config(1, &[1, 2, 3]);
+        let mut state = raftlog::raft::RestoredState::default();
+        state.hard_state.log_start_index = 0;
+        assert!(matches!(
+            Raft::restore(config.clone(), state, &raftlog::raft::NoLog),
+            Err(raftlog::raft::RestoreError::Inconsistent { .. })
+        ));
+        let mut state = raftlog::raft::RestoredState::default();
+        state.hard_state.log_start_index = 5;
+        state.last_index = 3;
+        assert!(matches!(
+            Raft::restore(config, state, &raftlog::raft::NoLog),
+            Err(raftlog::raft::RestoreError::Inconsistent { .. })
+        ));
+    }
+
+    // ------------------------------------------------------------------ malformed peer input
+
+    fn msg(from: u64, to: u64, body: Body) -> RaftMessage {
+        RaftMessage {
+            group_id: 1,
+            from,
+            to,
+            body: Some(body),
+        }
+    }
+
+    fn ok_response(term: u64, appended_index: u64, durable_index: u64) -> Body {
+        Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+            term,
+            success: true,
+            appended_index,
+            durable_index,
+            conflict_index: 0,
+            conflict_term: 0,
+            last_log_index: appended_index,
+            rejected_index: 0,
+        })
+    }
+
+    /// Feeds `m` to `id` and asserts it was dropped for `reason` without changing the
+    /// member's term, role, commit index or log.
+    fn assert_dropped(c: &mut Cluster, id: u64, m: RaftMessage, reason: DropReason) {
+        let r = c.raft(id);
+        let before = (r.term(), r.role(), r.commit_index(), r.last_index());
+        let count = r.diagnostics().dropped_messages_count;
+        let from = m.from;
+        c.raft_mut(id).step(m);
+        let r = c.raft(id);
+        assert_eq!(
+            (r.term(), r.role(), r.commit_index(), r.last_index()),
+            before,
+            "a dropped message changed node {id}"
+        );
+        let d = r.diagnostics();
+        assert_eq!(
+            d.dropped_messages_count,
+            count + 1,
+            "not counted: {reason:?}"
+        );
+        assert_eq!(d.last_dropped, Some(Dropped { from, reason }));
+        c.stabilize();
+    }
+
+    /// A leader drops answers claiming indexes it never had, impossible conflict hints, and
+    /// a second leader in its own term, instead of panicking (or trusting them).
+    #[test]
+    fn leader_drops_impossible_answers_without_panicking() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"a");
+        let (term, last) = (c.raft(1).term(), c.raft(1).last_index());
+        let beyond = [
+            ok_response(term, last + 5, 0),
+            ok_response(term, last, last + 1),
+            ok_response(term, u64::MAX, u64::MAX),
+            Body::InstallSnapshotResponse(raftlog::proto::InstallSnapshotResponse {
+                term,
+                last_log_index: last + 1,
+            }),
+        ];
+        for body in beyond {
+            assert_dropped(&mut c, 1, msg(2, 1, body), DropReason::IndexBeyondLog);
+        }
+        for (conflict_index, conflict_term) in [(0, 0), (0, 1), (3, term + 1)] {
+            let reject = Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+                term,
+                success: false,
+                appended_index: 0,
+                durable_index: 0,
+                conflict_index,
+                conflict_term,
+                last_log_index: 0,
+                rejected_index: 0,
+            });
+            assert_dropped(&mut c, 1, msg(3, 1, reject), DropReason::BadConflictHint);
+        }
+        let second_leader = append(term, (last, term), vec![entry(last + 1, term)], last + 1);
+        let second_leader = RaftMessage {
+            from: 2,
+            to: 1,
+            ..second_leader
+        };
+        assert_dropped(&mut c, 1, second_leader, DropReason::SecondLeader);
+        let timeout_now = Body::TimeoutNow(raftlog::proto::TimeoutNow { term, leader_id: 3 });
+        assert_dropped(&mut c, 1, msg(3, 1, timeout_now), DropReason::SecondLeader);
+        // Conflict hints far out of range are only hints: clamped, never trusted past match.
+        let reject = Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+            term,
+            success: false,
+            appended_index: 0,
+            durable_index: 0,
+            conflict_index: u64::MAX,
+            conflict_term: 0,
+            last_log_index: u64::MAX,
+            rejected_index: 0,
+        });
+        c.raft_mut(1).step(msg(2, 1, reject));
+        c.stabilize();
+        assert_eq!(c.raft(2).last_index(), c.raft(1).last_index());
+        assert_eq!(c.propose(1, b"b"), last + 1, "the group still commits");
+        assert_eq!(c.raft(3).commit_index(), last + 1);
+    }
+
+    /// A snapshot answer while no snapshot is in flight (a duplicate, or from nowhere) does
+    /// not claim a match for the follower.
+    #[test]
+    fn snapshot_response_from_nowhere_is_ignored() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..3 {
+            c.propose(1, b"a");
+        }
+        let term = c.raft(1).term();
+        let before = c.raft(1).progress(3).unwrap().match_index;
+        let last = c.raft(1).last_index();
+        c.raft_mut(1).step(msg(
+            3,
+            1,
+            Body::InstallSnapshotResponse(raftlog::proto::InstallSnapshotResponse {
+                term,
+                last_log_index: last,
+            }),
+        ));
+        assert_eq!(c.raft(1).progress(3).unwrap().match_index, before);
+        c.heal();
+        // The lost pipelined entries are noticed after half an election timeout.
+        c.ticks(10);
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
+    }
+
+    /// Followers drop entries that are not contiguous, whose terms go backwards or exceed
+    /// the leader's, impossible snapshots, term-0 and term-MAX messages, messages from
+    /// non-voters or for other groups, and TimeoutNow from someone other than the leader.
+    #[test]
+    fn follower_drops_malformed_messages_without_panicking() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        c.propose(1, b"a");
+        let (term, last) = (c.raft(1).term(), c.raft(1).last_index());
+        let to2 = |m: RaftMessage| RaftMessage { to: 2, ..m };
+        let gap = append(term, (last, term), vec![entry(last + 2, term)], 0);
+        assert_dropped(&mut c, 2, to2(gap), DropReason::MalformedEntries);
+        let backwards = append(
+            term,
+            (last, term),
+            vec![entry(last + 1, term), entry(last + 2, term - 1)],
+            0,
+        );
+        assert_dropped(&mut c, 2, to2(backwards), DropReason::MalformedEntries);
+        let future_term = append(term, (last, term), vec![entry(last + 1, term + 1)], 0);
+        assert_dropped(&mut c, 2, to2(future_term), DropReason::MalformedEntries);
+        let below_prev = append(term, (last, term), vec![entry(last + 1, term - 1)], 0);
+        if term > 1 {
+            assert_dropped(&mut c, 2, to2(below_prev), DropReason::MalformedEntries);
+        }
+        let overflow = append(term, (u64::MAX, term), vec![entry(1, term)], 0);
+        assert_dropped(&mut c, 2, to2(overflow), DropReason::MalformedEntries);
+        let prev_zero = append(term, (0, term), vec![entry(1, term)], 0);
+        assert_dropped(&mut c, 2, to2(prev_zero), DropReason::MalformedEntries);
+        for (index, snap_term) in [(5, term + 1), (5, 0), (0, 1)] {
+            let snap = Body::InstallSnapshot(raftlog::proto::InstallSnapshot {
+                term,
+                leader_id: 1,
+                last_included_index: index,
+                last_included_term: snap_term,
+                next_offset: 0,
+                data: Bytes::new(),
+            });
+            assert_dropped(&mut c, 2, msg(1, 2, snap), DropReason::MalformedSnapshot);
+        }
+        let term_zero = append(0, (0, 0), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_zero), DropReason::BadTerm);
+        let term_max = append(u64::MAX, (last, term), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_max), DropReason::BadTerm);
+        let term_huge = append(raftlog::raft::TERM_MAX + 1, (last, term), vec![], 0);
+        assert_dropped(&mut c, 2, to2(term_huge), DropReason::BadTerm);
+        let vote = Body::RequestVote(raftlog::proto::RequestVote {
+            term: term + 1,
+            candidate_id: 3,
+            last_log_index: 9,
+            last_log_term: term + 2,
+            pre_vote: false,
+            leadership_transfer: false,
+        });
+        assert_dropped(&mut c, 2, msg(3, 2, vote), DropReason::MalformedVoteRequest);
+        let from_stranger = append(term + 1, (last, term), vec![], 0);
+        let from_stranger = RaftMessage {
+            from: 9,
+            ..to2(from_stranger)
+        };
+        assert_dropped(&mut c, 2, from_stranger, DropReason::NotAVoter);
+        let other_group = RaftMessage {
+            group_id: 7,
+            ..to2(append(term + 1, (last, term), vec![], 0))
+        };
+        assert_dropped(&mut c, 2, other_group, DropReason::WrongGroup);
+        let to_other = RaftMessage {
+            to: 3,
+            ..append(term + 1, (last, term), vec![], 0)
+        };
+        assert_dropped(&mut c, 2, to_other, DropReason::WrongRecipient);
+        let empty = RaftMessage {
+            body: None,
+            ..to2(append(term, (0, 0), vec![], 0))
+        };
+        assert_dropped(&mut c, 2, empty, DropReason::NoBody);
+        let timeout_now = Body::TimeoutNow(raftlog::proto::TimeoutNow { term, leader_id: 3 });
+        assert_dropped(
+            &mut c,
+            2,
+            msg(3, 2, timeout_now),
+            DropReason::TimeoutNowNotFromLeader,
+        );
+        // None of it disturbed the group.
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.propose(1, b"b"), last + 1);
+        assert_eq!(c.raft(2).commit_index(), last + 1);
+    }
+
+    /// A rejection names the `prev_log_index` it rejects (`rejected_index`): while probing,
+    /// a late rejection of an index above the probe in flight (a reordered or duplicated
+    /// answer to an older message) does not cost another probe.
+    #[test]
+    fn stale_rejection_while_probing_costs_no_probe() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..5 {
+            c.propose(1, b"a");
+        }
+        let term = c.raft(1).term();
+        let reject = |rejected_index: u64| {
+            msg(
+                3,
+                1,
+                Body::AppendEntriesResponse(raftlog::proto::AppendEntriesResponse {
+                    term,
+                    success: false,
+                    appended_index: 0,
+                    durable_index: 0,
+                    conflict_index: 2,
+                    conflict_term: 0,
+                    last_log_index: 1,
+                    rejected_index,
+                }),
+            )
+        };
+        // The answer to the first pipelined message: back to probing from index 2.
+        c.raft_mut(1).step(reject(1));
+        let pr = c.raft(1).progress(3).unwrap().clone();
+        assert_eq!(
+            (pr.state, pr.next_index, pr.probe_sent),
+            (ProgressState::Probe, 2, false)
+        );
+        let to_3 = |r: &raftlog::raft::Ready| r.messages.iter().filter(|m| m.to == 3).count();
+        let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+        assert_eq!(to_3(&ready), 1, "one probe");
+        // Late answers to the later pipelined messages: ignored, no second probe.
+        for stale in [2, 4] {
+            c.raft_mut(1).step(reject(stale));
+            let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+            assert_eq!(
+                to_3(&ready),
+                0,
+                "stale rejection of prev {stale} probed again"
+            );
+            assert!(c.raft(1).progress(3).unwrap().probe_sent);
+        }
+        c.heal();
+        c.ticks(3);
+        assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
+    }
+
+    /// Peer input never panics, whatever it says: seeded random messages (well-formed,
+    /// malformed, stale, from the future, for other groups) fed to every role. Byzantine
+    /// input may of course mislead the members (Raft does not tolerate lying peers); the
+    /// point is that a server survives it and its own invariants hold.
+    #[test]
+    fn random_peer_messages_never_panic() {
+        use raftlog::proto::{
+            AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, RequestVote,
+            RequestVoteResponse, TimeoutNow,
+        };
+        use raftlog::raft::SplitMix64;
+        let mut rng = SplitMix64::new(4);
+        let (mut dropped, mut moved_terms) = (0, 0);
+        for round in 0..40 {
+            let mut c = Cluster::new(3);
+            c.elect(1);
+            for _ in 0..(round % 7) {
+                c.propose(1, b"a");
+            }
+            if round % 3 == 0 {
+                c.raft_mut(3).campaign_now();
+            }
+            let (t, last) = (c.raft(1).term(), c.raft(1).last_index());
+            for _ in 0..2_000 {
+                let mut draw =
+                    |choices: &[u64]| choices[rng.range_u32(0, choices.len() as u32) as usize];
+                let term = draw(&[0, t.saturating_sub(1), t, t, t + 1, t + 7, u64::MAX]);
+                let index = draw(&[
+                    0,
+                    1,
+                    last.saturating_sub(1),
+                    last,
+                    last + 1,
+                    last + 9,
+                    u64::MAX,
+                ]);
+                let other = draw(&[0, 1, last, last + 2, u64::MAX]);
+                let flag = draw(&[0, 1]) == 1;
+                let small = |x: u64| x.min(1 << 20);
+                let entries: Vec<Entry> = (0..draw(&[0, 1, 3]))
+                    .map(|i| {
+                        entry(
+                            small(index).max(1) + i + draw(&[0, 0, 1]),
+                            draw(&[0, 1, t, t + 1]),
+                        )
+                    })
+                    .collect();
+                let body = match draw(&[0, 1, 2, 3, 4, 5, 6]) {
+                    0 => Body::RequestVote(RequestVote {
+                        term,
+                        candidate_id: draw(&[1, 2, 3]),
+                        last_log_index: index,
+                        last_log_term: draw(&[0, 1, t, t + 1]),
+                        pre_vote: flag,
+                        leadership_transfer: draw(&[0, 1]) == 1,
+                    }),
+                    1 => Body::RequestVoteResponse(RequestVoteResponse {
+                        term,
+                        vote_granted: flag,
+                        pre_vote: draw(&[0, 1]) == 1,
+                    }),
+                    2 => Body::AppendEntries(AppendEntries {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                        prev_log_index: index,
+                        prev_log_term: draw(&[0, 1, t, t + 1]),
+                        entries,
+                        leader_commit: other,
+                    }),
+                    3 => Body::AppendEntriesResponse(AppendEntriesResponse {
+                        term,
+                        success: flag,
+                        appended_index: index,
+                        durable_index: other,
+                        conflict_index: draw(&[0, 1, last, last + 1, u64::MAX]),
+                        conflict_term: draw(&[0, 1, t, t + 1, u64::MAX]),
+                        last_log_index: other,
+                        rejected_index: index,
+                    }),
+                    4 => Body::InstallSnapshot(InstallSnapshot {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                        last_included_index: index,
+                        last_included_term: draw(&[0, 1, t, t + 1]),
+                        next_offset: other,
+                        data: Bytes::new(),
+                    }),
+                    5 => Body::InstallSnapshotResponse(InstallSnapshotResponse {
+                        term,
+                        last_log_index: index,
+                    }),
+                    _ => Body::TimeoutNow(TimeoutNow {
+                        term,
+                        leader_id: draw(&[1, 2, 3]),
+                    }),
+                };
+                let m = RaftMessage {
+                    group_id: draw(&[1, 1, 1, 2]),
+                    from: draw(&[0, 1, 2, 3, 3, 9]),
+                    to: draw(&[1, 2, 3]),
+                    body: Some(body),
+                };
+                let to = m.to;
+                c.raft_mut(to).step(m);
+                if draw(&[0, 1, 2]) == 0 {
+                    c.raft_mut(to).tick();
+                }
+                // Every Ready checks the member's own log invariants.
+                let node = c.nodes.get_mut(&to).unwrap();
+                let ready = node.raft.ready(&node.store);
+                node.store.apply(&ready);
+                if let Some(last) = ready.entries.last() {
+                    node.store.durable_index = last.index;
+                    node.raft.persisted(last.index, last.term);
+                }
+            }
+            dropped += c
+                .nodes
+                .values()
+                .map(|n| n.raft.diagnostics().dropped_messages_count)
+                .sum::<u64>();
+            moved_terms += u64::from(c.nodes.values().any(|n| n.raft.term() > t));
+        }
+        assert!(
+            dropped > 10_000,
+            "most random messages are malformed: {dropped}"
+        );
+        assert!(
+            moved_terms > 10,
+            "some were accepted and moved terms: {moved_terms}"
+        );
     }
 }

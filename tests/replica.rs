@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
         retention_bytes: 0,
         retention_ms: 0,
         retention_check_interval: Duration::from_secs(60),
+        track_producers: true,
     }
 }
 

@@ -72,6 +72,7 @@ fn raft_messages() -> Vec<RaftMessage> {
             conflict_index: 5,
             conflict_term: 3,
             last_log_index: 12,
+            rejected_index: 6,
         }),
         RaftBody::InstallSnapshot(InstallSnapshot {
             term: 5,

@@ -1,10 +1,12 @@
-//! The client side of the `raftlog` command: `topic`, `produce` and `consume`, as the
-//! command-line contract (`CLI.md` in the shared docs, summarized in the README) specifies.
+//! The code behind the `raftlog` subcommands, as the command-line contract (`CLI.md` in the
+//! shared docs, summarized in the README) specifies: the client commands `topic`, `produce`
+//! and `consume`, and the node commands `serve` and `dev` ([`node_commands`]).
 //!
 //! `src/main.rs` owns the clap `Command` enum and only dispatches; each command family lives in
-//! its own file here, with its clap arguments and its `run` function. This module owns what
-//! they share: starting the async runtime, turning errors into a message on stderr and an exit
-//! code ([`exit_code`]), and writing to stdout without panicking on a closed pipe.
+//! its own file here, with its clap arguments and its `run` function. For the client commands
+//! this module owns what they share: starting the async runtime, turning errors into a message
+//! on stderr and an exit code ([`exit_code`]), and writing to stdout without panicking on a
+//! closed pipe.
 //!
 //! Exit codes: 0 success; 1 any other failure; 2 malformed flags or a request the cluster
 //! refused as invalid; 3 unknown topic or partition; 4 cluster unreachable or not answering
@@ -19,6 +21,7 @@ use crate::proto::ErrorCode;
 
 pub mod args;
 pub mod consume;
+pub mod node_commands;
 pub mod produce;
 pub mod topic;
 

@@ -157,6 +157,7 @@ pub struct RunningNode {
     /// Where the peer listener is bound.
     pub peer_address: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    router: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -190,8 +191,10 @@ impl Node {
         let shutdown = CancellationToken::new();
         let mut transport_config = TransportConfig::from_node_config(&config);
         transport_config.client_address = client_address.to_string();
+        // The transport has its own token: it must outlive the node's shutdown signal, which
+        // stops client traffic, until every replica has handed off and drained.
         let (transport, mut inbound) =
-            Transport::start(transport_config, peer_listener, &shutdown)?;
+            Transport::start(transport_config, peer_listener, &CancellationToken::new())?;
 
         let voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
@@ -225,15 +228,13 @@ impl Node {
             partitions: RwLock::new(HashMap::new()),
             shutdown: shutdown.clone(),
         });
+        // The router runs until the transport closes, after every replica has stopped: a
+        // node handing off leadership must keep hearing from its peers to finish the transfer
+        // and to learn the outcome of the proposals it accepted.
         let router = {
             let node = node.clone();
             tokio::spawn(async move {
-                loop {
-                    let message = tokio::select! {
-                        _ = node.shutdown.cancelled() => break,
-                        message = inbound.recv() => message,
-                    };
-                    let Some(message) = message else { break };
+                while let Some(message) = inbound.recv().await {
                     node.route(message);
                 }
             })
@@ -255,7 +256,8 @@ impl Node {
             node,
             client_address,
             peer_address,
-            tasks: vec![router, reconciler, server],
+            tasks: vec![reconciler, server],
+            router,
         })
     }
 
@@ -416,6 +418,12 @@ impl Node {
                 high_watermark: *high_watermark,
                 ..Default::default()
             },
+            ReplicaError::DuplicateSequence { base_offset } => proto::Error {
+                code: ErrorCode::DuplicateSequence as i32,
+                message: format!("{what}: {failure}"),
+                duplicate_offset: *base_offset,
+                ..Default::default()
+            },
             other => proto::Error {
                 code: other.code() as i32,
                 message: format!("{what}: {other}"),
@@ -536,26 +544,39 @@ impl RunningNode {
         let node = self.node;
         node.shutdown.cancel();
         let grace = Duration::from_millis(node.config.server.shutdown_grace_ms);
-        let _ = tokio::time::timeout(grace, node.hand_off_leadership()).await;
-        let replicas: Vec<_> = {
-            let mut partitions = node
-                .partitions
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            partitions
-                .drain()
-                .map(|(_, local)| local.handle.watch_status())
-                .collect()
-        };
+        // A transfer that has not completed within two election timeouts will not: the
+        // target is down or partitioned, and the core has abandoned it.
+        let raft = &node.config.raft;
+        let election =
+            Duration::from_millis(raft.tick_interval_ms * u64::from(raft.election_timeout_ticks));
+        let _ = tokio::time::timeout(grace.min(election * 2), node.hand_off_leadership()).await;
+        // Every replica stops taking proposals, lets those already accepted learn their
+        // outcome, syncs and exits; its status channel closes when it is gone.
+        let mut replicas = Vec::new();
+        for local in node.local_partitions() {
+            local.handle.stop(grace);
+            replicas.push(local.handle.watch_status());
+        }
+        node.metadata.stop(grace);
+        let mut metadata_status = node.metadata.watch_status();
         for task in self.tasks {
             let _ = tokio::time::timeout(grace, task).await;
         }
-        // Each replica syncs its log as it stops; its status channel closes when it is gone.
         for mut status in replicas {
             let _ = tokio::time::timeout(grace, async { while status.changed().await.is_ok() {} })
                 .await;
         }
+        let _ = tokio::time::timeout(grace, async {
+            while metadata_status.changed().await.is_ok() {}
+        })
+        .await;
+        // Only now: until its replica has stopped, a group's messages must still be routed.
+        node.partitions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
         node.transport.shutdown().await;
+        let _ = tokio::time::timeout(grace, self.router).await;
     }
 
     /// Stops the node abruptly, as a crash would, without handing off leadership or waiting.
@@ -564,6 +585,7 @@ impl RunningNode {
         for task in self.tasks {
             task.abort();
         }
+        self.router.abort();
     }
 }
 
@@ -689,5 +711,6 @@ fn replica_config(
         retention_bytes,
         retention_ms,
         retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
+        track_producers: group_id != METADATA_GROUP_ID,
     }
 }

@@ -6,6 +6,7 @@ use crate::proto::{
     AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, InstallSnapshotResponse,
 };
 
+use super::check::DropReason;
 use super::log::{entry_size_bytes, LogReader, ReadError};
 use super::node::Raft;
 use super::progress::ProgressState;
@@ -167,24 +168,26 @@ impl Raft {
     /// Handles a follower's answer to AppendEntries (or to a heartbeat).
     pub(crate) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
         let last_index = self.log.last_index;
-        let Some(pr) = self.progress.get_mut(&from) else {
+        if !self.progress.contains_key(&from) {
             return;
-        };
-        pr.recent_active = true;
+        }
         if !r.success {
+            if r.conflict_index == 0 || r.conflict_term > self.term {
+                self.drop_message(from, DropReason::BadConflictHint);
+                return;
+            }
+            self.progress.get_mut(&from).expect("checked").recent_active = true;
             self.handle_append_rejection(from, &r);
             return;
         }
-        assert!(
-            r.appended_index <= last_index,
-            "follower {from} appended {} beyond leader's last {last_index}",
-            r.appended_index
-        );
-        assert!(
-            r.durable_index <= last_index,
-            "follower {from} durable {} beyond leader's last {last_index}",
-            r.durable_index
-        );
+        // Within one term a leader's log only grows, so no answer to anything it sent can
+        // name an index beyond its last one.
+        if r.appended_index > last_index || r.durable_index > last_index {
+            self.drop_message(from, DropReason::IndexBeyondLog);
+            return;
+        }
+        let pr = self.progress.get_mut(&from).expect("checked");
+        pr.recent_active = true;
         pr.maybe_update(r.appended_index.max(r.durable_index));
         let durable_advanced = r.durable_index > pr.durable_index;
         pr.durable_index = pr.durable_index.max(r.durable_index);
@@ -217,8 +220,22 @@ impl Raft {
                 None => r.conflict_index,
             },
         };
+        let start_index = self.log.start.index;
         let pr = self.progress.get_mut(&from).expect("peer has progress");
         if matches!(pr.state, ProgressState::Snapshot { .. }) {
+            return;
+        }
+        // While probing, a rejection of an index above the one probed now answers a message
+        // sent before the leader backed up (reordered or duplicated): the probe in flight will
+        // answer for the current position, so another probe would only be wasted. A heartbeat
+        // is the exception: it is anchored at the match index or the log start, and its
+        // rejection is what unsticks a probe that was lost (or that now needs a snapshot).
+        // (0 is "unknown", from a sender that does not fill the field: handled as before.)
+        let heartbeat_anchor = pr.match_index.max(start_index);
+        if pr.state == ProgressState::Probe
+            && r.rejected_index >= pr.next_index
+            && r.rejected_index != heartbeat_anchor
+        {
             return;
         }
         if hint <= pr.match_index {
@@ -228,8 +245,8 @@ impl Raft {
             pr.match_index = hint.saturating_sub(1);
             pr.durable_index = pr.durable_index.min(pr.match_index);
         }
-        // The response does not say which message it rejects, so only ever move backwards
-        // (a stale rejection then costs a probe, never correctness), but never below match.
+        // Only ever move backwards (a stale rejection then costs a probe, never
+        // correctness), but never below match.
         let low = pr.match_index + 1;
         let high = pr.next_index.saturating_sub(1).max(low);
         pr.become_probe(hint.clamp(low, high));
@@ -239,21 +256,28 @@ impl Raft {
     /// Handles a follower's answer to InstallSnapshot.
     pub(crate) fn handle_snapshot_response(&mut self, from: u64, r: InstallSnapshotResponse) {
         let last_index = self.log.last_index;
+        if r.last_log_index > last_index {
+            self.drop_message(from, DropReason::IndexBeyondLog);
+            return;
+        }
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
-        assert!(
-            r.last_log_index <= last_index,
-            "follower {from} verified {} beyond {last_index}",
-            r.last_log_index
-        );
+        // Only an answer while a snapshot is in flight moves progress: a duplicate or delayed
+        // answer (or one from nowhere) would otherwise claim a match nobody verified now.
+        let ProgressState::Snapshot { index } = pr.state else {
+            return;
+        };
         // The follower answers with an index it knows to match (the snapshot or its commit).
         pr.maybe_update(r.last_log_index);
-        if let ProgressState::Snapshot { index } = pr.state {
-            if pr.match_index >= index {
-                pr.become_replicate();
-            }
+        if pr.match_index >= index {
+            pr.become_replicate();
+        } else {
+            // It installed an older snapshot (compaction raced with the one in flight): the
+            // probe from its match index finds our log start and sends the newer one now.
+            let next = pr.match_index + 1;
+            pr.become_probe(next);
         }
         self.append_wanted.insert(from);
     }

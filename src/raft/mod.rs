@@ -36,11 +36,23 @@
 //! through it synchronously. A reader that reports [`ReadError::Compacted`] makes the leader
 //! send an InstallSnapshot of its log start instead; `Unavailable` is retried later.
 //!
+//! # Peer input
+//!
+//! A peer message never panics the core: malformed or impossible input (see
+//! [`DropReason`]) is dropped and counted in [`Raft::diagnostics`]. `assert!`s guard the
+//! core's own invariants and the caller's inputs (`compact`, the `LogReader`), not peers.
+//!
 //! # Restart
 //!
 //! [`Raft::restore`] rebuilds a member from its durable hard state and durable log
 //! ([`RestoredState`] plus a reader); un-persisted entries are simply not there.
+//!
+//! The hard state follows the schema: `log_start_index` is the first index still in the log
+//! (1 for a fresh log) and `log_start_term` the term of the entry before it. The core's
+//! [`LogPosition`] ([`Raft::log_start`], [`Ready::snapshot`], [`Raft::compact`]) names the
+//! last index covered instead, so `log_start_index == log_start().index + 1`.
 
+mod check;
 mod config;
 mod leader;
 mod log;
@@ -49,6 +61,7 @@ mod progress;
 mod replication;
 mod rng;
 
+pub use check::{Diagnostics, DropReason, Dropped, TERM_MAX};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
 pub use node::{

@@ -13,6 +13,7 @@ use crate::proto::{
     Entry, EntryKind, HardState, RaftMessage, RequestVote, RequestVoteResponse, TimeoutNow,
 };
 
+use super::check::{check_body, message_term, Diagnostics, DropReason};
 use super::config::{Config, ConfigError};
 use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
 use super::progress::{Progress, ProgressState};
@@ -137,11 +138,12 @@ pub enum RestoreError {
         /// What the reader said.
         error: ReadError,
     },
-    /// The durable state contradicts itself.
+    /// The durable state contradicts itself: `log_start_index` is 0 (indexes start at 1), or
+    /// `last_index` is before `log_start_index - 1` (the log would end before it starts).
     Inconsistent {
         /// The last durable index given.
         last_index: u64,
-        /// The log start in the hard state.
+        /// The log start in the hard state (the first index still in the log).
         log_start_index: u64,
     },
 }
@@ -155,12 +157,30 @@ impl fmt::Display for RestoreError {
 impl std::error::Error for RestoreError {}
 
 /// The persisted state a core is rebuilt from after a restart (see [`Raft::restore`]).
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// `hard_state` follows the schema (`proto/raftlog.proto`): `log_start_index` is the
+/// **first index still in the log** (1 for a log that never compacted), `log_start_term` the
+/// term of the entry just before it (0 if none) and `log_start_offset` the record offset at
+/// `log_start_index`. The [`Default`] is a fresh member: term 0, no vote, an empty log
+/// starting at index 1.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RestoredState {
     /// The last durable hard state (term, vote, log start).
     pub hard_state: HardState,
-    /// Index of the last durable entry (equals `hard_state.log_start_index` if none).
+    /// Index of the last durable entry (`hard_state.log_start_index - 1` if the log is empty).
     pub last_index: u64,
+}
+
+impl Default for RestoredState {
+    fn default() -> Self {
+        Self {
+            hard_state: HardState {
+                log_start_index: 1,
+                ..HardState::default()
+            },
+            last_index: 0,
+        }
+    }
 }
 
 /// One member of one Raft group: a pure, deterministic state machine.
@@ -223,6 +243,8 @@ pub struct Raft {
     pub(crate) append_wanted: BTreeSet<u64>,
     /// Leader only: the commit index advanced since the last Ready.
     pub(crate) commit_changed: bool,
+    /// Peer messages dropped as malformed or impossible.
+    diagnostics: Diagnostics,
 }
 
 impl Raft {
@@ -244,8 +266,9 @@ impl Raft {
     ///
     /// # Errors
     /// [`RestoreError::Config`] if the configuration is invalid, [`RestoreError::Read`] if
-    /// `reader` cannot return the terms or the last entry of `(log_start_index, last_index]`,
-    /// [`RestoreError::Inconsistent`] if `last_index` is before the log start.
+    /// `reader` cannot return the terms or the last entry of `[log_start_index, last_index]`,
+    /// [`RestoreError::Inconsistent`] if `log_start_index` is 0 or `last_index` is before
+    /// `log_start_index - 1`.
     pub fn restore(
         config: Config,
         state: RestoredState,
@@ -253,16 +276,22 @@ impl Raft {
     ) -> Result<Self, RestoreError> {
         config.validate().map_err(RestoreError::Config)?;
         let hs = &state.hard_state;
+        let inconsistent = RestoreError::Inconsistent {
+            last_index: state.last_index,
+            log_start_index: hs.log_start_index,
+        };
+        // The schema's log start is the first index still in the log; the core keeps the
+        // position just before it (the last index covered by compaction or a snapshot).
+        let Some(covered_index) = hs.log_start_index.checked_sub(1) else {
+            return Err(inconsistent);
+        };
         let start = LogPosition {
-            index: hs.log_start_index,
+            index: covered_index,
             term: hs.log_start_term,
             next_offset: hs.log_start_offset,
         };
         if state.last_index < start.index {
-            return Err(RestoreError::Inconsistent {
-                last_index: state.last_index,
-                log_start_index: start.index,
-            });
+            return Err(inconsistent);
         }
         let runs = rebuild_runs(start.index, state.last_index, reader)?;
         let next_offset = if state.last_index == start.index {
@@ -307,6 +336,7 @@ impl Raft {
             commit_reported_index: start.index,
             append_wanted: BTreeSet::new(),
             commit_changed: false,
+            diagnostics: Diagnostics::default(),
         };
         raft.commit_reported_index = raft.log.commit_index;
         raft.reset_election_timeout();
@@ -360,7 +390,10 @@ impl Raft {
         self.log.persisted_index
     }
 
-    /// The log start: everything up to it is compacted.
+    /// The snapshot position: the last index covered by compaction or a snapshot (0 if
+    /// none), its term, and the next record offset. Everything up to and including
+    /// `index` is gone; the first index still in the log is `index + 1`, which is what
+    /// [`HardState::log_start_index`] holds.
     pub fn log_start(&self) -> LogPosition {
         self.log.start
     }
@@ -395,12 +428,14 @@ impl Raft {
         self.log.cache_bytes()
     }
 
-    /// The current hard state.
+    /// The current hard state, in the schema's convention: `log_start_index` is the first
+    /// index still in the log (`log_start().index + 1`), `log_start_term` the term of the
+    /// entry just before it, `log_start_offset` the record offset at `log_start_index`.
     pub fn hard_state(&self) -> HardState {
         HardState {
             current_term: self.term,
             voted_for: self.voted_for,
-            log_start_index: self.log.start.index,
+            log_start_index: self.log.start.index + 1,
             log_start_term: self.log.start.term,
             log_start_offset: self.log.start.next_offset,
         }
@@ -563,15 +598,13 @@ impl Raft {
 
     // ---------------------------------------------------------------- step
 
-    /// Feeds one message from a peer. Messages for another group or member, from a
-    /// non-voter, or without a body, are dropped.
+    /// Feeds one message from a peer. Never panics on what the message says: messages for
+    /// another group or member, from a non-voter, without a body, or claiming something no
+    /// honest member could (see [`DropReason`]) are dropped and counted in
+    /// [`diagnostics`](Self::diagnostics).
     pub fn step(&mut self, m: RaftMessage) {
-        if m.group_id != self.config.group_id || m.to != self.config.id || m.from == self.config.id
-        {
-            return;
-        }
-        // Only voters take part; anything else would be counted as a vote or a replica.
-        if !self.config.voters.contains(&m.from) {
+        if let Err(reason) = self.check_envelope(&m) {
+            self.drop_message(m.from, reason);
             return;
         }
         let Some(body) = m.body else { return };
@@ -593,6 +626,32 @@ impl Raft {
                 Role::Follower => self.step_follower(m.from, body),
             },
         }
+    }
+
+    /// Peer messages this member dropped as malformed or impossible.
+    pub fn diagnostics(&self) -> Diagnostics {
+        self.diagnostics
+    }
+
+    /// Checks the routing fields and what the body claims about itself.
+    fn check_envelope(&self, m: &RaftMessage) -> Result<(), DropReason> {
+        if m.group_id != self.config.group_id {
+            return Err(DropReason::WrongGroup);
+        }
+        if m.to != self.config.id || m.from == self.config.id {
+            return Err(DropReason::WrongRecipient);
+        }
+        // Only voters take part; anything else would be counted as a vote or a replica.
+        if !self.config.voters.contains(&m.from) {
+            return Err(DropReason::NotAVoter);
+        }
+        let body = m.body.as_ref().ok_or(DropReason::NoBody)?;
+        check_body(body)
+    }
+
+    /// Drops a peer message that is malformed or impossible, keeping a count.
+    pub(crate) fn drop_message(&mut self, from: u64, reason: DropReason) {
+        self.diagnostics.record(from, reason);
     }
 
     /// Handles a message whose term is above ours; returns whether to keep processing it.
@@ -960,19 +1019,6 @@ impl Raft {
     /// Marks the hard state for the next Ready.
     pub(crate) fn mark_hard_state_dirty(&mut self) {
         self.hard_state_dirty = true;
-    }
-}
-
-/// The term carried by any message body.
-fn message_term(body: &Body) -> u64 {
-    match body {
-        Body::RequestVote(m) => m.term,
-        Body::RequestVoteResponse(m) => m.term,
-        Body::AppendEntries(m) => m.term,
-        Body::AppendEntriesResponse(m) => m.term,
-        Body::InstallSnapshot(m) => m.term,
-        Body::InstallSnapshotResponse(m) => m.term,
-        Body::TimeoutNow(m) => m.term,
     }
 }
 

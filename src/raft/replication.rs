@@ -6,6 +6,7 @@ use crate::proto::{
     AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, InstallSnapshotResponse,
 };
 
+use super::check::DropReason;
 use super::log::LogPosition;
 use super::node::{Raft, Role};
 
@@ -17,14 +18,10 @@ impl Raft {
         match body {
             Body::AppendEntriesResponse(r) => self.handle_append_response(from, r),
             Body::InstallSnapshotResponse(r) => self.handle_snapshot_response(from, r),
-            // Election safety: two leaders in one term would be a bug elsewhere; ignore rather
-            // than trust either side's claim.
+            // Election safety: two leaders in one term cannot both be right; drop rather than
+            // trust either side's claim (and never panic on what a peer says).
             Body::AppendEntries(_) | Body::InstallSnapshot(_) | Body::TimeoutNow(_) => {
-                debug_assert!(
-                    false,
-                    "leader {} got a leader message from {from} in term {}",
-                    self.config.id, self.term
-                );
+                self.drop_message(from, DropReason::SecondLeader);
             }
             Body::RequestVote(_) | Body::RequestVoteResponse(_) => {}
         }
@@ -51,6 +48,9 @@ impl Raft {
             Body::InstallSnapshot(m) => {
                 self.follow(from);
                 self.handle_install_snapshot(from, m);
+            }
+            Body::TimeoutNow(_) if self.leader_id != 0 && self.leader_id != from => {
+                self.drop_message(from, DropReason::TimeoutNowNotFromLeader);
             }
             Body::TimeoutNow(_) => {
                 // The leader hands over (dissertation §3.10): campaign at once, skipping the
@@ -96,7 +96,7 @@ impl Raft {
             (prev_log_index, prev_log_term, entries)
         };
         if self.log.term_at(prev_index) != Some(prev_term) {
-            self.reject_append(from, prev_index);
+            self.reject_append(from, prev_index, prev_log_index);
             return;
         }
         let last_new_index = prev_index + entries.len() as u64;
@@ -115,9 +115,11 @@ impl Raft {
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
-    /// Rejects an AppendEntries whose previous entry does not match, with fast back-up hints:
-    /// the conflicting term and where our entries of that term begin, or our log's end.
-    fn reject_append(&mut self, from: u64, prev_index: u64) {
+    /// Rejects an AppendEntries whose previous entry (checked at `prev_index`) does not
+    /// match, with fast back-up hints: the conflicting term and where our entries of that
+    /// term begin, or our log's end. `rejected_index` is the message's own `prev_log_index`,
+    /// which tells the leader which message this answers.
+    fn reject_append(&mut self, from: u64, prev_index: u64, rejected_index: u64) {
         let (conflict_index, conflict_term) = match self.log.term_at(prev_index) {
             Some(term) if prev_index > self.log.start.index => {
                 let first = self
@@ -128,7 +130,10 @@ impl Raft {
             }
             _ => (self.log.last_index + 1, 0),
         };
-        let reply = self.append_response(false, 0, conflict_index, conflict_term);
+        let reply = AppendEntriesResponse {
+            rejected_index,
+            ..self.append_response(false, 0, conflict_index, conflict_term)
+        };
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
@@ -243,6 +248,7 @@ impl Raft {
             conflict_index,
             conflict_term,
             last_log_index: self.log.last_index,
+            rejected_index: 0,
         }
     }
 

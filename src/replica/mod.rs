@@ -16,6 +16,7 @@
 //! waiting for new records. It does not own placement or topic names (the node does) nor
 //! sockets (the server and the transport do).
 
+pub mod producers;
 mod reader;
 
 use std::collections::VecDeque;
@@ -31,6 +32,8 @@ use crate::raft::{self, ProposeError, Raft, Ready, RestoredState, Role};
 use crate::storage::{Log, LogConfig, StorageError, SyncDone};
 
 pub use reader::StorageReader;
+
+use producers::{ProducerBatch, ProducerTable, StoredBatch, Verdict, PRODUCER_REBUILD_ENTRIES_MAX};
 
 /// Where outgoing Raft messages go: the peer transport in a node.
 pub trait MessageSink: Send + Sync + 'static {
@@ -93,6 +96,9 @@ pub struct ReplicaConfig {
     pub retention_ms: u64,
     /// How often retention is checked.
     pub retention_check_interval: Duration,
+    /// Track idempotent producers' sequences (partitions; not the metadata group, whose
+    /// entries are not record batches).
+    pub track_producers: bool,
 }
 
 /// Why a replica could not do what was asked.
@@ -145,6 +151,24 @@ pub enum ReplicaError {
     /// The replica is shutting down or has stopped.
     #[error("replica stopped")]
     Stopped,
+    /// The batch was already written (a producer's retry); nothing was appended.
+    #[error("batch already written at offset {base_offset}")]
+    DuplicateSequence {
+        /// Offset of the original batch's first record.
+        base_offset: u64,
+    },
+    /// The batch's sequence does not follow the producer's last batch.
+    #[error("out-of-order sequence: the producer's next batch must start at sequence {expected}")]
+    OutOfOrderSequence {
+        /// The sequence expected next.
+        expected: u32,
+    },
+    /// The producer's epoch is older than the current one.
+    #[error("producer fenced: epoch {current} has taken over")]
+    ProducerFenced {
+        /// The current epoch.
+        current: u32,
+    },
 }
 
 impl ReplicaError {
@@ -160,6 +184,9 @@ impl ReplicaError {
             ReplicaError::Storage(_) => ErrorCode::StorageCorrupt,
             ReplicaError::StorageFull(_) => ErrorCode::StorageFull,
             ReplicaError::Stopped => ErrorCode::ShuttingDown,
+            ReplicaError::DuplicateSequence { .. } => ErrorCode::DuplicateSequence,
+            ReplicaError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            ReplicaError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
         }
     }
 
@@ -265,6 +292,9 @@ enum Event<O> {
         to: u64,
     },
     Campaign,
+    Stop {
+        drain: Duration,
+    },
 }
 
 /// The way to talk to a running replica. Cheap to clone.
@@ -370,6 +400,14 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         let _ = self.events.try_send(Event::TransferLeader { to });
     }
 
+    /// Asks the replica to stop: it refuses new proposals at once, keeps running for at most
+    /// `drain` so that proposals already accepted learn their outcome (typically from the new
+    /// leader's commit index after a leadership transfer), then syncs and exits. Waiters still
+    /// unresolved then get [`ReplicaError::Stopped`].
+    pub fn stop(&self, drain: Duration) {
+        let _ = self.events.try_send(Event::Stop { drain });
+    }
+
     /// Asks this member to start an election now (used to place initial leaders evenly).
     pub fn campaign(&self) {
         let _ = self.events.try_send(Event::Campaign);
@@ -409,6 +447,9 @@ struct PendingProposal<O> {
     timestamp_ms: i64,
     acks: Acks,
     reply: Option<ProposeReply<O>>,
+    /// A producer's retry of the batch already at `index`: answered as a duplicate once that
+    /// entry commits.
+    duplicate: bool,
 }
 
 /// A fetch parked at the high watermark until new records commit.
@@ -431,6 +472,10 @@ pub struct Replica<S: StateMachine> {
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     status: watch::Sender<ReplicaStatus>,
     high_watermark: u64,
+    /// Set by a stop request: the time by which the replica exits even with waiters left.
+    stopping_deadline: Option<tokio::time::Instant>,
+    /// Idempotent producers' recent batches, as the log holds them.
+    producers: ProducerTable,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -470,7 +515,12 @@ impl<S: StateMachine> Replica<S> {
             sync_done: mpsc::channel(1),
             status,
             high_watermark,
+            stopping_deadline: None,
+            producers: ProducerTable::new(),
         };
+        replica
+            .rebuild_producers()
+            .map_err(|e| ReplicaError::from_storage(&e))?;
         // Publish the recovered state before anyone can ask for it.
         replica.publish_status();
         tokio::spawn(replica.run(inbox));
@@ -508,6 +558,13 @@ impl<S: StateMachine> Replica<S> {
             }
             self.start_sync();
             self.publish_status();
+            let drained = self.pending.is_empty();
+            if self
+                .stopping_deadline
+                .is_some_and(|deadline| drained || tokio::time::Instant::now() >= deadline)
+            {
+                break;
+            }
         }
         self.fail_waiters(ReplicaError::Stopped);
         if self.status.borrow().failed.is_none() {
@@ -533,6 +590,9 @@ impl<S: StateMachine> Replica<S> {
                 let _ = self.raft.transfer_leader(to);
             }
             Event::Campaign => self.raft.campaign_now(),
+            Event::Stop { drain } => {
+                self.stopping_deadline = Some(tokio::time::Instant::now() + drain);
+            }
         }
     }
 
@@ -543,18 +603,126 @@ impl<S: StateMachine> Replica<S> {
         acks: Acks,
         reply: ProposeReply<S::Output>,
     ) {
+        if self.stopping_deadline.is_some() {
+            let leader_hint = self.raft.leader_id().filter(|&id| id != self.raft.id());
+            let _ = reply.send(Err(ReplicaError::NotLeader { leader_hint }));
+            return;
+        }
+        let producer = self.producer_batch(&payload, record_count);
+        let Some(reply) = self.check_producer(producer.as_ref(), acks, reply) else {
+            return;
+        };
         let timestamp_ms = now_ms();
         match self.raft.propose(payload, record_count, timestamp_ms) {
-            Ok(proposed) => self.pending.push_back(PendingProposal {
-                index: proposed.index,
-                term: proposed.term,
-                base_offset: proposed.base_offset,
-                timestamp_ms,
-                acks,
-                reply: Some(reply),
-            }),
+            Ok(proposed) => {
+                if let Some(batch) = &producer {
+                    let stored = StoredBatch {
+                        index: proposed.index,
+                        base_offset: proposed.base_offset,
+                    };
+                    self.producers.record(batch, stored);
+                }
+                self.pending.push_back(PendingProposal {
+                    index: proposed.index,
+                    term: proposed.term,
+                    base_offset: proposed.base_offset,
+                    timestamp_ms,
+                    acks,
+                    reply: Some(reply),
+                    duplicate: false,
+                })
+            }
             Err(error) => {
                 let _ = reply.send(Err(ReplicaError::from_propose(error)));
+            }
+        }
+    }
+
+    /// The producer fields of a batch, when this group tracks producers and the batch names one.
+    fn producer_batch(&self, payload: &Bytes, record_count: u32) -> Option<ProducerBatch> {
+        if !self.config.track_producers {
+            return None;
+        }
+        let batch = <crate::proto::RecordBatch as prost::Message>::decode(payload.clone()).ok()?;
+        (batch.producer_id != 0).then_some(ProducerBatch {
+            producer_id: batch.producer_id,
+            epoch: batch.producer_epoch,
+            base_sequence: batch.base_sequence,
+            record_count,
+        })
+    }
+
+    /// Answers a batch the producer table refuses or already has; returns the reply when the
+    /// batch is to be appended.
+    fn check_producer(
+        &mut self,
+        producer: Option<&ProducerBatch>,
+        acks: Acks,
+        reply: ProposeReply<S::Output>,
+    ) -> Option<ProposeReply<S::Output>> {
+        let verdict = producer.map_or(Verdict::Append, |batch| self.producers.check(batch));
+        let refusal = match verdict {
+            Verdict::Append => return Some(reply),
+            Verdict::OutOfOrder { expected } => ReplicaError::OutOfOrderSequence { expected },
+            Verdict::Fenced { current } => ReplicaError::ProducerFenced { current },
+            Verdict::Duplicate(stored) => {
+                let committed = stored.index <= self.raft.commit_index();
+                if committed || acks == Acks::Leader {
+                    ReplicaError::DuplicateSequence {
+                        base_offset: stored.base_offset,
+                    }
+                } else {
+                    // The original is still in flight: answer when it commits (or is lost).
+                    let term = self.log.term_at(stored.index).unwrap_or(self.raft.term());
+                    let at = self.pending.partition_point(|p| p.index <= stored.index);
+                    self.pending.insert(
+                        at,
+                        PendingProposal {
+                            index: stored.index,
+                            term,
+                            base_offset: stored.base_offset,
+                            timestamp_ms: now_ms(),
+                            acks,
+                            reply: Some(reply),
+                            duplicate: true,
+                        },
+                    );
+                    return None;
+                }
+            }
+        };
+        let _ = reply.send(Err(refusal));
+        None
+    }
+
+    /// Rebuilds the producer table from the tail of the log: at start and whenever entries
+    /// were removed, since the table must describe exactly what the log holds.
+    fn rebuild_producers(&mut self) -> Result<(), StorageError> {
+        self.producers.clear();
+        if !self.config.track_producers || self.log.last_index() < self.log.first_index() {
+            return Ok(());
+        }
+        let last = self.log.last_index();
+        let mut next = self
+            .log
+            .first_index()
+            .max(last.saturating_sub(PRODUCER_REBUILD_ENTRIES_MAX));
+        while next <= last {
+            let entries = self.log.entries(next, last + 1, 4 << 20)?;
+            self.record_producers(&entries);
+            next = entries.last().map_or(last + 1, |e| e.index + 1);
+        }
+        Ok(())
+    }
+
+    fn record_producers(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if let Some(batch) = self.producer_batch(&entry.payload, entry.record_count) {
+                let stored = StoredBatch {
+                    index: entry.index,
+                    base_offset: entry.base_offset,
+                };
+                self.producers.record(&batch, stored);
             }
         }
     }
@@ -609,8 +777,14 @@ impl<S: StateMachine> Replica<S> {
             if !ready.entries.is_empty() {
                 self.log.append(&ready.entries)?;
             }
+            Ok::<(), StorageError>(())
+        })?;
+        if ready.snapshot.is_some() || ready.truncate_from.is_some() {
+            self.rebuild_producers()
+        } else {
+            self.record_producers(&ready.entries);
             Ok(())
-        })
+        }
     }
 
     /// Answers `acks=leader` proposals whose entries are now in the leader's log.
@@ -687,7 +861,11 @@ impl<S: StateMachine> Replica<S> {
                     _ => break None,
                 }
             };
-            let result = if ours {
+            let result = if ours && pending.duplicate {
+                Err(ReplicaError::DuplicateSequence {
+                    base_offset: pending.base_offset,
+                })
+            } else if ours {
                 Ok(Appended {
                     index: pending.index,
                     base_offset: pending.base_offset,
@@ -852,15 +1030,11 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// The core's view of a reopened log.
-///
-/// The schema and storage define `log_start_index` as the first index still in the log; the
-/// core counts its log start as the last index covered by the snapshot, one less.
+/// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
+/// first index still in the log, as the schema defines it) and its last index.
 fn restored_state(log: &Log) -> RestoredState {
-    let mut hard_state = *log.hard_state();
-    hard_state.log_start_index = log.first_index() - 1;
     RestoredState {
-        hard_state,
+        hard_state: *log.hard_state(),
         last_index: log.last_index(),
     }
 }

@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use raftlog::proto::raft_message::Body;
@@ -17,11 +17,12 @@ use raftlog::raft::{
 };
 
 /// An in-memory log store: entries written, a durable prefix, and the durable hard state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemStore {
     /// Durable hard state (hard state is written synchronously, as the contract requires).
+    /// Its `log_start_index` follows the schema: the first index still in the log.
     pub hard_state: HardState,
-    /// The log start.
+    /// The snapshot position (last index compacted away, its term, the next offset).
     pub start: LogPosition,
     /// Entries after `start`, written (maybe not durable).
     pub entries: Vec<Entry>,
@@ -31,7 +32,37 @@ pub struct MemStore {
     pub reads: std::cell::Cell<u64>,
 }
 
+impl Default for MemStore {
+    fn default() -> Self {
+        Self {
+            hard_state: HardState {
+                log_start_index: 1,
+                ..HardState::default()
+            },
+            start: LogPosition::default(),
+            entries: Vec::new(),
+            durable_index: 0,
+            reads: std::cell::Cell::new(0),
+        }
+    }
+}
+
 impl MemStore {
+    /// The state a core restarts from: the durable hard state and the last written index
+    /// (call after `crash` to keep only what was durable).
+    pub fn restored_state(&self) -> RestoredState {
+        assert_eq!(
+            self.hard_state.log_start_index,
+            self.start.index + 1,
+            "store hard state disagrees with its snapshot position {:?}",
+            self.start
+        );
+        RestoredState {
+            hard_state: self.hard_state,
+            last_index: self.last_index(),
+        }
+    }
+
     /// Index of the last written entry.
     pub fn last_index(&self) -> u64 {
         self.start.index + self.entries.len() as u64
@@ -101,7 +132,7 @@ impl MemStore {
         let drop = (index - self.start.index) as usize;
         self.entries.drain(..drop);
         self.start = pos;
-        self.hard_state.log_start_index = pos.index;
+        self.hard_state.log_start_index = pos.index + 1;
         self.hard_state.log_start_term = pos.term;
         self.hard_state.log_start_offset = pos.next_offset;
         pos
@@ -157,8 +188,31 @@ pub struct Node {
     pub auto_persist: bool,
     /// Written but not yet durable: (index, term) reports to deliver on `persist`.
     pub unpersisted: Vec<(u64, u64)>,
-    /// Highest commit index seen in a Ready.
+    /// Highest commit index seen in a Ready (in this incarnation).
     pub commit_index: u64,
+    /// Committed entries up to here were compared with `Cluster::committed`.
+    pub checked_commit_index: u64,
+    /// Highest term seen in this incarnation (terms never go backwards).
+    pub term_seen: u64,
+    /// The term in which this node was last checked for leader completeness as leader.
+    pub leader_checked_term: u64,
+}
+
+impl Node {
+    fn new(config: Config, raft: Raft, store: MemStore) -> Self {
+        let (commit_index, term_seen) = (raft.commit_index(), raft.term());
+        Self {
+            raft,
+            store,
+            config,
+            auto_persist: true,
+            unpersisted: Vec::new(),
+            commit_index,
+            checked_commit_index: commit_index,
+            term_seen,
+            leader_checked_term: 0,
+        }
+    }
 }
 
 /// A set of nodes and the messages between them.
@@ -169,14 +223,25 @@ pub struct Cluster {
     pub net: VecDeque<RaftMessage>,
     /// Directed links that drop everything: (from, to).
     pub cut: BTreeSet<(u64, u64)>,
-    /// Every message ever delivered, for assertions.
+    /// Every message ever delivered, for assertions (only while `record_delivered`).
     pub delivered: Vec<RaftMessage>,
+    /// Whether to keep `delivered` (the simulator turns it off: it only grows).
+    pub record_delivered: bool,
+    /// Log matching: (index, term) -> (term of the entry before it, the entry) as first
+    /// written anywhere. An entry is created once, by the leader of its term, so every copy
+    /// ever written must agree; by induction two logs sharing an (index, term) then share
+    /// the whole prefix (§5.3).
+    pub entry_ids: HashMap<(u64, u64), (u64, Entry)>,
     /// Leader seen per term (election safety check).
     pub leaders: BTreeMap<u64, u64>,
     /// Committed (index -> term) as first seen anywhere (state machine safety check).
     pub committed: BTreeMap<u64, u64>,
     /// Index -> lowest leader term in which a leader was seen to have it committed.
     pub commit_terms: BTreeMap<u64, u64>,
+    /// Readies that installed a snapshot.
+    pub snapshots_count: u64,
+    /// Readies that truncated a conflicting suffix.
+    pub truncations_count: u64,
     /// When `Some`, a readable line per delivered message and per Ready (golden traces).
     pub trace: Option<Vec<String>>,
 }
@@ -204,24 +269,20 @@ impl Cluster {
             let mut config = config(id, &voters);
             f(&mut config);
             let raft = Raft::new(config.clone()).expect("valid config");
-            let node = Node {
-                raft,
-                store: MemStore::default(),
-                config,
-                auto_persist: true,
-                unpersisted: Vec::new(),
-                commit_index: 0,
-            };
-            nodes.insert(id, node);
+            nodes.insert(id, Node::new(config, raft, MemStore::default()));
         }
         Self {
             nodes,
             net: VecDeque::new(),
             cut: BTreeSet::new(),
             delivered: Vec::new(),
+            record_delivered: true,
+            entry_ids: HashMap::new(),
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             commit_terms: BTreeMap::new(),
+            snapshots_count: 0,
+            truncations_count: 0,
             trace: None,
         }
     }
@@ -258,9 +319,18 @@ impl Cluster {
         if let Some(trace) = self.trace.as_mut() {
             trace.push(describe_ready(id, &node.raft, &ready));
         }
+        check_no_committed_entry_dropped(id, node, &ready, &self.committed);
+        self.snapshots_count += u64::from(ready.snapshot.is_some());
+        self.truncations_count += u64::from(ready.truncate_from.is_some());
         node.store.apply(&ready);
+        check_durable_before_send(id, &node.store, &ready);
+        check_log_matching(id, &node.store, &ready, &mut self.entry_ids);
         if let Some(commit) = ready.commit_index {
-            assert!(commit > node.commit_index, "commit went backwards on {id}");
+            assert!(
+                commit > node.commit_index,
+                "commit went backwards on {id}: {} -> {commit}",
+                node.commit_index
+            );
             node.commit_index = commit;
         }
         if let Some(last) = ready.entries.last() {
@@ -291,6 +361,17 @@ impl Cluster {
         }
     }
 
+    /// Completes one write of node `id`: entries up to (`index`, `term`) are durable, unless
+    /// a truncation replaced them meanwhile (then the report is stale, and dropped by both
+    /// the store and the core). Writes complete in the order they were issued.
+    pub fn persist_one(&mut self, id: u64, index: u64, term: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if node.store.term(index) == Some(term) {
+            node.store.durable_index = node.store.durable_index.max(index);
+        }
+        node.raft.persisted(index, term);
+    }
+
     /// Makes node `id`'s outstanding writes durable and reports them.
     pub fn persist(&mut self, id: u64) {
         Self::persist_node(self.nodes.get_mut(&id).expect("node exists"));
@@ -318,7 +399,9 @@ impl Cluster {
         if let Some(node) = self.nodes.get_mut(&m.to) {
             node.raft.step(m.clone());
         }
-        self.delivered.push(m.clone());
+        if self.record_delivered {
+            self.delivered.push(m.clone());
+        }
         Some(m)
     }
 
@@ -422,12 +505,16 @@ impl Cluster {
         }
         node.store.crash();
         node.unpersisted.clear();
-        let state = RestoredState {
-            hard_state: node.store.hard_state,
-            last_index: node.store.last_index(),
-        };
+        let state = node.store.restored_state();
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
+        assert!(
+            node.raft.term() >= node.store.hard_state.current_term,
+            "node {id} restarted in an older term"
+        );
         node.commit_index = node.raft.commit_index();
+        node.checked_commit_index = node.commit_index;
+        node.term_seen = node.raft.term();
+        node.leader_checked_term = 0;
         self.net.retain(|m| m.to != id && m.from != id);
     }
 
@@ -461,48 +548,72 @@ impl Cluster {
         }
     }
 
-    /// Asserts election safety, leader completeness and state-machine safety over
-    /// everything seen so far.
+    /// Asserts, incrementally over everything seen so far: election safety (one leader per
+    /// term), leader completeness (a leader holds every entry committed in earlier terms),
+    /// state-machine safety (every node commits the same entry at an index), monotonic
+    /// terms, and `log start <= commit <= last index` on every node.
     pub fn check_safety(&mut self) {
-        for node in self.nodes.values() {
-            let r = &node.raft;
-            if r.role() == Role::Leader {
-                let leader = *self.leaders.entry(r.term()).or_insert(r.id());
-                assert_eq!(leader, r.id(), "two leaders in term {}", r.term());
-                // Leader completeness (§5.4): an entry committed in term T is in the log of
-                // every leader of a later term.
-                for (&index, &commit_term) in self.commit_terms.range(r.log_start().index + 1..) {
-                    if commit_term >= r.term() {
-                        continue;
-                    }
-                    let Some(&term) = self.committed.get(&index) else {
-                        continue;
-                    };
-                    assert_eq!(
-                        r.term_at(index),
-                        Some(term),
-                        "leader {} of term {} lacks {index} committed in term {commit_term}",
-                        r.id(),
-                        r.term()
-                    );
-                }
-                let from = self.commit_terms.keys().next_back().map_or(0, |&i| i) + 1;
-                for index in from.max(r.log_start().index + 1)..=r.commit_index() {
-                    let t = self.commit_terms.entry(index).or_insert(r.term());
-                    *t = (*t).min(r.term());
-                }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.check_node(id);
+        }
+    }
+
+    fn check_node(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        let r = &node.raft;
+        let (start, commit, last) = (r.log_start().index, r.commit_index(), r.last_index());
+        assert!(
+            start <= commit && commit <= last,
+            "node {id}: log start {start} <= commit {commit} <= last {last} broken"
+        );
+        assert!(
+            r.term() >= node.term_seen,
+            "node {id}: term went backwards {} -> {}",
+            node.term_seen,
+            r.term()
+        );
+        node.term_seen = r.term();
+        if r.role() == Role::Leader {
+            let leader = *self.leaders.entry(r.term()).or_insert(id);
+            assert_eq!(
+                leader,
+                id,
+                "two leaders in term {}: {leader} and {id}",
+                r.term()
+            );
+            if node.leader_checked_term != r.term() {
+                // A new leader: it must hold every entry committed in an earlier term (§5.4).
+                node.leader_checked_term = r.term();
+                check_leader_complete(r, &self.committed, &self.commit_terms, 0);
             }
-            for index in
-                (node.store.start.index + 1)..=node.commit_index.min(node.store.last_index())
-            {
-                let term = node.store.term(index).expect("committed entry present");
-                let first = *self.committed.entry(index).or_insert(term);
-                assert_eq!(
-                    first,
-                    term,
-                    "node {} committed index {index} at term {term}, others at {first}",
-                    r.id()
-                );
+            let from = self.commit_terms.keys().next_back().map_or(0, |&i| i) + 1;
+            let from = from.max(start + 1);
+            for index in from..=commit {
+                self.commit_terms.insert(index, r.term());
+            }
+        }
+        // State-machine safety: committed entries are the same everywhere, forever.
+        let node = &self.nodes[&id];
+        let from = node.checked_commit_index.max(node.store.start.index) + 1;
+        let upto = node.commit_index.min(node.store.last_index());
+        for index in from..=upto {
+            let term = node.store.term(index).expect("committed entry present");
+            let first = *self.committed.entry(index).or_insert(term);
+            assert_eq!(
+                first, term,
+                "node {id} committed index {index} at term {term}, others at {first}"
+            );
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.checked_commit_index = node.checked_commit_index.max(upto);
+        // Entries newly committed in an earlier term must be in every later leader's log.
+        if upto >= from {
+            for other in self.nodes.values() {
+                let o = &other.raft;
+                if o.role() == Role::Leader {
+                    check_leader_complete(o, &self.committed, &self.commit_terms, from);
+                }
             }
         }
     }
@@ -544,6 +655,7 @@ pub fn store_with_terms(terms: &[u64], current_term: u64) -> MemStore {
     MemStore {
         hard_state: HardState {
             current_term,
+            log_start_index: 1,
             ..HardState::default()
         },
         durable_index: entries.len() as u64,
@@ -560,10 +672,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let node = cluster.nodes.get_mut(&id).expect("node exists");
             node.store = store_with_terms(terms, term);
-            let state = RestoredState {
-                hard_state: node.store.hard_state,
-                last_index: node.store.last_index(),
-            };
+            let state = node.store.restored_state();
             node.raft =
                 Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
         }
@@ -586,7 +695,9 @@ impl Cluster {
                     .expect("node exists")
                     .raft
                     .step(m.clone());
-                self.delivered.push(m);
+                if self.record_delivered {
+                    self.delivered.push(m);
+                }
             }
         }
         panic!("cluster did not stabilize");
@@ -642,8 +753,8 @@ pub fn describe(m: &RaftMessage) -> String {
             )
         }
         Some(Body::AppendEntriesResponse(r)) => format!(
-            "AppendResponse t{} reject conflict {}@{} last {}",
-            r.term, r.conflict_index, r.conflict_term, r.last_log_index
+            "AppendResponse t{} reject prev {} conflict {}@{} last {}",
+            r.term, r.rejected_index, r.conflict_index, r.conflict_term, r.last_log_index
         ),
         Some(Body::InstallSnapshot(i)) => format!(
             "InstallSnapshot t{} {}@{} next offset {}",
@@ -691,4 +802,139 @@ fn describe_ready(id: u64, raft: &Raft, ready: &Ready) -> String {
         parts.push(format!("send {}", ready.messages.len()));
     }
     parts.join(", ")
+}
+
+/// Leader completeness (§5.4.3): every index from `from` committed by a leader of an earlier
+/// term is in `leader`'s log with the committed term.
+fn check_leader_complete(
+    leader: &Raft,
+    committed: &BTreeMap<u64, u64>,
+    commit_terms: &BTreeMap<u64, u64>,
+    from: u64,
+) {
+    let lo = from.max(leader.log_start().index + 1);
+    for (&index, &commit_term) in commit_terms.range(lo..) {
+        if commit_term >= leader.term() {
+            continue;
+        }
+        let Some(&term) = committed.get(&index) else {
+            continue;
+        };
+        assert_eq!(
+            leader.term_at(index),
+            Some(term),
+            "leader {} of term {} lacks {index}@{term} committed in term {commit_term}",
+            leader.id(),
+            leader.term()
+        );
+    }
+}
+
+/// State-machine safety at the storage level: a Ready never truncates (or replaces by a
+/// snapshot) an entry this node knows is committed. (A committed entry it does not know
+/// committed may go if the core never reported it durable, like an un-fsynced write in a
+/// crash; whether enough durable copies remain is `check_committed_on_quorum`'s job.)
+fn check_no_committed_entry_dropped(
+    id: u64,
+    node: &Node,
+    ready: &Ready,
+    committed: &BTreeMap<u64, u64>,
+) {
+    let store = &node.store;
+    let mut dropped_from = ready.truncate_from;
+    if let Some(pos) = ready.snapshot {
+        if store.term(pos.index) != Some(pos.term) {
+            dropped_from = Some(dropped_from.map_or(pos.index + 1, |t| t.min(pos.index + 1)));
+        }
+    }
+    let Some(from) = dropped_from else { return };
+    let from = from.max(store.start.index + 1);
+    let upto = store.last_index().min(node.commit_index);
+    if from > upto {
+        return;
+    }
+    for (&index, &term) in committed.range(from..=upto) {
+        assert_ne!(
+            store.term(index),
+            Some(term),
+            "node {id} drops committed entry {index}@{term} (truncate {:?}, snapshot {:?})",
+            ready.truncate_from,
+            ready.snapshot
+        );
+    }
+}
+
+/// The Ready contract, checked: no message reveals a term or a vote that is not durable
+/// yet (the hard state was applied just before the messages leave).
+fn check_durable_before_send(id: u64, store: &MemStore, ready: &Ready) {
+    let hs = &store.hard_state;
+    for m in &ready.messages {
+        let (term, vote_for) = match &m.body {
+            // A pre-vote asks for (or grants) a future term without adopting it.
+            Some(Body::RequestVote(v)) if v.pre_vote => continue,
+            Some(Body::RequestVoteResponse(v)) if v.pre_vote => continue,
+            Some(Body::RequestVote(v)) => (v.term, Some(id)),
+            Some(Body::RequestVoteResponse(v)) if v.vote_granted => (v.term, Some(m.to)),
+            Some(body) => (message_term(body), None),
+            None => continue,
+        };
+        assert!(
+            hs.current_term >= term,
+            "node {id} sends {} before term {term} is durable (durable {})",
+            describe(m),
+            hs.current_term
+        );
+        // A vote of an older term than the durable one is harmless: this member can never
+        // act in that term again.
+        if let Some(candidate) = vote_for.filter(|_| hs.current_term == term) {
+            assert!(
+                hs.voted_for == candidate,
+                "node {id} sends {} before its vote is durable (durable term {} vote {})",
+                describe(m),
+                hs.current_term,
+                hs.voted_for
+            );
+        }
+    }
+}
+
+/// Log matching, incrementally: every entry written must agree with the first copy of the
+/// same (index, term) ever written anywhere, in content and in the term before it.
+fn check_log_matching(
+    id: u64,
+    store: &MemStore,
+    ready: &Ready,
+    entry_ids: &mut HashMap<(u64, u64), (u64, Entry)>,
+) {
+    let Some(first) = ready.entries.first() else {
+        return;
+    };
+    let mut prev_term = store
+        .term(first.index - 1)
+        .expect("the entry before an append is in the log");
+    for e in &ready.entries {
+        let (first_prev, first_entry) = entry_ids
+            .entry((e.index, e.term))
+            .or_insert_with(|| (prev_term, e.clone()));
+        assert!(
+            *first_prev == prev_term && first_entry == e,
+            "log matching broken on node {id} at {}@{}: prev term {prev_term} vs {first_prev}, entry {e:?} vs {first_entry:?}",
+            e.index,
+            e.term
+        );
+        prev_term = e.term;
+    }
+}
+
+/// The term carried by a message body.
+fn message_term(body: &Body) -> u64 {
+    match body {
+        Body::RequestVote(m) => m.term,
+        Body::RequestVoteResponse(m) => m.term,
+        Body::AppendEntries(m) => m.term,
+        Body::AppendEntriesResponse(m) => m.term,
+        Body::InstallSnapshot(m) => m.term,
+        Body::InstallSnapshotResponse(m) => m.term,
+        Body::TimeoutNow(m) => m.term,
+    }
 }

@@ -1,0 +1,931 @@
+//! A deterministic simulator of whole Raft clusters (3 and 5 members) driven by the core
+//! alone, in the spirit of TigerBeetle's VOPR and etcd's interaction tests.
+//!
+//! Time advances in units (`UNITS_PER_TICK` per Raft tick). Every unit is one **step**: due
+//! messages are delivered, due disk writes complete, faults are injected, every live member's
+//! `Ready` is carried out, and then every invariant is checked (the harness also checks after
+//! each single `Ready`):
+//!
+//! - election safety: at most one leader per term;
+//! - log matching: an (index, term) names the same entry, with the same predecessor, on
+//!   every member and forever;
+//! - leader completeness: a leader holds every entry committed in earlier terms;
+//! - state-machine safety: committed entries never change, and no member drops one;
+//! - committed-on-quorum: every committed index is durable on a majority;
+//! - durable before send: no message reveals a term or vote not yet durable;
+//! - monotonic terms and commit indexes; `log start <= commit <= last index`.
+//!
+//! Fault sources, each drawing from its own seeded stream (so changing one does not perturb
+//! the others): message loss, delay (and so reordering), duplication, symmetric and one-way
+//! partitions, crashes that lose un-fsynced writes (also between persisting and sending, with
+//! part of the messages out), restarts, slow disks, leadership transfers, compaction, client
+//! proposals. Seeds cycle through profiles, one of which aims at Figure 8 (leaders crashing
+//! right after sending an entry to a minority, quick re-elections, one entry per message).
+//!
+//! After the chaos, every fault heals and the cluster must elect a leader and commit a new
+//! proposal on every member within `LIVENESS_TICKS_MAX` ticks.
+//!
+//! `RAFTLOG_SIM_SEEDS=N` runs seeds `0..N` (`RAFTLOG_SIM_FIRST_SEED` moves the start);
+//! `RAFTLOG_SIM_SEED=S` replays exactly one seed; `RAFTLOG_SIM_TRACE=1` prints the cluster
+//! every tick. A failure prints `reproduce with RAFTLOG_SIM_SEED=<seed>`; the last line is
+//! `simulation: N seeds, S steps, V violations`.
+
+mod raft_harness;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+
+use bytes::Bytes;
+use raftlog::proto::raft_message::Body;
+use raftlog::proto::RaftMessage;
+use raftlog::raft::{Role, SplitMix64};
+
+use raft_harness::Cluster;
+
+/// Simulated time units per Raft tick: message and disk latencies are mostly a fraction of a
+/// tick, as on a LAN with election timeouts of a few hundred milliseconds.
+const UNITS_PER_TICK: u64 = 10;
+/// Ticks of faults per seed: long enough for dozens of elections and a few compactions.
+const CHAOS_TICKS: u64 = 500;
+/// After healing, a leader must commit a new proposal on every member within this many ticks
+/// (20 election timeouts: pre-vote rounds, lease expiry and catch-up all fit comfortably).
+const LIVENESS_TICKS_MAX: u64 = 200;
+/// Election timeout of every member, in ticks.
+const ELECTION_TIMEOUT_TICKS: u32 = 10;
+/// Default seed count: about 4 s in release on this 2-core machine (CI runs at least 500).
+const SEEDS_DEFAULT: u64 = 1000;
+/// A leader is young (and a Figure 8 crash candidate) for this many ticks after election.
+const YOUNG_LEADER_TICKS: u64 = 3;
+/// Bytes of the static buffer proposal payloads are cut from.
+const PAYLOAD_BYTES_MAX: usize = 256;
+
+static PAYLOAD: [u8; PAYLOAD_BYTES_MAX] = [0x5a; PAYLOAD_BYTES_MAX];
+
+/// What a seed stresses; chosen by `seed % 4`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    /// Every fault at a moderate rate.
+    Mixed,
+    /// Figure 8: five members, the paper's bare protocol, one entry per message, leaders
+    /// crashing right after sending to a minority, quick restarts and re-elections.
+    Figure8,
+    /// Symmetric and one-way partitions, message loss, transfers.
+    Partitions,
+    /// Slow disks, crashes losing un-fsynced writes and crashes between persist and send.
+    Disks,
+}
+
+/// Rates of one profile, in events per thousand draws.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    /// Per tick: crash some member.
+    crash_per_mille: u32,
+    /// Per tick: of those crashes, how many hit the leader.
+    crash_leader_per_mille: u32,
+    /// Per Ready with messages: crash between persisting and sending (some messages out).
+    crash_mid_send_per_mille: u32,
+    /// Per Ready with messages of a leader elected less than `YOUNG_LEADER_TICKS` ago: crash
+    /// it while sending (a new leader whose no-op or first entries reach only a minority).
+    crash_young_leader_per_mille: u32,
+    /// Figure 8 adversary, per AppendEntries of a leader whose log still holds uncommitted
+    /// entries of earlier terms: lose it if it carries entries of the leader's own term (so
+    /// the old-term entries spread without the new term's no-op, as in Figure 8 (c)).
+    lose_current_term_entries_per_mille: u32,
+    /// Figure 8 adversary, per Ready of a leader whose commit index advanced: crash it while
+    /// sending (Figure 8 (d): the leader fails right after committing).
+    crash_after_commit_per_mille: u32,
+    /// Figure 8 adversary, per tick without a live leader: the follower with the most
+    /// up-to-date-looking log (highest last term) campaigns at once, as if its election
+    /// timer fired first: the member most likely to overwrite an old-term entry.
+    campaign_highest_term_per_mille: u32,
+    /// Downtime of a crashed member, in ticks: `[low, high)`.
+    down_ticks: (u32, u32),
+    /// Per tick: change the partitions.
+    partition_per_mille: u32,
+    /// Per tick: toggle one member's disk between fast and slow.
+    disk_per_mille: u32,
+    /// Per tick: the leader starts a transfer.
+    transfer_per_mille: u32,
+    /// Per tick: a member compacts its log.
+    compaction_per_mille: u32,
+    /// Per unit: a client proposes to a member that believes it leads.
+    proposal_per_mille: u32,
+    /// Per message: duplicate it.
+    duplicate_per_mille: u32,
+    /// Message loss rates the loss stream switches between.
+    loss_levels_per_mille: &'static [u32],
+}
+
+impl Profile {
+    fn of(seed: u64) -> Self {
+        match seed % 4 {
+            0 => Self::Mixed,
+            1 => Self::Figure8,
+            2 => Self::Partitions,
+            _ => Self::Disks,
+        }
+    }
+
+    fn rates(self) -> Rates {
+        let base = Rates {
+            crash_per_mille: 15,
+            crash_leader_per_mille: 500,
+            crash_mid_send_per_mille: 2,
+            crash_young_leader_per_mille: 20,
+            lose_current_term_entries_per_mille: 0,
+            crash_after_commit_per_mille: 0,
+            campaign_highest_term_per_mille: 0,
+            down_ticks: (3, 30),
+            partition_per_mille: 15,
+            disk_per_mille: 20,
+            transfer_per_mille: 10,
+            compaction_per_mille: 30,
+            proposal_per_mille: 60,
+            duplicate_per_mille: 20,
+            loss_levels_per_mille: &[0, 10, 50],
+        };
+        match self {
+            Self::Mixed => base,
+            Self::Figure8 => Rates {
+                crash_per_mille: 60,
+                crash_leader_per_mille: 900,
+                crash_mid_send_per_mille: 15,
+                crash_young_leader_per_mille: 500,
+                lose_current_term_entries_per_mille: 800,
+                crash_after_commit_per_mille: 500,
+                campaign_highest_term_per_mille: 1000,
+                down_ticks: (1, 8),
+                partition_per_mille: 5,
+                disk_per_mille: 30,
+                transfer_per_mille: 5,
+                proposal_per_mille: 150,
+                duplicate_per_mille: 5,
+                loss_levels_per_mille: &[0, 20],
+                ..base
+            },
+            Self::Partitions => Rates {
+                crash_per_mille: 5,
+                partition_per_mille: 50,
+                transfer_per_mille: 25,
+                duplicate_per_mille: 40,
+                loss_levels_per_mille: &[0, 20, 100, 300],
+                ..base
+            },
+            Self::Disks => Rates {
+                crash_per_mille: 30,
+                crash_leader_per_mille: 300,
+                crash_mid_send_per_mille: 10,
+                disk_per_mille: 80,
+                compaction_per_mille: 60,
+                ..base
+            },
+        }
+    }
+}
+
+/// One seeded stream per fault source.
+struct Streams {
+    net_loss: SplitMix64,
+    net_delay: SplitMix64,
+    net_duplicate: SplitMix64,
+    partition: SplitMix64,
+    crash: SplitMix64,
+    disk: SplitMix64,
+    transfer: SplitMix64,
+    compaction: SplitMix64,
+    proposal: SplitMix64,
+    election: SplitMix64,
+    config: SplitMix64,
+}
+
+impl Streams {
+    fn new(seed: u64) -> Self {
+        let stream = |salt: u64| {
+            // Decorrelate the streams of one seed (and equal salts of nearby seeds).
+            let mut mixer = SplitMix64::new(seed ^ salt.wrapping_mul(0xA24B_AED4_963E_E407));
+            SplitMix64::new(mixer.next_u64())
+        };
+        Self {
+            net_loss: stream(1),
+            net_delay: stream(2),
+            net_duplicate: stream(3),
+            partition: stream(4),
+            crash: stream(5),
+            disk: stream(6),
+            transfer: stream(7),
+            compaction: stream(8),
+            proposal: stream(9),
+            config: stream(10),
+            election: stream(11),
+        }
+    }
+}
+
+/// True with probability `per_mille / 1000`.
+fn chance(rng: &mut SplitMix64, per_mille: u32) -> bool {
+    per_mille > 0 && rng.range_u32(0, 1000) < per_mille
+}
+
+/// A uniformly drawn element of `items` (not empty).
+fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
+    items[rng.range_u32(0, items.len() as u32) as usize]
+}
+
+/// One simulated cluster under one seed.
+struct Sim {
+    seed: u64,
+    profile: Profile,
+    rates: Rates,
+    c: Cluster,
+    ids: Vec<u64>,
+    streams: Streams,
+    /// Current time in units.
+    now: u64,
+    /// Messages in flight by (delivery time, send sequence).
+    net: BTreeMap<(u64, u64), RaftMessage>,
+    sent_count: u64,
+    /// Per member: outstanding writes (completion time, index, term), in issue order.
+    disk: BTreeMap<u64, VecDeque<(u64, u64, u64)>>,
+    /// Members whose disk is currently slow.
+    disk_slow: BTreeMap<u64, bool>,
+    /// Per member: (term, time) of the leadership it last won.
+    elected_at: BTreeMap<u64, (u64, u64)>,
+    /// Crashed members and when they restart.
+    down_until: BTreeMap<u64, u64>,
+    loss_per_mille: u32,
+    /// Whether faults are injected (false once healed for the liveness check).
+    faults: bool,
+    proposals_count: i64,
+    crashes_count: u64,
+    steps: u64,
+    trace: bool,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let profile = Profile::of(seed);
+        let mut streams = Streams::new(seed);
+        let n = match profile {
+            Profile::Figure8 => 5,
+            _ if streams.config.range_u32(0, 2) == 0 => 3,
+            _ => 5,
+        };
+        // Most seeds run the full protocol; some the paper's bare one (no pre-vote, no
+        // check-quorum, so no leader lease), where Figure 8 situations are easiest to reach.
+        let bare = profile == Profile::Figure8 || chance(&mut streams.config, 250);
+        let one_entry_messages = profile == Profile::Figure8 || chance(&mut streams.config, 300);
+        let small_cache = chance(&mut streams.config, 500);
+        let config_seed = streams.config.next_u64();
+        let mut c = Cluster::with_config(n, |cfg| {
+            cfg.seed ^= config_seed;
+            cfg.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
+            cfg.heartbeat_interval_ticks = 2;
+            cfg.pre_vote = !bare;
+            cfg.check_quorum = !bare;
+            cfg.message_bytes_max = if one_entry_messages { 60 } else { 1200 };
+            cfg.inflight_msgs_max = 4;
+            cfg.inflight_bytes_max = 2400;
+            cfg.uncommitted_bytes_max = 8000;
+            cfg.entry_cache_bytes_max = if small_cache { 300 } else { 1 << 20 };
+        });
+        c.record_delivered = false;
+        let ids: Vec<u64> = (1..=n).collect();
+        for node in c.nodes.values_mut() {
+            node.auto_persist = false;
+        }
+        Self {
+            seed,
+            profile,
+            rates: profile.rates(),
+            c,
+            disk: ids.iter().map(|&id| (id, VecDeque::new())).collect(),
+            disk_slow: ids.iter().map(|&id| (id, false)).collect(),
+            ids,
+            streams,
+            now: 0,
+            net: BTreeMap::new(),
+            sent_count: 0,
+            down_until: BTreeMap::new(),
+            elected_at: BTreeMap::new(),
+            loss_per_mille: 0,
+            faults: true,
+            proposals_count: 0,
+            crashes_count: 0,
+            steps: 0,
+            trace: std::env::var("RAFTLOG_SIM_TRACE").is_ok(),
+        }
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        !self.down_until.contains_key(&id)
+    }
+
+    /// Members that believe they lead (possibly stale ones), in id order.
+    fn leaders(&self) -> Vec<u64> {
+        self.c
+            .nodes
+            .values()
+            .filter(|n| n.raft.role() == Role::Leader && self.is_up(n.raft.id()))
+            .map(|n| n.raft.id())
+            .collect()
+    }
+
+    /// One unit of simulated time; see the module doc.
+    fn step(&mut self) {
+        if self.now % UNITS_PER_TICK == 0 {
+            if self.faults {
+                self.inject_tick_faults();
+            }
+            self.restart_due();
+            for &id in &self.ids {
+                if self.is_up(id) {
+                    self.c.raft_mut(id).tick();
+                }
+            }
+            if self.trace {
+                self.print_state();
+            }
+        }
+        if self.faults && chance(&mut self.streams.proposal, self.rates.proposal_per_mille) {
+            self.propose();
+        }
+        self.deliver_due();
+        self.complete_due_writes();
+        for id in self.ids.clone() {
+            if self.is_up(id) {
+                self.process(id);
+            }
+        }
+        self.c.check_safety();
+        self.c.check_committed_on_quorum();
+        self.now += 1;
+        self.steps += 1;
+    }
+
+    /// Faults decided once per tick, each from its own stream.
+    fn inject_tick_faults(&mut self) {
+        let rates = self.rates;
+        if chance(&mut self.streams.crash, rates.crash_per_mille) {
+            let leaders = self.leaders();
+            let id = if !leaders.is_empty()
+                && chance(&mut self.streams.crash, rates.crash_leader_per_mille)
+            {
+                pick(&mut self.streams.crash, &leaders)
+            } else {
+                pick(&mut self.streams.crash, &self.ids)
+            };
+            self.crash(id);
+        }
+        if chance(&mut self.streams.partition, rates.partition_per_mille) {
+            self.change_partitions();
+        }
+        if chance(&mut self.streams.disk, rates.disk_per_mille) {
+            let id = pick(&mut self.streams.disk, &self.ids);
+            let slow = self.disk_slow.get_mut(&id).expect("member");
+            *slow = !*slow;
+        }
+        if chance(&mut self.streams.net_loss, 20) {
+            self.loss_per_mille = pick(&mut self.streams.net_loss, rates.loss_levels_per_mille);
+        }
+        if chance(&mut self.streams.transfer, rates.transfer_per_mille) {
+            let leaders = self.leaders();
+            if !leaders.is_empty() {
+                let leader = pick(&mut self.streams.transfer, &leaders);
+                let to = pick(&mut self.streams.transfer, &self.ids);
+                let _ = self.c.raft_mut(leader).transfer_leader(to);
+            }
+        }
+        if self.leaders().is_empty()
+            && chance(
+                &mut self.streams.election,
+                rates.campaign_highest_term_per_mille,
+            )
+        {
+            let up: Vec<u64> = self
+                .ids
+                .iter()
+                .copied()
+                .filter(|&id| self.is_up(id))
+                .collect();
+            let best = up.iter().map(|&id| self.c.raft(id).last_term()).max();
+            let best: Vec<u64> = up
+                .into_iter()
+                .filter(|&id| Some(self.c.raft(id).last_term()) == best)
+                .collect();
+            if !best.is_empty() {
+                let id = pick(&mut self.streams.election, &best);
+                self.c.raft_mut(id).campaign_now();
+            }
+        }
+        if chance(&mut self.streams.compaction, rates.compaction_per_mille) {
+            let id = pick(&mut self.streams.compaction, &self.ids);
+            let keep = u64::from(self.streams.compaction.range_u32(0, 6));
+            self.compact(id, keep);
+        }
+    }
+
+    /// Symmetric splits, one-way cuts, an isolated leader, or healing.
+    fn change_partitions(&mut self) {
+        let leaders = self.leaders();
+        let rng = &mut self.streams.partition;
+        match rng.range_u32(0, 10) {
+            0..=2 => self.c.heal(),
+            3..=5 => {
+                // A symmetric split into two sides (a minority and a majority, or worse).
+                self.c.heal();
+                let side: Vec<u64> = self
+                    .ids
+                    .iter()
+                    .copied()
+                    .filter(|_| rng.range_u32(0, 2) == 0)
+                    .collect();
+                for &a in &side {
+                    for &b in &self.ids {
+                        if !side.contains(&b) {
+                            self.c.partition(a, b);
+                        }
+                    }
+                }
+            }
+            6..=8 => {
+                // A one-way cut: a hears nothing from b, b still hears a.
+                let a = pick(rng, &self.ids);
+                let b = pick(rng, &self.ids);
+                if a != b {
+                    self.c.cut.insert((b, a));
+                }
+            }
+            _ => {
+                if !leaders.is_empty() {
+                    let leader = pick(rng, &leaders);
+                    self.c.isolate(leader);
+                }
+            }
+        }
+    }
+
+    /// A client proposes one to three entries to a member that believes it leads.
+    fn propose(&mut self) {
+        let leaders = self.leaders();
+        if leaders.is_empty() {
+            return;
+        }
+        let rng = &mut self.streams.proposal;
+        let leader = pick(rng, &leaders);
+        for _ in 0..rng.range_u32(1, 4) {
+            let len = rng.range_u32(0, PAYLOAD_BYTES_MAX as u32) as usize;
+            self.proposals_count += 1;
+            // The timestamp makes every proposal's entry unique, for the log matching check.
+            let payload = Bytes::from_static(&PAYLOAD[..len]);
+            let _ = self
+                .c
+                .raft_mut(leader)
+                .propose(payload, 1, self.proposals_count);
+        }
+    }
+
+    /// Retention on member `id`: moves its log start close to what is committed and durable.
+    fn compact(&mut self, id: u64, keep: u64) {
+        if !self.is_up(id) {
+            return;
+        }
+        let node = self.c.nodes.get_mut(&id).expect("member");
+        let target = node
+            .raft
+            .commit_index()
+            .min(node.raft.persisted_index())
+            .min(node.store.durable_index)
+            .saturating_sub(keep);
+        if target > node.store.start.index {
+            let pos = node.store.compact(target);
+            node.raft.compact(pos.index, pos.term, pos.next_offset);
+        }
+    }
+
+    /// Crashes `id`: un-fsynced writes are lost, it stays down for a while.
+    fn crash(&mut self, id: u64) {
+        if !self.is_up(id) {
+            return;
+        }
+        let (low, high) = self.rates.down_ticks;
+        let down_ticks = u64::from(self.streams.crash.range_u32(low, high));
+        self.c.restart(id);
+        self.crashes_count += 1;
+        self.disk.get_mut(&id).expect("member").clear();
+        self.down_until
+            .insert(id, self.now + down_ticks * UNITS_PER_TICK);
+    }
+
+    fn restart_due(&mut self) {
+        let now = self.now;
+        self.down_until.retain(|_, until| *until > now);
+    }
+
+    /// Delivers every message due by now; a message to a crashed member or over a cut link
+    /// is lost.
+    fn deliver_due(&mut self) {
+        while let Some(entry) = self.net.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let m = entry.remove();
+            if !self.is_up(m.to) || self.c.cut.contains(&(m.from, m.to)) {
+                continue;
+            }
+            self.c.raft_mut(m.to).step(m);
+        }
+    }
+
+    /// Completes every disk write due by now, in issue order.
+    fn complete_due_writes(&mut self) {
+        for id in self.ids.clone() {
+            loop {
+                let queue = self.disk.get_mut(&id).expect("member");
+                match queue.front() {
+                    Some(&(due, index, term)) if due <= self.now => {
+                        queue.pop_front();
+                        self.c.persist_one(id, index, term);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Carries out member `id`'s Ready (the harness checks it), schedules its write and
+    /// puts its messages on the network.
+    fn process(&mut self, id: u64) {
+        let commit_before = self.c.nodes[&id].commit_index;
+        if !self.c.process(id) {
+            return;
+        }
+        let committed_now = self.c.nodes[&id].commit_index > commit_before;
+        self.schedule_writes(id);
+        let messages: Vec<RaftMessage> = self.c.net.drain(..).collect();
+        let crash_per_mille = self.crash_while_sending_per_mille(id, committed_now);
+        let messages = self.lose_current_term_entries(id, messages);
+        if self.faults && !messages.is_empty() && chance(&mut self.streams.crash, crash_per_mille) {
+            self.send_some_and_crash(id, messages);
+            return;
+        }
+        for m in messages {
+            self.send(m);
+        }
+    }
+
+    /// Queues member `id`'s new writes on its disk; they complete in issue order.
+    fn schedule_writes(&mut self, id: u64) {
+        let writes = std::mem::take(&mut self.c.nodes.get_mut(&id).expect("member").unpersisted);
+        let slow = self.disk_slow[&id];
+        for (index, term) in writes {
+            let latency = if slow {
+                self.streams.disk.range_u32(5, 80)
+            } else {
+                self.streams.disk.range_u32(1, 4)
+            };
+            let queue = self.disk.get_mut(&id).expect("member");
+            let after = queue.back().map_or(0, |&(due, _, _)| due);
+            queue.push_back(((self.now + u64::from(latency)).max(after), index, term));
+        }
+    }
+
+    /// The chance that member `id` crashes while sending this Ready: higher for a young
+    /// leader and for a leader whose commit index just moved (the Figure 8 moments).
+    fn crash_while_sending_per_mille(&mut self, id: u64, committed_now: bool) -> u32 {
+        let raft = self.c.raft(id);
+        if raft.role() != Role::Leader {
+            return self.rates.crash_mid_send_per_mille;
+        }
+        let (term, now) = (raft.term(), self.now);
+        let elected = self.elected_at.entry(id).or_insert((term, now));
+        if elected.0 != term {
+            *elected = (term, now);
+        }
+        if now - elected.1 < YOUNG_LEADER_TICKS * UNITS_PER_TICK {
+            self.rates.crash_young_leader_per_mille
+        } else if committed_now {
+            self.rates.crash_after_commit_per_mille
+        } else {
+            self.rates.crash_mid_send_per_mille
+        }
+    }
+
+    /// Figure 8 (c): while leader `id` still holds uncommitted entries of earlier terms,
+    /// messages carrying its own term's entries are lost, so old-term entries spread alone.
+    fn lose_current_term_entries(
+        &mut self,
+        id: u64,
+        messages: Vec<RaftMessage>,
+    ) -> Vec<RaftMessage> {
+        let raft = self.c.raft(id);
+        let rate = self.rates.lose_current_term_entries_per_mille;
+        let old_terms_uncommitted = raft.role() == Role::Leader
+            && raft
+                .term_at(raft.commit_index() + 1)
+                .is_some_and(|t| t < raft.term());
+        if !self.faults || rate == 0 || !old_terms_uncommitted {
+            return messages;
+        }
+        let term = raft.term();
+        let rng = &mut self.streams.net_loss;
+        messages
+            .into_iter()
+            .filter(|m| {
+                let carries_own_term = matches!(&m.body, Some(Body::AppendEntries(ae))
+                    if ae.entries.iter().any(|e| e.term == term));
+                !(carries_own_term && chance(rng, rate))
+            })
+            .collect()
+    }
+
+    /// Crash after persisting the hard state and writing, while sending: only some messages
+    /// leave (a leader that reached a minority, a vote half announced). How many leave is
+    /// uniform in `[0, all]`, so "none" and "just one" (a minority of five) are as likely as
+    /// "all but one".
+    fn send_some_and_crash(&mut self, id: u64, messages: Vec<RaftMessage>) {
+        let rng = &mut self.streams.crash;
+        let mut kept = rng.range_u32(0, messages.len() as u32 + 1);
+        let mut left = messages.len() as u32;
+        let mut out = Vec::new();
+        for m in messages {
+            if rng.range_u32(0, left) < kept {
+                out.push(m);
+                kept -= 1;
+            }
+            left -= 1;
+        }
+        for m in out {
+            self.send(m);
+        }
+        self.crash(id);
+    }
+
+    /// Puts a message on the network: maybe lost, maybe duplicated, delayed.
+    fn send(&mut self, m: RaftMessage) {
+        if self.faults && chance(&mut self.streams.net_loss, self.loss_per_mille) {
+            return;
+        }
+        let copies = if self.faults
+            && chance(
+                &mut self.streams.net_duplicate,
+                self.rates.duplicate_per_mille,
+            ) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let rng = &mut self.streams.net_delay;
+            let delay = match rng.range_u32(0, 100) {
+                0..=69 => rng.range_u32(1, 4),
+                70..=94 => rng.range_u32(4, 16),
+                _ if self.faults => rng.range_u32(16, 60),
+                _ => rng.range_u32(4, 16),
+            };
+            self.sent_count += 1;
+            self.net
+                .insert((self.now + u64::from(delay), self.sent_count), m.clone());
+        }
+    }
+
+    /// Heals every fault: links, crashed members, slow disks, loss.
+    fn heal(&mut self) {
+        self.faults = false;
+        self.c.heal();
+        self.down_until.clear();
+        for slow in self.disk_slow.values_mut() {
+            *slow = false;
+        }
+        self.loss_per_mille = 0;
+    }
+
+    /// Runs one whole tick.
+    fn run_tick(&mut self) {
+        for _ in 0..UNITS_PER_TICK {
+            self.step();
+        }
+    }
+
+    /// The whole life of one seed: chaos, healing, liveness. Returns the ticks it took after
+    /// healing to commit a new proposal on every member.
+    ///
+    /// # Panics
+    /// On any violated invariant, or if the healed cluster does not make progress within
+    /// `LIVENESS_TICKS_MAX` ticks.
+    fn run(&mut self) -> u64 {
+        while self.now < CHAOS_TICKS * UNITS_PER_TICK {
+            self.step();
+        }
+        self.heal();
+        // (index, term) of the liveness proposal; proposed again if leadership changed
+        // before it committed (it may then be overwritten, which is fine).
+        let mut proposal: Option<(u64, u64)> = None;
+        for tick in 1..=LIVENESS_TICKS_MAX {
+            self.run_tick();
+            if let Some((index, term)) = proposal {
+                let everywhere = self.c.nodes.values().all(|n| n.commit_index >= index);
+                match self.c.committed.get(&index) {
+                    Some(&t) if t == term && everywhere => return tick,
+                    Some(&t) if t != term => proposal = None,
+                    _ => {}
+                }
+                if self
+                    .c
+                    .leader()
+                    .is_some_and(|l| self.c.raft(l).term() != term)
+                {
+                    proposal = None;
+                }
+            }
+            if proposal.is_none() {
+                if let Some(leader) = self.c.leader() {
+                    let raft = self.c.raft_mut(leader);
+                    if let Ok(p) = raft.propose(Bytes::from_static(b"final"), 1, -1) {
+                        proposal = Some((p.index, p.term));
+                    }
+                }
+            }
+        }
+        let nodes: Vec<(Role, u64, u64)> = self
+            .c
+            .nodes
+            .values()
+            .map(|n| (n.raft.role(), n.raft.term(), n.raft.commit_index()))
+            .collect();
+        let progress: Vec<String> = self.c.leader().map_or(Vec::new(), |l| {
+            self.ids
+                .iter()
+                .filter_map(|&id| Some(format!("{id}: {:?}", self.c.raft(l).progress(id)?)))
+                .collect()
+        });
+        panic!(
+            "liveness: no new proposal committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {proposal:?}; role, term, commit: {nodes:?}; leader's progress: {progress:?})"
+        );
+    }
+
+    fn print_state(&self) {
+        let nodes: Vec<String> = self
+            .c
+            .nodes
+            .values()
+            .map(|n| {
+                let r = &n.raft;
+                format!(
+                    "{}:{}{:?}/t{}/c{}/l{}/p{}{}",
+                    r.id(),
+                    if self.is_up(r.id()) { "" } else { "DOWN " },
+                    r.role(),
+                    r.term(),
+                    r.commit_index(),
+                    r.last_index(),
+                    r.persisted_index(),
+                    if self.disk_slow[&r.id()] { "/slow" } else { "" }
+                )
+            })
+            .collect();
+        eprintln!(
+            "t{} cut {:?} loss {} net {} | {}",
+            self.now / UNITS_PER_TICK,
+            self.c.cut,
+            self.loss_per_mille,
+            self.net.len(),
+            nodes.join(" ")
+        );
+    }
+}
+
+impl fmt::Debug for Sim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} ({:?}, {} members)",
+            self.seed,
+            self.profile,
+            self.ids.len()
+        )
+    }
+}
+
+thread_local! {
+    /// The last panic of this thread, with its location (filled by the panic hook).
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default panic hook by one that records the panic for the report, so that a
+/// run of many seeds prints one readable paragraph per violation.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        panic::set_hook(Box::new(|info| {
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+        }));
+    });
+}
+
+/// The outcome of a batch of seeds.
+#[derive(Debug, Default)]
+struct Summary {
+    seeds: u64,
+    steps: u64,
+    violations: u64,
+    first_violation_seed: Option<u64>,
+    liveness_ticks_max: u64,
+    leader_terms_count: u64,
+    committed_count: u64,
+    crashes_count: u64,
+    snapshots_count: u64,
+    truncations_count: u64,
+}
+
+/// Runs `seeds`, each caught separately; prints every violation with its replay command.
+fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
+    quiet_panics();
+    let mut summary = Summary::default();
+    for seed in seeds {
+        let mut sim = Sim::new(seed);
+        let described = format!("{sim:?}");
+        let result = panic::catch_unwind(AssertUnwindSafe(|| sim.run()));
+        summary.seeds += 1;
+        summary.steps += sim.steps;
+        summary.leader_terms_count += sim.c.leaders.len() as u64;
+        summary.committed_count += sim.c.committed.len() as u64;
+        summary.crashes_count += sim.crashes_count;
+        summary.snapshots_count += sim.c.snapshots_count;
+        summary.truncations_count += sim.c.truncations_count;
+        match result {
+            Ok(ticks) => summary.liveness_ticks_max = summary.liveness_ticks_max.max(ticks),
+            Err(_) => {
+                summary.violations += 1;
+                summary.first_violation_seed.get_or_insert(seed);
+                let why = LAST_PANIC
+                    .with(|p| p.borrow_mut().take())
+                    .unwrap_or_default();
+                if summary.violations <= 5 {
+                    report(format_args!(
+                        "violation in {described} at t{} (step {}): {why}\nreproduce with RAFTLOG_SIM_SEED={seed}",
+                        sim.now / UNITS_PER_TICK,
+                        sim.steps
+                    ));
+                }
+            }
+        }
+    }
+    summary
+}
+
+/// Prints a line of the report straight to stdout: the test harness captures `println!` of
+/// passing tests, and the summary line must show in every run.
+fn report(line: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
+    })
+}
+
+/// The simulator's main entry: `RAFTLOG_SIM_SEEDS` seeds (or one `RAFTLOG_SIM_SEED`).
+#[test]
+fn simulation() {
+    let seeds: Vec<u64> = match env_u64("RAFTLOG_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = env_u64("RAFTLOG_SIM_FIRST_SEED").unwrap_or(0);
+            let count = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+            (first..first + count).collect()
+        }
+    };
+    let started = std::time::Instant::now();
+    let summary = run_seeds(seeds.into_iter());
+    report(format_args!(
+        "{} leader terms, {} entries committed, {} crashes, {} snapshots installed, {} suffixes truncated; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
+        summary.leader_terms_count,
+        summary.committed_count,
+        summary.crashes_count,
+        summary.snapshots_count,
+        summary.truncations_count,
+        summary.liveness_ticks_max,
+        summary.first_violation_seed,
+        started.elapsed().as_secs_f64()
+    ));
+    report(format_args!(
+        "simulation: {} seeds, {} steps, {} violations",
+        summary.seeds, summary.steps, summary.violations
+    ));
+    assert_eq!(summary.violations, 0, "see the violations above");
+}
+
+/// Wrapped in `mod raft` so that `cargo test raft` runs a few seeds of every profile.
+mod raft {
+    #[test]
+    fn raft_simulation_smoke() {
+        let summary = super::run_seeds(1000..1012);
+        assert_eq!(summary.violations, 0, "{summary:?}");
+    }
+}

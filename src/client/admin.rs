@@ -14,7 +14,7 @@ use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
 use crate::proto::envelope::Body;
 use crate::proto::{
-    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataRequest, MetadataResponse,
+    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse,
     OffsetCommitRequest, OffsetFetchRequest, PartitionOffset, TopicInfo,
 };
 
@@ -123,13 +123,18 @@ impl Admin {
         }
     }
 
-    /// Every topic of the cluster, by name.
+    /// Every topic of the cluster, by name, as the metadata leader sees it: it has applied
+    /// every change it acknowledged, so a topic just created (or deleted) shows (or not).
     ///
     /// # Errors
     /// A routing error when no node answers.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
         let body = Body::ListTopics(ListTopicsRequest {});
-        match self.cluster.request(Route::Any, body, Retry::All).await? {
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
             Body::ListTopicsResponse(response) => {
                 let mut topics = response.topics;
                 topics.sort_by(|a, b| a.name.cmp(&b.name));
@@ -156,16 +161,15 @@ impl Admin {
         Ok(topic)
     }
 
-    /// The cluster's nodes, topics and metadata leader, freshly asked of any node.
+    /// The cluster's nodes, topics and metadata leader, freshly asked of every node and
+    /// merged: each node knows the live state (leader, term, high watermark) only of the
+    /// partitions it holds a replica of.
     ///
     /// # Errors
     /// A routing error when no node answers.
     pub async fn describe_cluster(&self) -> Result<MetadataResponse, ClientError> {
-        let body = Body::Metadata(MetadataRequest { topics: Vec::new() });
-        match self.cluster.request(Route::Any, body, Retry::All).await? {
-            Body::MetadataResponse(metadata) => Ok(metadata),
-            other => Err(unexpected("MetadataResponse", &other)),
-        }
+        let metadata = self.cluster.refresh_metadata().await?;
+        Ok(MetadataResponse::clone(&metadata))
     }
 
     /// Deletes a topic and all its records.

@@ -69,6 +69,45 @@ pub enum ClientError {
     /// Encoding or decoding a frame failed.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The cluster has no topic of this name (checked against fresh metadata).
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    /// The topic exists but has no such partition.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many partitions the topic has.
+        partitions: u32,
+    },
+    /// A request (with its retries) did not complete before its deadline. For a produce the
+    /// outcome is unknown: the records may or may not have been written.
+    #[error("timed out after {elapsed_ms} ms {what}; last error: {last}")]
+    Timeout {
+        /// What was being attempted, for the message.
+        what: String,
+        /// How long the attempts took, in milliseconds.
+        elapsed_ms: u64,
+        /// The last error seen before giving up.
+        last: String,
+    },
+    /// A fetched batch failed its CRC or record checks: the bytes were damaged after the
+    /// producer encoded them.
+    #[error("corrupt batch in partition {partition} at offset {offset}: {source}")]
+    Corrupt {
+        /// Partition number.
+        partition: u32,
+        /// Base offset of the damaged batch.
+        offset: u64,
+        /// What the check found.
+        source: crate::batch::BatchError,
+    },
+    /// The caller asked for something the client refuses before sending anything (a record
+    /// larger than a batch, a producer that is closed, an unexpected answer).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -77,7 +116,20 @@ impl ClientError {
         match self {
             ClientError::Server(error) => Some(error.code()),
             ClientError::Wire(error) => Some(error.code()),
+            ClientError::UnknownTopic(_) => Some(ErrorCode::UnknownTopic),
+            ClientError::UnknownPartition { .. } => Some(ErrorCode::UnknownPartition),
+            ClientError::Timeout { .. } => Some(ErrorCode::Timeout),
+            ClientError::Corrupt { .. } => Some(ErrorCode::CorruptBatch),
+            ClientError::Invalid(_) => Some(ErrorCode::InvalidRequest),
             ClientError::Connect { .. } | ClientError::Closed => None,
+        }
+    }
+
+    /// The server's error message, when the node answered with an error.
+    pub fn server_error(&self) -> Option<&ErrorMessage> {
+        match self {
+            ClientError::Server(error) => Some(error),
+            _ => None,
         }
     }
 }

@@ -1,0 +1,253 @@
+//! Topic administration and consumer-group offsets: create, list, describe and delete topics;
+//! commit and fetch a group's positions.
+//!
+//! Changes (create, delete, offset commit) go to the metadata leader; reads go to any node,
+//! except a group's offsets, which are read from the metadata leader so that a consumer
+//! resuming right after a commit sees it. This module does not cache anything itself: the
+//! [`Cluster`] does.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cluster::{unexpected, Cluster, Retry, Route};
+use super::connection::ClientError;
+use crate::proto::envelope::Body;
+use crate::proto::{
+    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetFetchRequest, PartitionOffset, TopicInfo,
+};
+
+/// What a new topic looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    /// Topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`.
+    pub name: String,
+    /// Number of partitions, at least 1.
+    pub partitions: u32,
+    /// Replicas per partition, from 1 to the number of nodes.
+    pub replication_factor: u32,
+    /// Size-based retention per partition in bytes; 0 keeps everything.
+    pub retention_bytes: u64,
+    /// Age-based retention in milliseconds; 0 keeps everything.
+    pub retention_ms: u64,
+}
+
+impl NewTopic {
+    /// A topic with `partitions` partitions of `replication_factor` replicas, kept forever.
+    pub fn new(name: impl Into<String>, partitions: u32, replication_factor: u32) -> Self {
+        NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            retention_bytes: 0,
+            retention_ms: 0,
+        }
+    }
+}
+
+/// The admin API over a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct Admin {
+    cluster: Cluster,
+}
+
+impl Admin {
+    /// The admin API over `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        Admin { cluster }
+    }
+
+    /// The cluster this admin talks to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Creates a topic. Its partitions may still be electing leaders when this returns; see
+    /// [`Self::wait_for_leaders`].
+    ///
+    /// # Errors
+    /// The server's TOPIC_EXISTS or INVALID_REQUEST, or a routing error.
+    pub async fn create_topic(&self, topic: &NewTopic) -> Result<TopicInfo, ClientError> {
+        let body = Body::CreateTopic(CreateTopicRequest {
+            name: topic.name.clone(),
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            retention_bytes: topic.retention_bytes,
+            retention_ms: topic.retention_ms,
+        });
+        // Not retried after an unknown outcome: a retry of a create that did happen would
+        // answer TOPIC_EXISTS, a confusing error for a request that succeeded.
+        let answer = self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::Determinate)
+            .await?;
+        let created = match answer {
+            Body::CreateTopicResponse(response) => response.topic.unwrap_or_default(),
+            other => return Err(unexpected("CreateTopicResponse", &other)),
+        };
+        // The cached metadata lacks the new topic; refresh now so that a producer on this
+        // cluster handle finds it without an UNKNOWN_TOPIC round.
+        let _ = self.cluster.refresh_metadata().await;
+        Ok(created)
+    }
+
+    /// Waits until every partition of `topic` has a known leader, refreshing the metadata
+    /// with backoff, for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] when some partition still has no leader at the end;
+    /// [`ClientError::UnknownTopic`] when the topic does not exist.
+    pub async fn wait_for_leaders(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<TopicInfo, ClientError> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let info = self.describe_topic(topic).await?;
+            let leaderless = info.partitions.iter().filter(|p| p.leader_id == 0).count();
+            if leaderless == 0 && !info.partitions.is_empty() {
+                return Ok(info);
+            }
+            if started.elapsed() + wait >= timeout {
+                return Err(ClientError::Timeout {
+                    what: format!("waiting for the partitions of {topic:?} to elect leaders"),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    last: format!("{leaderless} partition(s) without a leader"),
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Every topic of the cluster, by name, as the metadata leader sees it: it has applied
+    /// every change it acknowledged, so a topic just created (or deleted) shows (or not).
+    ///
+    /// # Errors
+    /// A routing error when no node answers.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
+        let body = Body::ListTopics(ListTopicsRequest {});
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::ListTopicsResponse(response) => {
+                let mut topics = response.topics;
+                topics.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(topics)
+            }
+            other => Err(unexpected("ListTopicsResponse", &other)),
+        }
+    }
+
+    /// A topic with its partitions' leaders, replicas, log starts and high watermarks, from
+    /// fresh metadata (which also refreshes the cluster's cache).
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownTopic`] when no topic has this name.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
+        let metadata = self.describe_cluster().await?;
+        let mut topic = metadata
+            .topics
+            .iter()
+            .find(|topic| topic.name == name)
+            .cloned()
+            .ok_or_else(|| ClientError::UnknownTopic(name.to_owned()))?;
+        topic.partitions.sort_by_key(|p| p.partition);
+        Ok(topic)
+    }
+
+    /// The cluster's nodes, topics and metadata leader, freshly asked of every node and
+    /// merged: each node knows the live state (leader, term, high watermark) only of the
+    /// partitions it holds a replica of.
+    ///
+    /// # Errors
+    /// A routing error when no node answers.
+    pub async fn describe_cluster(&self) -> Result<MetadataResponse, ClientError> {
+        let metadata = self.cluster.refresh_metadata().await?;
+        Ok(MetadataResponse::clone(&metadata))
+    }
+
+    /// Deletes a topic and all its records.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC from the server, or a routing error.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let body = Body::DeleteTopic(DeleteTopicRequest { name: name.into() });
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::Determinate)
+            .await?
+        {
+            Body::DeleteTopicResponse(_) => {
+                let _ = self.cluster.refresh_metadata().await;
+                Ok(())
+            }
+            other => Err(unexpected("DeleteTopicResponse", &other)),
+        }
+    }
+
+    /// Stores `group`'s next offsets for partitions of `topic` (durably, through the
+    /// metadata group). Safe to repeat, so it is retried whatever the failure.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC, UNKNOWN_PARTITION or INVALID_REQUEST from the server, or a routing error.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), ClientError> {
+        let body = Body::OffsetCommit(OffsetCommitRequest {
+            group: group.into(),
+            topic: topic.into(),
+            offsets: offsets
+                .iter()
+                .map(|&(partition, offset)| PartitionOffset {
+                    partition,
+                    offset,
+                    committed: true,
+                })
+                .collect(),
+        });
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::OffsetCommitResponse(_) => Ok(()),
+            other => Err(unexpected("OffsetCommitResponse", &other)),
+        }
+    }
+
+    /// `group`'s stored next offsets for `partitions` of `topic` (all when empty); entries
+    /// with `committed == false` were never committed.
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC from the server, or a routing error.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<PartitionOffset>, ClientError> {
+        let body = Body::OffsetFetch(OffsetFetchRequest {
+            group: group.into(),
+            topic: topic.into(),
+            partitions: partitions.to_vec(),
+        });
+        // The metadata leader has applied every acknowledged commit; another node might lag.
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::OffsetFetchResponse(response) => Ok(response.offsets),
+            other => Err(unexpected("OffsetFetchResponse", &other)),
+        }
+    }
+}

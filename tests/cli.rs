@@ -1,0 +1,230 @@
+//! The `raftlog` binary's client commands against three real nodes on loopback: the CLI
+//! contract end to end — topic admin, produce with `--print-offsets`, consume from every
+//! node's address in both formats, `--from`/`--count`, group resume, `--follow` until
+//! SIGTERM, and the errors for unknown topics and partitions.
+
+mod cli_support;
+mod real_cluster;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cli_support::{json_field, raftlog, spawn, terminate};
+use real_cluster::RealCluster;
+
+const RECORDS: usize = 20_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_contract_holds_on_a_three_node_cluster() {
+    let nodes = RealCluster::start(3).await;
+    let bootstrap = nodes.address(0);
+
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "orders", "--partitions", "3"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "created topic orders (3 partitions, replication factor 3)\n"
+    );
+    let run = raftlog(&bootstrap, &["topic", "list"], "").await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, "orders\n"), "{run:?}");
+    let run = raftlog(&bootstrap, &["topic", "describe", "orders"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("PARTITION"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 3, "{run:?}");
+    assert!(
+        rows.iter().all(|row| !row.contains("none")),
+        "every partition has a leader: {run:?}"
+    );
+
+    // Produce: keyed lines, offsets printed in input order.
+    let input: String = (0..RECORDS)
+        .map(|i| format!("k{}|value-{i}\n", i % 97))
+        .collect();
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "produce",
+            "orders",
+            "--key-separator",
+            "|",
+            "--print-offsets",
+        ],
+        &input,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let offsets: Vec<(String, String)> = run
+        .stdout
+        .lines()
+        .map(|line| {
+            let (p, o) = line.split_once(' ').expect("PARTITION OFFSET");
+            (p.to_owned(), o.to_owned())
+        })
+        .collect();
+    assert_eq!(offsets.len(), RECORDS);
+    let mut expected: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut partition_of_key: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, (partition, offset)) in offsets.iter().enumerate() {
+        let known = partition_of_key
+            .entry(i % 97)
+            .or_insert_with(|| partition.clone());
+        assert_eq!(known, partition, "same key, same partition");
+        expected.insert(
+            (partition.clone(), offset.clone()),
+            format!("\"value-{i}\""),
+        );
+    }
+
+    // Consume everything back through every node's address: same values at the same offsets.
+    for index in 0..3 {
+        let run = raftlog(
+            &nodes.address(index),
+            &["consume", "orders", "--format", "json"],
+            "",
+        )
+        .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), RECORDS, "node {}", index + 1);
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for line in lines {
+            let partition = json_field(line, "partition").to_owned();
+            let offset = json_field(line, "offset").to_owned();
+            let value = json_field(line, "value");
+            assert_eq!(
+                expected
+                    .get(&(partition.clone(), offset.clone()))
+                    .map(String::as_str),
+                Some(value),
+                "{line}"
+            );
+            assert!(json_field(line, "key").starts_with("\"k"), "{line}");
+            let offset: u64 = offset.parse().unwrap();
+            if let Some(previous) = last.insert(partition, offset) {
+                assert_eq!(offset, previous + 1, "in order, no gaps: {line}");
+            }
+        }
+    }
+
+    // --from and --count on one partition, in value format.
+    let (partition, _) = &offsets[0];
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "consume",
+            "orders",
+            "--partition",
+            partition,
+            "--from",
+            "1",
+            "--count",
+            "2",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let want: Vec<String> = ["1", "2"]
+        .iter()
+        .map(|o| {
+            expected[&(partition.clone(), o.to_string())]
+                .trim_matches('"')
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(run.stdout, format!("{}\n{}\n", want[0], want[1]));
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_follow_and_errors_on_a_real_cluster() {
+    let nodes = RealCluster::start(3).await;
+    let bootstrap = nodes.bootstrap();
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "jobs", "--partitions", "2"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let input: String = (0..30).map(|i| format!("job-{i}\n")).collect();
+    assert_eq!(
+        raftlog(&bootstrap, &["produce", "jobs"], &input).await.code,
+        0
+    );
+
+    // A group resumes where it stopped: no gap, no repeat.
+    let first = raftlog(
+        &bootstrap,
+        &["consume", "jobs", "--group", "w", "--count", "11"],
+        "",
+    )
+    .await;
+    assert_eq!(first.code, 0, "{first:?}");
+    let rest = raftlog(&bootstrap, &["consume", "jobs", "--group", "w"], "").await;
+    assert_eq!(rest.code, 0, "{rest:?}");
+    let mut seen: Vec<&str> = first.stdout.lines().chain(rest.stdout.lines()).collect();
+    assert_eq!(seen.len(), 30, "{first:?} {rest:?}");
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 30);
+
+    // --follow tails new commits until SIGTERM, then exits 0.
+    let follower = spawn(
+        &bootstrap,
+        &["consume", "jobs", "--from", "latest", "--follow"],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        raftlog(
+            &bootstrap,
+            &["produce", "jobs", "--partition", "1"],
+            "late-1\nlate-2\n"
+        )
+        .await
+        .code,
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let followed = terminate(follower).await;
+    assert_eq!(
+        (followed.code, followed.stdout.as_str()),
+        (0, "late-1\nlate-2\n"),
+        "{followed:?}"
+    );
+
+    // Errors: a message on stderr, a documented exit code, no panic.
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["consume", "missing"], 3, "unknown topic \"missing\""),
+        (
+            &["produce", "jobs", "--partition", "9"],
+            3,
+            "has no partition 9",
+        ),
+        (&["topic", "describe", "missing"], 3, "unknown topic"),
+        (&["topic", "create", "jobs"], 1, "TOPIC_EXISTS"),
+    ];
+    for (args, code, message) in cases {
+        let run = raftlog(&bootstrap, args, "x\n").await;
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(message), "{args:?}: {run:?}");
+        assert!(!run.stderr.contains("panicked"), "{run:?}");
+    }
+    let run = raftlog(&bootstrap, &["topic", "delete", "jobs"], "").await;
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "deleted topic jobs\n"),
+        "{run:?}"
+    );
+    nodes.shutdown().await;
+}

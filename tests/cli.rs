@@ -12,7 +12,7 @@ use std::time::Duration;
 use cli_support::{json_field, raftlog, spawn, terminate};
 use real_cluster::RealCluster;
 
-const RECORDS: usize = 20_000;
+const RECORDS: usize = 100_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_contract_holds_on_a_three_node_cluster() {

@@ -66,7 +66,7 @@ async fn produce_and_consume_through_a_three_node_cluster() {
     let producer = Producer::new(cluster.clone(), ProducerOptions::default())
         .await
         .unwrap();
-    let total = 5_000u32;
+    let total = 100_000u32;
     let mut deliveries = Vec::new();
     for i in 0..total {
         let mut record = ProducerRecord::new("orders", format!("value-{i}"));

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raftlog::cli::node_commands::{self, DevArgs, ServeArgs};
-use raftlog::cli::{self, consume, produce, topic};
+use raftlog::cli::{self, bench, consume, produce, topic};
 
 /// raftlog: a Raft-replicated, Kafka-like append-only log service.
 ///
@@ -35,6 +35,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's committed records, one per line
     Consume(consume::ConsumeArgs),
+    /// Measure produce, consume or end-to-end throughput and latency
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Topic(args) => cli::run(topic::run(args)),
         Command::Produce(args) => cli::run(produce::run(args)),
         Command::Consume(args) => cli::run(consume::run(args)),
+        Command::Bench(args) => cli::run(bench::run(args)),
     }
 }
 

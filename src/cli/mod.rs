@@ -20,6 +20,7 @@ use crate::client::ClientError;
 use crate::proto::ErrorCode;
 
 pub mod args;
+pub mod bench;
 pub mod consume;
 pub mod node_commands;
 pub mod produce;

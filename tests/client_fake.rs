@@ -250,3 +250,75 @@ async fn an_unreachable_bootstrap_fails_within_its_timeout() {
     assert!(error.to_string().contains(&address), "{error}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_batch_bytes_max_and_linger() {
+    let fake = FakeCluster::start(1, 1).await;
+    let cluster = Cluster::connect(options(&fake.addresses[0])).await.unwrap();
+    Admin::new(cluster.clone())
+        .create_topic(&NewTopic::new("b", 1, 1))
+        .await
+        .unwrap();
+
+    // Size: 100 records of 50 bytes with a 400-byte limit need many batches, none larger.
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerOptions {
+            batch_bytes_max: 400,
+            linger_ms: 1_000,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut last = None;
+    for i in 0..100 {
+        let value = format!("{i:050}");
+        last = Some(
+            producer
+                .send(ProducerRecord::new("b", value))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    assert_eq!(last.unwrap().await.unwrap().offset, 99);
+    let sizes = std::mem::take(&mut fake.state.lock().unwrap().batches);
+    assert!(sizes.len() >= 100 * 52 / 400, "{sizes:?}");
+    assert!(sizes.iter().all(|&(bytes, _)| bytes <= 400), "{sizes:?}");
+    assert_eq!(sizes.iter().map(|&(_, n)| n).sum::<u32>(), 100);
+
+    // Linger: a few records sent together travel in one batch, after linger_ms.
+    let producer = Producer::new(
+        cluster.clone(),
+        ProducerOptions {
+            linger_ms: 200,
+            ..ProducerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for i in 0..5 {
+        deliveries.push(
+            producer
+                .send(ProducerRecord::new("b", format!("{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for delivery in deliveries {
+        timeout(BOUND, delivery).await.unwrap().unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let counts: Vec<u32> = fake
+        .state
+        .lock()
+        .unwrap()
+        .batches
+        .iter()
+        .map(|b| b.1)
+        .collect();
+    assert_eq!(counts, [5], "one lingering batch");
+}

@@ -35,6 +35,8 @@ pub struct State {
     pub groups: HashMap<(String, String, u32), u64>,
     /// Produce requests accepted.
     pub produce_requests: u64,
+    /// Encoded size and record count of every accepted batch, in arrival order.
+    pub batches: Vec<(usize, u32)>,
     /// NOT_LEADER answers given.
     pub not_leader_answers: u64,
 }
@@ -207,6 +209,8 @@ async fn handle(node: u64, shared: &Mutex<State>, body: Body) -> Result<Body, Er
             let validated = batch::validate(&produce.batch, 1 << 20)
                 .map_err(|e| error(e.code(), &e.to_string()))?;
             state.produce_requests += 1;
+            let size = (produce.batch.len(), validated.record_count());
+            state.batches.push(size);
             let Some((_, partitions)) = state.topics.get_mut(&produce.topic) else {
                 return Err(error(ErrorCode::UnknownTopic, "unknown topic"));
             };

@@ -66,9 +66,10 @@ pub struct ProducerOptions {
     pub request_timeout_ms: u32,
     /// Records queued per partition before `send` waits (back-pressure).
     pub queue_records_max: usize,
-    /// Ask for a producer id and number every batch, and retry after unknown outcomes too.
-    /// Safe only against a server that drops duplicate sequences (DUPLICATE_SEQUENCE); off
-    /// by default until the server does.
+    /// Ask for a producer id and number every batch, and retry after unknown outcomes too:
+    /// the partition leader answers a retry of a batch it already has with
+    /// DUPLICATE_SEQUENCE and the original offset, so retries never duplicate records. On by
+    /// default, as in Kafka.
     pub enable_idempotence: bool,
 }
 
@@ -82,7 +83,7 @@ impl Default for ProducerOptions {
             delivery_timeout_ms: 120_000,
             request_timeout_ms: 10_000,
             queue_records_max: 10_000,
-            enable_idempotence: false,
+            enable_idempotence: true,
         }
     }
 }

@@ -623,6 +623,8 @@ impl Node {
                 ));
             }
         }
+        // A group with no other replica has nobody to hand to; waiting for it is pointless.
+        groups.retain(|(_, followers)| !followers.is_empty());
         for (handle, followers) in &groups {
             if let Some(&(to, _)) = followers
                 .iter()

@@ -65,7 +65,13 @@ async fn to_leader(connections: &[Connection], body: Body) -> Body {
             for connection in connections {
                 match connection.request(body.clone()).await {
                     Ok(answer) => return answer,
-                    Err(ClientError::Server(error)) if error.code() == ErrorCode::NotLeader => {
+                    // A node may not have applied a just-created topic yet: try the next.
+                    Err(ClientError::Server(error))
+                        if matches!(
+                            error.code(),
+                            ErrorCode::NotLeader | ErrorCode::UnknownTopic
+                        ) =>
+                    {
                         continue
                     }
                     Err(ClientError::Server(error)) => return Body::Error(error),
@@ -602,8 +608,9 @@ async fn retried_batches_are_deduplicated_even_by_a_new_leader() {
     assert!(pid > 0);
 
     let first = idempotent_batch(pid, 0, 0, &["a", "b", "c"]);
-    let Body::ProduceResponse(written) = to_leader(&connections, first.clone()).await else {
-        panic!()
+    let answer = to_leader(&connections, first.clone()).await;
+    let Body::ProduceResponse(written) = answer else {
+        panic!("not written: {answer:?}")
     };
     assert_eq!(written.base_offset, 0);
     let Body::Error(duplicate) = to_leader(&connections, first.clone()).await else {

@@ -19,7 +19,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -202,12 +202,15 @@ fn schedule(seed: u64, nodes: u64, kinds: &[FaultKind], count: usize) -> Vec<Fau
 struct History {
     started: Option<Instant>,
     /// Every operation, one line each, in the order the test saw them.
-    log: Vec<String>,
+    /// The most recent [`LOG_LINES_MAX`] of them: a long run would not fit otherwise.
+    log: VecDeque<String>,
+    /// Every fault and heal line, kept whatever the length of the run.
+    timeline: Vec<String>,
     /// value → partition, for every value ever sent.
-    sent: HashMap<String, u32>,
+    sent: HashMap<Value, u32>,
     /// value → (partition, offset) for every acknowledged value.
-    acknowledged: HashMap<String, (u32, u64)>,
-    indeterminate: HashSet<String>,
+    acknowledged: HashMap<Value, (u32, u64)>,
+    indeterminate: HashSet<Value>,
     /// Batches answered OUT_OF_ORDER_SEQUENCE on a retry of the same sequence.
     out_of_order: u64,
     /// (partition, node) → the records that consumer read, in order.
@@ -224,25 +227,53 @@ struct History {
 impl History {
     fn note(&mut self, line: String) {
         let at = self.started.get_or_insert_with(Instant::now).elapsed();
-        self.log.push(format!("{:>8.3} {line}", at.as_secs_f64()));
+        let fault = line.starts_with("fault ");
+        let line = format!("{:>8.3} {line}", at.as_secs_f64());
+        if fault {
+            self.timeline.push(line.clone());
+        }
+        if self.log.len() == LOG_LINES_MAX {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
     }
 }
 
 type Shared = Arc<Mutex<History>>;
 
 /// What one consumer read: (offset, value) in order.
-type Records = Vec<(u64, String)>;
+type Records = Vec<(u64, Value)>;
+
+/// A written value: the writer's slot (a producer index, or [`PRODUCERS`] for the probe) in the
+/// high bits and its count in the low 40, sent as decimal text. Numbers keep a long run's
+/// history small.
+type Value = u64;
+
+/// Operations kept in the history's log (the checker's sets keep everything regardless).
+const LOG_LINES_MAX: usize = 200_000;
+
+fn value_id(slot: usize, count: u64) -> Value {
+    ((slot as u64) << 40) | count
+}
+
+/// The value a consumed record carries; `u64::MAX` (never sent) when it is not one of ours.
+fn parse_value(bytes: &[u8]) -> Value {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(u64::MAX)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Producers.
 // ---------------------------------------------------------------------------------------------
 
-fn batch(partition: u32, producer: (u64, u32), sequence: u32, values: &[String]) -> Body {
+fn batch(partition: u32, producer: (u64, u32), sequence: u32, values: &[Value]) -> Body {
     let mut builder =
         RecordBatchBuilder::new(1 << 14).with_producer(producer.0, producer.1, sequence);
     for value in values {
         builder
-            .push(1_700_000_000_000, None, value.as_bytes(), &[])
+            .push(1_700_000_000_000, None, value.to_string().as_bytes(), &[])
             .unwrap();
     }
     Body::Produce(ProduceRequest {
@@ -309,7 +340,7 @@ async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delive
 
 async fn producer(
     addresses: Vec<String>,
-    seed: u64,
+    (seed, pace_ms): (u64, u64),
     index: usize,
     history: Shared,
     stop: Arc<AtomicBool>,
@@ -328,17 +359,20 @@ async fn producer(
         };
         let mut sequences = [0u32; PARTITIONS as usize];
         while !stop.load(Ordering::Relaxed) {
+            if pace_ms > 0 {
+                sleep(Duration::from_millis(pace_ms)).await;
+            }
             let partition = rng.below(u64::from(PARTITIONS)) as u32;
             let count = rng.range(1, 4);
-            let values: Vec<String> = (0..count)
-                .map(|k| format!("p{index}-{}", next_value + k))
+            let values: Vec<Value> = (0..count)
+                .map(|k| value_id(index, next_value + k))
                 .collect();
             next_value += count;
             let body = batch(partition, id, sequences[partition as usize], &values);
             {
                 let mut h = history.lock().unwrap();
                 for value in &values {
-                    h.sent.insert(value.clone(), partition);
+                    h.sent.insert(*value, partition);
                 }
                 h.note(format!(
                     "send {partition} pid {} seq {} {values:?}",
@@ -351,15 +385,14 @@ async fn producer(
                     sequences[partition as usize] += count as u32;
                     let mut h = history.lock().unwrap();
                     for (k, value) in values.iter().enumerate() {
-                        h.acknowledged
-                            .insert(value.clone(), (partition, base + k as u64));
+                        h.acknowledged.insert(*value, (partition, base + k as u64));
                     }
                     h.note(format!("ack {partition} @{base} {values:?}"));
                 }
                 Delivery::Unknown(why) => {
                     let mut h = history.lock().unwrap();
                     h.out_of_order += u64::from(why.starts_with("OutOfOrderSequence"));
-                    h.indeterminate.extend(values.iter().cloned());
+                    h.indeterminate.extend(values.iter().copied());
                     h.note(format!("indeterminate {partition} {values:?}: {why}"));
                     // The sequence state is unknown now: start over as a new producer.
                     break;
@@ -373,6 +406,9 @@ async fn producer(
 // Consumers.
 // ---------------------------------------------------------------------------------------------
 
+/// Where a consumer may stop and by when: unset while the load runs.
+type DrainTarget = Arc<Mutex<Option<(u64, Instant)>>>;
+
 /// Tails one partition on one node from offset 0 until it reaches `target` (set once the load
 /// has stopped) or the drain bound passes.
 async fn consumer(
@@ -380,7 +416,7 @@ async fn consumer(
     partition: u32,
     node: u64,
     history: Shared,
-    target: Arc<Mutex<Option<(u64, Instant)>>>,
+    target: DrainTarget,
 ) {
     let mut client = Client::new(vec![address]);
     client.request_timeout = Duration::from_secs(2);
@@ -407,7 +443,7 @@ async fn consumer(
         for stored in &fetched.batches {
             let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
             for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
-                let value = String::from_utf8(record.unwrap().value.to_vec()).unwrap();
+                let value = parse_value(&record.unwrap().value);
                 records.push((stored.base_offset + i as u64, value));
             }
             offset = stored.base_offset + u64::from(stored.record_count);
@@ -739,27 +775,23 @@ impl Probe {
                     continue;
                 }
                 let id = self.id.expect("producer id");
-                let value = format!("probe-{}", self.written);
+                let value = value_id(PRODUCERS, self.written);
                 self.written += 1;
                 let sequence = self.sequences[partition as usize];
                 let body = batch(partition, id, sequence, std::slice::from_ref(&value));
-                history
-                    .lock()
-                    .unwrap()
-                    .sent
-                    .insert(value.clone(), partition);
+                history.lock().unwrap().sent.insert(value, partition);
                 let leader = &mut self.leaders[partition as usize];
                 match deliver(&mut self.client, leader, &body).await {
                     Delivery::Written(offset) => {
                         self.sequences[partition as usize] += 1;
                         let mut h = history.lock().unwrap();
-                        h.acknowledged.insert(value.clone(), (partition, offset));
+                        h.acknowledged.insert(value, (partition, offset));
                         h.note(format!("ack {partition} @{offset} [{value:?}]"));
                         break;
                     }
                     Delivery::Unknown(why) => {
                         let mut h = history.lock().unwrap();
-                        h.indeterminate.insert(value.clone());
+                        h.indeterminate.insert(value);
                         h.note(format!("indeterminate {partition} [{value:?}]: {why}"));
                         self.id = None;
                     }
@@ -836,9 +868,9 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
                 }
             }
         }
-        let mut at: HashMap<&str, u64> = HashMap::new();
+        let mut at: HashMap<Value, u64> = HashMap::new();
         for (offset, value) in reference.iter() {
-            if let Some(first) = at.insert(value, *offset) {
+            if let Some(first) = at.insert(*value, *offset) {
                 verdict.duplicated += 1;
                 verdict.problem(format!(
                     "partition {partition}: {value} at {first} and {offset}"
@@ -855,7 +887,7 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
             if *p != partition {
                 continue;
             }
-            match at.get(value.as_str()) {
+            match at.get(value) {
                 Some(stored) if stored == offset => {}
                 Some(stored) => {
                     verdict.reordered += 1;
@@ -885,12 +917,21 @@ struct Plan {
     kinds: Vec<FaultKind>,
     /// Faults at most.
     faults_max: usize,
-    /// The fault loop stops starting new faults after this long.
+    /// The fault loop stops starting new faults after this long (once every kind ran).
     budget: Duration,
+    /// Pause of each producer between batches: a long run keeps its history small.
+    pace_ms: u64,
 }
 
 /// Both tests start clusters of several processes; on two cores they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Writes a line to the real stderr, past the test harness's capture, so that the seed and
+/// the summary appear in every CI log, not only in failing tests' output.
+fn show(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 fn base_seed() -> u64 {
     match std::env::var("RAFTLOG_FAULT_SEED") {
@@ -917,10 +958,10 @@ fn long_run_minutes() -> Option<f64> {
 
 fn run(plan: Plan) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    eprintln!(
+    show(&format!(
         "fault run on {} nodes, seed {} (reproduce with RAFTLOG_FAULT_SEED={})",
         plan.nodes, plan.seed, plan.seed
-    );
+    ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -931,183 +972,254 @@ fn run(plan: Plan) {
 
 async fn scenario(plan: Plan) {
     let started = Instant::now();
-    let mut cluster = ProcessCluster::prepare(ClusterOptions {
-        nodes: plan.nodes,
-        proxied: true,
-        extra_config: NODE_CONFIG.into(),
-    });
     let history: Shared = Arc::default();
     history
         .lock()
         .unwrap()
         .note(format!("seed {} nodes {}", plan.seed, plan.nodes));
-    // The last node keeps its data on a small tmpfs for the disk-full fault.
-    let disk = if plan.kinds.contains(&FaultKind::DiskFull) {
-        match cluster.use_tmpfs(plan.nodes, TMPFS_BYTES) {
-            Ok(root) => Some((plan.nodes, root)),
+    let (mut cluster, disk) = start_cluster(&plan, &history).await;
+    let mut client = Client::new(cluster.addresses());
+    let mut probe = Probe::new(cluster.addresses());
+    probe
+        .recover(&history)
+        .await
+        .expect("the new cluster accepts writes");
+    let load = Load::start(&cluster, &plan, &history);
+
+    let mut run = FaultRun {
+        cluster: &mut cluster,
+        client: &mut client,
+        probe: &mut probe,
+        history: &history,
+        disk: &disk,
+        seed: plan.seed,
+    };
+    let faults = schedule(plan.seed, plan.nodes, &plan.kinds, plan.faults_max);
+    let mut injected = 0usize;
+    let mut liveness = None;
+    for (number, fault) in faults.iter().enumerate() {
+        // The budget never cuts the first round, which holds every kind once.
+        if started.elapsed() > plan.budget && number >= plan.kinds.len() {
+            break;
+        }
+        match run.one(number, fault).await {
+            Ok(counted) => injected += usize::from(counted),
             Err(why) => {
-                eprintln!("disk-full fault skipped: {why}");
-                history
-                    .lock()
-                    .unwrap()
-                    .skipped
-                    .push(format!("DiskFull: {why}"));
-                None
+                liveness = Some(why);
+                break;
             }
         }
-    } else {
-        None
+    }
+
+    let targets = load.finish(&mut client, plan.nodes).await;
+    let history = history.lock().unwrap();
+    let outcome = RunResult {
+        verdict: check(&history, &targets),
+        targets,
+        injected,
+        liveness,
+        elapsed: started.elapsed(),
     };
+    conclude(&plan, cluster, &history, outcome);
+}
+
+/// Starts the nodes (the last one on a tmpfs when the plan has the disk-full fault) and
+/// creates the topic; returns the cluster and, when mounted, the full-able node and its mount.
+async fn start_cluster(plan: &Plan, history: &Shared) -> (ProcessCluster, Option<(u64, PathBuf)>) {
+    let mut cluster = ProcessCluster::prepare(ClusterOptions {
+        nodes: plan.nodes,
+        proxied: true,
+        extra_config: NODE_CONFIG.into(),
+    });
+    let mut disk = None;
+    if plan.kinds.contains(&FaultKind::DiskFull) {
+        match cluster.use_tmpfs(plan.nodes, TMPFS_BYTES) {
+            Ok(root) => disk = Some((plan.nodes, root)),
+            Err(why) => {
+                eprintln!("disk-full fault skipped: {why}");
+                let mut h = history.lock().unwrap();
+                h.skipped.push(format!("DiskFull: {why}"));
+            }
+        }
+    }
     for id in 1..=plan.nodes {
         cluster.spawn(id);
     }
-    let mut client = Client::new(cluster.addresses());
     let create = Body::CreateTopic(CreateTopicRequest {
         name: TOPIC.into(),
         partitions: PARTITIONS,
         replication_factor: plan.nodes as u32,
         ..Default::default()
     });
-    let created = client.send_to_any(create).await;
+    let created = Client::new(cluster.addresses()).send_to_any(create).await;
     assert!(
         matches!(created, Outcome::Ok(Body::CreateTopicResponse(_))),
         "topic created: {created:?}"
     );
+    (cluster, disk)
+}
 
-    let mut probe = Probe::new(cluster.addresses());
-    probe
-        .recover(&history)
-        .await
-        .expect("the new cluster accepts writes");
+/// The producers and consumers running while the faults happen.
+struct Load {
+    stop: Arc<AtomicBool>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    targets: Vec<DrainTarget>,
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for index in 0..PRODUCERS {
-        let task = producer(
-            cluster.addresses(),
-            plan.seed,
-            index,
-            history.clone(),
-            stop.clone(),
-        );
-        producers.push(tokio::spawn(task));
-    }
-    let mut targets_by_partition = Vec::new();
-    let mut consumers = Vec::new();
-    for partition in 0..PARTITIONS {
-        let target = Arc::new(Mutex::new(None));
-        for node in 1..=plan.nodes {
-            let address = cluster.addresses()[node as usize - 1].clone();
-            let task = consumer(address, partition, node, history.clone(), target.clone());
-            consumers.push(tokio::spawn(task));
+impl Load {
+    fn start(cluster: &ProcessCluster, plan: &Plan, history: &Shared) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let producers = (0..PRODUCERS)
+            .map(|index| {
+                let task = producer(
+                    cluster.addresses(),
+                    (plan.seed, plan.pace_ms),
+                    index,
+                    history.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(task)
+            })
+            .collect();
+        let mut targets = Vec::new();
+        let mut consumers = Vec::new();
+        for partition in 0..PARTITIONS {
+            let target = Arc::new(Mutex::new(None));
+            for node in 1..=plan.nodes {
+                let address = cluster.addresses()[node as usize - 1].clone();
+                let task = consumer(address, partition, node, history.clone(), target.clone());
+                consumers.push(tokio::spawn(task));
+            }
+            targets.push(target);
         }
-        targets_by_partition.push(target);
+        Load {
+            stop,
+            producers,
+            consumers,
+            targets,
+        }
     }
 
-    let faults = schedule(plan.seed, plan.nodes, &plan.kinds, plan.faults_max);
-    let mut liveness: Option<String> = None;
-    let mut injected = 0usize;
-    for (number, fault) in faults.iter().enumerate() {
-        if started.elapsed() > plan.budget {
-            break;
+    /// Stops the producers, lets every node catch up, lets the consumers drain up to the
+    /// final high watermarks, and returns those.
+    async fn finish(self, client: &mut Client, nodes: u64) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.producers {
+            let _ = timeout(Duration::from_millis(BATCH_RETRY_MS_MAX * 3), task).await;
         }
+        let targets = final_high_watermarks(client, nodes).await;
+        let drain_deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
+        for (partition, target) in self.targets.iter().enumerate() {
+            *target.lock().unwrap() = Some((targets[partition], drain_deadline));
+        }
+        for task in self.consumers {
+            let _ = timeout(Duration::from_millis(DRAIN_MS_MAX + 5_000), task).await;
+        }
+        targets
+    }
+}
+
+/// What one fault needs: the cluster, a client to find leaders, the liveness probe.
+struct FaultRun<'a> {
+    cluster: &'a mut ProcessCluster,
+    client: &'a mut Client,
+    probe: &'a mut Probe,
+    history: &'a Shared,
+    disk: &'a Option<(u64, PathBuf)>,
+    seed: u64,
+}
+
+impl FaultRun<'_> {
+    /// Waits the gap, injects the fault, holds it, heals it, and measures the recovery.
+    /// Returns whether the fault counted (it was not skipped), or the liveness failure.
+    async fn one(&mut self, number: usize, fault: &Fault) -> Result<bool, String> {
         sleep(Duration::from_millis(fault.gap_ms)).await;
         let injected_at = Instant::now();
-        let (active, what) =
-            match inject(&mut cluster, &mut client, fault, &disk, plan.seed, number).await {
-                Ok(done) => done,
-                Err(why) => {
-                    history
-                        .lock()
-                        .unwrap()
-                        .skipped
-                        .push(format!("{:?}: {why}", fault.kind));
-                    (Active::Nothing, format!("skipped: {why}"))
-                }
-            };
-        history
+        let injected = inject(
+            self.cluster,
+            self.client,
+            fault,
+            self.disk,
+            self.seed,
+            number,
+        )
+        .await;
+        let (active, what) = injected.unwrap_or_else(|why| {
+            let mut h = self.history.lock().unwrap();
+            h.skipped.push(format!("{:?}: {why}", fault.kind));
+            (Active::Nothing, format!("skipped: {why}"))
+        });
+        let kind = fault.kind;
+        self.history
             .lock()
             .unwrap()
-            .note(format!("fault {number} {:?}: {what}", fault.kind));
-        eprintln!(
-            "fault {number} {:?} for {} ms: {what}",
-            fault.kind, fault.hold_ms
-        );
+            .note(format!("fault {number} {kind:?}: {what}"));
+        eprintln!("fault {number} {kind:?} for {} ms: {what}", fault.hold_ms);
         sleep(Duration::from_millis(fault.hold_ms)).await;
-        let skipped = matches!(active, Active::Nothing);
-        if let Some(finding) = heal(&mut cluster, active).await {
+        let counted = !matches!(active, Active::Nothing);
+        if let Some(finding) = heal(self.cluster, active).await {
             eprintln!("finding: {finding}");
-            history.lock().unwrap().findings.push(finding);
+            self.history.lock().unwrap().findings.push(finding);
         }
         let held_ms = injected_at.elapsed().as_millis() as u64;
-        let recovered = probe.recover(&history).await;
-        let mut h = history.lock().unwrap();
+        let recovered = self.probe.recover(self.history).await;
+        let mut h = self.history.lock().unwrap();
         h.note(format!(
             "fault {number} healed after {held_ms} ms: {recovered:?}"
         ));
-        if !skipped {
-            injected += 1;
-            let entry = h.faults.entry(format!("{:?}", fault.kind)).or_default();
+        if counted {
+            let entry = h.faults.entry(format!("{kind:?}")).or_default();
             entry.0 += 1;
             entry.1 += held_ms;
         }
-        match recovered {
-            Ok(ms) => h.recoveries_ms.push(ms),
-            Err(why) => {
-                liveness = Some(format!(
-                    "after fault {number} ({:?}: {what}): {why}",
-                    fault.kind
-                ));
-                break;
-            }
-        }
+        let ms =
+            recovered.map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
+        h.recoveries_ms.push(ms);
+        Ok(counted)
     }
+}
 
-    // Stop the load, let every node catch up, and let the consumers drain.
-    stop.store(true, Ordering::Relaxed);
-    for task in producers {
-        let _ = timeout(Duration::from_millis(BATCH_RETRY_MS_MAX * 3), task).await;
-    }
-    let targets = final_high_watermarks(&mut client, plan.nodes).await;
-    let drain_deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
-    for (partition, target) in targets_by_partition.iter().enumerate() {
-        *target.lock().unwrap() = Some((targets[partition], drain_deadline));
-    }
-    for task in consumers {
-        let _ = timeout(Duration::from_millis(DRAIN_MS_MAX + 5_000), task).await;
-    }
+/// What the run ended with.
+struct RunResult {
+    verdict: Verdict,
+    targets: Vec<u64>,
+    injected: usize,
+    liveness: Option<String>,
+    elapsed: Duration,
+}
 
-    let history = history.lock().unwrap();
-    let verdict = check(&history, &targets);
+/// Prints the summary, writes the report, and on failure keeps the directory with the full
+/// history and panics with the seed.
+fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome: RunResult) {
+    let verdict = &outcome.verdict;
     let recovered_ms_max = history.recoveries_ms.iter().copied().max().unwrap_or(0);
     let summary = format!(
-        "faults {injected}, acknowledged {}, lost {}, duplicated {}, reordered {}, recovered after max {recovered_ms_max} ms",
+        "faults {}, acknowledged {}, lost {}, duplicated {}, reordered {}, recovered after max {recovered_ms_max} ms",
+        outcome.injected,
         history.acknowledged.len(),
         verdict.lost,
         verdict.duplicated,
         verdict.reordered,
     );
-    let report = report(
-        &plan,
-        &history,
-        &verdict,
-        &summary,
-        &targets,
-        started.elapsed(),
-        &liveness,
-    );
+    let report = report(plan, history, &outcome, &summary);
     let report_path =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}n-report.txt", plan.nodes));
     std::fs::write(&report_path, &report).unwrap();
-    println!("{summary}");
-    eprintln!("{summary}\nreport: {}", report_path.display());
-    if verdict.ok() && liveness.is_none() {
+    show(&format!("{summary}\nreport: {}", report_path.display()));
+    let missing: Vec<String> = plan
+        .kinds
+        .iter()
+        .map(|kind| format!("{kind:?}"))
+        .filter(|kind| !history.faults.contains_key(kind))
+        .filter(|kind| !history.skipped.iter().any(|s| s.starts_with(kind.as_str())))
+        .collect();
+    if verdict.ok() && outcome.liveness.is_none() && missing.is_empty() {
         return;
     }
-    let dir = cluster.keep_dir();
-    let saved = dir.join("report.txt");
+    let saved = cluster.keep_dir().join("report.txt");
     let mut full = report;
-    full.push_str("\n## history\n");
+    full.push_str("\n## history (most recent operations)\n");
     for line in &history.log {
         full.push_str(line);
         full.push('\n');
@@ -1119,19 +1231,17 @@ async fn scenario(plan: Plan) {
         );
     }
     std::fs::write(&saved, full).unwrap();
-    drop(history);
     drop(cluster);
+    let problems: String = verdict
+        .problems
+        .iter()
+        .take(20)
+        .map(|p| format!("{p}\n"))
+        .collect();
     panic!(
-        "{summary}\n{}{}\nhistory and node logs: {}\nreproduce with RAFTLOG_FAULT_SEED={}",
-        verdict
-            .problems
-            .iter()
-            .take(20)
-            .map(|p| format!("{p}\n"))
-            .collect::<String>(),
-        liveness
-            .map(|l| format!("liveness: {l}"))
-            .unwrap_or_default(),
+        "{summary}\n{problems}{}{}\nhistory and node logs: {}\nreproduce with RAFTLOG_FAULT_SEED={}",
+        outcome.liveness.as_deref().map(|l| format!("liveness: {l}\n")).unwrap_or_default(),
+        if missing.is_empty() { String::new() } else { format!("fault kinds never injected: {missing:?}") },
         saved.display(),
         plan.seed,
     );
@@ -1169,16 +1279,11 @@ async fn final_high_watermarks(client: &mut Client, nodes: u64) -> Vec<u64> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    plan: &Plan,
-    history: &History,
-    verdict: &Verdict,
-    summary: &str,
-    targets: &[u64],
-    elapsed: Duration,
-    liveness: &Option<String>,
-) -> String {
+fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) -> String {
+    let verdict = &outcome.verdict;
+    let targets = &outcome.targets;
+    let elapsed = outcome.elapsed;
+    let liveness = &outcome.liveness;
     let mut out = String::new();
     let _ = writeln!(out, "# raftlog fault-injection run");
     let _ = writeln!(out, "{summary}");
@@ -1225,7 +1330,7 @@ fn report(
         let _ = writeln!(out, "problem: {problem}");
     }
     let _ = writeln!(out, "\n## fault timeline");
-    for line in history.log.iter().filter(|l| l.contains(" fault ")) {
+    for line in &history.timeline {
         let _ = writeln!(out, "{line}");
     }
     out
@@ -1240,6 +1345,15 @@ fn minutes_budget(share: f64, ci: Duration, ci_faults: usize) -> (Duration, usiz
     }
 }
 
+/// Long runs pace the producers so that the history of half an hour stays in memory.
+fn pace_ms() -> u64 {
+    if long_run_minutes().is_some() {
+        5
+    } else {
+        0
+    }
+}
+
 #[test]
 fn three_nodes_lose_nothing_under_every_fault_kind() {
     let (budget, faults_max) = minutes_budget(2.0 / 3.0, Duration::from_secs(120), 13);
@@ -1249,6 +1363,7 @@ fn three_nodes_lose_nothing_under_every_fault_kind() {
         kinds: ALL_KINDS.to_vec(),
         faults_max,
         budget,
+        pace_ms: pace_ms(),
     });
 }
 
@@ -1266,5 +1381,6 @@ fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
         kinds,
         faults_max,
         budget,
+        pace_ms: pace_ms(),
     });
 }

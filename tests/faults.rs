@@ -44,8 +44,15 @@ const BATCH_RETRY_MS_MAX: u64 = 30_000;
 const RECOVERY_MS_MAX: u64 = 30_000;
 /// Longest the consumers may take to reach the final high watermark once the load stops.
 const DRAIN_MS_MAX: u64 = 60_000;
-/// Size of the tmpfs that holds one node's data; the disk-full fault fills what is left.
-const TMPFS_BYTES: u64 = 96 << 20;
+/// Size of the tmpfs that holds one node's data; the disk-full fault fills what is left. A
+/// long run writes more data, so its node gets more room (tmpfs only uses what is written).
+fn tmpfs_bytes() -> u64 {
+    if long_run_minutes().is_some() {
+        1 << 30
+    } else {
+        96 << 20
+    }
+}
 
 /// Fast timing so that a fault and its recovery take seconds: 50 ms ticks, elections after
 /// 0.5–1 s; small batches and segments so that the disk-full fault meets a segment roll soon.
@@ -641,7 +648,7 @@ fn fill(path: &Path) -> Result<u64, String> {
     let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
     let chunk = vec![0xA5u8; 64 << 10];
     let mut written = 0u64;
-    while written <= TMPFS_BYTES {
+    while written <= tmpfs_bytes() {
         match file.write(&chunk) {
             Ok(0) => break,
             Ok(k) => written += k as u64,
@@ -1033,7 +1040,7 @@ async fn start_cluster(plan: &Plan, history: &Shared) -> (ProcessCluster, Option
     });
     let mut disk = None;
     if plan.kinds.contains(&FaultKind::DiskFull) {
-        match cluster.use_tmpfs(plan.nodes, TMPFS_BYTES) {
+        match cluster.use_tmpfs(plan.nodes, tmpfs_bytes()) {
             Ok(root) => disk = Some((plan.nodes, root)),
             Err(why) => {
                 eprintln!("disk-full fault skipped: {why}");

@@ -220,6 +220,9 @@ struct History {
     indeterminate: HashSet<Value>,
     /// Batches answered OUT_OF_ORDER_SEQUENCE on a retry of the same sequence.
     out_of_order: u64,
+    /// Batches resent after an indeterminate attempt, and those a resend found deduplicated.
+    resent: u64,
+    deduplicated: u64,
     /// (partition, node) → the records that consumer read, in order.
     consumed: BTreeMap<(u32, u64), Records>,
     /// Fault kind → (count, total hold ms).
@@ -232,6 +235,11 @@ struct History {
 }
 
 impl History {
+    fn count(&mut self, retries: Retries) {
+        self.resent += u64::from(retries.indeterminate);
+        self.deduplicated += u64::from(retries.deduplicated);
+    }
+
     fn note(&mut self, line: String) {
         let at = self.started.get_or_insert_with(Instant::now).elapsed();
         let fault = line.starts_with("fault ");
@@ -308,9 +316,18 @@ async fn init_producer(client: &mut Client) -> Option<(u64, u32)> {
 
 enum Delivery {
     /// Written at this base offset (acknowledged, or a retry answered DUPLICATE_SEQUENCE).
-    Written(u64),
+    Written(u64, Retries),
     /// Gave up, or the server refused the sequence: may or may not be in the log.
     Unknown(String),
+}
+
+/// How a batch got written.
+#[derive(Debug, Default, Clone, Copy)]
+struct Retries {
+    /// An attempt ended indeterminate (timeout, lost connection) and the batch was resent.
+    indeterminate: bool,
+    /// A resend was answered DUPLICATE_SEQUENCE: the server deduplicated it.
+    deduplicated: bool,
 }
 
 /// Sends one batch to the partition's leader, retrying the same bytes (same sequence) on every
@@ -319,12 +336,16 @@ enum Delivery {
 async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delivery {
     let deadline = Instant::now() + Duration::from_millis(BATCH_RETRY_MS_MAX);
     let nodes = client.addresses.len();
+    let mut retries = Retries::default();
     while Instant::now() < deadline {
         match client.send(*leader, body.clone()).await {
-            Outcome::Ok(Body::ProduceResponse(r)) => return Delivery::Written(r.base_offset),
+            Outcome::Ok(Body::ProduceResponse(r)) => {
+                return Delivery::Written(r.base_offset, retries)
+            }
             Outcome::Ok(other) => panic!("produce answered {other:?}"),
             Outcome::Failed(e) if e.code() == ErrorCode::DuplicateSequence => {
-                return Delivery::Written(e.duplicate_offset)
+                retries.deduplicated = true;
+                return Delivery::Written(e.duplicate_offset, retries);
             }
             Outcome::Failed(e) => {
                 return Delivery::Unknown(format!("{:?}: {}", e.code(), e.message))
@@ -336,7 +357,12 @@ async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delive
                 }
                 *leader = hinted.min(nodes - 1);
             }
-            Outcome::Refused(_) | Outcome::Indeterminate => {
+            Outcome::Indeterminate => {
+                retries.indeterminate = true;
+                *leader = (*leader + 1) % nodes;
+                sleep(Duration::from_millis(50)).await;
+            }
+            Outcome::Refused(_) => {
                 *leader = (*leader + 1) % nodes;
                 sleep(Duration::from_millis(50)).await;
             }
@@ -388,9 +414,10 @@ async fn producer(
             }
             let leader = &mut leaders[partition as usize];
             match deliver(&mut client, leader, &body).await {
-                Delivery::Written(base) => {
+                Delivery::Written(base, retries) => {
                     sequences[partition as usize] += count as u32;
                     let mut h = history.lock().unwrap();
+                    h.count(retries);
                     for (k, value) in values.iter().enumerate() {
                         h.acknowledged.insert(*value, (partition, base + k as u64));
                     }
@@ -789,9 +816,10 @@ impl Probe {
                 history.lock().unwrap().sent.insert(value, partition);
                 let leader = &mut self.leaders[partition as usize];
                 match deliver(&mut self.client, leader, &body).await {
-                    Delivery::Written(offset) => {
+                    Delivery::Written(offset, retries) => {
                         self.sequences[partition as usize] += 1;
                         let mut h = history.lock().unwrap();
+                        h.count(retries);
                         h.acknowledged.insert(value, (partition, offset));
                         h.note(format!("ack {partition} @{offset} [{value:?}]"));
                         break;
@@ -1302,10 +1330,13 @@ fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) ->
     let _ = writeln!(out, "duration {:.1} s", elapsed.as_secs_f64());
     let _ = writeln!(
         out,
-        "sent {}, acknowledged {}, indeterminate {}, out-of-order answers {}, phantom {}, incomplete consumers {}",
+        "sent {}, acknowledged {}, indeterminate {}, resent after an indeterminate attempt {} \
+         (deduplicated by the server {}), out-of-order answers {}, phantom {}, incomplete consumers {}",
         history.sent.len(),
         history.acknowledged.len(),
         history.indeterminate.len(),
+        history.resent,
+        history.deduplicated,
         history.out_of_order,
         verdict.phantom,
         verdict.incomplete

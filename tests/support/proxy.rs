@@ -8,9 +8,9 @@
 //! forwarded. When the link heals the held sockets are closed, so the transport reconnects with
 //! a clean stream instead of resuming a half-delivered frame.
 //!
-//! Because a node may answer over the connection its peer opened, blocking only (A, C) cuts
-//! A's connections to C and leaves C's connections to A working: a one-way partition at the
-//! connection level. Blocking both (A, C) and (C, A) cuts the link entirely.
+//! The peer transport carries each direction on its own connection, opened by the sender
+//! (see `src/transport/mod.rs`), so blocking only (A, C) drops what A sends to C while C's
+//! messages still reach A: a one-way partition. Blocking both (A, C) and (C, A) cuts the link.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

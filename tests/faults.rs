@@ -1046,6 +1046,9 @@ async fn scenario(plan: Plan) {
         }
     }
 
+    if liveness.is_none() {
+        liveness = exited_on_its_own(&mut cluster).err();
+    }
     let targets = load.finish(&mut client, plan.nodes).await;
     let history = history.lock().unwrap();
     let outcome = RunResult {
@@ -1211,7 +1214,20 @@ impl FaultRun<'_> {
         let ms =
             recovered.map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
         h.recoveries_ms.push(ms);
+        drop(h);
+        exited_on_its_own(self.cluster).map_err(|why| format!("after fault {number}: {why}"))?;
         Ok(counted)
+    }
+}
+
+/// Fails when a node's process ended without the harness killing it (a crash, or a node
+/// that could not start).
+fn exited_on_its_own(cluster: &mut ProcessCluster) -> Result<(), String> {
+    match cluster.exited().first() {
+        None => Ok(()),
+        Some((id, status)) => Err(format!(
+            "node {id} exited on its own ({status}); see node-{id}.log"
+        )),
     }
 }
 

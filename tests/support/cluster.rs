@@ -2,19 +2,44 @@
 //! and configuration file, optionally wired through a [`ProxyMesh`]. Processes are only ever
 //! signalled by the PIDs this harness started; dropping the cluster kills them all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 
 use super::proxy::ProxyMesh;
 
-/// A free loopback address (bound, then released for a node to bind).
+/// Ports handed out by [`free_address`] in this process, never handed out twice.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A free loopback address for a node to bind, now or at a later restart.
+///
+/// The port comes from below Linux's default ephemeral range (32768–60999): a port the kernel
+/// picks for `bind(0)` or for the local end of an outgoing connection could be taken by one of
+/// the test's own client connections before a node (re)binds it, and the node would fail to
+/// start with "address in use". Below that range only an explicit bind can take it.
 pub fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
+        .subsec_nanos();
+    let mut candidate = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % SPAN;
+    for _ in 0..SPAN {
+        candidate = (candidate + 7_919) % SPAN;
+        let port = (LOW + candidate) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in [{LOW}, {})", LOW + SPAN);
 }
 
 /// How to start a cluster.
@@ -75,6 +100,7 @@ pub struct ProcessCluster {
     /// Client address of node `i + 1`.
     pub clients: Vec<SocketAddr>,
     peers: Vec<SocketAddr>,
+    metrics: Vec<SocketAddr>,
     mesh: Option<ProxyMesh>,
     extra_config: String,
     children: HashMap<u64, Child>,
@@ -109,6 +135,7 @@ impl ProcessCluster {
         ProcessCluster {
             dir: Some(tempfile::tempdir().unwrap()),
             clients: (0..options.nodes).map(|_| free_address()).collect(),
+            metrics: (0..options.nodes).map(|_| free_address()).collect(),
             peers,
             mesh,
             extra_config: options.extra_config,
@@ -196,7 +223,7 @@ impl ProcessCluster {
             self.data_dir(id).display().to_string(),
             self.clients[index],
             self.peers[index],
-            free_address(),
+            self.metrics[index],
         );
         toml.push_str(&self.extra_config);
         toml.push_str("\n[peers]\n");
@@ -208,6 +235,22 @@ impl ProcessCluster {
             toml.push_str(&format!("{peer} = \"{address}\"\n"));
         }
         toml
+    }
+
+    /// Nodes whose process ended without the harness killing it, with how it ended; they
+    /// count as not running afterwards.
+    pub fn exited(&mut self) -> Vec<(u64, ExitStatus)> {
+        let mut exited = Vec::new();
+        for (&id, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((id, status));
+            }
+        }
+        for (id, _) in &exited {
+            self.children.remove(id);
+            self.paused.remove(id);
+        }
+        exited
     }
 
     /// Whether node `id` has a live process (paused or not).

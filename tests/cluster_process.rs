@@ -2,176 +2,18 @@
 //! restart it, and check that every acknowledged record is stored exactly once, in one order,
 //! on every node.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use raftlog::batch::RecordBatchBuilder;
-use raftlog::client::{ClientError, ConnectOptions, Connection};
+use raftlog::client::Connection;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
+use support::client::{Client, Outcome, BOUND};
+use support::cluster::ProcessCluster;
 use tokio::time::{sleep, timeout};
-
-const BOUND: Duration = Duration::from_secs(60);
-
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A cluster of `raftlog serve` processes, killed by PID when dropped.
-struct ProcessCluster {
-    dir: tempfile::TempDir,
-    clients: Vec<SocketAddr>,
-    peers: Vec<SocketAddr>,
-    children: HashMap<u64, Child>,
-}
-
-impl ProcessCluster {
-    fn start(nodes: u64) -> ProcessCluster {
-        let mut cluster = ProcessCluster {
-            dir: tempfile::tempdir().unwrap(),
-            clients: (0..nodes).map(|_| free_address()).collect(),
-            peers: (0..nodes).map(|_| free_address()).collect(),
-            children: HashMap::new(),
-        };
-        for id in 1..=nodes {
-            cluster.spawn(id);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, address)| format!("{}={address}", i + 1))
-            .collect();
-        let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftlog"))
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node-{id}")))
-            .args(["--listen", &self.clients[id as usize - 1].to_string()])
-            .args(["--peer-listen", &self.peers[id as usize - 1].to_string()])
-            .args(["--metrics-listen", &free_address().to_string()])
-            .args(["--peers", &peers.join(",")])
-            .env("RAFTLOG_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("raftlog serve starts");
-        self.children.insert(id, child);
-    }
-
-    /// SIGKILL: no graceful shutdown, no final sync.
-    fn kill(&mut self, id: u64) {
-        let mut child = self.children.remove(&id).expect("node is running");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn addresses(&self) -> Vec<String> {
-        self.clients.iter().map(SocketAddr::to_string).collect()
-    }
-}
-
-impl Drop for ProcessCluster {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A minimal client that reconnects and follows NOT_LEADER hints among known nodes.
-struct Client {
-    addresses: Vec<String>,
-    connections: HashMap<usize, Connection>,
-}
-
-/// How a request ended, as a Jepsen-style history records it.
-enum Outcome {
-    Ok(Body),
-    /// Refused before anything was written: safe to retry.
-    Refused,
-    /// May or may not have taken effect (connection lost, timeout).
-    Indeterminate,
-}
-
-impl Client {
-    fn new(addresses: Vec<String>) -> Client {
-        Client {
-            addresses,
-            connections: HashMap::new(),
-        }
-    }
-
-    async fn connection(&mut self, node: usize) -> Option<Connection> {
-        if let Some(connection) = self.connections.get(&node).filter(|c| !c.is_closed()) {
-            return Some(connection.clone());
-        }
-        let options = ConnectOptions {
-            connect_timeout: Duration::from_millis(500),
-            ..Default::default()
-        };
-        let connection = Connection::connect(&self.addresses[node], &options)
-            .await
-            .ok()?;
-        self.connections.insert(node, connection.clone());
-        Some(connection)
-    }
-
-    async fn send(&mut self, node: usize, body: Body) -> Outcome {
-        let Some(connection) = self.connection(node).await else {
-            return Outcome::Refused;
-        };
-        match timeout(Duration::from_secs(5), connection.request(body)).await {
-            Ok(Ok(answer)) => Outcome::Ok(answer),
-            Ok(Err(ClientError::Server(error)))
-                if matches!(
-                    error.code(),
-                    ErrorCode::NotLeader | ErrorCode::UnknownTopic | ErrorCode::ResourceExhausted
-                ) && !error.message.contains("changed before the write committed") =>
-            {
-                Outcome::Refused
-            }
-            Ok(Err(_)) => {
-                self.connections.remove(&node);
-                Outcome::Indeterminate
-            }
-            Err(_) => {
-                self.connections.remove(&node);
-                Outcome::Indeterminate
-            }
-        }
-    }
-
-    /// Sends to each node in turn until one answers, retrying refusals within the bound.
-    async fn send_to_any(&mut self, body: Body) -> Outcome {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            for node in 0..self.addresses.len() {
-                match self.send(node, body.clone()).await {
-                    Outcome::Refused => continue,
-                    other => return other,
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no node accepted the request within {BOUND:?}"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn produce(value: &str) -> Body {
     let mut builder = RecordBatchBuilder::new(1 << 20);
@@ -287,7 +129,7 @@ async fn killing_the_leader_loses_no_acknowledged_record_and_the_node_catches_up
                 acknowledged_after_kill += u64::from(killed.is_some());
             }
             Outcome::Ok(other) => panic!("unexpected answer {other:?}"),
-            Outcome::Indeterminate | Outcome::Refused => {
+            Outcome::Indeterminate | Outcome::Refused(_) | Outcome::Failed(_) => {
                 indeterminate.insert(value);
             }
         }

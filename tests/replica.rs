@@ -242,3 +242,106 @@ async fn three_replicas_replicate_and_a_follower_refuses_with_a_leader_hint() {
         }
     }
 }
+
+/// Collects what a replica sends, for tests that play the other members by hand.
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<RaftMessage>>,
+}
+
+impl MessageSink for Recorder {
+    fn send(&self, message: RaftMessage) {
+        self.sent.lock().unwrap().push(message);
+    }
+}
+
+fn data_entry(term: u64, index: u64, payload: &'static str) -> raftlog::proto::Entry {
+    raftlog::proto::Entry {
+        term,
+        index,
+        kind: raftlog::proto::EntryKind::Data as i32,
+        base_offset: 0,
+        record_count: 1,
+        timestamp_ms: 1_700_000_000_000,
+        payload: Bytes::from_static(payload.as_bytes()),
+    }
+}
+
+fn append_entries(
+    from: u64,
+    term: u64,
+    entries: Vec<raftlog::proto::Entry>,
+    leader_commit: u64,
+) -> RaftMessage {
+    RaftMessage {
+        group_id: 7,
+        from,
+        to: 2,
+        body: Some(raftlog::proto::raft_message::Body::AppendEntries(
+            raftlog::proto::AppendEntries {
+                term,
+                leader_id: from,
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries,
+                leader_commit,
+            },
+        )),
+    }
+}
+
+/// A follower holding an uncommitted entry from an old term gets, in one AppendEntries, the
+/// new leader's entry at the same index together with a commit index covering it. The
+/// storage must truncate the stale entry even though the core's commit index already covers
+/// the index: only what was committed *before* this step is protected. (Found by the
+/// fault-injection suite: the replica asserted against the new commit index and its task
+/// panicked, leaving the partition without that replica until restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_replaces_a_stale_entry_when_the_same_append_commits_its_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let sink: Arc<dyn MessageSink> = recorder.clone();
+    let mut config = config(dir.path(), 2, vec![1, 2, 3]);
+    // Stay a follower for the whole test.
+    config.raft.election_timeout_ticks = 10_000;
+    config.track_producers = false;
+    let follower = Replica::start(config, LogIsTheState, sink).unwrap();
+
+    follower.step(append_entries(1, 1, vec![data_entry(1, 1, "stale")], 0));
+    timeout(BOUND, async {
+        while follower.status().last_index < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stale entry is stored");
+    // Let the append reach the disk (and the answer go out) before the new leader speaks.
+    timeout(BOUND, async {
+        while recorder.sent.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the follower answers the first leader");
+
+    follower.step(append_entries(3, 2, vec![data_entry(2, 1, "fresh")], 1));
+    timeout(BOUND, async {
+        loop {
+            let status = follower.status();
+            assert_eq!(status.failed, None, "the replica stopped");
+            if status.commit_index == 1 && status.high_watermark == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the replacement is stored and committed");
+    let fetched = timeout(BOUND, follower.fetch(0, 1 << 20, Duration::ZERO))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.entries.len(), 1);
+    assert_eq!(fetched.entries[0].term, 2);
+    assert_eq!(&fetched.entries[0].payload[..], b"fresh");
+}

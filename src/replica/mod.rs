@@ -472,6 +472,12 @@ pub struct Replica<S: StateMachine> {
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     status: watch::Sender<ReplicaStatus>,
     high_watermark: u64,
+    /// The commit index the last [`Replica::on_commit`] acted on, capped at the stored log:
+    /// entries up to it may have been shown to readers and answered to producers, so storage
+    /// must never truncate them. It lags the core's commit index on purpose: one step may both
+    /// truncate a stale suffix and commit the leader's entries that replace it (the same
+    /// AppendEntries carries both), and the truncation must still happen.
+    committed_index: u64,
     /// Set by a stop request: the time by which the replica exits even with waiters left.
     stopping_deadline: Option<tokio::time::Instant>,
     /// Idempotent producers' recent batches, as the log holds them.
@@ -506,6 +512,8 @@ impl<S: StateMachine> Replica<S> {
         let (status, status_rx) = watch::channel(ReplicaStatus::default());
         let high_watermark = log.start_offset();
         let metrics = crate::metrics::group(config.raft.id, config.raft.group_id);
+        // After a restart only the log start is known to be committed.
+        let committed_index = raft.commit_index();
         let mut replica = Replica {
             raft,
             log,
@@ -518,6 +526,7 @@ impl<S: StateMachine> Replica<S> {
             sync_done: mpsc::channel(1),
             status,
             high_watermark,
+            committed_index,
             stopping_deadline: None,
             producers: ProducerTable::new(),
             metrics,
@@ -766,7 +775,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn write_log(&mut self, ready: &Ready) -> Result<(), StorageError> {
-        let commit_index = self.raft.commit_index();
+        let commit_index = self.committed_index;
         tokio::task::block_in_place(|| {
             if let Some(hard_state) = &ready.hard_state {
                 self.log
@@ -814,6 +823,7 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_commit(&mut self) -> Result<(), StorageError> {
         let commit_index = self.raft.commit_index().min(self.log.last_index());
+        self.committed_index = self.committed_index.max(commit_index);
         if commit_index >= self.log.first_index() {
             let last = self.log.entries(commit_index, commit_index + 1, 0)?;
             if let Some(entry) = last.first() {

@@ -1,0 +1,1440 @@
+//! Jepsen-style fault injection against real clusters of `raftlog serve` processes.
+//!
+//! Idempotent producers write unique values to several partitions while consumers tail every
+//! partition from every node, and a seeded schedule kills, pauses, partitions, starves and
+//! corrupts nodes. Afterwards a checker reads the history: every acknowledged record was
+//! consumed exactly once at the offset it was acknowledged with, nothing was consumed that was
+//! never sent, every consumer saw the same dense order, and after every fault healed the cluster
+//! accepted writes again within a bound.
+//!
+//! - `RAFTLOG_FAULT_SEED=N` replays a schedule (the seed is printed at the start of each run and
+//!   on failure).
+//! - `RAFTLOG_FAULT_MINUTES=N` turns the bounded CI run into a long run of about N minutes,
+//!   two thirds on three nodes and one third on five.
+//!
+//! The fault schedule is a pure function of the seed: kinds, targets (as "the leader of
+//! partition p", "the k-th other node"), hold times and gaps are drawn from their own seeded
+//! stream before the run starts. Which process is the leader at that moment depends on timing,
+//! so a replay injects the same faults in the same order, not necessarily on the same PIDs.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftlog::batch::RecordBatchBuilder;
+use raftlog::proto::envelope::Body;
+use raftlog::proto::*;
+use raftlog::storage::frame;
+use support::client::{Client, Outcome};
+use support::cluster::{ClusterOptions, ProcessCluster};
+use tokio::time::{sleep, timeout};
+
+const TOPIC: &str = "jepsen";
+const PARTITIONS: u32 = 3;
+const PRODUCERS: usize = 4;
+/// Longest a producer retries one batch before calling it indeterminate.
+const BATCH_RETRY_MS_MAX: u64 = 30_000;
+/// Longest the cluster may take, after a fault heals, to accept a write on every partition.
+const RECOVERY_MS_MAX: u64 = 30_000;
+/// Longest the consumers may take to reach the final high watermark once the load stops.
+const DRAIN_MS_MAX: u64 = 60_000;
+/// Size of the tmpfs that holds one node's data; the disk-full fault fills what is left. A
+/// long run writes more data, so its node gets more room (tmpfs only uses what is written).
+fn tmpfs_bytes() -> u64 {
+    if long_run_minutes().is_some() {
+        1 << 30
+    } else {
+        96 << 20
+    }
+}
+
+/// Fast timing so that a fault and its recovery take seconds: 50 ms ticks, elections after
+/// 0.5–1 s; small batches and segments so that the disk-full fault meets a segment roll soon.
+const NODE_CONFIG: &str = "
+[network]
+reconnect_backoff_ms_max = 500
+
+[server]
+batch_bytes_max = 16384
+
+[raft]
+tick_interval_ms = 50
+election_timeout_ticks = 10
+heartbeat_interval_ticks = 1
+
+[storage]
+segment_bytes = 98304
+";
+/// The longest election timeout of [`NODE_CONFIG`] (2 × 10 ticks of 50 ms).
+const ELECTION_TIMEOUT_MS_MAX: u64 = 1_000;
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness: SplitMix64, one stream per source.
+// ---------------------------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    /// The stream `source` of `seed`; streams of one seed are independent.
+    fn new(seed: u64, source: u64) -> Rng {
+        let mut rng = Rng(seed ^ source.wrapping_mul(0xA076_1D64_78BD_642F));
+        rng.next();
+        rng
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)`.
+    fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next() % n
+    }
+
+    /// Uniform in `[low, high)`.
+    fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low)
+    }
+}
+
+const SOURCE_SCHEDULE: u64 = 1;
+const SOURCE_CORRUPTION: u64 = 2;
+const SOURCE_PRODUCER: u64 = 100;
+
+// ---------------------------------------------------------------------------------------------
+// The fault schedule.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum FaultKind {
+    /// kill -9 of a partition leader, restart after the hold.
+    KillLeader,
+    /// kill -9 of a follower of a partition, restart after the hold.
+    KillFollower,
+    /// kill -9 of any node, restart after the hold.
+    KillRandom,
+    /// SIGSTOP of a partition leader for longer than an election timeout, then SIGCONT.
+    PauseLeader,
+    /// SIGSTOP of any node for longer than an election timeout, then SIGCONT.
+    PauseRandom,
+    /// A random minority cut off from the majority, both directions.
+    PartitionHalves,
+    /// A partition leader cut off from every other node, both directions.
+    IsolateLeader,
+    /// A partition leader A and another node C cannot reach each other; both reach the rest.
+    Bridge,
+    /// A partition leader A cannot reach node C; C still reaches A; both reach the rest.
+    OneWay,
+    /// The tmpfs holding one node's data fills up, then space is freed.
+    DiskFull,
+    /// kill -9 of a node, garbage written after the last valid entry of each of its active
+    /// segments (a torn append), restart.
+    TornTail,
+}
+
+const ALL_KINDS: [FaultKind; 11] = [
+    FaultKind::KillLeader,
+    FaultKind::KillFollower,
+    FaultKind::KillRandom,
+    FaultKind::PauseLeader,
+    FaultKind::PauseRandom,
+    FaultKind::PartitionHalves,
+    FaultKind::IsolateLeader,
+    FaultKind::Bridge,
+    FaultKind::OneWay,
+    FaultKind::DiskFull,
+    FaultKind::TornTail,
+];
+
+#[derive(Debug, Clone)]
+struct Fault {
+    kind: FaultKind,
+    /// Whose leader "the leader" is.
+    partition: u32,
+    /// Picks the other nodes involved (the follower, the minority, node C…).
+    pick: u64,
+    hold_ms: u64,
+    gap_ms: u64,
+}
+
+/// `count` faults: first every kind of `kinds` once in a seeded order (so a run of at least
+/// that many covers them all), then kinds drawn at random.
+fn schedule(seed: u64, nodes: u64, kinds: &[FaultKind], count: usize) -> Vec<Fault> {
+    let mut rng = Rng::new(seed, SOURCE_SCHEDULE + (nodes << 8));
+    let mut first: Vec<FaultKind> = kinds.to_vec();
+    for i in (1..first.len()).rev() {
+        first.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    (0..count)
+        .map(|i| {
+            let kind = first
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| kinds[rng.below(kinds.len() as u64) as usize]);
+            let hold_ms = match kind {
+                FaultKind::PauseLeader | FaultKind::PauseRandom => rng.range(
+                    ELECTION_TIMEOUT_MS_MAX + 500,
+                    ELECTION_TIMEOUT_MS_MAX + 2_500,
+                ),
+                FaultKind::DiskFull => rng.range(3_000, 6_000),
+                _ => rng.range(1_000, 4_000),
+            };
+            Fault {
+                kind,
+                partition: rng.below(u64::from(PARTITIONS)) as u32,
+                pick: rng.next(),
+                hold_ms,
+                gap_ms: rng.range(500, 1_500),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The history.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct History {
+    started: Option<Instant>,
+    /// Every operation, one line each, in the order the test saw them.
+    /// The most recent [`LOG_LINES_MAX`] of them: a long run would not fit otherwise.
+    log: VecDeque<String>,
+    /// Every fault and heal line, kept whatever the length of the run.
+    timeline: Vec<String>,
+    /// value → partition, for every value ever sent.
+    sent: HashMap<Value, u32>,
+    /// value → (partition, offset) for every acknowledged value.
+    acknowledged: HashMap<Value, (u32, u64)>,
+    indeterminate: HashSet<Value>,
+    /// Batches answered OUT_OF_ORDER_SEQUENCE on a retry of the same sequence.
+    out_of_order: u64,
+    /// Batches resent after an indeterminate attempt, and those a resend found deduplicated.
+    resent: u64,
+    deduplicated: u64,
+    /// (partition, node) → the records that consumer read, in order.
+    consumed: BTreeMap<(u32, u64), Records>,
+    /// Fault kind → (count, total hold ms).
+    faults: BTreeMap<String, (u64, u64)>,
+    /// Faults that could not be injected here, with the reason.
+    skipped: Vec<String>,
+    /// Server behaviour worth a look that is not a checker failure.
+    findings: Vec<String>,
+    recoveries_ms: Vec<u64>,
+}
+
+impl History {
+    fn count(&mut self, retries: Retries) {
+        self.resent += u64::from(retries.indeterminate);
+        self.deduplicated += u64::from(retries.deduplicated);
+    }
+
+    fn note(&mut self, line: String) {
+        let at = self.started.get_or_insert_with(Instant::now).elapsed();
+        let fault = line.starts_with("fault ");
+        let line = format!("{:>8.3} {line}", at.as_secs_f64());
+        if fault {
+            self.timeline.push(line.clone());
+        }
+        if self.log.len() == LOG_LINES_MAX {
+            self.log.pop_front();
+        }
+        self.log.push_back(line);
+    }
+}
+
+type Shared = Arc<Mutex<History>>;
+
+/// What one consumer read: (offset, value) in order.
+type Records = Vec<(u64, Value)>;
+
+/// A written value: the writer's slot (a producer index, or [`PRODUCERS`] for the probe) in the
+/// high bits and its count in the low 40, sent as decimal text. Numbers keep a long run's
+/// history small.
+type Value = u64;
+
+/// Operations kept in the history's log (the checker's sets keep everything regardless).
+const LOG_LINES_MAX: usize = 200_000;
+
+fn value_id(slot: usize, count: u64) -> Value {
+    ((slot as u64) << 40) | count
+}
+
+/// The value a consumed record carries; `u64::MAX` (never sent) when it is not one of ours.
+fn parse_value(bytes: &[u8]) -> Value {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producers.
+// ---------------------------------------------------------------------------------------------
+
+fn batch(partition: u32, producer: (u64, u32), sequence: u32, values: &[Value]) -> Body {
+    let mut builder =
+        RecordBatchBuilder::new(1 << 14).with_producer(producer.0, producer.1, sequence);
+    for value in values {
+        builder
+            .push(1_700_000_000_000, None, value.to_string().as_bytes(), &[])
+            .unwrap();
+    }
+    Body::Produce(ProduceRequest {
+        topic: TOPIC.into(),
+        partition,
+        acks: Acks::All as i32,
+        batch: builder.finish(),
+        timeout_ms: 5_000,
+    })
+}
+
+async fn init_producer(client: &mut Client) -> Option<(u64, u32)> {
+    let deadline = Instant::now() + Duration::from_millis(BATCH_RETRY_MS_MAX);
+    while Instant::now() < deadline {
+        for node in 0..client.addresses.len() {
+            let request = Body::InitProducerId(InitProducerIdRequest {});
+            if let Outcome::Ok(Body::InitProducerIdResponse(r)) = client.send(node, request).await {
+                return Some((r.producer_id, r.producer_epoch));
+            }
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+enum Delivery {
+    /// Written at this base offset (acknowledged, or a retry answered DUPLICATE_SEQUENCE).
+    Written(u64, Retries),
+    /// Gave up, or the server refused the sequence: may or may not be in the log.
+    Unknown(String),
+}
+
+/// How a batch got written.
+#[derive(Debug, Default, Clone, Copy)]
+struct Retries {
+    /// An attempt ended indeterminate (timeout, lost connection) and the batch was resent.
+    indeterminate: bool,
+    /// A resend was answered DUPLICATE_SEQUENCE: the server deduplicated it.
+    deduplicated: bool,
+}
+
+/// Sends one batch to the partition's leader, retrying the same bytes (same sequence) on every
+/// refusal or indeterminate answer until it is acknowledged, answered DUPLICATE_SEQUENCE, or the
+/// retry bound passes.
+async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delivery {
+    let deadline = Instant::now() + Duration::from_millis(BATCH_RETRY_MS_MAX);
+    let nodes = client.addresses.len();
+    let mut retries = Retries::default();
+    while Instant::now() < deadline {
+        match client.send(*leader, body.clone()).await {
+            Outcome::Ok(Body::ProduceResponse(r)) => {
+                return Delivery::Written(r.base_offset, retries)
+            }
+            Outcome::Ok(other) => panic!("produce answered {other:?}"),
+            Outcome::Failed(e) if e.code() == ErrorCode::DuplicateSequence => {
+                retries.deduplicated = true;
+                return Delivery::Written(e.duplicate_offset, retries);
+            }
+            Outcome::Failed(e) => {
+                return Delivery::Unknown(format!("{:?}: {}", e.code(), e.message))
+            }
+            Outcome::Refused(Some(e)) if e.code() == ErrorCode::NotLeader && e.leader_id != 0 => {
+                let hinted = e.leader_id as usize - 1;
+                if hinted == *leader {
+                    sleep(Duration::from_millis(50)).await;
+                }
+                *leader = hinted.min(nodes - 1);
+            }
+            Outcome::Indeterminate => {
+                retries.indeterminate = true;
+                *leader = (*leader + 1) % nodes;
+                sleep(Duration::from_millis(50)).await;
+            }
+            Outcome::Refused(_) => {
+                *leader = (*leader + 1) % nodes;
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Delivery::Unknown(format!("not acknowledged within {BATCH_RETRY_MS_MAX} ms"))
+}
+
+async fn producer(
+    addresses: Vec<String>,
+    (seed, pace_ms): (u64, u64),
+    index: usize,
+    history: Shared,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = Rng::new(seed, SOURCE_PRODUCER + index as u64);
+    let mut client = Client::new(addresses);
+    let mut leaders = vec![index % client.addresses.len(); PARTITIONS as usize];
+    let mut next_value = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(id) = init_producer(&mut client).await else {
+            history
+                .lock()
+                .unwrap()
+                .note(format!("producer {index}: no producer id"));
+            continue;
+        };
+        let mut sequences = [0u32; PARTITIONS as usize];
+        while !stop.load(Ordering::Relaxed) {
+            if pace_ms > 0 {
+                sleep(Duration::from_millis(pace_ms)).await;
+            }
+            let partition = rng.below(u64::from(PARTITIONS)) as u32;
+            let count = rng.range(1, 4);
+            let values: Vec<Value> = (0..count)
+                .map(|k| value_id(index, next_value + k))
+                .collect();
+            next_value += count;
+            let body = batch(partition, id, sequences[partition as usize], &values);
+            {
+                let mut h = history.lock().unwrap();
+                for value in &values {
+                    h.sent.insert(*value, partition);
+                }
+                h.note(format!(
+                    "send {partition} pid {} seq {} {values:?}",
+                    id.0, sequences[partition as usize]
+                ));
+            }
+            let leader = &mut leaders[partition as usize];
+            match deliver(&mut client, leader, &body).await {
+                Delivery::Written(base, retries) => {
+                    sequences[partition as usize] += count as u32;
+                    let mut h = history.lock().unwrap();
+                    h.count(retries);
+                    for (k, value) in values.iter().enumerate() {
+                        h.acknowledged.insert(*value, (partition, base + k as u64));
+                    }
+                    h.note(format!("ack {partition} @{base} {values:?}"));
+                }
+                Delivery::Unknown(why) => {
+                    let mut h = history.lock().unwrap();
+                    h.out_of_order += u64::from(why.starts_with("OutOfOrderSequence"));
+                    h.indeterminate.extend(values.iter().copied());
+                    h.note(format!("indeterminate {partition} {values:?}: {why}"));
+                    // The sequence state is unknown now: start over as a new producer.
+                    break;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers.
+// ---------------------------------------------------------------------------------------------
+
+/// Where a consumer may stop and by when: unset while the load runs.
+type DrainTarget = Arc<Mutex<Option<(u64, Instant)>>>;
+
+/// Tails one partition on one node from offset 0 until it reaches `target` (set once the load
+/// has stopped) or the drain bound passes.
+async fn consumer(
+    address: String,
+    partition: u32,
+    node: u64,
+    history: Shared,
+    target: DrainTarget,
+) {
+    let mut client = Client::new(vec![address]);
+    client.request_timeout = Duration::from_secs(2);
+    let mut offset = 0u64;
+    let mut records = Vec::new();
+    loop {
+        if let Some((end, deadline)) = *target.lock().unwrap() {
+            if offset >= end || Instant::now() > deadline {
+                break;
+            }
+        }
+        let fetch = Body::Fetch(FetchRequest {
+            topic: TOPIC.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 16,
+            max_wait_ms: 200,
+            min_bytes: 1,
+        });
+        let Outcome::Ok(Body::FetchResponse(fetched)) = client.send(0, fetch).await else {
+            sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for stored in &fetched.batches {
+            let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
+            for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
+                let value = parse_value(&record.unwrap().value);
+                records.push((stored.base_offset + i as u64, value));
+            }
+            offset = stored.base_offset + u64::from(stored.record_count);
+        }
+    }
+    history
+        .lock()
+        .unwrap()
+        .consumed
+        .insert((partition, node), records);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults.
+// ---------------------------------------------------------------------------------------------
+
+/// What must be undone when a fault heals.
+enum Active {
+    Restart(u64),
+    Resume(u64),
+    Heal,
+    /// The full node, the filler file, and how many replicas had stopped before the fault.
+    FreeDisk(u64, PathBuf, usize),
+    Nothing,
+}
+
+/// The leader of `partition` as some live node reports it, or None within a short bound.
+async fn leader_of(cluster: &ProcessCluster, client: &mut Client, partition: u32) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for node in 1..=cluster.size() {
+            if !cluster.is_running(node) || cluster.is_paused(node) {
+                continue;
+            }
+            let request = Body::Metadata(MetadataRequest::default());
+            if let Outcome::Ok(Body::MetadataResponse(m)) =
+                client.send(node as usize - 1, request).await
+            {
+                let leader = m
+                    .topics
+                    .iter()
+                    .find(|t| t.name == TOPIC)
+                    .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                    .map_or(0, |p| p.leader_id);
+                if leader != 0 && cluster.is_running(leader) && !cluster.is_paused(leader) {
+                    return Some(leader);
+                }
+            }
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The nodes other than `not`, in a seeded order.
+fn others(nodes: u64, not: u64, pick: u64) -> Vec<u64> {
+    let mut rest: Vec<u64> = (1..=nodes).filter(|&n| n != not).collect();
+    let mut rng = Rng(pick);
+    for i in (1..rest.len()).rev() {
+        rest.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    rest
+}
+
+/// Injects one fault; returns how to undo it and a description for the history.
+async fn inject(
+    cluster: &mut ProcessCluster,
+    client: &mut Client,
+    fault: &Fault,
+    disk: &Option<(u64, PathBuf)>,
+    seed: u64,
+    number: usize,
+) -> Result<(Active, String), String> {
+    let n = cluster.size();
+    let leader = leader_of(cluster, client, fault.partition)
+        .await
+        .unwrap_or(1 + fault.pick % n);
+    let random = 1 + fault.pick % n;
+    let other = others(n, leader, fault.pick);
+    Ok(match fault.kind {
+        FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillRandom => {
+            let victim = match fault.kind {
+                FaultKind::KillLeader => leader,
+                FaultKind::KillFollower => other[0],
+                _ => random,
+            };
+            cluster.kill(victim);
+            (Active::Restart(victim), format!("kill -9 node {victim}"))
+        }
+        FaultKind::PauseLeader | FaultKind::PauseRandom => {
+            let victim = if fault.kind == FaultKind::PauseLeader {
+                leader
+            } else {
+                random
+            };
+            cluster.pause(victim);
+            (Active::Resume(victim), format!("SIGSTOP node {victim}"))
+        }
+        FaultKind::PartitionHalves => {
+            let mut all = others(n + 1, n + 1, fault.pick);
+            let minority: Vec<u64> = all.drain(..(n as usize - 1) / 2).collect();
+            let mesh = cluster.mesh().expect("proxied cluster");
+            for &a in &minority {
+                for &b in &all {
+                    mesh.block(a, b);
+                    mesh.block(b, a);
+                }
+            }
+            (Active::Heal, format!("partition {minority:?} | {all:?}"))
+        }
+        FaultKind::IsolateLeader => {
+            let mesh = cluster.mesh().expect("proxied cluster");
+            for &b in &other {
+                mesh.block(leader, b);
+                mesh.block(b, leader);
+            }
+            (Active::Heal, format!("isolate node {leader}"))
+        }
+        FaultKind::Bridge | FaultKind::OneWay => {
+            let c = other[0];
+            let mesh = cluster.mesh().expect("proxied cluster");
+            mesh.block(leader, c);
+            if fault.kind == FaultKind::Bridge {
+                mesh.block(c, leader);
+                (
+                    Active::Heal,
+                    format!("bridge: {leader} and {c} cut, both reach the rest"),
+                )
+            } else {
+                (Active::Heal, format!("one-way: {leader} cannot reach {c}"))
+            }
+        }
+        FaultKind::DiskFull => {
+            let Some((node, root)) = disk else {
+                return Err("no tmpfs data dir (mount refused)".into());
+            };
+            let filler = root.join("filler");
+            let stopped = stopped_replicas(cluster, *node);
+            let filled = fill(&filler)?;
+            (
+                Active::FreeDisk(*node, filler, stopped),
+                format!("disk of node {node} full ({filled} filler bytes)"),
+            )
+        }
+        FaultKind::TornTail => {
+            let victim = random;
+            cluster.kill(victim);
+            let mut rng = Rng::new(seed ^ number as u64, SOURCE_CORRUPTION);
+            let torn = tear_tails(&cluster.data_dir(victim), &mut rng);
+            (
+                Active::Restart(victim),
+                format!("kill -9 node {victim}, torn tails: {}", torn.join(", ")),
+            )
+        }
+    })
+}
+
+/// Undoes a fault; returns a finding worth reporting, if any.
+async fn heal(cluster: &mut ProcessCluster, active: Active) -> Option<String> {
+    match active {
+        Active::Restart(id) => cluster.spawn(id),
+        Active::Resume(id) => cluster.resume(id),
+        Active::Heal => cluster.mesh().expect("proxied cluster").heal(),
+        Active::FreeDisk(node, filler, stopped_before) => {
+            let _ = std::fs::remove_file(filler);
+            // A replica that met StorageFull stops and does not resume when space returns
+            // (see the report); an operator restarts the node, and so does the test, so that
+            // later faults still meet a cluster with a full quorum.
+            sleep(Duration::from_millis(500)).await;
+            let stopped = stopped_replicas(cluster, node) - stopped_before;
+            if stopped > 0 {
+                cluster.kill(node);
+                cluster.spawn(node);
+                return Some(format!(
+                    "node {node}: {stopped} replica(s) stopped on StorageFull and did not resume \
+                     after space was freed; node restarted"
+                ));
+            }
+        }
+        Active::Nothing => {}
+    }
+    None
+}
+
+/// How many times node `id`'s log says a replica stopped on a storage error.
+fn stopped_replicas(cluster: &ProcessCluster, id: u64) -> usize {
+    std::fs::read_to_string(cluster.dir().join(format!("node-{id}.log")))
+        .map(|log| log.matches("replica stopped on a storage error").count())
+        .unwrap_or(0)
+}
+
+/// Writes `path` until the filesystem is full (bounded by the tmpfs size); returns the bytes.
+fn fill(path: &Path) -> Result<u64, String> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let chunk = vec![0xA5u8; 64 << 10];
+    let mut written = 0u64;
+    while written <= tmpfs_bytes() {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(k) => written += k as u64,
+            Err(_) => break,
+        }
+    }
+    Ok(written)
+}
+
+/// For every directory under `data_dir` holding segments, writes garbage just after the last
+/// valid frame of its newest segment: a torn header, a torn payload, or random bytes. Valid
+/// frames are never touched, so no acknowledged entry is lost by the fault itself.
+fn tear_tails(data_dir: &Path, rng: &mut Rng) -> Vec<String> {
+    let mut torn = Vec::new();
+    let mut dirs = vec![data_dir.to_path_buf()];
+    let mut visited = 0;
+    while let Some(dir) = dirs.pop() {
+        visited += 1;
+        if visited > 1_000 {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut newest: Option<PathBuf> = None;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "log")
+                && newest.as_ref().is_none_or(|n| path > *n)
+            {
+                newest = Some(path);
+            }
+        }
+        if let Some(segment) = newest {
+            if let Some(what) = tear(&segment, rng) {
+                torn.push(what);
+            }
+        }
+    }
+    torn
+}
+
+fn tear(segment: &Path, rng: &mut Rng) -> Option<String> {
+    let bytes = std::fs::read(segment).ok()?;
+    let mut end = 0usize;
+    while end < bytes.len() {
+        match frame::decode(&bytes[end..]) {
+            Ok(header) => end += header.length as usize,
+            Err(_) => break,
+        }
+    }
+    let room = bytes.len() - end;
+    if room < frame::FRAME_HEADER_BYTES * 2 {
+        return None;
+    }
+    let mut garbage: Vec<u8> = (0..rng.range(1, frame::FRAME_HEADER_BYTES as u64 * 2))
+        .map(|_| rng.next() as u8)
+        .collect();
+    let how = match rng.below(3) {
+        0 => {
+            // A header whose length promises more than was written: a torn append.
+            let length = (frame::FRAME_HEADER_BYTES + 200) as u32;
+            garbage.resize(frame::FRAME_HEADER_BYTES + 50, 0x5A);
+            garbage[..4].copy_from_slice(&length.to_le_bytes());
+            "torn frame"
+        }
+        1 => {
+            garbage.truncate(garbage.len().min(frame::FRAME_HEADER_BYTES - 1));
+            "torn header"
+        }
+        _ => "garbage",
+    };
+    if garbage.iter().take(4).all(|&b| b == 0) {
+        garbage[0] = 0xFF;
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(segment).ok()?;
+    file.write_all_at(&garbage, end as u64).ok()?;
+    let name = segment
+        .strip_prefix(segment.ancestors().nth(2)?)
+        .ok()?
+        .display()
+        .to_string();
+    Some(format!(
+        "{how} of {} bytes at {end} in {name}",
+        garbage.len()
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness probes.
+// ---------------------------------------------------------------------------------------------
+
+/// A producer of its own that, after each heal, writes one value to every partition and
+/// measures how long the cluster takes to accept them all.
+struct Probe {
+    client: Client,
+    id: Option<(u64, u32)>,
+    sequences: [u32; PARTITIONS as usize],
+    leaders: Vec<usize>,
+    written: u64,
+}
+
+impl Probe {
+    fn new(addresses: Vec<String>) -> Probe {
+        let leaders = vec![0; PARTITIONS as usize];
+        Probe {
+            client: Client::new(addresses),
+            id: None,
+            sequences: [0; PARTITIONS as usize],
+            leaders,
+            written: 0,
+        }
+    }
+
+    /// Milliseconds until every partition acknowledged a write, or an error after the bound.
+    async fn recover(&mut self, history: &Shared) -> Result<u64, String> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(RECOVERY_MS_MAX);
+        for partition in 0..PARTITIONS {
+            loop {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "partition {partition} accepted no write within {RECOVERY_MS_MAX} ms of the heal"
+                    ));
+                }
+                if self.id.is_none() {
+                    self.id = init_producer(&mut self.client).await;
+                    self.sequences = [0; PARTITIONS as usize];
+                    continue;
+                }
+                let id = self.id.expect("producer id");
+                let value = value_id(PRODUCERS, self.written);
+                self.written += 1;
+                let sequence = self.sequences[partition as usize];
+                let body = batch(partition, id, sequence, std::slice::from_ref(&value));
+                history.lock().unwrap().sent.insert(value, partition);
+                let leader = &mut self.leaders[partition as usize];
+                match deliver(&mut self.client, leader, &body).await {
+                    Delivery::Written(offset, retries) => {
+                        self.sequences[partition as usize] += 1;
+                        let mut h = history.lock().unwrap();
+                        h.count(retries);
+                        h.acknowledged.insert(value, (partition, offset));
+                        h.note(format!("ack {partition} @{offset} [{value:?}]"));
+                        break;
+                    }
+                    Delivery::Unknown(why) => {
+                        let mut h = history.lock().unwrap();
+                        h.indeterminate.insert(value);
+                        h.note(format!("indeterminate {partition} [{value:?}]: {why}"));
+                        self.id = None;
+                    }
+                }
+            }
+        }
+        Ok(started.elapsed().as_millis() as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default, Debug)]
+struct Verdict {
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    /// Consumed values nobody sent.
+    phantom: u64,
+    /// Consumers that did not reach the final high watermark.
+    incomplete: u64,
+    problems: Vec<String>,
+}
+
+impl Verdict {
+    fn ok(&self) -> bool {
+        self.lost + self.duplicated + self.reordered + self.phantom + self.incomplete == 0
+    }
+
+    fn problem(&mut self, line: String) {
+        if self.problems.len() < 200 {
+            self.problems.push(line);
+        }
+    }
+}
+
+fn check(history: &History, targets: &[u64]) -> Verdict {
+    let mut verdict = Verdict::default();
+    for partition in 0..PARTITIONS {
+        let consumers: Vec<(&(u32, u64), &Records)> = history
+            .consumed
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .collect();
+        let Some((_, reference)) = consumers.iter().max_by_key(|(_, r)| r.len()) else {
+            continue;
+        };
+        for ((_, node), records) in &consumers {
+            if (records.len() as u64) < targets[partition as usize] {
+                verdict.incomplete += 1;
+                verdict.problem(format!(
+                    "consumer of partition {partition} on node {node} read {} of {} records",
+                    records.len(),
+                    targets[partition as usize]
+                ));
+            }
+            for (i, (offset, value)) in records.iter().enumerate() {
+                if *offset != i as u64 {
+                    verdict.reordered += 1;
+                    verdict.problem(format!(
+                        "partition {partition} node {node}: record {i} has offset {offset}"
+                    ));
+                    break;
+                }
+                if reference[i].1 != *value {
+                    verdict.reordered += 1;
+                    verdict.problem(format!(
+                        "partition {partition} node {node}: offset {offset} is {value}, another consumer read {}",
+                        reference[i].1
+                    ));
+                    break;
+                }
+            }
+        }
+        let mut at: HashMap<Value, u64> = HashMap::new();
+        for (offset, value) in reference.iter() {
+            if let Some(first) = at.insert(*value, *offset) {
+                verdict.duplicated += 1;
+                verdict.problem(format!(
+                    "partition {partition}: {value} at {first} and {offset}"
+                ));
+            }
+            if history.sent.get(value) != Some(&partition) {
+                verdict.phantom += 1;
+                verdict.problem(format!(
+                    "partition {partition}: {value} at {offset} was never sent there"
+                ));
+            }
+        }
+        for (value, (p, offset)) in &history.acknowledged {
+            if *p != partition {
+                continue;
+            }
+            match at.get(value) {
+                Some(stored) if stored == offset => {}
+                Some(stored) => {
+                    verdict.reordered += 1;
+                    verdict.problem(format!(
+                        "partition {partition}: {value} acknowledged at {offset}, stored at {stored}"
+                    ));
+                }
+                None => {
+                    verdict.lost += 1;
+                    verdict.problem(format!(
+                        "partition {partition}: acknowledged {value} at {offset} is lost"
+                    ));
+                }
+            }
+        }
+    }
+    verdict
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+// ---------------------------------------------------------------------------------------------
+
+struct Plan {
+    nodes: u64,
+    seed: u64,
+    kinds: Vec<FaultKind>,
+    /// Faults at most.
+    faults_max: usize,
+    /// The fault loop stops starting new faults after this long (once every kind ran).
+    budget: Duration,
+    /// Pause of each producer between batches: a long run keeps its history small.
+    pace_ms: u64,
+}
+
+/// Both tests start clusters of several processes; on two cores they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Writes a line to the real stderr, past the test harness's capture, so that the seed and
+/// the summary appear in every CI log, not only in failing tests' output.
+fn show(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn base_seed() -> u64 {
+    match std::env::var("RAFTLOG_FAULT_SEED") {
+        Ok(seed) => seed.trim().parse().expect("RAFTLOG_FAULT_SEED is a u64"),
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_000
+        }
+    }
+}
+
+fn long_run_minutes() -> Option<f64> {
+    let minutes = std::env::var("RAFTLOG_FAULT_MINUTES").ok()?;
+    Some(
+        minutes
+            .trim()
+            .parse()
+            .expect("RAFTLOG_FAULT_MINUTES is a number"),
+    )
+}
+
+fn run(plan: Plan) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    show(&format!(
+        "fault run on {} nodes, seed {} (reproduce with RAFTLOG_FAULT_SEED={})",
+        plan.nodes, plan.seed, plan.seed
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(scenario(plan));
+}
+
+async fn scenario(plan: Plan) {
+    let started = Instant::now();
+    let history: Shared = Arc::default();
+    history
+        .lock()
+        .unwrap()
+        .note(format!("seed {} nodes {}", plan.seed, plan.nodes));
+    let (mut cluster, disk) = start_cluster(&plan, &history).await;
+    let mut client = Client::new(cluster.addresses());
+    let mut probe = Probe::new(cluster.addresses());
+    probe
+        .recover(&history)
+        .await
+        .expect("the new cluster accepts writes");
+    let load = Load::start(&cluster, &plan, &history);
+
+    let mut run = FaultRun {
+        cluster: &mut cluster,
+        client: &mut client,
+        probe: &mut probe,
+        history: &history,
+        disk: &disk,
+        seed: plan.seed,
+    };
+    let faults = schedule(plan.seed, plan.nodes, &plan.kinds, plan.faults_max);
+    let mut injected = 0usize;
+    let mut liveness = None;
+    for (number, fault) in faults.iter().enumerate() {
+        // The budget never cuts the first round, which holds every kind once.
+        if started.elapsed() > plan.budget && number >= plan.kinds.len() {
+            break;
+        }
+        match run.one(number, fault).await {
+            Ok(counted) => injected += usize::from(counted),
+            Err(why) => {
+                liveness = Some(why);
+                break;
+            }
+        }
+    }
+
+    if liveness.is_none() {
+        liveness = exited_on_its_own(&mut cluster).err();
+    }
+    let targets = load.finish(&mut client, plan.nodes).await;
+    let history = history.lock().unwrap();
+    let outcome = RunResult {
+        verdict: check(&history, &targets),
+        targets,
+        injected,
+        liveness,
+        elapsed: started.elapsed(),
+    };
+    conclude(&plan, cluster, &history, outcome);
+}
+
+/// Starts the nodes (the last one on a tmpfs when the plan has the disk-full fault) and
+/// creates the topic; returns the cluster and, when mounted, the full-able node and its mount.
+async fn start_cluster(plan: &Plan, history: &Shared) -> (ProcessCluster, Option<(u64, PathBuf)>) {
+    let mut cluster = ProcessCluster::prepare(ClusterOptions {
+        nodes: plan.nodes,
+        proxied: true,
+        extra_config: NODE_CONFIG.into(),
+    });
+    let mut disk = None;
+    if plan.kinds.contains(&FaultKind::DiskFull) {
+        match cluster.use_tmpfs(plan.nodes, tmpfs_bytes()) {
+            Ok(root) => disk = Some((plan.nodes, root)),
+            Err(why) => {
+                eprintln!("disk-full fault skipped: {why}");
+                let mut h = history.lock().unwrap();
+                h.skipped.push(format!("DiskFull: {why}"));
+            }
+        }
+    }
+    for id in 1..=plan.nodes {
+        cluster.spawn(id);
+    }
+    let create = Body::CreateTopic(CreateTopicRequest {
+        name: TOPIC.into(),
+        partitions: PARTITIONS,
+        replication_factor: plan.nodes as u32,
+        ..Default::default()
+    });
+    let created = Client::new(cluster.addresses()).send_to_any(create).await;
+    assert!(
+        matches!(created, Outcome::Ok(Body::CreateTopicResponse(_))),
+        "topic created: {created:?}"
+    );
+    (cluster, disk)
+}
+
+/// The producers and consumers running while the faults happen.
+struct Load {
+    stop: Arc<AtomicBool>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    targets: Vec<DrainTarget>,
+}
+
+impl Load {
+    fn start(cluster: &ProcessCluster, plan: &Plan, history: &Shared) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let producers = (0..PRODUCERS)
+            .map(|index| {
+                let task = producer(
+                    cluster.addresses(),
+                    (plan.seed, plan.pace_ms),
+                    index,
+                    history.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(task)
+            })
+            .collect();
+        let mut targets = Vec::new();
+        let mut consumers = Vec::new();
+        for partition in 0..PARTITIONS {
+            let target = Arc::new(Mutex::new(None));
+            for node in 1..=plan.nodes {
+                let address = cluster.addresses()[node as usize - 1].clone();
+                let task = consumer(address, partition, node, history.clone(), target.clone());
+                consumers.push(tokio::spawn(task));
+            }
+            targets.push(target);
+        }
+        Load {
+            stop,
+            producers,
+            consumers,
+            targets,
+        }
+    }
+
+    /// Stops the producers, lets every node catch up, lets the consumers drain up to the
+    /// final high watermarks, and returns those.
+    async fn finish(self, client: &mut Client, nodes: u64) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.producers {
+            let _ = timeout(Duration::from_millis(BATCH_RETRY_MS_MAX * 3), task).await;
+        }
+        let targets = final_high_watermarks(client, nodes).await;
+        let drain_deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
+        for (partition, target) in self.targets.iter().enumerate() {
+            *target.lock().unwrap() = Some((targets[partition], drain_deadline));
+        }
+        for task in self.consumers {
+            let _ = timeout(Duration::from_millis(DRAIN_MS_MAX + 5_000), task).await;
+        }
+        targets
+    }
+}
+
+/// What one fault needs: the cluster, a client to find leaders, the liveness probe.
+struct FaultRun<'a> {
+    cluster: &'a mut ProcessCluster,
+    client: &'a mut Client,
+    probe: &'a mut Probe,
+    history: &'a Shared,
+    disk: &'a Option<(u64, PathBuf)>,
+    seed: u64,
+}
+
+impl FaultRun<'_> {
+    /// Waits the gap, injects the fault, holds it, heals it, and measures the recovery.
+    /// Returns whether the fault counted (it was not skipped), or the liveness failure.
+    async fn one(&mut self, number: usize, fault: &Fault) -> Result<bool, String> {
+        sleep(Duration::from_millis(fault.gap_ms)).await;
+        let injected_at = Instant::now();
+        let injected = inject(
+            self.cluster,
+            self.client,
+            fault,
+            self.disk,
+            self.seed,
+            number,
+        )
+        .await;
+        let (active, what) = injected.unwrap_or_else(|why| {
+            let mut h = self.history.lock().unwrap();
+            h.skipped.push(format!("{:?}: {why}", fault.kind));
+            (Active::Nothing, format!("skipped: {why}"))
+        });
+        let kind = fault.kind;
+        self.history
+            .lock()
+            .unwrap()
+            .note(format!("fault {number} {kind:?}: {what}"));
+        eprintln!("fault {number} {kind:?} for {} ms: {what}", fault.hold_ms);
+        sleep(Duration::from_millis(fault.hold_ms)).await;
+        let counted = !matches!(active, Active::Nothing);
+        if let Some(finding) = heal(self.cluster, active).await {
+            eprintln!("finding: {finding}");
+            self.history.lock().unwrap().findings.push(finding);
+        }
+        let held_ms = injected_at.elapsed().as_millis() as u64;
+        let recovered = self.probe.recover(self.history).await;
+        let mut h = self.history.lock().unwrap();
+        h.note(format!(
+            "fault {number} healed after {held_ms} ms: {recovered:?}"
+        ));
+        if counted {
+            let entry = h.faults.entry(format!("{kind:?}")).or_default();
+            entry.0 += 1;
+            entry.1 += held_ms;
+        }
+        let ms =
+            recovered.map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
+        h.recoveries_ms.push(ms);
+        drop(h);
+        exited_on_its_own(self.cluster).map_err(|why| format!("after fault {number}: {why}"))?;
+        Ok(counted)
+    }
+}
+
+/// Fails when a node's process ended without the harness killing it (a crash, or a node
+/// that could not start).
+fn exited_on_its_own(cluster: &mut ProcessCluster) -> Result<(), String> {
+    match cluster.exited().first() {
+        None => Ok(()),
+        Some((id, status)) => Err(format!(
+            "node {id} exited on its own ({status}); see node-{id}.log"
+        )),
+    }
+}
+
+/// What the run ended with.
+struct RunResult {
+    verdict: Verdict,
+    targets: Vec<u64>,
+    injected: usize,
+    liveness: Option<String>,
+    elapsed: Duration,
+}
+
+/// Prints the summary, writes the report, and on failure keeps the directory with the full
+/// history and panics with the seed.
+fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome: RunResult) {
+    let verdict = &outcome.verdict;
+    let recovered_ms_max = history.recoveries_ms.iter().copied().max().unwrap_or(0);
+    let summary = format!(
+        "faults {}, acknowledged {}, lost {}, duplicated {}, reordered {}, recovered after max {recovered_ms_max} ms",
+        outcome.injected,
+        history.acknowledged.len(),
+        verdict.lost,
+        verdict.duplicated,
+        verdict.reordered,
+    );
+    let report = report(plan, history, &outcome, &summary);
+    let report_path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}n-report.txt", plan.nodes));
+    std::fs::write(&report_path, &report).unwrap();
+    show(&format!("{summary}\nreport: {}", report_path.display()));
+    let missing: Vec<String> = plan
+        .kinds
+        .iter()
+        .map(|kind| format!("{kind:?}"))
+        .filter(|kind| !history.faults.contains_key(kind))
+        .filter(|kind| !history.skipped.iter().any(|s| s.starts_with(kind.as_str())))
+        .collect();
+    if verdict.ok() && outcome.liveness.is_none() && missing.is_empty() {
+        return;
+    }
+    let saved = cluster.keep_dir().join("report.txt");
+    let mut full = report;
+    full.push_str("\n## history (most recent operations)\n");
+    for line in &history.log {
+        full.push_str(line);
+        full.push('\n');
+    }
+    for ((partition, node), records) in &history.consumed {
+        let _ = writeln!(
+            full,
+            "consumed partition {partition} node {node}: {records:?}"
+        );
+    }
+    std::fs::write(&saved, full).unwrap();
+    drop(cluster);
+    let problems: String = verdict
+        .problems
+        .iter()
+        .take(20)
+        .map(|p| format!("{p}\n"))
+        .collect();
+    panic!(
+        "{summary}\n{problems}{}{}\nhistory and node logs: {}\nreproduce with RAFTLOG_FAULT_SEED={}",
+        outcome.liveness.as_deref().map(|l| format!("liveness: {l}\n")).unwrap_or_default(),
+        if missing.is_empty() { String::new() } else { format!("fault kinds never injected: {missing:?}") },
+        saved.display(),
+        plan.seed,
+    );
+}
+
+/// The highest high watermark any node reports for each partition, after waiting (bounded)
+/// for every node to report the same one.
+async fn final_high_watermarks(client: &mut Client, nodes: u64) -> Vec<u64> {
+    let mut result = vec![0; PARTITIONS as usize];
+    let deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
+    for partition in 0..PARTITIONS {
+        loop {
+            let mut seen = Vec::new();
+            for node in 0..nodes as usize {
+                let fetch = Body::Fetch(FetchRequest {
+                    topic: TOPIC.into(),
+                    partition,
+                    max_bytes: 1,
+                    max_wait_ms: 0,
+                    ..Default::default()
+                });
+                if let Outcome::Ok(Body::FetchResponse(f)) = client.send(node, fetch).await {
+                    seen.push(f.high_watermark);
+                }
+            }
+            let max = seen.iter().copied().max().unwrap_or(0);
+            result[partition as usize] = result[partition as usize].max(max);
+            let agreed = seen.len() == nodes as usize && seen.iter().all(|&hw| hw == max);
+            if agreed || Instant::now() > deadline {
+                break;
+            }
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+    result
+}
+
+fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) -> String {
+    let verdict = &outcome.verdict;
+    let targets = &outcome.targets;
+    let elapsed = outcome.elapsed;
+    let liveness = &outcome.liveness;
+    let mut out = String::new();
+    let _ = writeln!(out, "# raftlog fault-injection run");
+    let _ = writeln!(out, "{summary}");
+    let _ = writeln!(
+        out,
+        "nodes {}, seed {} (reproduce with RAFTLOG_FAULT_SEED={})",
+        plan.nodes, plan.seed, plan.seed
+    );
+    let _ = writeln!(out, "duration {:.1} s", elapsed.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "sent {}, acknowledged {}, indeterminate {}, resent after an indeterminate attempt {} \
+         (deduplicated by the server {}), out-of-order answers {}, phantom {}, incomplete consumers {}",
+        history.sent.len(),
+        history.acknowledged.len(),
+        history.indeterminate.len(),
+        history.resent,
+        history.deduplicated,
+        history.out_of_order,
+        verdict.phantom,
+        verdict.incomplete
+    );
+    let _ = writeln!(out, "final high watermarks {targets:?}");
+    let _ = writeln!(out, "\n## faults (kind: count, total ms injected)");
+    for (kind, (count, ms)) in &history.faults {
+        let _ = writeln!(out, "{kind}: {count}, {ms} ms");
+    }
+    for skipped in &history.skipped {
+        let _ = writeln!(out, "skipped {skipped}");
+    }
+    for finding in &history.findings {
+        let _ = writeln!(out, "finding: {finding}");
+    }
+    let mut recoveries = history.recoveries_ms.clone();
+    recoveries.sort_unstable();
+    if let (Some(first), Some(last)) = (recoveries.first(), recoveries.last()) {
+        let median = recoveries[recoveries.len() / 2];
+        let _ = writeln!(
+            out,
+            "\nrecovery after heal: min {first} ms, median {median} ms, max {last} ms"
+        );
+    }
+    if let Some(liveness) = liveness {
+        let _ = writeln!(out, "liveness failure: {liveness}");
+    }
+    for problem in &verdict.problems {
+        let _ = writeln!(out, "problem: {problem}");
+    }
+    let _ = writeln!(out, "\n## fault timeline");
+    for line in &history.timeline {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The fault loop's time budget and fault count: the CI bounds, or a share of
+/// `RAFTLOG_FAULT_MINUTES` for a long run.
+fn minutes_budget(share: f64, ci: Duration, ci_faults: usize) -> (Duration, usize) {
+    match long_run_minutes() {
+        Some(minutes) => (Duration::from_secs_f64(minutes * 60.0 * share), 100_000),
+        None => (ci, ci_faults),
+    }
+}
+
+/// Long runs pace the producers so that the history of half an hour stays in memory.
+fn pace_ms() -> u64 {
+    if long_run_minutes().is_some() {
+        5
+    } else {
+        0
+    }
+}
+
+#[test]
+fn three_nodes_lose_nothing_under_every_fault_kind() {
+    let (budget, faults_max) = minutes_budget(2.0 / 3.0, Duration::from_secs(120), 13);
+    run(Plan {
+        nodes: 3,
+        seed: base_seed(),
+        kinds: ALL_KINDS.to_vec(),
+        faults_max,
+        budget,
+        pace_ms: pace_ms(),
+    });
+}
+
+#[test]
+fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
+    let kinds: Vec<FaultKind> = ALL_KINDS
+        .iter()
+        .copied()
+        .filter(|k| *k != FaultKind::DiskFull)
+        .collect();
+    let (budget, faults_max) = minutes_budget(1.0 / 3.0, Duration::from_secs(90), 10);
+    run(Plan {
+        nodes: 5,
+        seed: base_seed(),
+        kinds,
+        faults_max,
+        budget,
+        pace_ms: pace_ms(),
+    });
+}

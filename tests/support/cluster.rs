@@ -1,0 +1,322 @@
+//! A cluster of real `raftlog serve` processes on loopback, each with its own data directory
+//! and configuration file, optionally wired through a [`ProxyMesh`]. Processes are only ever
+//! signalled by the PIDs this harness started; dropping the cluster kills them all.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use super::proxy::ProxyMesh;
+
+/// Ports handed out by [`free_address`] in this process, never handed out twice.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A free loopback address for a node to bind, now or at a later restart.
+///
+/// The port comes from below Linux's default ephemeral range (32768–60999): a port the kernel
+/// picks for `bind(0)` or for the local end of an outgoing connection could be taken by one of
+/// the test's own client connections before a node (re)binds it, and the node would fail to
+/// start with "address in use". Below that range only an explicit bind can take it.
+pub fn free_address() -> SocketAddr {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mut candidate = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % SPAN;
+    for _ in 0..SPAN {
+        candidate = (candidate + 7_919) % SPAN;
+        let port = (LOW + candidate) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in [{LOW}, {})", LOW + SPAN);
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Route peer traffic through a fault-injecting proxy mesh (needs a tokio runtime).
+    pub proxied: bool,
+    /// TOML appended to every node's configuration file (`[raft]`, `[storage]` sections…).
+    pub extra_config: String,
+}
+
+/// A size-limited tmpfs mounted by the test; unmounted when dropped.
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size_bytes` on `path` (created if missing).
+    ///
+    /// # Errors
+    /// Why the mount was refused (not root, no `mount`, a container without the right).
+    pub fn mount(path: &Path, size_bytes: u64) -> Result<TmpfsMount, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}")])
+            .arg("tmpfs")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs refused: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A cluster of `raftlog serve` processes, killed by PID when dropped.
+pub struct ProcessCluster {
+    dir: Option<tempfile::TempDir>,
+    /// Client address of node `i + 1`.
+    pub clients: Vec<SocketAddr>,
+    peers: Vec<SocketAddr>,
+    metrics: Vec<SocketAddr>,
+    mesh: Option<ProxyMesh>,
+    extra_config: String,
+    children: HashMap<u64, Child>,
+    paused: HashSet<u64>,
+    data_dirs: HashMap<u64, PathBuf>,
+    mounts: Vec<TmpfsMount>,
+}
+
+impl ProcessCluster {
+    /// Starts every node.
+    pub fn start_with(options: ClusterOptions) -> ProcessCluster {
+        let mut cluster = ProcessCluster::prepare(options);
+        for id in 1..=cluster.size() {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Starts `nodes` nodes with default settings and direct peer connections.
+    pub fn start(nodes: u64) -> ProcessCluster {
+        ProcessCluster::start_with(ClusterOptions {
+            nodes,
+            ..Default::default()
+        })
+    }
+
+    /// Allocates addresses (and the proxy mesh) without starting any node, so that a test can
+    /// place a node's data directory first ([`ProcessCluster::use_data_dir`]).
+    pub fn prepare(options: ClusterOptions) -> ProcessCluster {
+        let peers: Vec<SocketAddr> = (0..options.nodes).map(|_| free_address()).collect();
+        let mesh = options.proxied.then(|| ProxyMesh::start(&peers));
+        ProcessCluster {
+            dir: Some(tempfile::tempdir().unwrap()),
+            clients: (0..options.nodes).map(|_| free_address()).collect(),
+            metrics: (0..options.nodes).map(|_| free_address()).collect(),
+            peers,
+            mesh,
+            extra_config: options.extra_config,
+            children: HashMap::new(),
+            paused: HashSet::new(),
+            data_dirs: HashMap::new(),
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Number of nodes.
+    pub fn size(&self) -> u64 {
+        self.clients.len() as u64
+    }
+
+    /// The test's directory: node logs, configurations and (by default) data directories.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("directory kept").path()
+    }
+
+    /// Keeps the directory after the test (for a failure report) and returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        let path = self.dir().to_path_buf();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+        self.dir = None;
+        path
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.data_dirs
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| self.dir().join(format!("node-{id}")))
+    }
+
+    /// Puts node `id`'s data on a tmpfs of `size_bytes` mounted by the test; call before the
+    /// node starts.
+    ///
+    /// # Errors
+    /// Why the mount was refused.
+    pub fn use_tmpfs(&mut self, id: u64, size_bytes: u64) -> Result<PathBuf, String> {
+        let mount = TmpfsMount::mount(&self.dir().join(format!("tmpfs-{id}")), size_bytes)?;
+        let data_dir = mount.path().join("data");
+        self.data_dirs.insert(id, data_dir.clone());
+        self.mounts.push(mount);
+        Ok(mount_root(&data_dir))
+    }
+
+    /// The proxy mesh, when the cluster was started with one.
+    pub fn mesh(&self) -> Option<&ProxyMesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Starts (or restarts) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} is running");
+        let config = self.dir().join(format!("node-{id}.toml"));
+        std::fs::write(&config, self.config_toml(id)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join(format!("node-{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftlog"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RAFTLOG_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("raftlog serve starts");
+        self.children.insert(id, child);
+    }
+
+    fn config_toml(&self, id: u64) -> String {
+        let index = id as usize - 1;
+        let mut toml = format!(
+            "node_id = {id}\ndata_dir = {:?}\nclient_listen = \"{}\"\npeer_listen = \"{}\"\n\
+             metrics_listen = \"{}\"\n",
+            self.data_dir(id).display().to_string(),
+            self.clients[index],
+            self.peers[index],
+            self.metrics[index],
+        );
+        toml.push_str(&self.extra_config);
+        toml.push_str("\n[peers]\n");
+        for peer in 1..=self.size() {
+            let address = match &self.mesh {
+                Some(mesh) if peer != id => mesh.address(id, peer),
+                _ => self.peers[peer as usize - 1],
+            };
+            toml.push_str(&format!("{peer} = \"{address}\"\n"));
+        }
+        toml
+    }
+
+    /// Nodes whose process ended without the harness killing it, with how it ended; they
+    /// count as not running afterwards.
+    pub fn exited(&mut self) -> Vec<(u64, ExitStatus)> {
+        let mut exited = Vec::new();
+        for (&id, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited.push((id, status));
+            }
+        }
+        for (id, _) in &exited {
+            self.children.remove(id);
+            self.paused.remove(id);
+        }
+        exited
+    }
+
+    /// Whether node `id` has a live process (paused or not).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// Whether node `id` is stopped with SIGSTOP.
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.paused.contains(&id)
+    }
+
+    /// SIGKILL by PID: no graceful shutdown, no final sync.
+    pub fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("node is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.paused.remove(&id);
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+        self.paused.insert(id);
+    }
+
+    /// SIGCONT after [`ProcessCluster::pause`].
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+        self.paused.remove(&id);
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let pid = self.children[&id].id() as libc::pid_t;
+        // SAFETY: kill(2) on a PID this harness spawned and has not reaped yet.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "signal {signal} to node {id} (pid {pid})");
+    }
+
+    /// Client addresses as strings, node 1 first.
+    pub fn addresses(&self) -> Vec<String> {
+        self.clients.iter().map(SocketAddr::to_string).collect()
+    }
+}
+
+fn mount_root(data_dir: &Path) -> PathBuf {
+    data_dir
+        .parent()
+        .expect("data dir inside the mount")
+        .to_path_buf()
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for (id, child) in &mut self.children {
+            if self.paused.contains(id) {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        // Unmount after every process is gone and before the directory holding the mount
+        // points is removed.
+        self.mounts.clear();
+        self.mesh = None;
+    }
+}

@@ -1,0 +1,11 @@
+//! Shared harness of the black-box cluster tests: real `raftlog serve` processes on loopback
+//! ([`cluster`]), a fault-injecting TCP proxy between them ([`proxy`]), and a small
+//! reconnecting client ([`client`]).
+//!
+//! Each test binary that uses it declares `mod support;` and uses only part of it, hence the
+//! `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod cluster;
+pub mod proxy;

@@ -51,6 +51,41 @@ async fn start_cluster(dir: &std::path::Path, nodes: u64) -> Vec<RunningNode> {
     start_all(&cluster_configs(dir, nodes)).await
 }
 
+/// Three nodes, a connection to each, and a one-partition topic replicated on all three.
+async fn cluster_with_topic(
+    dir: &std::path::Path,
+    topic: &str,
+) -> (Vec<RunningNode>, Vec<Connection>) {
+    let cluster = start_cluster(dir, 3).await;
+    let mut connections = Vec::new();
+    for node in &cluster {
+        connections.push(connect(node).await);
+    }
+    let create = Body::CreateTopic(CreateTopicRequest {
+        name: topic.into(),
+        partitions: 1,
+        replication_factor: 3,
+        ..Default::default()
+    });
+    to_leader(&connections, create).await;
+    (cluster, connections)
+}
+
+/// The id of the node that leads the (single) partition right now.
+fn partition_leader(cluster: &[RunningNode]) -> u64 {
+    let leads = |node: &&RunningNode| {
+        let partitions = node.node.local_partitions();
+        partitions
+            .iter()
+            .any(|p| p.handle.status().role == Some(raftlog::raft::Role::Leader))
+    };
+    cluster
+        .iter()
+        .find(leads)
+        .map(|n| n.node.id())
+        .expect("a partition leader")
+}
+
 async fn connect(node: &RunningNode) -> Connection {
     let options = ConnectOptions::default();
     Connection::connect(&node.client_address.to_string(), &options)
@@ -494,29 +529,9 @@ async fn a_follower_behind_retention_gets_a_snapshot_and_serves_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_of_a_leader_hands_leadership_away_without_losing_acknowledged_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_cluster(dir.path(), 3).await;
-    let mut connections = Vec::new();
-    for node in &cluster {
-        connections.push(connect(node).await);
-    }
-    let create = Body::CreateTopic(CreateTopicRequest {
-        name: "g".into(),
-        partitions: 1,
-        replication_factor: 3,
-        ..Default::default()
-    });
-    to_leader(&connections, create).await;
+    let (mut cluster, connections) = cluster_with_topic(dir.path(), "g").await;
     to_leader(&connections, produce("g", 0, &["warm-up".to_string()])).await;
-    let leader_id = cluster
-        .iter()
-        .find(|n| {
-            n.node
-                .local_partitions()
-                .iter()
-                .any(|p| p.handle.status().role == Some(raftlog::raft::Role::Leader))
-        })
-        .map(|n| n.node.id())
-        .expect("a partition leader");
+    let leader_id = partition_leader(&cluster);
 
     let producer = {
         let connections = connections.clone();
@@ -587,18 +602,7 @@ fn idempotent_batch(producer_id: u64, epoch: u32, base_sequence: u32, values: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retried_batches_are_deduplicated_even_by_a_new_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_cluster(dir.path(), 3).await;
-    let mut connections = Vec::new();
-    for node in &cluster {
-        connections.push(connect(node).await);
-    }
-    let create = Body::CreateTopic(CreateTopicRequest {
-        name: "idem".into(),
-        partitions: 1,
-        replication_factor: 3,
-        ..Default::default()
-    });
-    to_leader(&connections, create).await;
+    let (mut cluster, mut connections) = cluster_with_topic(dir.path(), "idem").await;
     let Body::InitProducerIdResponse(producer) =
         to_leader(&connections, Body::InitProducerId(InitProducerIdRequest {})).await
     else {
@@ -627,16 +631,7 @@ async fn retried_batches_are_deduplicated_even_by_a_new_leader() {
     assert_eq!(gap.code(), ErrorCode::OutOfOrderSequence, "{}", gap.message);
 
     // Leadership moves; the new leader knows the batch from its own log.
-    let leader_id = cluster
-        .iter()
-        .find(|n| {
-            n.node
-                .local_partitions()
-                .iter()
-                .any(|p| p.handle.status().role == Some(raftlog::raft::Role::Leader))
-        })
-        .map(|n| n.node.id())
-        .unwrap();
+    let leader_id = partition_leader(&cluster);
     let leaving = cluster.remove(leader_id as usize - 1);
     connections.remove(leader_id as usize - 1);
     leaving.shutdown().await;

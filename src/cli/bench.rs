@@ -340,46 +340,42 @@ impl Summary {
         )
     }
 
-    fn percentile_ms(&self, quantile: f64) -> f64 {
-        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    /// Latency p50, p99, p99.9 and max in milliseconds.
+    fn latency_ms(&self) -> [f64; 4] {
+        let at = |quantile: f64| self.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+        [
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            self.latency_us.max() as f64 / 1000.0,
+        ]
     }
 
     fn text(&self, record_size: usize) -> String {
         let (records_per_s, mb_per_s) = self.rates();
+        let [p50, p99, p999, max] = self.latency_ms();
+        let (mode, records, seconds) = (self.mode, self.records, self.elapsed.as_secs_f64());
         format!(
-            "{}: {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s; latency ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; errors {}",
-            self.mode,
-            self.records,
-            record_size,
-            self.elapsed.as_secs_f64(),
-            records_per_s,
-            mb_per_s,
-            self.percentile_ms(0.5),
-            self.percentile_ms(0.99),
-            self.percentile_ms(0.999),
-            self.latency_us.max() as f64 / 1000.0,
+            "{mode}: {records} records of {record_size} B in {seconds:.2} s: {records_per_s:.0} records/s, \
+             {mb_per_s:.1} MB/s; latency ms p50 {p50:.3} p99 {p99:.3} p99.9 {p999:.3} max {max:.3}; errors {}",
             self.errors
         )
     }
 
     fn json(&self) -> String {
         let (records_per_s, mb_per_s) = self.rates();
-        format!(
-            concat!(
-                "{{\"mode\":\"{}\",\"records\":{},\"bytes\":{},\"seconds\":{:.3},\"records_per_sec\":{:.1},",
-                "\"mb_per_sec\":{:.3},\"latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},",
-                "\"errors\":{}}}"
-            ),
+        let [p50, p99, p999, max] = self.latency_ms();
+        let (mode, records, bytes, seconds) = (
             self.mode,
             self.records,
             self.bytes,
             self.elapsed.as_secs_f64(),
-            records_per_s,
-            mb_per_s,
-            self.percentile_ms(0.5),
-            self.percentile_ms(0.99),
-            self.percentile_ms(0.999),
-            self.latency_us.max() as f64 / 1000.0,
+        );
+        format!(
+            "{{\"mode\":\"{mode}\",\"records\":{records},\"bytes\":{bytes},\"seconds\":{seconds:.3},\
+             \"records_per_sec\":{records_per_s:.1},\"mb_per_sec\":{mb_per_s:.3},\
+             \"latency_ms\":{{\"p50\":{p50:.3},\"p99\":{p99:.3},\"p999\":{p999:.3},\"max\":{max:.3}}},\
+             \"errors\":{}}}",
             self.errors
         )
     }

@@ -148,7 +148,7 @@ fn check_snapshot(m: &InstallSnapshot) -> Result<(), DropReason> {
 }
 
 /// The term carried by any message body.
-pub(crate) fn message_term(body: &Body) -> u64 {
+pub fn message_term(body: &Body) -> u64 {
     match body {
         Body::RequestVote(m) => m.term,
         Body::RequestVoteResponse(m) => m.term,

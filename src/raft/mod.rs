@@ -61,7 +61,7 @@ mod progress;
 mod replication;
 mod rng;
 
-pub use check::{Diagnostics, DropReason, Dropped, TERM_MAX};
+pub use check::{message_term, Diagnostics, DropReason, Dropped, TERM_MAX};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
 pub use node::{

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use raftlog::proto::raft_message::Body;
 use raftlog::proto::{Entry, HardState, RaftMessage};
 use raftlog::raft::{
-    entry_size_bytes, Config, LogPosition, LogReader, Raft, ReadError, Ready, RestoredState, Role,
+    entry_size_bytes, message_term, Config, LogPosition, LogReader, Raft, ReadError, Ready,
+    RestoredState, Role,
 };
 
 /// An in-memory log store: entries written, a durable prefix, and the durable hard state.
@@ -923,18 +924,5 @@ fn check_log_matching(
             e.term
         );
         prev_term = e.term;
-    }
-}
-
-/// The term carried by a message body.
-fn message_term(body: &Body) -> u64 {
-    match body {
-        Body::RequestVote(m) => m.term,
-        Body::RequestVoteResponse(m) => m.term,
-        Body::AppendEntries(m) => m.term,
-        Body::AppendEntriesResponse(m) => m.term,
-        Body::InstallSnapshot(m) => m.term,
-        Body::InstallSnapshotResponse(m) => m.term,
-        Body::TimeoutNow(m) => m.term,
     }
 }

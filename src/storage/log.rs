@@ -235,7 +235,7 @@ impl Log {
                 self.roll()?;
             }
             let interval_bytes = self.config.index_interval_bytes;
-            self.active_mut().write(entry, interval_bytes);
+            self.active_mut().write(entry, interval_bytes)?;
         }
         Ok(())
     }

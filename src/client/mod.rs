@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | [`connection`] | one handshaken connection to one node, pipelined requests |
 //! | [`cluster`] | bootstrap, cached metadata, a connection per node, routing with bounded retries |
-//! | [`admin`] | topic create/list/describe/delete, consumer-group offset commit/fetch |
+//! | [`admin`] | topic create/list/describe/delete, cluster status, consumer-group offset commit/fetch |
 //! | [`producer`] | records to offsets: partitioning, per-partition batching, retries |
 //! | [`partitioner`] | which partition a record goes to (Kafka's murmur2 for keys) |
 //! | [`consumer`] | assigned partitions, seeks, long-poll fetches, CRC-checked records |
@@ -35,7 +35,7 @@ pub mod partitioner;
 pub mod producer;
 
 pub use crate::proto::Acks;
-pub use admin::{Admin, NewTopic};
+pub use admin::{Admin, ClusterStatus, NewTopic, NodeStatus};
 pub use cluster::{ClientOptions, Cluster, Retry, Route, BOOTSTRAP_DEFAULT};
 pub use connection::{ClientError, ConnectOptions, Connection};
 pub use consumer::{Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec, PartitionBounds};

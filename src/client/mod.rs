@@ -40,4 +40,7 @@ pub use cluster::{ClientOptions, Cluster, Retry, Route, BOOTSTRAP_DEFAULT};
 pub use connection::{ClientError, ConnectOptions, Connection};
 pub use consumer::{Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec, PartitionBounds};
 pub use partitioner::Partitioner;
-pub use producer::{DeliveryFuture, Producer, ProducerOptions, ProducerRecord, RecordMetadata};
+pub use producer::{
+    DeliveryFuture, Producer, ProducerOptions, ProducerRecord, RecordMetadata,
+    IDEMPOTENT_IN_FLIGHT_MAX,
+};

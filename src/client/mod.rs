@@ -13,6 +13,9 @@
 //! | [`partitioner`] | which partition a record goes to (Kafka's murmur2 for keys) |
 //! | [`consumer`] | assigned partitions, seeks, long-poll fetches, CRC-checked records |
 //!
+//! In short (a complete, runnable program is `examples/produce_consume.rs`:
+//! `cargo run --release --example produce_consume` against `raftlog dev`):
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), raftlog::client::ClientError> {
 //! use raftlog::client::*;

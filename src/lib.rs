@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
 //! | [`client`] | the client library: cluster routing with retries, producer, consumer, admin, group offsets |
-//! | [`cli`] | the code behind the `raftlog` subcommands: `topic`, `produce`, `consume`, `bench`, `serve`, `dev` (`main.rs` only parses and dispatches) |
+//! | [`cli`] | the code behind the `raftlog` subcommands: `topic`, `cluster`, `produce`, `consume`, `bench`, `serve`, `dev` (`main.rs` only parses and dispatches) |
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |

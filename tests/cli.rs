@@ -228,3 +228,119 @@ async fn groups_follow_and_errors_on_a_real_cluster() {
     );
     nodes.shutdown().await;
 }
+
+/// `cluster status --json` parsed, bounded by the command's own bound.
+async fn cluster_status(bootstrap: &str) -> serde_json::Value {
+    let run = raftlog(bootstrap, &["cluster", "status", "--json"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_status_shows_leaders_high_watermarks_and_lag() {
+    let mut nodes = RealCluster::start(3).await;
+    let bootstrap = nodes.bootstrap();
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "s", "--partitions", "2"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    for (partition, count) in [("0", 30), ("1", 20)] {
+        let input: String = (0..count).map(|i| format!("r{i}\n")).collect();
+        let run = raftlog(
+            &bootstrap,
+            &["produce", "s", "--partition", partition],
+            &input,
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    // Followers catch up within a few heartbeats; wait (bounded) until the leader says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = cluster_status(&bootstrap).await;
+        let settled = status["partitions"].as_array().unwrap().iter().all(|p| {
+            let progress = p["replica_progress"].as_array().unwrap();
+            progress.len() == 3 && progress.iter().all(|r| r["lag_entries"] == 0)
+        });
+        if settled {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "followers never caught up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let listed = status["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{status}");
+    assert!(listed.iter().all(|n| n["reachable"] == true), "{status}");
+    assert_ne!(status["metadata_leader"], 0, "{status}");
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 2, "{status}");
+    for (p, produced) in partitions.iter().zip([30, 20]) {
+        assert_eq!(p["topic"], "s", "{status}");
+        assert_ne!(p["leader"], 0, "{status}");
+        assert!(p["term"].as_u64().unwrap() > 0, "{status}");
+        assert_eq!(p["high_watermark"], produced, "{status}");
+        assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{status}");
+    }
+
+    // The table says the same for people.
+    let run = raftlog(&bootstrap, &["cluster", "status"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("nodes: 3 (3 reachable)\n"),
+        "{run:?}"
+    );
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("TOPIC"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{run:?}");
+    for (row, produced) in rows.iter().zip(["30", "20"]) {
+        assert_eq!(row[6], produced, "{run:?}");
+        assert_ne!(row[2], "none", "{run:?}");
+    }
+
+    // A stopped node is reported, not fatal; the others still describe every partition.
+    let stopped = nodes.nodes.remove(2);
+    let stopped_address = stopped.client_address.to_string();
+    stopped.shutdown().await;
+    let status = cluster_status(&bootstrap).await;
+    let node3 = &status["nodes"].as_array().unwrap()[2];
+    assert_eq!(
+        (&node3["client_address"], &node3["reachable"]),
+        (
+            &serde_json::Value::from(stopped_address),
+            &serde_json::Value::from(false)
+        ),
+        "{status}"
+    );
+    for (p, produced) in status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([30, 20])
+    {
+        assert_eq!(p["high_watermark"], produced, "{status}");
+    }
+    nodes.shutdown().await;
+
+    // No cluster at all: a clear message and exit 4.
+    let run = raftlog(
+        &bootstrap,
+        &["cluster", "status", "--connect-timeout-ms", "500"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("reaching the cluster"), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+}

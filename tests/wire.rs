@@ -34,6 +34,11 @@ fn topic_info() -> TopicInfo {
             term: 4,
             log_start_offset: 10,
             high_watermark: 99,
+            replica_progress: vec![ReplicaProgress {
+                node_id: 3,
+                match_index: 41,
+                lag_entries: 2,
+            }],
         }],
         replication_factor: 3,
         retention_bytes: 1 << 30,
@@ -176,6 +181,7 @@ fn every_envelope() -> Vec<Envelope> {
             }],
             topics: vec![topic_info()],
             metadata_leader_id: 1,
+            metadata_term: 3,
         }),
         Body::CreateTopic(CreateTopicRequest {
             name: "orders".into(),

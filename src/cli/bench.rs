@@ -19,7 +19,7 @@ use crate::cli::produce::AcksArg;
 use crate::cli::{write_stdout, CliError, ClientArgs};
 use crate::client::{
     Acks, Admin, ClientError, Cluster, Consumer, ConsumerOptions, NewTopic, OffsetSpec, Producer,
-    ProducerOptions, ProducerRecord,
+    ProducerOptions, ProducerRecord, IDEMPOTENT_IN_FLIGHT_MAX,
 };
 
 /// Largest latency the histograms hold: anything slower is clamped (and shows as max).
@@ -187,8 +187,9 @@ async fn produce(
                 AcksArg::Leader => Acks::Leader,
             },
             linger_ms: 0,
-            // Batches in flight per partition: enough to keep `in_flight` records moving.
-            max_in_flight: (args.in_flight / 64).clamp(1, 64),
+            // Batches in flight per partition: enough to keep `in_flight` records moving, within
+            // what an idempotent producer can keep deduplicated.
+            max_in_flight: (args.in_flight / 64).clamp(1, IDEMPOTENT_IN_FLIGHT_MAX),
             queue_records_max: args.in_flight.max(1) * 2,
             ..ProducerOptions::default()
         };

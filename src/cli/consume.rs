@@ -305,7 +305,7 @@ pub fn format_record(out: &mut Vec<u8>, record: &ConsumerRecord, format: Format)
 
 /// Writes `bytes` as a JSON string. Bytes that are not UTF-8 become U+FFFD, since JSON strings
 /// cannot carry arbitrary bytes.
-fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     out.push(b'"');
     for c in text.chars() {

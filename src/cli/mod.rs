@@ -1,6 +1,6 @@
 //! The code behind the `raftlog` subcommands, as the command-line contract (`CLI.md` in the
-//! shared docs, summarized in the README) specifies: the client commands `topic`, `produce`
-//! and `consume`, and the node commands `serve` and `dev` ([`node_commands`]).
+//! shared docs, summarized in the README) specifies: the client commands `topic`, `cluster`,
+//! `produce` and `consume`, and the node commands `serve` and `dev` ([`node_commands`]).
 //!
 //! `src/main.rs` owns the clap `Command` enum and only dispatches; each command family lives in
 //! its own file here, with its clap arguments and its `run` function. For the client commands
@@ -21,6 +21,7 @@ use crate::proto::ErrorCode;
 
 pub mod args;
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod node_commands;
 pub mod produce;

@@ -14,7 +14,7 @@ use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
 use crate::proto::envelope::Body;
 use crate::proto::{
-    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse,
+    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse, NodeInfo,
     OffsetCommitRequest, OffsetFetchRequest, PartitionOffset, TopicInfo,
 };
 
@@ -44,6 +44,29 @@ impl NewTopic {
             retention_ms: 0,
         }
     }
+}
+
+/// One node as [`Admin::cluster_status`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatus {
+    /// Its id and addresses, from the cluster metadata.
+    pub info: NodeInfo,
+    /// Why it did not answer; `None` when it did.
+    pub error: Option<String>,
+}
+
+/// The state of the whole cluster, as [`Admin::cluster_status`] assembled it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    /// Every node, by id.
+    pub nodes: Vec<NodeStatus>,
+    /// Leader of the metadata group, 0 when unknown.
+    pub metadata_leader_id: u64,
+    /// The metadata group's term.
+    pub metadata_term: u64,
+    /// Every topic by name, partitions by number, live state from each partition's leader
+    /// where it answered.
+    pub topics: Vec<TopicInfo>,
 }
 
 /// The admin API over a [`Cluster`].
@@ -170,6 +193,48 @@ impl Admin {
     pub async fn describe_cluster(&self) -> Result<MetadataResponse, ClientError> {
         let metadata = self.cluster.refresh_metadata().await?;
         Ok(MetadataResponse::clone(&metadata))
+    }
+
+    /// What `raftlog cluster status` shows: every node and whether it answers, the metadata
+    /// leader, and every topic's partitions with leader, term, offsets and the leader's view
+    /// of its replicas' lag. Each node is asked directly and the answers are merged, so
+    /// per partition the live state comes from its leader whenever the leader answers.
+    ///
+    /// # Errors
+    /// A routing error when no node answers.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        self.cluster.refresh_metadata().await?;
+        let mut nodes = Vec::new();
+        let mut answers = Vec::new();
+        let mut last_error = None;
+        for (info, answer) in self.cluster.metadata_of_each_node().await? {
+            let error = match answer {
+                Ok(metadata) => {
+                    answers.push(metadata);
+                    None
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    last_error = Some(error);
+                    Some(text)
+                }
+            };
+            nodes.push(NodeStatus { info, error });
+        }
+        let Some(merged) = super::cluster::merge_metadata(answers) else {
+            return Err(last_error.unwrap_or(ClientError::Invalid("no node known".into())));
+        };
+        let mut topics = merged.topics;
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        for topic in &mut topics {
+            topic.partitions.sort_by_key(|p| p.partition);
+        }
+        Ok(ClusterStatus {
+            nodes,
+            metadata_leader_id: merged.metadata_leader_id,
+            metadata_term: merged.metadata_term,
+            topics,
+        })
     }
 
     /// Deletes a topic and all its records.

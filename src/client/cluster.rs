@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use super::connection::{ClientError, ConnectOptions, Connection};
 use crate::proto::envelope::Body;
-use crate::proto::{ErrorCode, MetadataRequest, MetadataResponse, PartitionInfo, TopicInfo};
+use crate::proto::{
+    ErrorCode, MetadataRequest, MetadataResponse, NodeInfo, PartitionInfo, TopicInfo,
+};
 use crate::wire::error::body_name;
 
 /// The address client commands use when none is given: node 1 of `raftlog dev`.
@@ -288,6 +290,35 @@ impl Cluster {
         *self.inner.metadata.lock().expect("metadata lock") = Some(metadata.clone());
         self.inner.refreshes.fetch_add(1, Ordering::AcqRel);
         Ok(metadata)
+    }
+
+    /// Asks every node named in the metadata (refreshed first if none is cached) for its own
+    /// metadata, all at once, and returns each node's answer or error, sorted by node id.
+    /// Nothing is merged or cached: this is for reports that must say which nodes answer.
+    ///
+    /// # Errors
+    /// The refresh's error when no metadata was cached and no node answered.
+    pub async fn metadata_of_each_node(
+        &self,
+    ) -> Result<Vec<(NodeInfo, Result<MetadataResponse, ClientError>)>, ClientError> {
+        let metadata = match self.cached_metadata() {
+            Some(metadata) => metadata,
+            None => self.refresh_metadata().await?,
+        };
+        let mut nodes = metadata.nodes.clone();
+        nodes.sort_by_key(|node| node.node_id);
+        let answers = nodes.into_iter().map(|node| async move {
+            let answer = if node.client_address.is_empty() {
+                Err(ClientError::Invalid(format!(
+                    "node {} has not advertised a client address",
+                    node.node_id
+                )))
+            } else {
+                self.metadata_from(&node.client_address).await
+            };
+            (node, answer)
+        });
+        Ok(futures::future::join_all(answers).await)
     }
 
     /// Records a leader learned from a NOT_LEADER hint, so later requests go there directly.
@@ -647,15 +678,18 @@ impl Cluster {
     }
 }
 
-/// Merges the metadata answers of several nodes: topics from all of them, and per partition
-/// the live state of the answer that knows a leader with the highest term (see
+/// Merges the metadata answers of several nodes: topics from all of them, the metadata
+/// leader named with the highest metadata term, and per partition the live state of the
+/// answer that knows a leader with the highest term, preferring the leader's own answer (see
 /// [`Cluster::refresh_metadata`]). `None` for no answers.
 pub fn merge_metadata(answers: Vec<MetadataResponse>) -> Option<MetadataResponse> {
     let mut answers = answers.into_iter();
     let mut merged = answers.next()?;
     for answer in answers {
-        if merged.metadata_leader_id == 0 {
+        let rank = |m: &MetadataResponse| (m.metadata_leader_id != 0, m.metadata_term);
+        if rank(&answer) > rank(&merged) {
             merged.metadata_leader_id = answer.metadata_leader_id;
+            merged.metadata_term = answer.metadata_term;
         }
         for node in answer.nodes {
             if !merged.nodes.iter().any(|n| n.node_id == node.node_id) {
@@ -680,7 +714,9 @@ fn merge_partitions(known: &mut [PartitionInfo], other: Vec<PartitionInfo>) {
         else {
             continue;
         };
-        let rank = |p: &PartitionInfo| (p.leader_id != 0, p.term);
+        // Of equally recent answers, the leader's own is best: only it knows the replicas'
+        // progress.
+        let rank = |p: &PartitionInfo| (p.leader_id != 0, p.term, !p.replica_progress.is_empty());
         if rank(&partition) > rank(mine) {
             let high_watermark = mine.high_watermark.max(partition.high_watermark);
             *mine = partition;

@@ -268,7 +268,14 @@ async fn run_socket(
                 next_correlation_id += 1;
                 let envelope = Envelope { correlation_id, body: Some(body) };
                 if let Err(error) = framed.send(envelope).await {
-                    let _ = reply.send(Err(ClientError::Wire(error)));
+                    // A socket that fails mid-write may have delivered part of the frame or
+                    // all of it: the outcome is unknown, exactly as for a connection that
+                    // closes before the answer, and callers retry it as such.
+                    let failure = match error {
+                        WireError::Io(_) | WireError::Closed => ClientError::Closed,
+                        other => ClientError::Wire(other),
+                    };
+                    let _ = reply.send(Err(failure));
                     break;
                 }
                 waiting.insert(correlation_id, (reply, slot));

@@ -8,10 +8,13 @@
 //! | --- | --- |
 //! | [`connection`] | one handshaken connection to one node, pipelined requests |
 //! | [`cluster`] | bootstrap, cached metadata, a connection per node, routing with bounded retries |
-//! | [`admin`] | topic create/list/describe/delete, consumer-group offset commit/fetch |
+//! | [`admin`] | topic create/list/describe/delete, cluster status, consumer-group offset commit/fetch |
 //! | [`producer`] | records to offsets: partitioning, per-partition batching, retries |
 //! | [`partitioner`] | which partition a record goes to (Kafka's murmur2 for keys) |
 //! | [`consumer`] | assigned partitions, seeks, long-poll fetches, CRC-checked records |
+//!
+//! In short (a complete, runnable program is `examples/produce_consume.rs`:
+//! `cargo run --release --example produce_consume` against `raftlog dev`):
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), raftlog::client::ClientError> {
@@ -35,9 +38,12 @@ pub mod partitioner;
 pub mod producer;
 
 pub use crate::proto::Acks;
-pub use admin::{Admin, NewTopic};
+pub use admin::{Admin, ClusterStatus, NewTopic, NodeStatus};
 pub use cluster::{ClientOptions, Cluster, Retry, Route, BOOTSTRAP_DEFAULT};
 pub use connection::{ClientError, ConnectOptions, Connection};
 pub use consumer::{Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec, PartitionBounds};
 pub use partitioner::Partitioner;
-pub use producer::{DeliveryFuture, Producer, ProducerOptions, ProducerRecord, RecordMetadata};
+pub use producer::{
+    DeliveryFuture, Producer, ProducerOptions, ProducerRecord, RecordMetadata,
+    IDEMPOTENT_IN_FLIGHT_MAX,
+};

@@ -10,8 +10,14 @@
 //!
 //! Ordering: records of one partition are batched in `send` order, and with `max_in_flight`
 //! = 1 (the default) batches reach the log in that order, retries included. With more batches
-//! in flight, order holds while the leader is stable; a retried batch can land after a later
-//! one, as in Kafka without idempotence.
+//! in flight and idempotence, order holds through failures too: the leader appends a batch
+//! only if its sequence follows the last one it has, and refuses one that would leave a gap
+//! with OUT_OF_ORDER_SEQUENCE. A batch refused so (its predecessor was lost with a connection
+//! and is being retried) waits until every earlier batch of its partition is answered and is
+//! then sent again, so the batches land in sequence order. Until a partition has acknowledged
+//! a first batch the leader may not know the producer yet, and accepts any sequence from an
+//! unknown one; so a worker keeps one batch in flight until then. Without idempotence, a
+//! retried batch can land after a later one, as in Kafka.
 //!
 //! Retries: a batch is retried (with backoff, metadata refresh and leader hints) after
 //! failures that prove it was not written — NOT_LEADER, connect errors, RESOURCE_EXHAUSTED.
@@ -23,7 +29,7 @@
 //! Limits: each partition's queue holds at most `queue_records_max` records (a full queue
 //! makes `send` wait: back-pressure), and no batch is retried past `delivery_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -48,6 +54,11 @@ use crate::proto::{Acks, ErrorCode, InitProducerIdRequest, ProduceRequest};
 /// Time allowed beyond `request_timeout_ms` for a produce answer to travel back.
 const ATTEMPT_MARGIN: Duration = Duration::from_secs(2);
 
+/// Most batches in flight per partition with idempotence: a partition leader remembers the
+/// last five batches of each producer (as Kafka does), and a retry further back than that
+/// could no longer be recognised as a duplicate.
+pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
+
 /// How a producer batches, acknowledges and retries. Names follow Kafka's where the idea is
 /// the same.
 #[derive(Debug, Clone)]
@@ -58,7 +69,8 @@ pub struct ProducerOptions {
     pub linger_ms: u64,
     /// Largest encoded batch, in bytes; must not exceed the server's `batch_bytes_max`.
     pub batch_bytes_max: usize,
-    /// Batches per partition sent and not yet acknowledged; 1 keeps order under retries.
+    /// Batches per partition sent and not yet acknowledged. With idempotence, order holds
+    /// under retries for any value up to [`IDEMPOTENT_IN_FLIGHT_MAX`]; without, only for 1.
     pub max_in_flight: usize,
     /// Longest time from a batch's first record to its acknowledgement, retries included.
     pub delivery_timeout_ms: u64,
@@ -217,6 +229,13 @@ impl Producer {
                 "batch_bytes_max and queue_records_max must be at least 1".into(),
             ));
         }
+        if options.enable_idempotence && options.max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX {
+            return Err(ClientError::Invalid(format!(
+                "max_in_flight {} exceeds {IDEMPOTENT_IN_FLIGHT_MAX}, the most an idempotent \
+                 producer can have deduplicated",
+                options.max_in_flight
+            )));
+        }
         let identity = if options.enable_idempotence {
             Some(init_producer_id(&cluster).await?)
         } else {
@@ -374,6 +393,10 @@ struct OpenBatch {
     full: bool,
 }
 
+/// The batches of one partition that are sent and not yet answered, by send number, so that
+/// a batch refused as out of order can wait for the ones before it.
+type Unanswered = Arc<watch::Sender<BTreeSet<u64>>>;
+
 /// Fills and sends the batches of one partition, in order.
 struct PartitionWorker {
     shared: Arc<Shared>,
@@ -384,6 +407,14 @@ struct PartitionWorker {
     carry: Option<Pending>,
     /// Sequence number of the next batch's first record (idempotence only).
     next_sequence: u32,
+    /// Send number of the next batch: sequence order without the wrap-around.
+    next_number: u64,
+    /// Batches sent and not yet answered.
+    unanswered: Unanswered,
+    /// Some batch of this partition was acknowledged, so every later leader knows this
+    /// producer's sequence (with `acks=all`: the batch is committed, so in every later
+    /// leader's log).
+    acknowledged_any: bool,
 }
 
 impl PartitionWorker {
@@ -395,7 +426,30 @@ impl PartitionWorker {
             open: None,
             carry: None,
             next_sequence: 0,
+            next_number: 0,
+            unanswered: Arc::new(watch::Sender::new(BTreeSet::new())),
+            acknowledged_any: false,
         }
+    }
+
+    /// Whether the next batch may be sent now: it must be within `max_in_flight` batches of
+    /// the oldest unanswered one (not merely of the count in flight), so that while that one
+    /// is retried the leader still remembers it among the producer's last batches however
+    /// many later ones it appended meanwhile. One batch only until a first acknowledgement;
+    /// see the module doc.
+    fn may_send(&self) -> bool {
+        let window = if self.shared.identity.is_some() && !self.acknowledged_any {
+            1
+        } else {
+            self.shared.options.max_in_flight.max(1) as u64
+        };
+        let oldest = self
+            .unanswered
+            .borrow()
+            .first()
+            .copied()
+            .unwrap_or(self.next_number);
+        self.next_number < oldest + window
     }
 
     /// Runs until the producer drops its queue and everything queued has been answered.
@@ -403,7 +457,6 @@ impl PartitionWorker {
         let mut in_flight = FuturesUnordered::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut items_open = true;
-        let window = self.shared.options.max_in_flight.max(1);
         loop {
             if self.open.is_none() {
                 if let Some(pending) = self.carry.take() {
@@ -416,7 +469,7 @@ impl PartitionWorker {
                 .open
                 .as_ref()
                 .is_some_and(|b| b.full || urgent || b.ready_at <= now);
-            if ready && in_flight.len() < window {
+            if ready && self.may_send() {
                 let batch = self.open.take().expect("a ready batch is open");
                 in_flight.push(self.send(batch));
                 continue;
@@ -436,7 +489,9 @@ impl PartitionWorker {
             let linger_until = self.open.as_ref().filter(|_| !ready).map(|b| b.ready_at);
             tokio::select! {
                 biased;
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                Some(acknowledged) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.acknowledged_any |= acknowledged;
+                }
                 item = items.recv(), if can_receive => match item {
                     None => items_open = false,
                     Some(Item::Flush(done)) => flushes.push(done),
@@ -498,23 +553,100 @@ impl PartitionWorker {
         }
     }
 
-    /// The future that sends `batch` (with retries) and answers its records.
-    fn send(&mut self, batch: OpenBatch) -> impl Future<Output = ()> + 'static {
+    /// The future that sends `batch` (with retries) and answers its records; it resolves to
+    /// whether the batch was acknowledged.
+    fn send(&mut self, batch: OpenBatch) -> impl Future<Output = bool> + 'static {
         let count = batch.builder.record_count();
         self.next_sequence = self.next_sequence.wrapping_add(count);
+        let number = self.next_number;
+        self.next_number += 1;
+        self.unanswered.send_modify(|set| {
+            set.insert(number);
+        });
         let shared = self.shared.clone();
         let topic = self.topic.clone();
         let partition = self.partition;
         let bytes = batch.builder.finish();
+        let unanswered = self.unanswered.clone();
         async move {
-            let result = produce(&shared, &topic, partition, bytes, batch.deadline).await;
+            let place = InLine {
+                number,
+                unanswered: &unanswered,
+            };
+            let result = produce(&shared, &topic, partition, bytes, batch.deadline, place).await;
+            unanswered.send_modify(|set| {
+                set.remove(&number);
+            });
+            let acknowledged = result.is_ok();
             answer(batch.waiters, partition, result);
+            acknowledged
         }
     }
 }
 
+/// A batch's place among its partition's unanswered batches.
+struct InLine<'a> {
+    number: u64,
+    unanswered: &'a Unanswered,
+}
+
+impl InLine<'_> {
+    /// Whether a batch sent before this one is still unanswered.
+    fn behind_others(&self) -> bool {
+        self.unanswered
+            .borrow()
+            .first()
+            .is_some_and(|&first| first < self.number)
+    }
+
+    /// Waits until every batch sent before this one is answered, or until `deadline`.
+    async fn wait_for_earlier(&self, deadline: Instant) {
+        let mut changes = self.unanswered.subscribe();
+        let number = self.number;
+        let done = changes.wait_for(|set| set.first().is_none_or(|&first| first >= number));
+        let _ = tokio::time::timeout_at(deadline, done).await;
+    }
+}
+
 /// Sends one encoded batch to the partition leader; returns its base offset and append time.
+///
+/// With idempotence, an OUT_OF_ORDER_SEQUENCE answer while earlier batches of the partition
+/// are unanswered means one of them has not reached the log yet: this batch waits for them
+/// and is sent again. When none was outstanding (an earlier one was answered just before
+/// this one arrived) it is sent again once; a second refusal is final.
 async fn produce(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+    deadline: Instant,
+    place: InLine<'_>,
+) -> Result<(u64, i64), ClientError> {
+    let mut resent_in_line = false;
+    loop {
+        let answer = produce_once(shared, topic, partition, batch.clone(), deadline).await;
+        match answer {
+            Err(ClientError::Server(error))
+                if error.code() == ErrorCode::OutOfOrderSequence
+                    && shared.identity.is_some()
+                    && Instant::now() < deadline =>
+            {
+                if place.behind_others() {
+                    place.wait_for_earlier(deadline).await;
+                } else if resent_in_line {
+                    return Err(ClientError::Server(error));
+                } else {
+                    resent_in_line = true;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One routed produce request (with the cluster's retries); DUPLICATE_SEQUENCE counts as
+/// success at the original offset.
+async fn produce_once(
     shared: &Shared,
     topic: &str,
     partition: u32,

@@ -12,9 +12,10 @@ use crate::proto::{
     FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
     MetadataCommand, MetadataRequest, MetadataResponse, NodeInfo, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest, ProduceResponse,
-    TopicInfo,
+    ReplicaProgress, TopicInfo,
 };
-use crate::replica::{Acks, PendingAppend};
+use crate::raft::Role;
+use crate::replica::{Acks, PendingAppend, ReplicaStatus};
 
 /// A produce request queued to its replica, waiting for its acknowledgement.
 pub struct PendingProduce {
@@ -219,16 +220,18 @@ fn metadata(node: &Node, request: &MetadataRequest) -> MetadataResponse {
         .filter(|topic| request.topics.is_empty() || request.topics.contains(&topic.name))
         .map(|topic| describe(node, topic.to_info()))
         .collect();
-    let metadata_leader_id = node.metadata_replica().status().leader_id;
+    let metadata_status = node.metadata_replica().status();
     MetadataResponse {
         nodes,
         topics,
-        metadata_leader_id,
+        metadata_leader_id: metadata_status.leader_id,
+        metadata_term: metadata_status.term,
     }
 }
 
-/// Adds what this node knows live about a topic's partitions: leader, term, offsets. A
-/// partition without a replica here keeps leader 0 ("ask one of its replicas").
+/// Adds what this node knows live about a topic's partitions: leader, term, offsets, and,
+/// where this node leads, each replica's progress. A partition without a replica here keeps
+/// leader 0 ("ask one of its replicas").
 fn describe(node: &Node, mut info: TopicInfo) -> TopicInfo {
     let local = node.local_partitions();
     for partition in &mut info.partitions {
@@ -238,9 +241,32 @@ fn describe(node: &Node, mut info: TopicInfo) -> TopicInfo {
             partition.term = status.term;
             partition.log_start_offset = status.log_start_offset;
             partition.high_watermark = status.high_watermark;
+            partition.replica_progress = replica_progress(node.id(), &status);
         }
     }
     info
+}
+
+/// The leader's view of every replica, itself first with lag 0; empty on a non-leader, whose
+/// view of the others would be stale or absent.
+fn replica_progress(me: u64, status: &ReplicaStatus) -> Vec<ReplicaProgress> {
+    if status.role != Some(Role::Leader) {
+        return Vec::new();
+    }
+    let leader = ReplicaProgress {
+        node_id: me,
+        match_index: status.last_index,
+        lag_entries: 0,
+    };
+    let followers = status
+        .follower_match
+        .iter()
+        .map(|&(node_id, match_index)| ReplicaProgress {
+            node_id,
+            match_index,
+            lag_entries: status.last_index.saturating_sub(match_index),
+        });
+    std::iter::once(leader).chain(followers).collect()
 }
 
 fn offset_fetch(

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # benches/compare.sh - raftlog side by side with NATS JetStream, in one run, interleaved.
 #
-# For each repeat it starts three throw-away 3-node clusters on 127.0.0.1 (raftlog: three
-# separate `raftlog serve` processes, default fsync policy "always"; NATS 2.9.10 from Debian,
-# which acks from the page cache; NATS 2.10.26 with `sync_interval: always`, fsync before
-# ack), then for every case SIZE:IN_FLIGHT runs raftlog, NATS 2.9.10 and NATS 2.10.26 one
-# after the other (only one system under load at a time; the others sit idle), so machine
-# drift hits all three alike. After the repeats it prints Markdown tables of medians, the
+# Throw-away 3-node clusters on 127.0.0.1: raftlog (three separate `raftlog serve` processes,
+# default fsync policy "always", one cluster per repeat), NATS 2.9.10 from Debian (acks from
+# the page cache) and NATS 2.10.26 with `sync_interval: always` (fsync before ack), one fresh
+# NATS cluster per case. For each repeat and every case SIZE:IN_FLIGHT it runs raftlog, NATS
+# 2.9.10 and NATS 2.10.26 one after the other (one system under load at a time; raftlog's
+# cluster sits idle meanwhile), so machine drift hits all three alike. After the repeats it prints Markdown tables of medians, the
 # ratios raftlog/peer, and the targets of issue 9 with met / not met.
 #
 #   benches/compare.sh                                          # full run, ~20 min
@@ -130,8 +130,7 @@ RUN_DIR="$(mktemp -d "$BENCH_TMP/run.XXXXXX")"
 RL_DIR=""          # this repeat's raftlog cluster folder
 RL_WRAPPERS=()     # PIDs of the `timeout` wrappers we started
 RL_PIDS=()         # PIDs of the `raftlog serve` processes
-NATS29_DIR=""
-NATS210_DIR=""
+NATS_DIR=""          # the NATS cluster of the current case
 NATS_CLUSTER_DIR=""   # set by eval of `nats-cluster.sh start`
 NATS_URLS=""
 
@@ -164,10 +163,8 @@ stop_nats() { # $1 = cluster dir
 
 cleanup() {
   stop_raftlog
-  stop_nats "$NATS29_DIR"
-  NATS29_DIR=""
-  stop_nats "$NATS210_DIR"
-  NATS210_DIR=""
+  stop_nats "$NATS_DIR"
+  NATS_DIR=""
   rm -rf "$RUN_DIR"
   rmdir "$BENCH_TMP" 2>/dev/null || true
 }
@@ -299,6 +296,7 @@ measure() {
     --argjson rep "$REP" --argjson rc "$rc" --argjson cpu_ticks "$((c1 - c0))" \
     --argjson hz "$CLK_TCK" --argjson client_cpu "$(awk -v a="$k0" -v b="$k1" 'BEGIN {printf "%.3f", b - a}')" \
     --arg version "$(sys_version "$system")" --arg ts "$(date -u +%FT%TZ)" '
+    def ms: if type == "number" then . / 1000 else null end;
     (if $system == "raftlog" then
        if $raw == null then {} else
        {records: $raw.records, seconds: $raw.seconds, records_per_sec: $raw.records_per_sec,
@@ -308,8 +306,8 @@ measure() {
      else
        if $raw == null then {} else
        {records: $raw.acked, seconds: $raw.secs, records_per_sec: $raw.msgs_s, mb_per_sec: $raw.MB_s,
-        p50_ms: ($raw.p50_us / 1000), p99_ms: ($raw.p99_us / 1000),
-        p999_ms: ($raw.p999_us / 1000), max_ms: ($raw.max_us / 1000), errors: $raw.errors,
+        p50_ms: ($raw.p50_us | ms), p99_ms: ($raw.p99_us | ms),
+        p999_ms: ($raw.p999_us | ms), max_ms: ($raw.max_us | ms), errors: $raw.errors,
         ok: ($rc == 0 and $raw.verified == "yes")} end
      end) as $m
     | {ts: $ts, repeat: $rep, system: $system, version: $version, kind: $kind, case: $case,
@@ -318,7 +316,9 @@ measure() {
     | .cpu_us_per_record = (if (.records // 0) > 0 then $cpu_ticks / $hz * 1e6 / .records else null end)
     | .client_cpu_s = $client_cpu
     | .client_cpu_us_per_record = (if (.records // 0) > 0 then $client_cpu * 1e6 / .records else null end)
-    | .rss_peak_mib = $mem.hwm | .rss_mib = $mem.rss | .raw = $raw' >>"$RESULTS"
+    | .rss_peak_mib = $mem.hwm | .rss_mib = $mem.rss | .raw = $raw' >>"$RESULTS" ||
+    jq -c -n --arg system "$system" --arg kind "$kind" --arg case "$case_" --argjson rep "$REP" \
+      --arg out "$out" '{repeat: $rep, system: $system, kind: $kind, case: $case, ok: false, unparsed: $out}' >>"$RESULTS"
   tail -n 1 "$RESULTS" | jq -r '"\(.system) \(.kind) \(.case) rep \(.repeat): \(.records_per_sec // "-") rec/s, p50 \(.p50_ms // "-") p99 \(.p99_ms // "-") ms, \(.cpu_us_per_record // "-" | if type == "number" then (. * 10 | round / 10) else . end) server CPU-us/rec, peak RSS MiB \(.rss_peak_mib), ok=\(.ok)"' >&2
 }
 sys_version() {
@@ -339,19 +339,10 @@ log "$(date -u +%FT%TZ) systems: $SYSTEMS (raftlog $RAFTLOG_COMMIT${NATS29_VERSI
   "cases '$CASES', ${CASE_SECONDS}s each, repeats=$REPEATS, $(nproc) cpu, loadavg $(cut -d' ' -f1-3 /proc/loadavg), data in $RUN_DIR"
 log "results: $RESULTS"
 client_limit=$((CASE_SECONDS * 3 + 90))
+NATS_LIFETIME=$((client_limit + 120))
 
 for REP in $(seq 1 "$REPEATS"); do
   if has raftlog; then start_raftlog "$LIFETIME"; fi
-  if has nats29; then
-    out="$(start_nats "$NATS29_SERVER" "$NATS29_BASE_PORT" "" "$LIFETIME")" || die "NATS $NATS29_VERSION did not start"
-    eval "$out"
-    NATS29_DIR="$NATS_CLUSTER_DIR" NATS29_URLS="$NATS_URLS"
-  fi
-  if has nats210; then
-    out="$(start_nats "$NATS210_SERVER" "$NATS210_BASE_PORT" always "$LIFETIME")" || die "NATS $NATS210_REAL did not start"
-    eval "$out"
-    NATS210_DIR="$NATS_CLUSTER_DIR" NATS210_URLS="$NATS_URLS"
-  fi
   for c in $CASES; do
     size="${c%%:*}"
     win="${c##*:}"
@@ -373,15 +364,37 @@ for REP in $(seq 1 "$REPEATS"); do
       timeout 60 "$RAFTLOG" topic delete --bootstrap "$RL_BOOT" "$topic" >/dev/null 2>&1 ||
         log "could not delete topic $topic"
     fi
+    # A fresh NATS cluster per case: started just before it, stopped right after. (Kept
+    # idle across cases, 2.10.26 once refused a new stream with "no suitable peers for
+    # placement".) Peak RSS of NATS is therefore per case; raftlog's is over the repeat.
     for sys in nats29 nats210; do
       has "$sys" || continue
-      if [ "$sys" = nats29 ]; then dir="$NATS29_DIR" urls="$NATS29_URLS"; else dir="$NATS210_DIR" urls="$NATS210_URLS"; fi
-      pids="$(nats_pids "$dir")"
-      # nats-bench deletes its stream when done
+      if [ "$sys" = nats29 ]; then
+        out="$(start_nats "$NATS29_SERVER" "$NATS29_BASE_PORT" "" "$NATS_LIFETIME")" || out=""
+      else
+        out="$(start_nats "$NATS210_SERVER" "$NATS210_BASE_PORT" always "$NATS_LIFETIME")" || out=""
+      fi
+      if [ -z "$out" ]; then
+        log "$sys $c: the NATS cluster did not start"
+        jq -c -n --arg system "$sys" --arg case "$c" --argjson rep "$REP" \
+          '{repeat: $rep, system: $system, kind: "produce", case: $case, ok: false, error: "cluster did not start"}' >>"$RESULTS"
+        continue
+      fi
+      eval "$out"
+      NATS_DIR="$NATS_CLUSTER_DIR"
+      pids="$(nats_pids "$NATS_DIR")"
       measure "$sys" produce "$c" "$size" "$win" "$client_limit" "$pids" \
-        "$NATS_BENCH" --servers "$urls" --size "$size" --window "$win" --seconds "$CASE_SECONDS" \
+        "$NATS_BENCH" --servers "$NATS_URLS" --size "$size" --window "$win" --seconds "$CASE_SECONDS" \
         --max-msgs "$MAX_MSGS" --replicas 3 --label "$label" --stream "BENCH_${label}_$REP" \
         --watch-pids "${pids// /,}"
+      if [ "$(tail -n 1 "$RESULTS" | jq -r .ok)" != true ]; then
+        keep="$(dirname "$RESULTS")/failed-$sys-$size-$win-r$REP"
+        mkdir -p "$keep"
+        cp "$NATS_DIR"/n*.log "$NATS_DIR"/n*.conf "$RUN_DIR/err" "$keep/" 2>/dev/null || true
+        log "kept the logs of the failed run in $keep"
+      fi
+      stop_nats "$NATS_DIR"
+      NATS_DIR=""
     done
   done
   if has raftlog; then
@@ -395,10 +408,6 @@ for REP in $(seq 1 "$REPEATS"); do
     timeout 60 "$RAFTLOG" topic delete --bootstrap "$RL_BOOT" "$topic" >/dev/null 2>&1 || true
   fi
   stop_raftlog
-  stop_nats "$NATS29_DIR"
-  NATS29_DIR=""
-  stop_nats "$NATS210_DIR"
-  NATS210_DIR=""
 done
 
 # ---------------------------------------------------------------------------------------
@@ -416,6 +425,7 @@ def median: map(select(. != null)) | sort
   | if length == 0 then null elif length % 2 == 1 then .[(length - 1) / 2]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 def f($d): if . == null then "-" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
+def fr: if . == null then "-" elif . < 0.1 then f(3) else f(2) end;
 def name: {raftlog: "raftlog", nats29: "NATS 2.9.10", nats210: "NATS 2.10.26 always"}[.] // .;
 def stats: {runs: length, ok: (map(select(.ok)) | length)} + (map(select(.ok)) as $g | {
     rps: ($g | map(.records_per_sec) | median), mbs: ($g | map(.mb_per_sec) | median),
@@ -442,7 +452,7 @@ def ratio($a; $b): if $a == null or $b == null or $b == 0 then null else $a / $b
   "| --- | --- | --- | --- | --- |",
   ($cs[] as $c | ("nats29", "nats210") as $peer | s("raftlog"; $c) as $r | s($peer; $c) as $q
     | select($r != null and $q != null)
-    | "| \($c) | \($peer | name) | \(ratio($r.rps; $q.rps) | f(2))× | \(ratio($r.p99; $q.p99) | f(2))× | \(ratio($r.cpu; $q.cpu) | f(2))× |"),
+    | "| \($c) | \($peer | name) | \(ratio($r.rps; $q.rps) | fr)× | \(ratio($r.p99; $q.p99) | fr)× | \(ratio($r.cpu; $q.cpu) | fr)× |"),
   "",
   "### raftlog consume catch-up and end-to-end latency (medians)",
   "",

@@ -38,6 +38,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEER_BENCH="${PEER_BENCH:-$REPO/../shared/peer-bench}"
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"   # where cargo puts builds (and we put the NATS venv)
 CASES="${CASES:-1024:1 1024:64 1024:1024 100:1024}"
 CASE_SECONDS="${CASE_SECONDS:-20}"
 REPEATS="${REPEATS:-3}"
@@ -47,12 +48,12 @@ E2E_RECORDS="${E2E_RECORDS:-100000}"
 E2E_IN_FLIGHT="${E2E_IN_FLIGHT:-64}"
 BENCH_TMP="${BENCH_TMP:-/var/tmp/raftlog-compare}"
 NATS29_SERVER="${NATS29_SERVER:-nats-server}"
-NATS_VENV="${NATS_VENV:-$REPO/target/nats-2.10.26}"
+NATS_VENV="${NATS_VENV:-$TARGET/nats-2.10.26}"
 NATS210_VERSION=2.10.26
 RAFTLOG_BASE_PORT="${RAFTLOG_BASE_PORT:-19400}"
 NATS29_BASE_PORT="${NATS29_BASE_PORT:-14222}"
 NATS210_BASE_PORT="${NATS210_BASE_PORT:-15222}"
-RESULTS="${RESULTS:-$REPO/target/compare/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
+RESULTS="${RESULTS:-$TARGET/compare/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 
 if [ -z "${CONSUME_CASE:-}" ]; then
   CONSUME_CASE="${CASES##* }"
@@ -94,14 +95,14 @@ NATS210_SERVER="$NATS_VENV/bin/nats-server"
 
 log "building raftlog (cargo build --release)"
 cargo build --release --quiet --bin raftlog --manifest-path "$REPO/Cargo.toml"
-RAFTLOG="$REPO/target/release/raftlog"
+RAFTLOG="$TARGET/release/raftlog"
 if has nats29 || has nats210; then
   # Built into our own target dir: the shared peer-bench folder stays untouched.
   log "building nats-bench from $PEER_BENCH/nats-bench (cargo build --release)"
   cargo build --release --quiet --locked --manifest-path "$PEER_BENCH/nats-bench/Cargo.toml" \
-    --target-dir "$REPO/target/peer-bench"
+    --target-dir "$TARGET/peer-bench"
 fi
-NATS_BENCH="$REPO/target/peer-bench/release/nats-bench"
+NATS_BENCH="$TARGET/peer-bench/release/nats-bench"
 
 version_of() { "$1" --version 2>&1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n 1; }
 NATS29_VERSION=""

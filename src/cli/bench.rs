@@ -86,6 +86,8 @@ struct Summary {
     elapsed: Duration,
     latency_us: Histogram<u64>,
     errors: u64,
+    /// Why the first failed record failed, so a run with errors says what went wrong.
+    first_error: Option<String>,
 }
 
 /// Runs the benchmark and prints its summary.
@@ -110,6 +112,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     } else {
         summary.text(args.record_size)
     };
+    if let Some(error) = &summary.first_error {
+        eprintln!(
+            "raftlog: {} records failed; the first because: {error}",
+            summary.errors
+        );
+    }
     write_stdout(format!("{text}\n").as_bytes())
 }
 
@@ -174,6 +182,7 @@ async fn produce(
     let per_producer = args.records / producers as u64;
     let latency = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let bar = bar.unwrap_or_else(|| progress(per_producer * producers as u64));
     let deadline = args
         .duration
@@ -197,6 +206,7 @@ async fn produce(
         let (topic, size, in_flight) =
             (args.topic.clone(), args.record_size, args.in_flight.max(1));
         let (latency, errors, bar) = (latency.clone(), errors.clone(), bar.clone());
+        let first_error = first_error.clone();
         tasks.push(tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(in_flight));
             let mut sent = 0u64;
@@ -207,12 +217,19 @@ async fn produce(
                     .send(ProducerRecord::new(topic.clone(), value(size)))
                     .await;
                 let (latency, errors, bar) = (latency.clone(), errors.clone(), bar.clone());
+                let first_error = first_error.clone();
                 tokio::spawn(async move {
-                    let delivered = match delivery {
-                        Ok(delivery) => delivery.await.is_ok(),
-                        Err(_) => false,
+                    let outcome = match delivery {
+                        Ok(delivery) => delivery.await.map(|_| ()),
+                        Err(error) => Err(error),
                     };
-                    if delivered {
+                    if let Err(error) = &outcome {
+                        first_error
+                            .lock()
+                            .expect("first error lock")
+                            .get_or_insert_with(|| error.to_string());
+                    }
+                    if outcome.is_ok() {
                         let us = start.elapsed().as_micros() as u64;
                         let _ = latency
                             .lock()
@@ -238,6 +255,7 @@ async fn produce(
     bar.finish_and_clear();
     let latency_us = latency.lock().expect("histogram lock").clone();
     let records = latency_us.len();
+    let first_error = first_error.lock().expect("first error lock").take();
     Ok(Summary {
         mode: "produce",
         records,
@@ -245,6 +263,7 @@ async fn produce(
         elapsed,
         latency_us,
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        first_error,
     })
 }
 
@@ -279,6 +298,7 @@ async fn consume(cluster: &Cluster, args: &BenchArgs) -> Result<Summary, CliErro
         elapsed: started.elapsed(),
         latency_us,
         errors: 0,
+        first_error: None,
     })
 }
 
@@ -294,15 +314,30 @@ async fn e2e(cluster: &Cluster, args: &BenchArgs) -> Result<Summary, CliError> {
         let (cluster, args) = (cluster.clone(), args.clone());
         tokio::spawn(async move { produce(&cluster, &args, Some(ProgressBar::hidden())).await })
     };
-    let expected = (args.records / args.producers.max(1) as u64) * args.producers.max(1) as u64;
+    let mut expected = (args.records / args.producers.max(1) as u64) * args.producers.max(1) as u64;
     let bar = progress(expected);
     let mut latency_us = histogram();
     let (mut records, mut bytes) = (0u64, 0u64);
     let started = Instant::now();
+    let mut producing = Some(producing);
+    let mut produced = None;
     let mut idle_polls = 0;
     while records < expected && idle_polls < 20 {
+        // Once producing ends (--duration, or failures), wait only for what was acknowledged.
+        if producing.as_ref().is_some_and(|task| task.is_finished()) {
+            let summary = producing
+                .take()
+                .expect("checked above")
+                .await
+                .map_err(|e| CliError::Usage(format!("producer task failed: {e}")))??;
+            expected = summary.records;
+            produced = Some(summary);
+            if records >= expected {
+                break;
+            }
+        }
         let polled = consumer.poll(Duration::from_millis(500)).await?;
-        idle_polls = if polled.is_empty() && producing.is_finished() {
+        idle_polls = if polled.is_empty() && producing.is_none() {
             idle_polls + 1
         } else {
             0
@@ -319,16 +354,22 @@ async fn e2e(cluster: &Cluster, args: &BenchArgs) -> Result<Summary, CliError> {
         bar.inc(polled.len() as u64);
     }
     bar.finish_and_clear();
-    let produced = producing
-        .await
-        .map_err(|e| CliError::Usage(format!("producer task failed: {e}")))??;
+    let elapsed = started.elapsed();
+    let produced = match (produced, producing) {
+        (Some(summary), _) => summary,
+        (None, Some(task)) => task
+            .await
+            .map_err(|e| CliError::Usage(format!("producer task failed: {e}")))??,
+        (None, None) => unreachable!("the producer summary is taken when the task is"),
+    };
     Ok(Summary {
         mode: "e2e",
         records,
         bytes,
-        elapsed: started.elapsed(),
+        elapsed,
         latency_us,
         errors: produced.errors,
+        first_error: produced.first_error,
     })
 }
 

@@ -242,6 +242,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: node.store.hard_state,
             last_index: 1,
+            ..Default::default()
         };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).unwrap();
         c.isolate(1);
@@ -1029,6 +1030,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: store.hard_state,
             last_index: 6,
+            ..Default::default()
         };
         let mut config = super::raft_harness::config(1, &[1]);
         config.seed = 3;
@@ -1082,6 +1084,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: hs,
             last_index: 7,
+            ..Default::default()
         };
         let mut config = super::raft_harness::config(2, &[1, 2, 3]);
         plain(&mut config);

@@ -345,3 +345,213 @@ async fn follower_replaces_a_stale_entry_when_the_same_append_commits_its_replac
     assert_eq!(fetched.entries[0].term, 2);
     assert_eq!(&fetched.entries[0].payload[..], b"fresh");
 }
+
+/// A size-limited tmpfs mounted by the test (as root), lazily unmounted on drop so that a
+/// failing test never leaves it behind.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size_bytes: u64) -> Result<SmallFs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount refused: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallFs { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes `path` until the file system refuses (bounded); returns the bytes written.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5Au8; 64 << 10];
+    let mut written = 0u64;
+    while written < 256 << 20 {
+        match file.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => written += k as u64,
+        }
+    }
+    written
+}
+
+/// Waits until `check` holds for `handle`'s status, within the bound.
+async fn wait_status(
+    handle: &ReplicaHandle<()>,
+    what: &str,
+    check: impl Fn(&raftlog::replica::ReplicaStatus) -> bool,
+) {
+    let waited = timeout(BOUND, async {
+        while !check(&handle.status()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: status {:?}", handle.status());
+}
+
+/// The whole disk-full story on one member of three, without restarting it: while its disk
+/// is full it keeps running, refuses writes with `STORAGE_FULL` and gives up leadership;
+/// nothing acknowledged is lost; once space is freed it resumes by itself, catches up, and
+/// takes writes again as leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_freed() {
+    let fs = match SmallFs::mount(4 << 20) {
+        Ok(fs) => fs,
+        Err(reason) => {
+            println!("SKIPPED full-disk replica test: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let router = Arc::new(Router::default());
+    let sink: Arc<dyn MessageSink> = router.clone();
+    let handles: Vec<ReplicaHandle<()>> = (1..=3)
+        .map(|id| {
+            let root = if id == 3 { fs.dir.path() } else { dir.path() };
+            let mut config = config(root, id, vec![1, 2, 3]);
+            config.log.segment_size_bytes = 256 << 10;
+            Replica::start(config, LogIsTheState, sink.clone()).unwrap()
+        })
+        .collect();
+    for (id, handle) in (1..=3).zip(&handles) {
+        router.replicas.lock().unwrap().insert(id, handle.clone());
+    }
+    let full = &handles[2];
+    wait_for_leader(&handles).await.transfer_leader(3);
+    wait_status(full, "node 3 leads", |s| s.role == Some(raft::Role::Leader)).await;
+
+    let payload = |i: usize| Bytes::from(format!("{i:08}").repeat(1024));
+    let mut acknowledged: Vec<(u64, Bytes)> = Vec::new();
+    for i in 0..4 {
+        let appended = timeout(BOUND, full.propose(payload(i), 1, Acks::All))
+            .await
+            .unwrap()
+            .unwrap();
+        acknowledged.push((appended.base_offset, payload(i)));
+    }
+
+    // Fill the disk: the active segment still has room, the next one cannot be reserved.
+    let filler = fs.dir.path().join("filler");
+    assert!(fill(&filler) > 0);
+    let mut refused = None;
+    for i in 4..200 {
+        match timeout(BOUND, full.propose(payload(i), 1, Acks::All)).await {
+            Ok(Ok(appended)) => acknowledged.push((appended.base_offset, payload(i))),
+            Ok(Err(error)) => {
+                refused = Some(error);
+                break;
+            }
+            Err(_) => panic!("proposal {i} unanswered within the bound"),
+        }
+    }
+    let refused = refused.expect("a full disk refuses a write");
+    assert!(
+        matches!(refused, ReplicaError::StorageFull(_)),
+        "the refusal names the full disk: {refused}"
+    );
+    assert_eq!(refused.code(), raftlog::proto::ErrorCode::StorageFull);
+    // The status is published once the loop iteration that refused the write ends.
+    wait_status(full, "node 3 reports its full disk", |s| {
+        s.storage_full.is_some()
+    })
+    .await;
+    let status = full.status();
+    assert!(
+        status.failed.is_none(),
+        "the replica keeps running: {status:?}"
+    );
+    assert_ne!(
+        status.role,
+        Some(raft::Role::Leader),
+        "it gave up leadership"
+    );
+
+    // The other two elect a leader and keep taking writes.
+    let leader = timeout(BOUND, async {
+        loop {
+            if let Some(h) = handles[..2]
+                .iter()
+                .find(|h| h.status().role == Some(raft::Role::Leader))
+            {
+                return h.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a leader among the members with room");
+    for i in 200..210 {
+        let appended = timeout(BOUND, leader.propose(payload(i), 1, Acks::All))
+            .await
+            .unwrap()
+            .unwrap();
+        acknowledged.push((appended.base_offset, payload(i)));
+    }
+    let err = full
+        .propose(payload(0), 1, Acks::All)
+        .await
+        .expect_err("still full");
+    assert!(matches!(err, ReplicaError::StorageFull(_)), "{err}");
+
+    // Free the space: the same replica resumes by itself and catches up.
+    std::fs::remove_file(&filler).unwrap();
+    let high_watermark = leader.status().high_watermark;
+    wait_status(full, "node 3 resumes and catches up", |s| {
+        s.storage_full.is_none() && s.high_watermark >= high_watermark
+    })
+    .await;
+    let fetched = full
+        .fetch(0, 1 << 30, Duration::from_millis(100))
+        .await
+        .unwrap();
+    for (offset, value) in &acknowledged {
+        let entry = fetched.entries.iter().find(|e| e.base_offset == *offset);
+        assert_eq!(
+            entry.map(|e| &e.payload),
+            Some(value),
+            "acknowledged record at offset {offset} on the recovered replica"
+        );
+    }
+
+    // And it can lead and take writes again, without a restart.
+    leader.transfer_leader(3);
+    wait_status(full, "node 3 leads again", |s| {
+        s.role == Some(raft::Role::Leader)
+    })
+    .await;
+    let appended = timeout(BOUND, full.propose(payload(999), 1, Acks::All))
+        .await
+        .unwrap()
+        .expect("the recovered replica takes writes");
+    assert!(appended.base_offset >= high_watermark);
+
+    // Stop every replica before the file system is unmounted.
+    for handle in &handles {
+        handle.stop(Duration::from_millis(100));
+    }
+    router.replicas.lock().unwrap().clear();
+    for handle in &handles {
+        let mut status = handle.watch_status();
+        let _ = timeout(BOUND, async { while status.changed().await.is_ok() {} }).await;
+    }
+}

@@ -169,6 +169,11 @@ pub struct RestoredState {
     pub hard_state: HardState,
     /// Index of the last durable entry (`hard_state.log_start_index - 1` if the log is empty).
     pub last_index: u64,
+    /// An index the caller knows is committed (it saw the core report it), 0 when unknown.
+    /// A driver that rebuilds its core without a process restart (after a failed write)
+    /// passes its commit index so that retention and readers do not go backwards; it is
+    /// clamped to `[log start, last_index]`.
+    pub commit_index: u64,
 }
 
 impl Default for RestoredState {
@@ -179,6 +184,7 @@ impl Default for RestoredState {
                 ..HardState::default()
             },
             last_index: 0,
+            commit_index: 0,
         }
     }
 }
@@ -262,7 +268,8 @@ impl Raft {
     /// Rebuilds a member from its durable state after a restart: the hard state and the
     /// durable log, read through `reader` (terms by binary search over runs, plus the last
     /// entry for its offset). Un-persisted entries are gone, as after a real crash; the
-    /// commit index restarts at the log start and is relearned from the leader.
+    /// commit index restarts at `state.commit_index` (the log start when 0) and is relearned from
+    /// the leader.
     ///
     /// # Errors
     /// [`RestoreError::Config`] if the configuration is invalid, [`RestoreError::Read`] if
@@ -309,6 +316,7 @@ impl Raft {
         };
         let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
         log.set_cache_bytes_max(config.entry_cache_bytes_max);
+        log.commit_index = state.commit_index.clamp(start.index, state.last_index);
         let mut raft = Self {
             rng: SplitMix64::new(config.seed),
             config,

@@ -12,6 +12,11 @@
 //! 4. start an fsync in a blocking thread if the log has entries that are not durable and no
 //!    fsync is running; its completion is an event of step 1.
 //!
+//! A full disk does not stop the task (see [`Replica::stall`]): the write that failed is
+//! treated like a crash just before it (the core is rebuilt from what the log holds), writes
+//! are refused with `STORAGE_FULL`, and the replica tries again with backoff until space is
+//! freed. Any other storage error stops the task, since the log's state is then unknown.
+//!
 //! It owns the group's high watermark, the produce requests waiting for commit and the fetches
 //! waiting for new records. It does not own placement or topic names (the node does) nor
 //! sockets (the server and the transport do).
@@ -215,7 +220,7 @@ impl ReplicaError {
 
     fn from_storage(error: &StorageError) -> Self {
         match error {
-            StorageError::StorageFull { .. } => ReplicaError::StorageFull(error.to_string()),
+            full if full.is_full() => ReplicaError::StorageFull(full.to_string()),
             other => ReplicaError::Storage(other.to_string()),
         }
     }
@@ -270,6 +275,8 @@ pub struct ReplicaStatus {
     pub follower_match: Vec<(u64, u64)>,
     /// Set when the replica stopped on a storage error; it no longer serves or votes.
     pub failed: Option<String>,
+    /// Set while the disk is full: the replica refuses writes and retries with backoff.
+    pub storage_full: Option<String>,
 }
 
 type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;
@@ -452,6 +459,20 @@ struct PendingProposal<O> {
     duplicate: bool,
 }
 
+/// First wait of a replica stalled on a full disk before it tries to write again.
+const STALL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts: freed space is used within a couple of seconds, and a
+/// disk that stays full costs one failed write (and one rebuild of the core) per attempt.
+const STALL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A replica waiting for disk space (see [`Replica::stall`]).
+struct Stall {
+    /// When to try writing again.
+    retry_at: tokio::time::Instant,
+    /// The error that stalled it, for clients and `/ready`.
+    reason: String,
+}
+
 /// A fetch parked at the high watermark until new records commit.
 struct ParkedFetch {
     offset: u64,
@@ -484,6 +505,10 @@ pub struct Replica<S: StateMachine> {
     producers: ProducerTable,
     /// This group's metric handles (see [`crate::metrics`]).
     metrics: std::sync::Arc<crate::metrics::GroupMetrics>,
+    /// Set while the disk is full: the core is neither ticked nor stepped until `retry_at`.
+    stall: Option<Stall>,
+    /// Wait before the next retry; doubles per failed attempt, reset by a successful append.
+    stall_backoff: Duration,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -530,6 +555,8 @@ impl<S: StateMachine> Replica<S> {
             stopping_deadline: None,
             producers: ProducerTable::new(),
             metrics,
+            stall: None,
+            stall_backoff: Duration::ZERO,
         };
         replica
             .rebuild_producers()
@@ -561,10 +588,14 @@ impl<S: StateMachine> Replica<S> {
                     }
                     Ok(())
                 }
-                _ = ticker.tick() => { self.raft.tick(); Ok(()) }
+                _ = ticker.tick() => { self.on_tick(); Ok(()) }
                 _ = retention.tick() => self.apply_retention(),
             };
             let outcome = outcome.and_then(|()| self.handle_ready());
+            let outcome = match outcome {
+                Err(error) if error.is_full() => self.stall(error),
+                other => other,
+            };
             if let Err(error) = outcome {
                 self.fail(error);
                 break;
@@ -585,11 +616,36 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    fn on_tick(&mut self) {
+        if let Some(stall) = &self.stall {
+            if tokio::time::Instant::now() < stall.retry_at {
+                return;
+            }
+            tracing::info!(
+                group = self.config.raft.group_id,
+                "retrying writes after a full disk"
+            );
+            self.stall = None;
+        }
+        self.raft.tick();
+    }
+
+    /// Handles one event. A stalled replica (full disk) serves fetches of committed records
+    /// and stop requests only: proposals are refused with `STORAGE_FULL`, and peer messages
+    /// are dropped unanswered (to the leader it looks slow; Raft retransmits once it answers
+    /// again), so the core is not driven into writes that cannot succeed.
     fn on_event(&mut self, event: Event<S::Output>) {
+        let stalled = self.stall.as_ref().map(|stall| stall.reason.clone());
         match event {
             Event::Message(message) => {
                 self.metrics.received(&message);
-                self.raft.step(message);
+                if stalled.is_none() {
+                    self.raft.step(message);
+                }
+            }
+            Event::Propose { reply, .. } if stalled.is_some() => {
+                let reason = stalled.unwrap_or_default();
+                let _ = reply.send(Err(ReplicaError::StorageFull(reason)));
             }
             Event::Propose {
                 payload,
@@ -602,6 +658,7 @@ impl<S: StateMachine> Replica<S> {
                 bytes_max,
                 reply,
             } => self.on_fetch(offset, bytes_max, reply),
+            Event::TransferLeader { .. } | Event::Campaign if stalled.is_some() => {}
             Event::TransferLeader { to } => {
                 let _ = self.raft.transfer_leader(to);
             }
@@ -763,6 +820,10 @@ impl<S: StateMachine> Replica<S> {
             return Ok(());
         }
         self.write_log(&ready)?;
+        if !ready.entries.is_empty() {
+            // Writes work again: the next full disk starts over with a short backoff.
+            self.stall_backoff = Duration::ZERO;
+        }
         self.metrics.node().messages_sent(&ready.messages);
         for message in ready.messages {
             self.sink.send(message);
@@ -1022,6 +1083,7 @@ impl<S: StateMachine> Replica<S> {
             segment_count: self.log.segment_count() as u64,
             follower_match,
             failed: None,
+            storage_full: self.stall.as_ref().map(|stall| stall.reason.clone()),
         };
         self.metrics.status(&self.status.borrow(), &status);
         self.status.send_if_modified(|current| {
@@ -1029,6 +1091,62 @@ impl<S: StateMachine> Replica<S> {
             *current = status;
             changed
         });
+    }
+
+    /// Pauses writing after a full disk, without stopping: the task keeps serving committed
+    /// reads and tries again after a backoff (doubling up to [`STALL_BACKOFF_MAX`]).
+    ///
+    /// A failed write is treated like a crash just before it. The Ready whose write failed
+    /// sent none of its messages (they leave only after the write), so nothing beyond what
+    /// the log holds was revealed: no vote, no term, no entry. The core, though, already
+    /// believes it holds those entries and that hard state, so it is rebuilt from the log
+    /// exactly as after a restart ([`Raft::restore`]), keeping the commit index this replica
+    /// has already acted on. A leader thereby steps down (it restarts as a follower), and
+    /// the others elect a leader that can write. Entries that reached the log are synced
+    /// first, so the rebuilt core may count them as durable; proposals whose entries did not
+    /// reach it were never sent anywhere and are answered `STORAGE_FULL`.
+    ///
+    /// # Errors
+    /// A storage error while syncing or reading the log back: the replica then stops.
+    fn stall(&mut self, error: StorageError) -> Result<(), StorageError> {
+        self.stall_backoff = (self.stall_backoff * 2).clamp(STALL_BACKOFF_MIN, STALL_BACKOFF_MAX);
+        tracing::warn!(
+            group = self.config.raft.group_id,
+            %error,
+            retry_ms = self.stall_backoff.as_millis() as u64,
+            "disk full: refusing writes until space is freed"
+        );
+        tokio::task::block_in_place(|| self.log.sync())?;
+        let restored = RestoredState {
+            commit_index: self.committed_index,
+            ..restored_state(&self.log)
+        };
+        let reader = StorageReader::new(&self.log);
+        self.raft = Raft::restore(self.config.raft.clone(), restored, &reader).map_err(|e| {
+            StorageError::Corrupt {
+                path: self.log.dir().to_path_buf(),
+                position: 0,
+                reason: format!("cannot rebuild the raft core from the log: {e}"),
+            }
+        })?;
+        let last_index = self.log.last_index();
+        let refusal = ReplicaError::from_storage(&error);
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for mut pending in self.pending.drain(..) {
+            if pending.index <= last_index {
+                kept.push_back(pending);
+            } else if let Some(reply) = pending.reply.take() {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+        }
+        self.pending = kept;
+        // The table recorded proposals at propose time; it must describe the log again.
+        self.rebuild_producers()?;
+        self.stall = Some(Stall {
+            retry_at: tokio::time::Instant::now() + self.stall_backoff,
+            reason: error.to_string(),
+        });
+        Ok(())
     }
 
     /// Stops serving after a storage error: after a failed write or fsync the log's state on
@@ -1060,6 +1178,7 @@ fn restored_state(log: &Log) -> RestoredState {
     RestoredState {
         hard_state: *log.hard_state(),
         last_index: log.last_index(),
+        commit_index: 0,
     }
 }
 

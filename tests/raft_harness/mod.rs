@@ -61,6 +61,7 @@ impl MemStore {
         RestoredState {
             hard_state: self.hard_state,
             last_index: self.last_index(),
+            ..Default::default()
         }
     }
 

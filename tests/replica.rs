@@ -555,3 +555,124 @@ async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_f
         let _ = timeout(BOUND, async { while status.changed().await.is_ok() {} }).await;
     }
 }
+
+fn vote_request(from: u64, term: u64, last_log_index: u64, last_log_term: u64) -> RaftMessage {
+    RaftMessage {
+        group_id: 7,
+        from,
+        to: 2,
+        body: Some(raftlog::proto::raft_message::Body::RequestVote(
+            raftlog::proto::RequestVote {
+                term,
+                candidate_id: from,
+                last_log_index,
+                last_log_term,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The vote answers `recorder` saw, in order.
+fn votes_sent(recorder: &Recorder) -> Vec<bool> {
+    use raftlog::proto::raft_message::Body;
+    let sent = recorder.sent.lock().unwrap();
+    sent.iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::RequestVoteResponse(r)) if !r.pre_vote => Some(r.vote_granted),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A replica whose recovery dropped entries from the middle of its active segment (which it
+/// may have acknowledged) neither campaigns nor votes, across restarts, until a leader has
+/// brought it up to date; then it votes again and the marker file is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_that_lost_entries_votes_only_after_catching_up() {
+    use raftlog::proto::raft_message::Body;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 2, vec![1, 2, 3]);
+    config.track_producers = false;
+    let entries: Vec<_> = (1..=4u64)
+        .map(|index| raftlog::proto::Entry {
+            base_offset: index - 1,
+            ..data_entry(1, index, "acknowledged")
+        })
+        .collect();
+    {
+        let mut log = raftlog::storage::Log::open(&config.dir, config.log.clone())
+            .unwrap()
+            .0;
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+    }
+    // Damage entry 2's payload: recovery keeps entry 1 and drops entries 2 to 4.
+    let segment = config.dir.join(format!("{:020}.log", 1));
+    let frame_bytes = raftlog::storage::frame::frame_bytes("acknowledged".len()) as u64;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    use std::os::unix::fs::FileExt as _;
+    let position = frame_bytes + frame_bytes - 3;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xFF], position).unwrap();
+    drop(file);
+
+    let recorder = Arc::new(Recorder::default());
+    let sink: Arc<dyn MessageSink> = recorder.clone();
+    let marker = config.dir.join(raftlog::replica::VOTING_WITHHELD_FILE);
+    let replica = Replica::start(config.clone(), LogIsTheState, sink.clone()).unwrap();
+    assert_eq!(
+        replica.status().last_index,
+        1,
+        "entries 2 to 4 were dropped"
+    );
+    assert!(marker.exists(), "the loss is remembered across restarts");
+    // Far more than an election timeout (10 ticks of 10 ms): it does not campaign.
+    replica.campaign();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let campaigned = recorder
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| matches!(m.body, Some(Body::RequestVote(_))));
+    assert!(!campaigned, "a replica that lost entries campaigned");
+    // A candidate as up to date as its shortened log is refused.
+    replica.step(vote_request(3, 2, 1, 1));
+    wait_until(|| !votes_sent(&recorder).is_empty()).await;
+    assert_eq!(votes_sent(&recorder), vec![false]);
+
+    // A leader of term 3 brings it up to date and commits an entry of its own term.
+    let mut from_leader = entries.clone();
+    from_leader.push(raftlog::proto::Entry {
+        base_offset: 4,
+        ..data_entry(3, 5, "new term")
+    });
+    replica.step(append_entries(1, 3, from_leader, 5));
+    wait_until(|| replica.status().commit_index == 5).await;
+    wait_until(|| !marker.exists()).await;
+    // (As a leadership transfer, so that the lease of the leader just heard does not apply.)
+    let mut request = vote_request(3, 4, 5, 3);
+    if let Some(Body::RequestVote(rv)) = &mut request.body {
+        rv.leadership_transfer = true;
+    }
+    replica.step(request);
+    wait_until(|| votes_sent(&recorder).len() == 2).await;
+    assert_eq!(votes_sent(&recorder), vec![false, true], "it votes again");
+}
+
+/// Waits until `done` holds, within the bound.
+async fn wait_until(done: impl Fn() -> bool) {
+    timeout(BOUND, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition within the bound");
+}

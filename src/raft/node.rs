@@ -174,6 +174,12 @@ pub struct RestoredState {
     /// passes its commit index so that retention and readers do not go backwards; it is
     /// clamped to `[log start, last_index]`.
     pub commit_index: u64,
+    /// Recovery dropped entries this member may have reported durable (a damaged log, not a
+    /// clean crash). Its vote could then elect a leader missing an entry committed with this
+    /// member's help, so it neither grants (pre-)votes nor campaigns until it has caught up
+    /// with a leader (see [`Raft::voting_withheld`]). Ignored in a single-voter group, where
+    /// no other member could hold the lost entries.
+    pub voting_withheld: bool,
 }
 
 impl Default for RestoredState {
@@ -185,6 +191,7 @@ impl Default for RestoredState {
             },
             last_index: 0,
             commit_index: 0,
+            voting_withheld: false,
         }
     }
 }
@@ -251,6 +258,14 @@ pub struct Raft {
     pub(crate) commit_changed: bool,
     /// Peer messages dropped as malformed or impossible.
     diagnostics: Diagnostics,
+    /// `Some` while voting is withheld after a restart that lost entries
+    /// ([`RestoredState::voting_withheld`]): `Some(None)` until a leader is heard, then
+    /// `Some(Some(c))` with `c` the commit index that leader announced first. Cleared once
+    /// this member's commit index reaches `c` **and** an entry of the current leader's own
+    /// term: entries committed in the leader's term are then at or below `c` (the leader's
+    /// commit index never goes back), and entries committed in earlier terms come before
+    /// that entry in the leader's log (leader completeness).
+    pub(crate) catch_up: Option<Option<u64>>,
 }
 
 impl Raft {
@@ -345,7 +360,11 @@ impl Raft {
             append_wanted: BTreeSet::new(),
             commit_changed: false,
             diagnostics: Diagnostics::default(),
+            catch_up: None,
         };
+        if state.voting_withheld && raft.config.voters.len() > 1 {
+            raft.catch_up = Some(None);
+        }
         raft.commit_reported_index = raft.log.commit_index;
         raft.reset_election_timeout();
         Ok(raft)
@@ -371,6 +390,13 @@ impl Raft {
     /// The leader of the current term, if known.
     pub fn leader_id(&self) -> Option<u64> {
         (self.leader_id != 0).then_some(self.leader_id)
+    }
+
+    /// Whether this member withholds its vote and does not campaign, because it restarted
+    /// with entries lost ([`RestoredState::voting_withheld`]) and has not caught up with a
+    /// leader since.
+    pub fn voting_withheld(&self) -> bool {
+        self.catch_up.is_some()
     }
 
     /// The vote cast in the current term, if any.
@@ -733,7 +759,10 @@ impl Raft {
         } else {
             self.voted_for == from || (self.voted_for == 0 && self.leader_id == 0)
         };
-        let granted = can_vote && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        // A member that lost entries it may have acknowledged cannot judge "up to date".
+        let granted = can_vote
+            && !self.voting_withheld()
+            && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if granted && !rv.pre_vote {
             self.voted_for = from;
             self.hard_state_dirty = true;
@@ -847,6 +876,11 @@ impl Raft {
 
     /// Starts a (pre-)election. `transfer` marks a campaign asked for by the old leader.
     pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        if self.voting_withheld() {
+            // Its own log could miss committed entries; it waits for a leader instead.
+            self.election_elapsed_ticks = 0;
+            return;
+        }
         let term = if pre_vote {
             self.become_pre_candidate();
             self.term + 1

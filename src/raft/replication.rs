@@ -80,6 +80,9 @@ impl Raft {
             leader_commit,
             ..
         } = m;
+        if self.catch_up == Some(None) {
+            self.catch_up = Some(Some(leader_commit));
+        }
         // Entries at or below our commit index are already ours (leader completeness), and
         // may even be compacted: skip them and check the match at the commit index instead.
         let commit = self.log.commit_index;
@@ -111,8 +114,22 @@ impl Raft {
         self.durable_reported_index = self
             .durable_reported_index
             .max(self.durable_matching_index());
+        self.maybe_end_catch_up();
         let reply = self.append_response(true, last_new_index, 0, 0);
         self.send(from, Body::AppendEntriesResponse(reply));
+    }
+
+    /// Gives back the vote of a member that restarted with lost entries once its log holds
+    /// everything the current leader committed before this member restarted (see
+    /// `Raft::catch_up` for why these two conditions suffice).
+    fn maybe_end_catch_up(&mut self) {
+        let Some(Some(target)) = self.catch_up else {
+            return;
+        };
+        let commit = self.log.commit_index;
+        if commit >= target && self.log.term_at(commit) == Some(self.term) {
+            self.catch_up = None;
+        }
     }
 
     /// Rejects an AppendEntries whose previous entry (checked at `prev_index`) does not

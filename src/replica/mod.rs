@@ -34,7 +34,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::proto::{Entry, RaftMessage};
 use crate::raft::{self, ProposeError, Raft, Ready, RestoredState, Role};
-use crate::storage::{Log, LogConfig, StorageError, SyncDone};
+use crate::storage::{Log, LogConfig, RecoveryReport, StorageError, SyncDone, TailState};
 
 pub use reader::StorageReader;
 
@@ -509,6 +509,8 @@ pub struct Replica<S: StateMachine> {
     stall: Option<Stall>,
     /// Wait before the next retry; doubles per failed attempt, reset by a successful append.
     stall_backoff: Duration,
+    /// The [`VOTING_WITHHELD_FILE`] marker exists in the group's directory.
+    voting_marker: bool,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -524,13 +526,18 @@ impl<S: StateMachine> Replica<S> {
         machine: S,
         sink: std::sync::Arc<dyn MessageSink>,
     ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
-        let (mut log, _report) =
+        let (mut log, report) =
             tokio::task::block_in_place(|| Log::open(&config.dir, config.log.clone()))
                 .map_err(|e| ReplicaError::from_storage(&e))?;
         // Entries that survived a crash of the process but were never fsynced are made
         // durable now, before the core treats them as its durable log.
         tokio::task::block_in_place(|| log.sync()).map_err(|e| ReplicaError::from_storage(&e))?;
-        let restored = restored_state(&log);
+        let voting_withheld = tokio::task::block_in_place(|| withhold_voting(&log, &report))
+            .map_err(|e| ReplicaError::from_storage(&e))?;
+        let restored = RestoredState {
+            voting_withheld,
+            ..restored_state(&log)
+        };
         let raft = Raft::restore(config.raft.clone(), restored, &StorageReader::new(&log))
             .map_err(|e| ReplicaError::Storage(format!("invalid raft configuration: {e}")))?;
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
@@ -557,6 +564,7 @@ impl<S: StateMachine> Replica<S> {
             metrics,
             stall: None,
             stall_backoff: Duration::ZERO,
+            voting_marker: voting_withheld,
         };
         replica
             .rebuild_producers()
@@ -820,6 +828,7 @@ impl<S: StateMachine> Replica<S> {
             return Ok(());
         }
         self.write_log(&ready)?;
+        self.maybe_restore_voting()?;
         if !ready.entries.is_empty() {
             // Writes work again: the next full disk starts over with a short backoff.
             self.stall_backoff = Duration::ZERO;
@@ -831,6 +840,21 @@ impl<S: StateMachine> Replica<S> {
         self.answer_leader_acks();
         if ready.commit_index.is_some() {
             self.on_commit()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the voting-withheld marker once the core has caught up with a leader. Runs
+    /// after the Ready's hard state is durable and before its messages (votes) leave.
+    fn maybe_restore_voting(&mut self) -> Result<(), StorageError> {
+        if self.voting_marker && !self.raft.voting_withheld() {
+            let marker = self.log.dir().join(VOTING_WITHHELD_FILE);
+            tokio::task::block_in_place(|| crate::storage::remove_file_durably(&marker))?;
+            self.voting_marker = false;
+            tracing::info!(
+                group = self.config.raft.group_id,
+                "caught up with a leader after lost entries: voting again"
+            );
         }
         Ok(())
     }
@@ -1119,6 +1143,7 @@ impl<S: StateMachine> Replica<S> {
         tokio::task::block_in_place(|| self.log.sync())?;
         let restored = RestoredState {
             commit_index: self.committed_index,
+            voting_withheld: self.raft.voting_withheld(),
             ..restored_state(&self.log)
         };
         let reader = StorageReader::new(&self.log);
@@ -1172,6 +1197,34 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
+/// Marker file in a group's directory: recovery dropped entries that may have been
+/// acknowledged, and the replica has not caught up with a leader since. It outlives restarts
+/// (the repaired log no longer shows the loss) and is removed once voting is safe again.
+pub const VOTING_WITHHELD_FILE: &str = "voting_withheld";
+
+/// Whether the core must restart with voting withheld ([`RestoredState::voting_withheld`]):
+/// recovery just dropped entries from the middle of the active segment (they may have been
+/// durable and acknowledged to a leader, counting toward a commit), or an earlier such
+/// recovery has not been followed by catching up. Creates the marker durably in the first
+/// case, before the core can vote.
+fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<bool, StorageError> {
+    let marker = log.dir().join(VOTING_WITHHELD_FILE);
+    let lost = matches!(
+        report.tail,
+        TailState::CorruptMiddle { entries_dropped, .. } if entries_dropped > 0
+    );
+    if lost {
+        tracing::warn!(
+            dir = %log.dir().display(),
+            tail = ?report.tail,
+            "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
+        );
+        crate::storage::create_file_durably(&marker)?;
+        return Ok(true);
+    }
+    Ok(marker.exists())
+}
+
 /// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
 /// first index still in the log, as the schema defines it) and its last index.
 fn restored_state(log: &Log) -> RestoredState {
@@ -1179,6 +1232,7 @@ fn restored_state(log: &Log) -> RestoredState {
         hard_state: *log.hard_state(),
         last_index: log.last_index(),
         commit_index: 0,
+        voting_withheld: false,
     }
 }
 

@@ -130,6 +130,24 @@ pub fn store(dir: &Path, state: &HardState) -> Result<(), StorageError> {
     sync_dir(dir)
 }
 
+/// Creates an empty marker file (if missing) and makes its existence durable.
+///
+/// # Errors
+/// `Io` or `StorageFull`.
+pub fn create_file_durably(path: &Path) -> Result<(), StorageError> {
+    File::create(path).map_err(|e| StorageError::reserve(path, 0, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Removes a marker file (if present) and makes its removal durable.
+///
+/// # Errors
+/// `Io`.
+pub fn remove_file_durably(path: &Path) -> Result<(), StorageError> {
+    super::log::remove_if_exists(path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Fsyncs a directory so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)

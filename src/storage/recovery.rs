@@ -31,9 +31,10 @@
 //! Row 11 keeps the prefix rather than refusing because a power loss during an unsynced
 //! write can persist later pages of a batch and not earlier ones, which looks the same as
 //! media damage. The report says how many entries were dropped: if they had been synced and
-//! acknowledged, this replica no longer holds what it promised, and the replica driver should
-//! treat the report like a partly lost disk (for example, not vote until it has caught up
-//! from a leader). That policy is the driver's, not storage's. After any repair the active
+//! acknowledged, this replica no longer holds what it promised, and the replica driver treats
+//! the report like a partly lost disk: it does not vote until it has caught up from a leader
+//! (`docs/RAFT.md`, "Voting after lost durable entries"). That policy is the driver's, not
+//! storage's. After any repair the active
 //! segment is synced, so what recovery kept is durable.
 
 use std::fs;

@@ -496,6 +496,22 @@ impl Cluster {
     /// Crashes `id` (losing un-fsynced writes and in-flight messages to it) and restarts it
     /// from its durable state.
     pub fn restart(&mut self, id: u64) {
+        self.restart_with(id, false);
+    }
+
+    /// Restarts `id` like [`Cluster::restart`], but its durable log ends after `last_index`
+    /// (recovery dropped damaged entries it had acknowledged) and, as the replica driver then
+    /// does, it restarts with voting withheld.
+    pub fn restart_losing(&mut self, id: u64, last_index: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.store.crash();
+        let keep = last_index.saturating_sub(node.store.start.index) as usize;
+        node.store.entries.truncate(keep);
+        node.store.durable_index = node.store.durable_index.min(last_index);
+        self.restart_with(id, true);
+    }
+
+    fn restart_with(&mut self, id: u64, voting_withheld: bool) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
             eprintln!(
@@ -507,7 +523,10 @@ impl Cluster {
         }
         node.store.crash();
         node.unpersisted.clear();
-        let state = node.store.restored_state();
+        let state = RestoredState {
+            voting_withheld,
+            ..node.store.restored_state()
+        };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
         assert!(
             node.raft.term() >= node.store.hard_state.current_term,
@@ -527,7 +546,12 @@ impl Cluster {
 
     /// Asserts that the highest committed index of every node is durable on a quorum: a
     /// committed entry must survive any minority of crashes.
+    /// A member restarted by `restart_losing` lost durable copies: until it has caught up
+    /// (voting no longer withheld), an entry may be durable on fewer than a quorum.
     pub fn check_committed_on_quorum(&self) {
+        if self.nodes.values().any(|n| n.raft.voting_withheld()) {
+            return;
+        }
         let quorum = self.nodes.len() / 2 + 1;
         for node in self.nodes.values() {
             let index = node.commit_index;

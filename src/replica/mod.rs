@@ -601,7 +601,9 @@ impl<S: StateMachine> Replica<S> {
             };
             let outcome = outcome.and_then(|()| self.handle_ready());
             let outcome = match outcome {
-                Err(error) if error.is_full() => self.stall(error),
+                // A snapshot install that ran out of room after removing the old segments
+                // leaves no active segment: only reopening the log repairs that.
+                Err(error) if error.is_full() && self.log.segment_count() > 0 => self.stall(error),
                 other => other,
             };
             if let Err(error) = outcome {

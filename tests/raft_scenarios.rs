@@ -1174,7 +1174,7 @@ mod raft {
     fn single_voter_never_withholds_its_vote() {
         let config = super::raft_harness::config(1, &[1]);
         let state = raftlog::raft::RestoredState {
-            voting_withheld: true,
+            voting_withheld: Some(3),
             ..Default::default()
         };
         let r = Raft::restore(config, state, &raftlog::raft::NoLog).unwrap();

@@ -174,12 +174,14 @@ pub struct RestoredState {
     /// passes its commit index so that retention and readers do not go backwards; it is
     /// clamped to `[log start, last_index]`.
     pub commit_index: u64,
-    /// Recovery dropped entries this member may have reported durable (a damaged log, not a
-    /// clean crash). Its vote could then elect a leader missing an entry committed with this
-    /// member's help, so it neither grants (pre-)votes nor campaigns until it has caught up
-    /// with a leader (see [`Raft::voting_withheld`]). Ignored in a single-voter group, where
-    /// no other member could hold the lost entries.
-    pub voting_withheld: bool,
+    /// `Some(term)`: recovery dropped entries this member may have reported durable (a
+    /// damaged log, not a clean crash) while its current term was `term`. Its vote could
+    /// then elect a leader missing an entry committed with this member's help, so it neither
+    /// grants (pre-)votes nor campaigns until its commit index points at an entry of a later
+    /// term (see [`Raft::voting_withheld`]); if its term is not yet above `term`, it moves to
+    /// `term + 1` (persisted with the next Ready) so that only such leaders are followed.
+    /// Ignored in a single-voter group, where no other member could hold the lost entries.
+    pub voting_withheld: Option<u64>,
 }
 
 impl Default for RestoredState {
@@ -191,7 +193,7 @@ impl Default for RestoredState {
             },
             last_index: 0,
             commit_index: 0,
-            voting_withheld: false,
+            voting_withheld: None,
         }
     }
 }
@@ -258,14 +260,12 @@ pub struct Raft {
     pub(crate) commit_changed: bool,
     /// Peer messages dropped as malformed or impossible.
     diagnostics: Diagnostics,
-    /// `Some` while voting is withheld after a restart that lost entries
-    /// ([`RestoredState::voting_withheld`]): `Some(None)` until a leader is heard, then
-    /// `Some(Some(c))` with `c` the commit index that leader announced first. Cleared once
-    /// this member's commit index reaches `c` **and** an entry of the current leader's own
-    /// term: entries committed in the leader's term are then at or below `c` (the leader's
-    /// commit index never goes back), and entries committed in earlier terms come before
-    /// that entry in the leader's log (leader completeness).
-    pub(crate) catch_up: Option<Option<u64>>,
+    /// `Some(t)` while voting is withheld after a restart that lost entries in term `t`
+    /// ([`RestoredState::voting_withheld`]). Every entry this member could have acknowledged
+    /// has a term `<= t`; once the commit index (verified against a leader) points at an
+    /// entry of a term `> t`, whichever leader created that entry held every entry committed
+    /// in earlier terms (leader completeness), below it, so this log holds them too.
+    pub(crate) catch_up: Option<u64>,
 }
 
 impl Raft {
@@ -362,8 +362,10 @@ impl Raft {
             diagnostics: Diagnostics::default(),
             catch_up: None,
         };
-        if state.voting_withheld && raft.config.voters.len() > 1 {
-            raft.catch_up = Some(None);
+        if let Some(lost_term) = state.voting_withheld {
+            if raft.config.voters.len() > 1 {
+                raft.withhold_voting(lost_term);
+            }
         }
         raft.commit_reported_index = raft.log.commit_index;
         raft.reset_election_timeout();
@@ -397,6 +399,25 @@ impl Raft {
     /// leader since.
     pub fn voting_withheld(&self) -> bool {
         self.catch_up.is_some()
+    }
+
+    /// The term in which this member lost entries while its vote is withheld, for a caller
+    /// that rebuilds the core ([`RestoredState::voting_withheld`]).
+    pub fn voting_withheld_term(&self) -> Option<u64> {
+        self.catch_up
+    }
+
+    /// Withholds the vote after entries of term `lost_term` or earlier were lost, and moves
+    /// past that term: leaders of `lost_term` (which may have counted a lost entry without
+    /// this member's log showing it) are then refused as stale, and the leader that takes
+    /// over creates entries of a later term, which end the catch-up.
+    fn withhold_voting(&mut self, lost_term: u64) {
+        self.catch_up = Some(lost_term);
+        if self.term <= lost_term {
+            self.term = lost_term + 1;
+            self.voted_for = 0;
+            self.hard_state_dirty = true;
+        }
     }
 
     /// The vote cast in the current term, if any.

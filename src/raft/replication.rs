@@ -80,9 +80,6 @@ impl Raft {
             leader_commit,
             ..
         } = m;
-        if self.catch_up == Some(None) {
-            self.catch_up = Some(Some(leader_commit));
-        }
         // Entries at or below our commit index are already ours (leader completeness), and
         // may even be compacted: skip them and check the match at the commit index instead.
         let commit = self.log.commit_index;
@@ -119,15 +116,14 @@ impl Raft {
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
-    /// Gives back the vote of a member that restarted with lost entries once its log holds
-    /// everything the current leader committed before this member restarted (see
-    /// `Raft::catch_up` for why these two conditions suffice).
+    /// Gives back the vote of a member that restarted with lost entries once its commit
+    /// index points at an entry of a term after the loss (see `Raft::catch_up` for why that
+    /// suffices).
     fn maybe_end_catch_up(&mut self) {
-        let Some(Some(target)) = self.catch_up else {
+        let Some(lost_term) = self.catch_up else {
             return;
         };
-        let commit = self.log.commit_index;
-        if commit >= target && self.log.term_at(commit) == Some(self.term) {
+        if self.log.term_at(self.log.commit_index) > Some(lost_term) {
             self.catch_up = None;
         }
     }

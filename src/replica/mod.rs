@@ -564,7 +564,7 @@ impl<S: StateMachine> Replica<S> {
             metrics,
             stall: None,
             stall_backoff: Duration::ZERO,
-            voting_marker: voting_withheld,
+            voting_marker: voting_withheld.is_some(),
         };
         replica
             .rebuild_producers()
@@ -1145,7 +1145,7 @@ impl<S: StateMachine> Replica<S> {
         tokio::task::block_in_place(|| self.log.sync())?;
         let restored = RestoredState {
             commit_index: self.committed_index,
-            voting_withheld: self.raft.voting_withheld(),
+            voting_withheld: self.raft.voting_withheld_term(),
             ..restored_state(&self.log)
         };
         let reader = StorageReader::new(&self.log);
@@ -1200,8 +1200,9 @@ impl<S: StateMachine> Replica<S> {
 }
 
 /// Marker file in a group's directory: recovery dropped entries that may have been
-/// acknowledged, and the replica has not caught up with a leader since. It outlives restarts
-/// (the repaired log no longer shows the loss) and is removed once voting is safe again.
+/// acknowledged, and the replica has not caught up with a leader since. It holds the term of
+/// the loss (decimal), outlives restarts (the repaired log no longer shows the loss) and is
+/// removed once voting is safe again.
 pub const VOTING_WITHHELD_FILE: &str = "voting_withheld";
 
 /// Whether the core must restart with voting withheld ([`RestoredState::voting_withheld`]):
@@ -1209,22 +1210,30 @@ pub const VOTING_WITHHELD_FILE: &str = "voting_withheld";
 /// durable and acknowledged to a leader, counting toward a commit), or an earlier such
 /// recovery has not been followed by catching up. Creates the marker durably in the first
 /// case, before the core can vote.
-fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<bool, StorageError> {
+fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<Option<u64>, StorageError> {
     let marker = log.dir().join(VOTING_WITHHELD_FILE);
+    let current_term = log.hard_state().current_term;
+    // An unreadable marker is taken as a loss in the current term: the safe side.
+    let earlier = std::fs::read_to_string(&marker)
+        .ok()
+        .map(|text| text.trim().parse::<u64>().unwrap_or(current_term));
     let lost = matches!(
         report.tail,
         TailState::CorruptMiddle { entries_dropped, .. } if entries_dropped > 0
     );
-    if lost {
-        tracing::warn!(
-            dir = %log.dir().display(),
-            tail = ?report.tail,
-            "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
-        );
-        crate::storage::create_file_durably(&marker)?;
-        return Ok(true);
+    if !lost {
+        return Ok(earlier);
     }
-    Ok(marker.exists())
+    // Every entry this replica acknowledged carries a term no later than its current one.
+    let lost_term = earlier.unwrap_or(0).max(current_term);
+    tracing::warn!(
+        dir = %log.dir().display(),
+        tail = ?report.tail,
+        lost_term,
+        "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
+    );
+    crate::storage::write_file_durably(&marker, lost_term.to_string().as_bytes())?;
+    Ok(Some(lost_term))
 }
 
 /// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
@@ -1234,7 +1243,7 @@ fn restored_state(log: &Log) -> RestoredState {
         hard_state: *log.hard_state(),
         last_index: log.last_index(),
         commit_index: 0,
-        voting_withheld: false,
+        voting_withheld: None,
     }
 }
 

@@ -130,12 +130,20 @@ pub fn store(dir: &Path, state: &HardState) -> Result<(), StorageError> {
     sync_dir(dir)
 }
 
-/// Creates an empty marker file (if missing) and makes its existence durable.
+/// Replaces the small file `path` with `bytes` atomically and durably (temp file, fsync,
+/// rename, fsync of the directory), like the hard state.
 ///
 /// # Errors
 /// `Io` or `StorageFull`.
-pub fn create_file_durably(path: &Path) -> Result<(), StorageError> {
-    File::create(path).map_err(|e| StorageError::reserve(path, 0, e))?;
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(|e| StorageError::io("create", &temp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StorageError::reserve(&temp, bytes.len() as u64, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io("fsync", &temp, e))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(|e| StorageError::io("rename", path, e))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 

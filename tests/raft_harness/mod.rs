@@ -512,6 +512,7 @@ impl Cluster {
     }
 
     fn restart_with(&mut self, id: u64, voting_withheld: bool) {
+        let lost_term = self.nodes[&id].store.hard_state.current_term;
         let node = self.nodes.get_mut(&id).expect("node exists");
         if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
             eprintln!(
@@ -524,7 +525,7 @@ impl Cluster {
         node.store.crash();
         node.unpersisted.clear();
         let state = RestoredState {
-            voting_withheld,
+            voting_withheld: voting_withheld.then_some(lost_term),
             ..node.store.restored_state()
         };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");

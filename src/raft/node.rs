@@ -264,7 +264,8 @@ pub struct Raft {
     /// ([`RestoredState::voting_withheld`]). Every entry this member could have acknowledged
     /// has a term `<= t`; once the commit index (verified against a leader) points at an
     /// entry of a term `> t`, whichever leader created that entry held every entry committed
-    /// in earlier terms (leader completeness), below it, so this log holds them too.
+    /// in earlier terms (leader completeness), below it, so this log holds them too. That
+    /// entry must also be durable here: a plain crash must not lose the prefix again.
     pub(crate) catch_up: Option<u64>,
 }
 
@@ -580,7 +581,10 @@ impl Raft {
         }
         match self.role {
             Role::Leader => self.maybe_commit(),
-            _ => self.report_durable(),
+            _ => {
+                self.maybe_end_catch_up();
+                self.report_durable();
+            }
         }
     }
 

@@ -116,14 +116,15 @@ impl Raft {
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
-    /// Gives back the vote of a member that restarted with lost entries once its commit
-    /// index points at an entry of a term after the loss (see `Raft::catch_up` for why that
-    /// suffices).
-    fn maybe_end_catch_up(&mut self) {
+    /// Gives back the vote of a member that restarted with lost entries once its durable,
+    /// committed prefix ends in an entry of a term after the loss (see `Raft::catch_up` for
+    /// why that suffices).
+    pub(crate) fn maybe_end_catch_up(&mut self) {
         let Some(lost_term) = self.catch_up else {
             return;
         };
-        if self.log.term_at(self.log.commit_index) > Some(lost_term) {
+        let index = self.log.commit_index.min(self.log.persisted_index);
+        if self.log.term_at(index) > Some(lost_term) {
             self.catch_up = None;
         }
     }

@@ -494,9 +494,11 @@ impl Cluster {
     }
 
     /// Crashes `id` (losing un-fsynced writes and in-flight messages to it) and restarts it
-    /// from its durable state.
+    /// from its durable state. A member whose vote is withheld stays so (the replica driver
+    /// keeps that in a marker file).
     pub fn restart(&mut self, id: u64) {
-        self.restart_with(id, false);
+        let withheld = self.nodes[&id].raft.voting_withheld_term();
+        self.restart_with(id, withheld);
     }
 
     /// Restarts `id` like [`Cluster::restart`], but its durable log ends after `last_index`
@@ -508,11 +510,12 @@ impl Cluster {
         let keep = last_index.saturating_sub(node.store.start.index) as usize;
         node.store.entries.truncate(keep);
         node.store.durable_index = node.store.durable_index.min(last_index);
-        self.restart_with(id, true);
+        let lost_term = node.store.hard_state.current_term;
+        let withheld = node.raft.voting_withheld_term().unwrap_or(0).max(lost_term);
+        self.restart_with(id, Some(withheld));
     }
 
-    fn restart_with(&mut self, id: u64, voting_withheld: bool) {
-        let lost_term = self.nodes[&id].store.hard_state.current_term;
+    fn restart_with(&mut self, id: u64, voting_withheld: Option<u64>) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
             eprintln!(
@@ -525,7 +528,7 @@ impl Cluster {
         node.store.crash();
         node.unpersisted.clear();
         let state = RestoredState {
-            voting_withheld: voting_withheld.then_some(lost_term),
+            voting_withheld,
             ..node.store.restored_state()
         };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");

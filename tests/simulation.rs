@@ -19,8 +19,9 @@
 //! the others): message loss, delay (and so reordering), duplication, symmetric and one-way
 //! partitions, crashes that lose un-fsynced writes (also between persisting and sending, with
 //! part of the messages out), restarts that lose durable entries (voting withheld),
-//! restarts, slow disks, leadership transfers, compaction, client proposals. Seeds cycle through profiles, one of which aims at Figure 8 (leaders crashing
-//! right after sending an entry to a minority, quick re-elections, one entry per message).
+//! restarts, slow disks, leadership transfers, compaction, client proposals. Seeds cycle
+//! through profiles, one of which aims at Figure 8 (leaders crashing right after sending an
+//! entry to a minority, quick re-elections, one entry per message).
 //!
 //! After the chaos, every fault heals and the cluster must elect a leader and commit a new
 //! proposal on every member within `LIVENESS_TICKS_MAX` ticks.

@@ -1213,10 +1213,12 @@ pub const VOTING_WITHHELD_FILE: &str = "voting_withheld";
 fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<Option<u64>, StorageError> {
     let marker = log.dir().join(VOTING_WITHHELD_FILE);
     let current_term = log.hard_state().current_term;
-    // An unreadable marker is taken as a loss in the current term: the safe side.
-    let earlier = std::fs::read_to_string(&marker)
-        .ok()
-        .map(|text| text.trim().parse::<u64>().unwrap_or(current_term));
+    // An unreadable or damaged marker is taken as a loss in the current term: the safe side.
+    let earlier = match std::fs::read_to_string(&marker) {
+        Ok(text) => Some(text.trim().parse::<u64>().unwrap_or(current_term)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(current_term),
+    };
     let lost = matches!(
         report.tail,
         TailState::CorruptMiddle { entries_dropped, .. } if entries_dropped > 0

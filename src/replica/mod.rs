@@ -1200,16 +1200,16 @@ impl<S: StateMachine> Replica<S> {
 }
 
 /// Marker file in a group's directory: recovery dropped entries that may have been
-/// acknowledged, and the replica has not caught up with a leader since. It holds the term of
-/// the loss (decimal), outlives restarts (the repaired log no longer shows the loss) and is
-/// removed once voting is safe again.
-pub const VOTING_WITHHELD_FILE: &str = "voting_withheld";
+/// acknowledged, and the replica has not caught up with a leader since. Storage writes it
+/// (holding the term of the loss) before repairing the log; it outlives restarts (the
+/// repaired log no longer shows the loss) and the driver removes it once voting is safe.
+pub const VOTING_WITHHELD_FILE: &str = crate::storage::recovery::LOST_ENTRIES_FILE;
 
 /// Whether the core must restart with voting withheld ([`RestoredState::voting_withheld`]):
 /// recovery just dropped entries from the middle of the active segment (they may have been
 /// durable and acknowledged to a leader, counting toward a commit), or an earlier such
-/// recovery has not been followed by catching up. Creates the marker durably in the first
-/// case, before the core can vote.
+/// recovery has not been followed by catching up. Storage has already written the marker in
+/// the first case; it is rewritten here in case it names an older term.
 fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<Option<u64>, StorageError> {
     let marker = log.dir().join(VOTING_WITHHELD_FILE);
     let current_term = log.hard_state().current_term;

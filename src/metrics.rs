@@ -598,6 +598,9 @@ impl GroupMetrics {
         if let Some(failure) = &status.failed {
             return Some(format!("{what}: replica failed: {failure}"));
         }
+        if let Some(reason) = &status.storage_full {
+            return Some(format!("{what}: disk full, retrying writes: {reason}"));
+        }
         if status.leader_id == 0 {
             return Some(format!("{what}: no leader known"));
         }

@@ -635,31 +635,72 @@ async fn inject(
     })
 }
 
-/// Undoes a fault; returns a finding worth reporting, if any.
-async fn heal(cluster: &mut ProcessCluster, active: Active) -> Option<String> {
+/// Undoes a fault; returns a finding worth reporting, if any, or a liveness failure.
+async fn heal(cluster: &mut ProcessCluster, active: Active) -> Result<Option<String>, String> {
     match active {
         Active::Restart(id) => cluster.spawn(id),
         Active::Resume(id) => cluster.resume(id),
         Active::Heal => cluster.mesh().expect("proxied cluster").heal(),
         Active::FreeDisk(node, filler, stopped_before) => {
             let _ = std::fs::remove_file(filler);
-            // A replica that met StorageFull stops and does not resume when space returns
-            // (see the report); an operator restarts the node, and so does the test, so that
-            // later faults still meet a cluster with a full quorum.
-            sleep(Duration::from_millis(500)).await;
-            let stopped = stopped_replicas(cluster, node) - stopped_before;
-            if stopped > 0 {
-                cluster.kill(node);
-                cluster.spawn(node);
-                return Some(format!(
-                    "node {node}: {stopped} replica(s) stopped on StorageFull and did not resume \
-                     after space was freed; node restarted"
-                ));
+            // The node is not restarted: every replica on it must resume by itself once space
+            // is freed, catch up with its leader (which `/ready` reports) and never stop.
+            let freed = Instant::now();
+            let deadline = freed + Duration::from_millis(RECOVERY_MS_MAX);
+            loop {
+                let stopped = stopped_replicas(cluster, node) - stopped_before;
+                if stopped > 0 {
+                    return Err(format!(
+                        "node {node}: {stopped} replica(s) stopped on a storage error while its \
+                         disk was full"
+                    ));
+                }
+                let not_ready = match ready(cluster, node).await {
+                    Ok(()) => {
+                        return Ok(Some(format!(
+                            "node {node} ready {} ms after its disk was freed, without a restart",
+                            freed.elapsed().as_millis()
+                        )))
+                    }
+                    Err(why) => why,
+                };
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "node {node} not ready within {RECOVERY_MS_MAX} ms of freeing its disk: \
+                         {not_ready}"
+                    ));
+                }
+                sleep(Duration::from_millis(100)).await;
             }
         }
         Active::Nothing => {}
     }
-    None
+    Ok(None)
+}
+
+/// Asks node `id`'s `/ready`: Ok when it answers 200, else the reason it gave.
+async fn ready(cluster: &ProcessCluster, id: u64) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = cluster.metrics_address(id);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(b"GET /ready HTTP/1.0\r\nHost: raftlog\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.take(64 << 10).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| "no answer from /ready within 2 s".to_string())?
+        .map_err(|e| format!("/ready: {e}"))?;
+    let status_line = answer.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        return Ok(());
+    }
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Err(format!("{status_line}: {}", body.trim()))
 }
 
 /// How many times node `id`'s log says a replica stopped on a storage error.
@@ -1196,7 +1237,10 @@ impl FaultRun<'_> {
         eprintln!("fault {number} {kind:?} for {} ms: {what}", fault.hold_ms);
         sleep(Duration::from_millis(fault.hold_ms)).await;
         let counted = !matches!(active, Active::Nothing);
-        if let Some(finding) = heal(self.cluster, active).await {
+        let healed = heal(self.cluster, active).await;
+        let healed =
+            healed.map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
+        if let Some(finding) = healed {
             eprintln!("finding: {finding}");
             self.history.lock().unwrap().findings.push(finding);
         }

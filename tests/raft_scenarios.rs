@@ -242,6 +242,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: node.store.hard_state,
             last_index: 1,
+            ..Default::default()
         };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).unwrap();
         c.isolate(1);
@@ -1029,6 +1030,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: store.hard_state,
             last_index: 6,
+            ..Default::default()
         };
         let mut config = super::raft_harness::config(1, &[1]);
         config.seed = 3;
@@ -1082,6 +1084,7 @@ mod raft {
         let state = raftlog::raft::RestoredState {
             hard_state: hs,
             last_index: 7,
+            ..Default::default()
         };
         let mut config = super::raft_harness::config(2, &[1, 2, 3]);
         plain(&mut config);
@@ -1111,6 +1114,71 @@ mod raft {
             Raft::restore(config, state, &raftlog::raft::NoLog),
             Err(raftlog::raft::RestoreError::Inconsistent { .. })
         ));
+    }
+
+    /// Raft on a damaged disk: a member whose recovery dropped entries it had acknowledged
+    /// (storage's `TailState::CorruptMiddle`) could otherwise elect a leader that misses a
+    /// committed entry. The schedule: 1 leads, `c` commits on {1, 2} while 3 is cut off; 2
+    /// restarts without `c`; 1 is cut off. Had 2 voted, 3 (without `c`) would win and overwrite
+    /// the committed `c`. With voting withheld, 2 neither (pre-)votes nor campaigns, so no
+    /// leader without `c` is elected; once 1 is back, 2 catches up, votes again, and every
+    /// later leader holds `c`.
+    #[test]
+    fn member_that_lost_acknowledged_entries_does_not_vote_until_caught_up() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"a");
+        c.isolate(3);
+        let lost = c.propose(1, b"c");
+        assert!(c.raft(1).commit_index() >= lost, "c committed on 1 and 2");
+        let lost_term = c.nodes[&1].store.term(lost).unwrap();
+
+        c.restart_losing(2, lost - 1);
+        assert!(c.raft(2).voting_withheld());
+        c.heal();
+        c.isolate(1);
+        c.campaign(3);
+        c.campaign(2);
+        c.ticks(200);
+        for id in [2, 3] {
+            assert_ne!(
+                c.raft(id).role(),
+                Role::Leader,
+                "node {id} leads without the committed entry {lost}"
+            );
+        }
+        assert!(c.raft(2).voting_withheld(), "no leader to catch up with");
+        assert_eq!(c.nodes[&3].store.term(lost), None, "3 never got c");
+
+        c.heal();
+        c.ticks(200);
+        let leader = c.leader().expect("a leader once 1 is back");
+        assert!(!c.raft(2).voting_withheld(), "2 caught up with {leader}");
+        for id in 1..=3 {
+            assert_eq!(c.nodes[&id].store.term(lost), Some(lost_term), "c on {id}");
+        }
+
+        // 2 votes again: without the current leader, 2 and 3 elect one of themselves.
+        c.isolate(leader);
+        c.ticks(200);
+        let next = [2, 3]
+            .into_iter()
+            .filter(|&id| id != leader)
+            .find(|&id| c.raft(id).role() == Role::Leader);
+        let next = next.expect("the other two elect a leader with 2's vote");
+        assert_eq!(c.nodes[&next].store.term(lost), Some(lost_term));
+    }
+
+    /// A single-voter group has nobody to catch up with: withholding would only stop it.
+    #[test]
+    fn single_voter_never_withholds_its_vote() {
+        let config = super::raft_harness::config(1, &[1]);
+        let state = raftlog::raft::RestoredState {
+            voting_withheld: Some(3),
+            ..Default::default()
+        };
+        let r = Raft::restore(config, state, &raftlog::raft::NoLog).unwrap();
+        assert!(!r.voting_withheld());
     }
 
     // ------------------------------------------------------------------ malformed peer input

@@ -345,3 +345,334 @@ async fn follower_replaces_a_stale_entry_when_the_same_append_commits_its_replac
     assert_eq!(fetched.entries[0].term, 2);
     assert_eq!(&fetched.entries[0].payload[..], b"fresh");
 }
+
+/// A size-limited tmpfs mounted by the test (as root), lazily unmounted on drop so that a
+/// failing test never leaves it behind.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size_bytes: u64) -> Result<SmallFs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount refused: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallFs { dir })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes `path` until the file system refuses (bounded); returns the bytes written.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5Au8; 64 << 10];
+    let mut written = 0u64;
+    while written < 256 << 20 {
+        match file.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => written += k as u64,
+        }
+    }
+    written
+}
+
+/// Waits until `check` holds for `handle`'s status, within the bound.
+async fn wait_status(
+    handle: &ReplicaHandle<()>,
+    what: &str,
+    check: impl Fn(&raftlog::replica::ReplicaStatus) -> bool,
+) {
+    let waited = timeout(BOUND, async {
+        while !check(&handle.status()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: status {:?}", handle.status());
+}
+
+/// The whole disk-full story on one member of three, without restarting it: while its disk
+/// is full it keeps running, refuses writes with `STORAGE_FULL` and gives up leadership;
+/// nothing acknowledged is lost; once space is freed it resumes by itself, catches up, and
+/// takes writes again as leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_freed() {
+    let fs = match SmallFs::mount(4 << 20) {
+        Ok(fs) => fs,
+        Err(reason) => {
+            println!("SKIPPED full-disk replica test: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let router = Arc::new(Router::default());
+    let sink: Arc<dyn MessageSink> = router.clone();
+    let handles: Vec<ReplicaHandle<()>> = (1..=3)
+        .map(|id| {
+            let root = if id == 3 { fs.dir.path() } else { dir.path() };
+            let mut config = config(root, id, vec![1, 2, 3]);
+            config.log.segment_size_bytes = 256 << 10;
+            Replica::start(config, LogIsTheState, sink.clone()).unwrap()
+        })
+        .collect();
+    for (id, handle) in (1..=3).zip(&handles) {
+        router.replicas.lock().unwrap().insert(id, handle.clone());
+    }
+    let full = &handles[2];
+    wait_for_leader(&handles).await.transfer_leader(3);
+    wait_status(full, "node 3 leads", |s| s.role == Some(raft::Role::Leader)).await;
+
+    let payload = |i: usize| Bytes::from(format!("{i:08}").repeat(1024));
+    let mut acknowledged: Vec<(u64, Bytes)> = Vec::new();
+    for i in 0..4 {
+        let appended = timeout(BOUND, full.propose(payload(i), 1, Acks::All))
+            .await
+            .unwrap()
+            .unwrap();
+        acknowledged.push((appended.base_offset, payload(i)));
+    }
+
+    // Fill the disk: the active segment still has room, the next one cannot be reserved.
+    let filler = fs.dir.path().join("filler");
+    assert!(fill(&filler) > 0);
+    let mut refused = None;
+    for i in 4..200 {
+        match timeout(BOUND, full.propose(payload(i), 1, Acks::All)).await {
+            Ok(Ok(appended)) => acknowledged.push((appended.base_offset, payload(i))),
+            Ok(Err(error)) => {
+                refused = Some(error);
+                break;
+            }
+            Err(_) => panic!("proposal {i} unanswered within the bound"),
+        }
+    }
+    let refused = refused.expect("a full disk refuses a write");
+    assert!(
+        matches!(refused, ReplicaError::StorageFull(_)),
+        "the refusal names the full disk: {refused}"
+    );
+    assert_eq!(refused.code(), raftlog::proto::ErrorCode::StorageFull);
+    // The status is published once the loop iteration that refused the write ends.
+    wait_status(full, "node 3 reports its full disk", |s| {
+        s.storage_full.is_some()
+    })
+    .await;
+    let status = full.status();
+    assert!(
+        status.failed.is_none(),
+        "the replica keeps running: {status:?}"
+    );
+    assert_ne!(
+        status.role,
+        Some(raft::Role::Leader),
+        "it gave up leadership"
+    );
+
+    // The other two elect a leader and keep taking writes.
+    let leader = timeout(BOUND, async {
+        loop {
+            if let Some(h) = handles[..2]
+                .iter()
+                .find(|h| h.status().role == Some(raft::Role::Leader))
+            {
+                return h.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a leader among the members with room");
+    for i in 200..210 {
+        let appended = timeout(BOUND, leader.propose(payload(i), 1, Acks::All))
+            .await
+            .unwrap()
+            .unwrap();
+        acknowledged.push((appended.base_offset, payload(i)));
+    }
+    let err = full
+        .propose(payload(0), 1, Acks::All)
+        .await
+        .expect_err("still full");
+    assert!(matches!(err, ReplicaError::StorageFull(_)), "{err}");
+
+    // Free the space: the same replica resumes by itself and catches up.
+    std::fs::remove_file(&filler).unwrap();
+    let high_watermark = leader.status().high_watermark;
+    wait_status(full, "node 3 resumes and catches up", |s| {
+        s.storage_full.is_none() && s.high_watermark >= high_watermark
+    })
+    .await;
+    let fetched = full
+        .fetch(0, 1 << 30, Duration::from_millis(100))
+        .await
+        .unwrap();
+    for (offset, value) in &acknowledged {
+        let entry = fetched.entries.iter().find(|e| e.base_offset == *offset);
+        assert_eq!(
+            entry.map(|e| &e.payload),
+            Some(value),
+            "acknowledged record at offset {offset} on the recovered replica"
+        );
+    }
+
+    // And it can lead and take writes again, without a restart.
+    leader.transfer_leader(3);
+    wait_status(full, "node 3 leads again", |s| {
+        s.role == Some(raft::Role::Leader)
+    })
+    .await;
+    let appended = timeout(BOUND, full.propose(payload(999), 1, Acks::All))
+        .await
+        .unwrap()
+        .expect("the recovered replica takes writes");
+    assert!(appended.base_offset >= high_watermark);
+
+    // Stop every replica before the file system is unmounted.
+    for handle in &handles {
+        handle.stop(Duration::from_millis(100));
+    }
+    router.replicas.lock().unwrap().clear();
+    for handle in &handles {
+        let mut status = handle.watch_status();
+        let _ = timeout(BOUND, async { while status.changed().await.is_ok() {} }).await;
+    }
+}
+
+fn vote_request(from: u64, term: u64, last_log_index: u64, last_log_term: u64) -> RaftMessage {
+    RaftMessage {
+        group_id: 7,
+        from,
+        to: 2,
+        body: Some(raftlog::proto::raft_message::Body::RequestVote(
+            raftlog::proto::RequestVote {
+                term,
+                candidate_id: from,
+                last_log_index,
+                last_log_term,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The vote answers `recorder` saw, in order.
+fn votes_sent(recorder: &Recorder) -> Vec<bool> {
+    use raftlog::proto::raft_message::Body;
+    let sent = recorder.sent.lock().unwrap();
+    sent.iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::RequestVoteResponse(r)) if !r.pre_vote => Some(r.vote_granted),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A replica whose recovery dropped entries from the middle of its active segment (which it
+/// may have acknowledged) neither campaigns nor votes, across restarts, until a leader has
+/// brought it up to date; then it votes again and the marker file is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_that_lost_entries_votes_only_after_catching_up() {
+    use raftlog::proto::raft_message::Body;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 2, vec![1, 2, 3]);
+    config.track_producers = false;
+    let entries: Vec<_> = (1..=4u64)
+        .map(|index| raftlog::proto::Entry {
+            base_offset: index - 1,
+            ..data_entry(1, index, "acknowledged")
+        })
+        .collect();
+    {
+        let mut log = raftlog::storage::Log::open(&config.dir, config.log.clone())
+            .unwrap()
+            .0;
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+    }
+    // Damage entry 2's payload: recovery keeps entry 1 and drops entries 2 to 4.
+    let segment = config.dir.join(format!("{:020}.log", 1));
+    let frame_bytes = raftlog::storage::frame::frame_bytes("acknowledged".len()) as u64;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    use std::os::unix::fs::FileExt as _;
+    let position = frame_bytes + frame_bytes - 3;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, position).unwrap();
+    file.write_all_at(&[byte[0] ^ 0xFF], position).unwrap();
+    drop(file);
+
+    let recorder = Arc::new(Recorder::default());
+    let sink: Arc<dyn MessageSink> = recorder.clone();
+    let marker = config.dir.join(raftlog::replica::VOTING_WITHHELD_FILE);
+    let replica = Replica::start(config.clone(), LogIsTheState, sink.clone()).unwrap();
+    assert_eq!(
+        replica.status().last_index,
+        1,
+        "entries 2 to 4 were dropped"
+    );
+    assert!(marker.exists(), "the loss is remembered across restarts");
+    // Far more than an election timeout (10 ticks of 10 ms): it does not campaign.
+    replica.campaign();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let campaigned = recorder
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| matches!(m.body, Some(Body::RequestVote(_))));
+    assert!(!campaigned, "a replica that lost entries campaigned");
+    // A candidate as up to date as its shortened log is refused.
+    replica.step(vote_request(3, 2, 1, 1));
+    wait_until(|| !votes_sent(&recorder).is_empty()).await;
+    assert_eq!(votes_sent(&recorder), vec![false]);
+
+    // A leader of term 3 brings it up to date and commits an entry of its own term.
+    let mut from_leader = entries.clone();
+    from_leader.push(raftlog::proto::Entry {
+        base_offset: 4,
+        ..data_entry(3, 5, "new term")
+    });
+    replica.step(append_entries(1, 3, from_leader, 5));
+    wait_until(|| replica.status().commit_index == 5).await;
+    wait_until(|| !marker.exists()).await;
+    // (As a leadership transfer, so that the lease of the leader just heard does not apply.)
+    let mut request = vote_request(3, 4, 5, 3);
+    if let Some(Body::RequestVote(rv)) = &mut request.body {
+        rv.leadership_transfer = true;
+    }
+    replica.step(request);
+    wait_until(|| votes_sent(&recorder).len() == 2).await;
+    assert_eq!(votes_sent(&recorder), vec![false, true], "it votes again");
+}
+
+/// Waits until `done` holds, within the bound.
+async fn wait_until(done: impl Fn() -> bool) {
+    timeout(BOUND, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition within the bound");
+}

@@ -18,9 +18,10 @@
 //! Fault sources, each drawing from its own seeded stream (so changing one does not perturb
 //! the others): message loss, delay (and so reordering), duplication, symmetric and one-way
 //! partitions, crashes that lose un-fsynced writes (also between persisting and sending, with
-//! part of the messages out), restarts, slow disks, leadership transfers, compaction, client
-//! proposals. Seeds cycle through profiles, one of which aims at Figure 8 (leaders crashing
-//! right after sending an entry to a minority, quick re-elections, one entry per message).
+//! part of the messages out), restarts that lose durable entries (voting withheld),
+//! restarts, slow disks, leadership transfers, compaction, client proposals. Seeds cycle
+//! through profiles, one of which aims at Figure 8 (leaders crashing right after sending an
+//! entry to a minority, quick re-elections, one entry per message).
 //!
 //! After the chaos, every fault heals and the cluster must elect a leader and commit a new
 //! proposal on every member within `LIVENESS_TICKS_MAX` ticks.
@@ -116,6 +117,9 @@ struct Rates {
     duplicate_per_mille: u32,
     /// Message loss rates the loss stream switches between.
     loss_levels_per_mille: &'static [u32],
+    /// Per tick: a member restarts with the end of its *durable* log gone (a damaged disk:
+    /// storage recovery's `CorruptMiddle`) and voting withheld, while no other member is.
+    lose_durable_per_mille: u32,
 }
 
 impl Profile {
@@ -145,6 +149,7 @@ impl Profile {
             proposal_per_mille: 60,
             duplicate_per_mille: 20,
             loss_levels_per_mille: &[0, 10, 50],
+            lose_durable_per_mille: 3,
         };
         match self {
             Self::Mixed => base,
@@ -179,6 +184,7 @@ impl Profile {
                 crash_mid_send_per_mille: 10,
                 disk_per_mille: 80,
                 compaction_per_mille: 60,
+                lose_durable_per_mille: 10,
                 ..base
             },
         }
@@ -198,6 +204,7 @@ struct Streams {
     proposal: SplitMix64,
     election: SplitMix64,
     config: SplitMix64,
+    lose_durable: SplitMix64,
 }
 
 impl Streams {
@@ -219,6 +226,7 @@ impl Streams {
             proposal: stream(9),
             config: stream(10),
             election: stream(11),
+            lose_durable: stream(12),
         }
     }
 }
@@ -259,6 +267,8 @@ struct Sim {
     faults: bool,
     proposals_count: i64,
     crashes_count: u64,
+    /// Restarts that lost durable entries (`Sim::lose_durable`).
+    durable_losses_count: u64,
     steps: u64,
     trace: bool,
 }
@@ -313,6 +323,7 @@ impl Sim {
             faults: true,
             proposals_count: 0,
             crashes_count: 0,
+            durable_losses_count: 0,
             steps: 0,
             trace: std::env::var("RAFTLOG_SIM_TRACE").is_ok(),
         }
@@ -380,6 +391,10 @@ impl Sim {
         }
         if chance(&mut self.streams.partition, rates.partition_per_mille) {
             self.change_partitions();
+        }
+        if chance(&mut self.streams.lose_durable, rates.lose_durable_per_mille) {
+            let id = pick(&mut self.streams.lose_durable, &self.ids);
+            self.lose_durable(id);
         }
         if chance(&mut self.streams.disk, rates.disk_per_mille) {
             let id = pick(&mut self.streams.disk, &self.ids);
@@ -513,6 +528,31 @@ impl Sim {
         let down_ticks = u64::from(self.streams.crash.range_u32(low, high));
         self.c.restart(id);
         self.crashes_count += 1;
+        self.disk.get_mut(&id).expect("member").clear();
+        self.down_until
+            .insert(id, self.now + down_ticks * UNITS_PER_TICK);
+    }
+
+    /// Crashes `id` and restarts it with up to 8 of its last durable entries gone and its
+    /// vote withheld, as the replica driver does after such a recovery. Only one member at a
+    /// time: two damaged disks can lose a committed entry's every copy, which no protocol
+    /// survives.
+    fn lose_durable(&mut self, id: u64) {
+        let withheld = self.ids.iter().any(|&m| self.c.raft(m).voting_withheld());
+        let store = &self.c.nodes[&id].store;
+        let durable_entries = store.durable_index.saturating_sub(store.start.index);
+        if !self.is_up(id) || withheld || durable_entries == 0 {
+            return;
+        }
+        let lost = self
+            .streams
+            .lose_durable
+            .range_u32(1, durable_entries.min(8) as u32 + 1);
+        let last_index = store.durable_index - u64::from(lost);
+        let (low, high) = self.rates.down_ticks;
+        let down_ticks = u64::from(self.streams.lose_durable.range_u32(low, high));
+        self.c.restart_losing(id, last_index);
+        self.durable_losses_count += 1;
         self.disk.get_mut(&id).expect("member").clear();
         self.down_until
             .insert(id, self.now + down_ticks * UNITS_PER_TICK);
@@ -835,6 +875,7 @@ struct Summary {
     leader_terms_count: u64,
     committed_count: u64,
     crashes_count: u64,
+    durable_losses_count: u64,
     snapshots_count: u64,
     truncations_count: u64,
 }
@@ -852,6 +893,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
         summary.leader_terms_count += sim.c.leaders.len() as u64;
         summary.committed_count += sim.c.committed.len() as u64;
         summary.crashes_count += sim.crashes_count;
+        summary.durable_losses_count += sim.durable_losses_count;
         summary.snapshots_count += sim.c.snapshots_count;
         summary.truncations_count += sim.c.truncations_count;
         match result {
@@ -904,10 +946,11 @@ fn simulation() {
     let started = std::time::Instant::now();
     let summary = run_seeds(seeds.into_iter());
     report(format_args!(
-        "{} leader terms, {} entries committed, {} crashes, {} snapshots installed, {} suffixes truncated; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
+        "{} leader terms, {} entries committed, {} crashes ({} losing durable entries), {} snapshots installed, {} suffixes truncated; slowest recovery after healing {} ticks; first violation at seed {:?}; {:.1} s",
         summary.leader_terms_count,
         summary.committed_count,
         summary.crashes_count,
+        summary.durable_losses_count,
         summary.snapshots_count,
         summary.truncations_count,
         summary.liveness_ticks_max,

@@ -139,8 +139,14 @@ fn check_entries(m: &AppendEntries) -> Result<(), DropReason> {
 }
 
 /// A snapshot position must be one a leader of `m.term` could hold.
+/// Highest snapshot index a peer may claim: no honest log gets near it, and the follower
+/// computes `index + 1` (the new first index) without overflowing.
+const SNAPSHOT_INDEX_MAX: u64 = 1 << 62;
+
 fn check_snapshot(m: &InstallSnapshot) -> Result<(), DropReason> {
-    if m.last_included_term > m.term || (m.last_included_index == 0) != (m.last_included_term == 0)
+    if m.last_included_term > m.term
+        || (m.last_included_index == 0) != (m.last_included_term == 0)
+        || m.last_included_index > SNAPSHOT_INDEX_MAX
     {
         return Err(DropReason::MalformedSnapshot);
     }

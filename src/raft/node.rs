@@ -169,6 +169,19 @@ pub struct RestoredState {
     pub hard_state: HardState,
     /// Index of the last durable entry (`hard_state.log_start_index - 1` if the log is empty).
     pub last_index: u64,
+    /// An index the caller knows is committed (it saw the core report it), 0 when unknown.
+    /// A driver that rebuilds its core without a process restart (after a failed write)
+    /// passes its commit index so that retention and readers do not go backwards; it is
+    /// clamped to `[log start, last_index]`.
+    pub commit_index: u64,
+    /// `Some(term)`: recovery dropped entries this member may have reported durable (a
+    /// damaged log, not a clean crash) while its current term was `term`. Its vote could
+    /// then elect a leader missing an entry committed with this member's help, so it neither
+    /// grants (pre-)votes nor campaigns until its commit index points at an entry of a later
+    /// term (see [`Raft::voting_withheld`]); if its term is not yet above `term`, it moves to
+    /// `term + 1` (persisted with the next Ready) so that only such leaders are followed.
+    /// Ignored in a single-voter group, where no other member could hold the lost entries.
+    pub voting_withheld: Option<u64>,
 }
 
 impl Default for RestoredState {
@@ -179,6 +192,8 @@ impl Default for RestoredState {
                 ..HardState::default()
             },
             last_index: 0,
+            commit_index: 0,
+            voting_withheld: None,
         }
     }
 }
@@ -245,6 +260,13 @@ pub struct Raft {
     pub(crate) commit_changed: bool,
     /// Peer messages dropped as malformed or impossible.
     diagnostics: Diagnostics,
+    /// `Some(t)` while voting is withheld after a restart that lost entries in term `t`
+    /// ([`RestoredState::voting_withheld`]). Every entry this member could have acknowledged
+    /// has a term `<= t`; once the commit index (verified against a leader) points at an
+    /// entry of a term `> t`, whichever leader created that entry held every entry committed
+    /// in earlier terms (leader completeness), below it, so this log holds them too. That
+    /// entry must also be durable here: a plain crash must not lose the prefix again.
+    pub(crate) catch_up: Option<u64>,
 }
 
 impl Raft {
@@ -262,7 +284,8 @@ impl Raft {
     /// Rebuilds a member from its durable state after a restart: the hard state and the
     /// durable log, read through `reader` (terms by binary search over runs, plus the last
     /// entry for its offset). Un-persisted entries are gone, as after a real crash; the
-    /// commit index restarts at the log start and is relearned from the leader.
+    /// commit index restarts at `state.commit_index` (the log start when 0) and is relearned from
+    /// the leader.
     ///
     /// # Errors
     /// [`RestoreError::Config`] if the configuration is invalid, [`RestoreError::Read`] if
@@ -309,6 +332,7 @@ impl Raft {
         };
         let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
         log.set_cache_bytes_max(config.entry_cache_bytes_max);
+        log.commit_index = state.commit_index.clamp(start.index, state.last_index);
         let mut raft = Self {
             rng: SplitMix64::new(config.seed),
             config,
@@ -337,7 +361,13 @@ impl Raft {
             append_wanted: BTreeSet::new(),
             commit_changed: false,
             diagnostics: Diagnostics::default(),
+            catch_up: None,
         };
+        if let Some(lost_term) = state.voting_withheld {
+            if raft.config.voters.len() > 1 {
+                raft.withhold_voting(lost_term);
+            }
+        }
         raft.commit_reported_index = raft.log.commit_index;
         raft.reset_election_timeout();
         Ok(raft)
@@ -363,6 +393,32 @@ impl Raft {
     /// The leader of the current term, if known.
     pub fn leader_id(&self) -> Option<u64> {
         (self.leader_id != 0).then_some(self.leader_id)
+    }
+
+    /// Whether this member withholds its vote and does not campaign, because it restarted
+    /// with entries lost ([`RestoredState::voting_withheld`]) and has not caught up with a
+    /// leader since.
+    pub fn voting_withheld(&self) -> bool {
+        self.catch_up.is_some()
+    }
+
+    /// The term in which this member lost entries while its vote is withheld, for a caller
+    /// that rebuilds the core ([`RestoredState::voting_withheld`]).
+    pub fn voting_withheld_term(&self) -> Option<u64> {
+        self.catch_up
+    }
+
+    /// Withholds the vote after entries of term `lost_term` or earlier were lost, and moves
+    /// past that term: leaders of `lost_term` (which may have counted a lost entry without
+    /// this member's log showing it) are then refused as stale, and the leader that takes
+    /// over creates entries of a later term, which end the catch-up.
+    fn withhold_voting(&mut self, lost_term: u64) {
+        self.catch_up = Some(lost_term);
+        if self.term <= lost_term {
+            self.term = lost_term + 1;
+            self.voted_for = 0;
+            self.hard_state_dirty = true;
+        }
     }
 
     /// The vote cast in the current term, if any.
@@ -525,7 +581,10 @@ impl Raft {
         }
         match self.role {
             Role::Leader => self.maybe_commit(),
-            _ => self.report_durable(),
+            _ => {
+                self.maybe_end_catch_up();
+                self.report_durable();
+            }
         }
     }
 
@@ -725,7 +784,10 @@ impl Raft {
         } else {
             self.voted_for == from || (self.voted_for == 0 && self.leader_id == 0)
         };
-        let granted = can_vote && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        // A member that lost entries it may have acknowledged cannot judge "up to date".
+        let granted = can_vote
+            && !self.voting_withheld()
+            && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if granted && !rv.pre_vote {
             self.voted_for = from;
             self.hard_state_dirty = true;
@@ -839,6 +901,11 @@ impl Raft {
 
     /// Starts a (pre-)election. `transfer` marks a campaign asked for by the old leader.
     pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        if self.voting_withheld() {
+            // Its own log could miss committed entries; it waits for a leader instead.
+            self.election_elapsed_ticks = 0;
+            return;
+        }
         let term = if pre_vote {
             self.become_pre_candidate();
             self.term + 1

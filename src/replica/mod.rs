@@ -12,6 +12,11 @@
 //! 4. start an fsync in a blocking thread if the log has entries that are not durable and no
 //!    fsync is running; its completion is an event of step 1.
 //!
+//! A full disk does not stop the task (see [`Replica::stall`]): the write that failed is
+//! treated like a crash just before it (the core is rebuilt from what the log holds), writes
+//! are refused with `STORAGE_FULL`, and the replica tries again with backoff until space is
+//! freed. Any other storage error stops the task, since the log's state is then unknown.
+//!
 //! It owns the group's high watermark, the produce requests waiting for commit and the fetches
 //! waiting for new records. It does not own placement or topic names (the node does) nor
 //! sockets (the server and the transport do).
@@ -29,7 +34,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::proto::{Entry, RaftMessage};
 use crate::raft::{self, ProposeError, Raft, Ready, RestoredState, Role};
-use crate::storage::{Log, LogConfig, StorageError, SyncDone};
+use crate::storage::{Log, LogConfig, RecoveryReport, StorageError, SyncDone, TailState};
 
 pub use reader::StorageReader;
 
@@ -215,7 +220,7 @@ impl ReplicaError {
 
     fn from_storage(error: &StorageError) -> Self {
         match error {
-            StorageError::StorageFull { .. } => ReplicaError::StorageFull(error.to_string()),
+            full if full.is_full() => ReplicaError::StorageFull(full.to_string()),
             other => ReplicaError::Storage(other.to_string()),
         }
     }
@@ -270,6 +275,8 @@ pub struct ReplicaStatus {
     pub follower_match: Vec<(u64, u64)>,
     /// Set when the replica stopped on a storage error; it no longer serves or votes.
     pub failed: Option<String>,
+    /// Set while the disk is full: the replica refuses writes and retries with backoff.
+    pub storage_full: Option<String>,
 }
 
 type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;
@@ -452,6 +459,20 @@ struct PendingProposal<O> {
     duplicate: bool,
 }
 
+/// First wait of a replica stalled on a full disk before it tries to write again.
+const STALL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts: freed space is used within a couple of seconds, and a
+/// disk that stays full costs one failed write (and one rebuild of the core) per attempt.
+const STALL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A replica waiting for disk space (see [`Replica::stall`]).
+struct Stall {
+    /// When to try writing again.
+    retry_at: tokio::time::Instant,
+    /// The error that stalled it, for clients and `/ready`.
+    reason: String,
+}
+
 /// A fetch parked at the high watermark until new records commit.
 struct ParkedFetch {
     offset: u64,
@@ -484,6 +505,12 @@ pub struct Replica<S: StateMachine> {
     producers: ProducerTable,
     /// This group's metric handles (see [`crate::metrics`]).
     metrics: std::sync::Arc<crate::metrics::GroupMetrics>,
+    /// Set while the disk is full: the core is neither ticked nor stepped until `retry_at`.
+    stall: Option<Stall>,
+    /// Wait before the next retry; doubles per failed attempt, reset by a successful append.
+    stall_backoff: Duration,
+    /// The [`VOTING_WITHHELD_FILE`] marker exists in the group's directory.
+    voting_marker: bool,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -499,13 +526,18 @@ impl<S: StateMachine> Replica<S> {
         machine: S,
         sink: std::sync::Arc<dyn MessageSink>,
     ) -> Result<ReplicaHandle<S::Output>, ReplicaError> {
-        let (mut log, _report) =
+        let (mut log, report) =
             tokio::task::block_in_place(|| Log::open(&config.dir, config.log.clone()))
                 .map_err(|e| ReplicaError::from_storage(&e))?;
         // Entries that survived a crash of the process but were never fsynced are made
         // durable now, before the core treats them as its durable log.
         tokio::task::block_in_place(|| log.sync()).map_err(|e| ReplicaError::from_storage(&e))?;
-        let restored = restored_state(&log);
+        let voting_withheld = tokio::task::block_in_place(|| withhold_voting(&log, &report))
+            .map_err(|e| ReplicaError::from_storage(&e))?;
+        let restored = RestoredState {
+            voting_withheld,
+            ..restored_state(&log)
+        };
         let raft = Raft::restore(config.raft.clone(), restored, &StorageReader::new(&log))
             .map_err(|e| ReplicaError::Storage(format!("invalid raft configuration: {e}")))?;
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
@@ -530,6 +562,9 @@ impl<S: StateMachine> Replica<S> {
             stopping_deadline: None,
             producers: ProducerTable::new(),
             metrics,
+            stall: None,
+            stall_backoff: Duration::ZERO,
+            voting_marker: voting_withheld.is_some(),
         };
         replica
             .rebuild_producers()
@@ -561,10 +596,16 @@ impl<S: StateMachine> Replica<S> {
                     }
                     Ok(())
                 }
-                _ = ticker.tick() => { self.raft.tick(); Ok(()) }
+                _ = ticker.tick() => { self.on_tick(); Ok(()) }
                 _ = retention.tick() => self.apply_retention(),
             };
             let outcome = outcome.and_then(|()| self.handle_ready());
+            let outcome = match outcome {
+                // A snapshot install that ran out of room after removing the old segments
+                // leaves no active segment: only reopening the log repairs that.
+                Err(error) if error.is_full() && self.log.segment_count() > 0 => self.stall(error),
+                other => other,
+            };
             if let Err(error) = outcome {
                 self.fail(error);
                 break;
@@ -585,11 +626,36 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    fn on_tick(&mut self) {
+        if let Some(stall) = &self.stall {
+            if tokio::time::Instant::now() < stall.retry_at {
+                return;
+            }
+            tracing::info!(
+                group = self.config.raft.group_id,
+                "retrying writes after a full disk"
+            );
+            self.stall = None;
+        }
+        self.raft.tick();
+    }
+
+    /// Handles one event. A stalled replica (full disk) serves fetches of committed records
+    /// and stop requests only: proposals are refused with `STORAGE_FULL`, and peer messages
+    /// are dropped unanswered (to the leader it looks slow; Raft retransmits once it answers
+    /// again), so the core is not driven into writes that cannot succeed.
     fn on_event(&mut self, event: Event<S::Output>) {
+        let stalled = self.stall.as_ref().map(|stall| stall.reason.clone());
         match event {
             Event::Message(message) => {
                 self.metrics.received(&message);
-                self.raft.step(message);
+                if stalled.is_none() {
+                    self.raft.step(message);
+                }
+            }
+            Event::Propose { reply, .. } if stalled.is_some() => {
+                let reason = stalled.unwrap_or_default();
+                let _ = reply.send(Err(ReplicaError::StorageFull(reason)));
             }
             Event::Propose {
                 payload,
@@ -602,6 +668,7 @@ impl<S: StateMachine> Replica<S> {
                 bytes_max,
                 reply,
             } => self.on_fetch(offset, bytes_max, reply),
+            Event::TransferLeader { .. } | Event::Campaign if stalled.is_some() => {}
             Event::TransferLeader { to } => {
                 let _ = self.raft.transfer_leader(to);
             }
@@ -763,6 +830,11 @@ impl<S: StateMachine> Replica<S> {
             return Ok(());
         }
         self.write_log(&ready)?;
+        self.maybe_restore_voting()?;
+        if !ready.entries.is_empty() {
+            // Writes work again: the next full disk starts over with a short backoff.
+            self.stall_backoff = Duration::ZERO;
+        }
         self.metrics.node().messages_sent(&ready.messages);
         for message in ready.messages {
             self.sink.send(message);
@@ -770,6 +842,21 @@ impl<S: StateMachine> Replica<S> {
         self.answer_leader_acks();
         if ready.commit_index.is_some() {
             self.on_commit()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the voting-withheld marker once the core has caught up with a leader. Runs
+    /// after the Ready's hard state is durable and before its messages (votes) leave.
+    fn maybe_restore_voting(&mut self) -> Result<(), StorageError> {
+        if self.voting_marker && !self.raft.voting_withheld() {
+            let marker = self.log.dir().join(VOTING_WITHHELD_FILE);
+            tokio::task::block_in_place(|| crate::storage::remove_file_durably(&marker))?;
+            self.voting_marker = false;
+            tracing::info!(
+                group = self.config.raft.group_id,
+                "caught up with a leader after lost entries: voting again"
+            );
         }
         Ok(())
     }
@@ -1022,6 +1109,7 @@ impl<S: StateMachine> Replica<S> {
             segment_count: self.log.segment_count() as u64,
             follower_match,
             failed: None,
+            storage_full: self.stall.as_ref().map(|stall| stall.reason.clone()),
         };
         self.metrics.status(&self.status.borrow(), &status);
         self.status.send_if_modified(|current| {
@@ -1029,6 +1117,63 @@ impl<S: StateMachine> Replica<S> {
             *current = status;
             changed
         });
+    }
+
+    /// Pauses writing after a full disk, without stopping: the task keeps serving committed
+    /// reads and tries again after a backoff (doubling up to [`STALL_BACKOFF_MAX`]).
+    ///
+    /// A failed write is treated like a crash just before it. The Ready whose write failed
+    /// sent none of its messages (they leave only after the write), so nothing beyond what
+    /// the log holds was revealed: no vote, no term, no entry. The core, though, already
+    /// believes it holds those entries and that hard state, so it is rebuilt from the log
+    /// exactly as after a restart ([`Raft::restore`]), keeping the commit index this replica
+    /// has already acted on. A leader thereby steps down (it restarts as a follower), and
+    /// the others elect a leader that can write. Entries that reached the log are synced
+    /// first, so the rebuilt core may count them as durable; proposals whose entries did not
+    /// reach it were never sent anywhere and are answered `STORAGE_FULL`.
+    ///
+    /// # Errors
+    /// A storage error while syncing or reading the log back: the replica then stops.
+    fn stall(&mut self, error: StorageError) -> Result<(), StorageError> {
+        self.stall_backoff = (self.stall_backoff * 2).clamp(STALL_BACKOFF_MIN, STALL_BACKOFF_MAX);
+        tracing::warn!(
+            group = self.config.raft.group_id,
+            %error,
+            retry_ms = self.stall_backoff.as_millis() as u64,
+            "disk full: refusing writes until space is freed"
+        );
+        tokio::task::block_in_place(|| self.log.sync())?;
+        let restored = RestoredState {
+            commit_index: self.committed_index,
+            voting_withheld: self.raft.voting_withheld_term(),
+            ..restored_state(&self.log)
+        };
+        let reader = StorageReader::new(&self.log);
+        self.raft = Raft::restore(self.config.raft.clone(), restored, &reader).map_err(|e| {
+            StorageError::Corrupt {
+                path: self.log.dir().to_path_buf(),
+                position: 0,
+                reason: format!("cannot rebuild the raft core from the log: {e}"),
+            }
+        })?;
+        let last_index = self.log.last_index();
+        let refusal = ReplicaError::from_storage(&error);
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for mut pending in self.pending.drain(..) {
+            if pending.index <= last_index {
+                kept.push_back(pending);
+            } else if let Some(reply) = pending.reply.take() {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+        }
+        self.pending = kept;
+        // The table recorded proposals at propose time; it must describe the log again.
+        self.rebuild_producers()?;
+        self.stall = Some(Stall {
+            retry_at: tokio::time::Instant::now() + self.stall_backoff,
+            reason: error.to_string(),
+        });
+        Ok(())
     }
 
     /// Stops serving after a storage error: after a failed write or fsync the log's state on
@@ -1054,12 +1199,53 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
+/// Marker file in a group's directory: recovery dropped entries that may have been
+/// acknowledged, and the replica has not caught up with a leader since. Storage writes it
+/// (holding the term of the loss) before repairing the log; it outlives restarts (the
+/// repaired log no longer shows the loss) and the driver removes it once voting is safe.
+pub const VOTING_WITHHELD_FILE: &str = crate::storage::recovery::LOST_ENTRIES_FILE;
+
+/// Whether the core must restart with voting withheld ([`RestoredState::voting_withheld`]):
+/// recovery just dropped entries from the middle of the active segment (they may have been
+/// durable and acknowledged to a leader, counting toward a commit), or an earlier such
+/// recovery has not been followed by catching up. Storage has already written the marker in
+/// the first case; it is rewritten here in case it names an older term.
+fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<Option<u64>, StorageError> {
+    let marker = log.dir().join(VOTING_WITHHELD_FILE);
+    let current_term = log.hard_state().current_term;
+    // An unreadable or damaged marker is taken as a loss in the current term: the safe side.
+    let earlier = match std::fs::read_to_string(&marker) {
+        Ok(text) => Some(text.trim().parse::<u64>().unwrap_or(current_term)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(current_term),
+    };
+    let lost = matches!(
+        report.tail,
+        TailState::CorruptMiddle { entries_dropped, .. } if entries_dropped > 0
+    );
+    if !lost {
+        return Ok(earlier);
+    }
+    // Every entry this replica acknowledged carries a term no later than its current one.
+    let lost_term = earlier.unwrap_or(0).max(current_term);
+    tracing::warn!(
+        dir = %log.dir().display(),
+        tail = ?report.tail,
+        lost_term,
+        "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
+    );
+    crate::storage::write_file_durably(&marker, lost_term.to_string().as_bytes())?;
+    Ok(Some(lost_term))
+}
+
 /// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
 /// first index still in the log, as the schema defines it) and its last index.
 fn restored_state(log: &Log) -> RestoredState {
     RestoredState {
         hard_state: *log.hard_state(),
         last_index: log.last_index(),
+        commit_index: 0,
+        voting_withheld: None,
     }
 }
 

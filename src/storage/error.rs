@@ -92,6 +92,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the file system ran out of room (`StorageFull`, or an IO error that is ENOSPC
+    /// or EDQUOT): the operation failed before changing what the log holds, and retrying once
+    /// space is freed can succeed. Every other error leaves the log's state unknown.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StorageError::StorageFull { .. } => true,
+            StorageError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+            _ => false,
+        }
+    }
+
     /// Wraps an IO error with the operation and path, turning "no space left" into
     /// [`StorageError::StorageFull`] when `bytes` were being reserved.
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> StorageError {
@@ -126,6 +142,13 @@ mod tests {
             io::Error::from_raw_os_error(libc::ENOSPC),
         );
         assert!(matches!(error, StorageError::StorageFull { bytes: 10, .. }));
+        assert!(error.is_full());
+        let index_write = StorageError::io(
+            "write index",
+            Path::new("x.index"),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(index_write.is_full());
         let error = StorageError::reserve(
             Path::new("x.log"),
             10,
@@ -138,6 +161,7 @@ mod tests {
                 ..
             }
         ));
+        assert!(!error.is_full());
     }
 
     #[test]

@@ -130,6 +130,32 @@ pub fn store(dir: &Path, state: &HardState) -> Result<(), StorageError> {
     sync_dir(dir)
 }
 
+/// Replaces the small file `path` with `bytes` atomically and durably (temp file, fsync,
+/// rename, fsync of the directory), like the hard state.
+///
+/// # Errors
+/// `Io` or `StorageFull`.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(|e| StorageError::io("create", &temp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StorageError::reserve(&temp, bytes.len() as u64, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io("fsync", &temp, e))?;
+    drop(file);
+    fs::rename(&temp, path).map_err(|e| StorageError::io("rename", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Removes a marker file (if present) and makes its removal durable.
+///
+/// # Errors
+/// `Io`.
+pub fn remove_file_durably(path: &Path) -> Result<(), StorageError> {
+    super::log::remove_if_exists(path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Fsyncs a directory so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)

@@ -45,6 +45,7 @@ pub mod sync;
 mod model_tests;
 
 pub use error::StorageError;
+pub use hard_state::{remove_file_durably, write_file_durably};
 pub use log::Log;
 pub use recovery::{RecoveryReport, TailState};
 pub use sync::{SyncDone, SyncJob};

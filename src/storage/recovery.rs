@@ -26,14 +26,15 @@
 //! | 8 | zeros, no matching `.index` (a crash; preallocated space) | `Zeroed` | nothing to repair | `zeroed_tail` |
 //! | 9 | one partial frame, zeros after it | `Torn` | clear it | `torn_tail` |
 //! | 10 | bytes that are no frame and run past one frame | `Garbage` | clear them | `garbage_tail` |
-//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | keep the prefix, clear the rest, report how many entries were dropped | `crc_mismatch_mid_active_segment` |
+//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | write the [`LOST_ENTRIES_FILE`] marker, keep the prefix, clear the rest, report how many entries were dropped | `crc_mismatch_mid_active_segment` |
 //!
 //! Row 11 keeps the prefix rather than refusing because a power loss during an unsynced
 //! write can persist later pages of a batch and not earlier ones, which looks the same as
 //! media damage. The report says how many entries were dropped: if they had been synced and
-//! acknowledged, this replica no longer holds what it promised, and the replica driver should
-//! treat the report like a partly lost disk (for example, not vote until it has caught up
-//! from a leader). That policy is the driver's, not storage's. After any repair the active
+//! acknowledged, this replica no longer holds what it promised, and the replica driver treats
+//! the report like a partly lost disk: it does not vote until it has caught up from a leader
+//! (`docs/RAFT.md`, "Voting after lost durable entries"). That policy is the driver's, not
+//! storage's. After any repair the active
 //! segment is synced, so what recovery kept is durable.
 
 use std::fs;
@@ -48,6 +49,12 @@ use super::log::{remove_if_exists, Log, MapCache};
 use super::segment::{self, Scan, Segment};
 use super::LogConfig;
 use crate::proto::HardState;
+
+/// Marker file written (durably, holding the hard state's current term in decimal) before
+/// row 11 clears entries that may have been acknowledged, so that a crash right after the
+/// repair cannot hide the loss. Storage never removes it: the replica driver does, once this
+/// replica has caught up again (`docs/RAFT.md`, "Voting after lost durable entries").
+pub const LOST_ENTRIES_FILE: &str = "lost_entries";
 
 /// What recovery found at the end of the active segment (rows 1 and 7 to 11).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +138,8 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport
         let segment = if position + 1 < found.len() {
             open_sealed(path, *first_index, &config, &mut report)?
         } else {
-            let (segment, tail) = open_active(path, *first_index, &config)?;
+            let (segment, tail) =
+                open_active(path, *first_index, &config, hard_state.current_term)?;
             report.tail = tail;
             segment
         };
@@ -400,6 +408,7 @@ fn open_active(
     path: &Path,
     first_index: u64,
     config: &LogConfig,
+    current_term: u64,
 ) -> Result<(Segment, TailState), StorageError> {
     let file = segment::open_file(path)?;
     let length = file
@@ -437,12 +446,28 @@ fn open_active(
         }
         TailState::Zeroed => TailState::Zeroed,
         damaged => {
+            if matches!(damaged, TailState::CorruptMiddle { .. }) {
+                mark_lost_entries(path, current_term)?;
+            }
             segment.clear(segment.index.end_position, scan.nonzero_end);
             segment.sync()?;
             damaged
         }
     };
     Ok((segment, tail))
+}
+
+/// Writes [`LOST_ENTRIES_FILE`] next to `segment_path` with the later of `current_term` and
+/// the term an earlier marker holds.
+fn mark_lost_entries(segment_path: &Path, current_term: u64) -> Result<(), StorageError> {
+    let dir = segment_path.parent().unwrap_or(Path::new("."));
+    let marker = dir.join(LOST_ENTRIES_FILE);
+    let earlier = fs::read_to_string(&marker)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let term = earlier.max(current_term);
+    hard_state::write_file_durably(&marker, term.to_string().as_bytes())
 }
 
 /// True when the `.index` written by `close` describes exactly what the scan found. An

@@ -61,6 +61,7 @@ impl MemStore {
         RestoredState {
             hard_state: self.hard_state,
             last_index: self.last_index(),
+            ..Default::default()
         }
     }
 
@@ -493,8 +494,28 @@ impl Cluster {
     }
 
     /// Crashes `id` (losing un-fsynced writes and in-flight messages to it) and restarts it
-    /// from its durable state.
+    /// from its durable state. A member whose vote is withheld stays so (the replica driver
+    /// keeps that in a marker file).
     pub fn restart(&mut self, id: u64) {
+        let withheld = self.nodes[&id].raft.voting_withheld_term();
+        self.restart_with(id, withheld);
+    }
+
+    /// Restarts `id` like [`Cluster::restart`], but its durable log ends after `last_index`
+    /// (recovery dropped damaged entries it had acknowledged) and, as the replica driver then
+    /// does, it restarts with voting withheld.
+    pub fn restart_losing(&mut self, id: u64, last_index: u64) {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.store.crash();
+        let keep = last_index.saturating_sub(node.store.start.index) as usize;
+        node.store.entries.truncate(keep);
+        node.store.durable_index = node.store.durable_index.min(last_index);
+        let lost_term = node.store.hard_state.current_term;
+        let withheld = node.raft.voting_withheld_term().unwrap_or(0).max(lost_term);
+        self.restart_with(id, Some(withheld));
+    }
+
+    fn restart_with(&mut self, id: u64, voting_withheld: Option<u64>) {
         let node = self.nodes.get_mut(&id).expect("node exists");
         if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
             eprintln!(
@@ -506,7 +527,10 @@ impl Cluster {
         }
         node.store.crash();
         node.unpersisted.clear();
-        let state = node.store.restored_state();
+        let state = RestoredState {
+            voting_withheld,
+            ..node.store.restored_state()
+        };
         node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
         assert!(
             node.raft.term() >= node.store.hard_state.current_term,
@@ -526,7 +550,12 @@ impl Cluster {
 
     /// Asserts that the highest committed index of every node is durable on a quorum: a
     /// committed entry must survive any minority of crashes.
+    /// A member restarted by `restart_losing` lost durable copies: until it has caught up
+    /// (voting no longer withheld), an entry may be durable on fewer than a quorum.
     pub fn check_committed_on_quorum(&self) {
+        if self.nodes.values().any(|n| n.raft.voting_withheld()) {
+            return;
+        }
         let quorum = self.nodes.len() / 2 + 1;
         for node in self.nodes.values() {
             let index = node.commit_index;

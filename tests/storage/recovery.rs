@@ -173,6 +173,10 @@ fn crc_mismatch_mid_active_segment() {
         }
     );
     assert_entries(&all(&log), &written[..16]);
+    let marker = dir
+        .path()
+        .join(raftlog::storage::recovery::LOST_ENTRIES_FILE);
+    assert!(marker.exists(), "the loss is recorded before the repair");
 }
 
 const FRAME_BYTES_HEADER: u64 = FRAME_HEADER_BYTES as u64;

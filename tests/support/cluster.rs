@@ -290,6 +290,11 @@ impl ProcessCluster {
         assert_eq!(result, 0, "signal {signal} to node {id} (pid {pid})");
     }
 
+    /// Node `id`'s metrics listener (`/metrics`, `/health`, `/ready`).
+    pub fn metrics_address(&self, id: u64) -> SocketAddr {
+        self.metrics[id as usize - 1]
+    }
+
     /// Client addresses as strings, node 1 first.
     pub fn addresses(&self) -> Vec<String> {
         self.clients.iter().map(SocketAddr::to_string).collect()

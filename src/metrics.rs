@@ -147,6 +147,7 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_elections_started_total", Counter, PARTITION, "Elections this replica started: term increases while it was a candidate (a pre-vote alone does not count)."),
     metric!("raftlog_term", Gauge, PARTITION, "Current Raft term of this replica."),
     metric!("raftlog_replica_failed", Gauge, PARTITION, "1 if this replica stopped on a storage error and no longer serves or votes."),
+    metric!("raftlog_replica_storage_full", Gauge, PARTITION, "1 while this replica refuses writes because its disk is full (it retries by itself and resumes once space is freed)."),
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
@@ -449,6 +450,7 @@ pub struct GroupMetrics {
     elections_started: Counter,
     term: Gauge,
     failed: Gauge,
+    storage_full: Gauge,
     log_size: Gauge,
     log_segments: Gauge,
     /// Follower lag gauges by peer id; registered when the replica first leads.
@@ -487,6 +489,7 @@ impl GroupMetrics {
             elections_started: counter("raftlog_elections_started_total"),
             term: gauge("raftlog_term"),
             failed: gauge("raftlog_replica_failed"),
+            storage_full: gauge("raftlog_replica_storage_full"),
             log_size: gauge("raftlog_log_size_bytes"),
             log_segments: gauge("raftlog_log_segments"),
             follower_lag: Mutex::new(Vec::new()),
@@ -554,6 +557,11 @@ impl GroupMetrics {
         self.leader_known
             .set(if status.leader_id != 0 { 1.0 } else { 0.0 });
         self.term.set(status.term as f64);
+        self.storage_full.set(if status.storage_full.is_some() {
+            1.0
+        } else {
+            0.0
+        });
         self.commit_index.set(status.commit_index as f64);
         self.high_watermark.set(status.high_watermark as f64);
         self.log_start_offset.set(status.log_start_offset as f64);

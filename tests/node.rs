@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use raftlog::batch::RecordBatchBuilder;
-use raftlog::client::{ClientError, ConnectOptions, Connection};
+use raftlog::client::{ConnectOptions, Connection};
 use raftlog::config::NodeConfig;
 use raftlog::node::{Node, RunningNode};
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
 use tokio::time::{sleep, timeout};
+
+mod support;
+use support::client::to_leader;
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -91,34 +94,6 @@ async fn connect(node: &RunningNode) -> Connection {
     Connection::connect(&node.client_address.to_string(), &options)
         .await
         .unwrap()
-}
-
-/// Sends `body` to each node in turn until one accepts it (following NOT_LEADER).
-async fn to_leader(connections: &[Connection], body: Body) -> Body {
-    timeout(BOUND, async {
-        loop {
-            for connection in connections {
-                match connection.request(body.clone()).await {
-                    Ok(answer) => return answer,
-                    // A node may not have applied a just-created topic yet: try the next.
-                    Err(ClientError::Server(error))
-                        if matches!(
-                            error.code(),
-                            ErrorCode::NotLeader | ErrorCode::UnknownTopic
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(ClientError::Server(error)) => return Body::Error(error),
-                    Err(ClientError::Closed) => continue,
-                    Err(other) => panic!("unexpected error: {other}"),
-                }
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a leader answers within the bound")
 }
 
 fn batch(values: &[&str]) -> bytes::Bytes {

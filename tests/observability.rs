@@ -25,6 +25,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout};
 
+mod support;
+use support::client::to_leader;
+
 /// Longest the whole cluster test may run.
 const TEST_BOUND: Duration = Duration::from_secs(180);
 /// Longest any one request-like step may take.
@@ -522,31 +525,6 @@ fn cluster_configs(dir: &Path) -> Vec<NodeConfig> {
             config
         })
         .collect()
-}
-
-/// Sends `body` to each node in turn until one accepts it (following NOT_LEADER).
-async fn to_leader(connections: &[Connection], body: Body) -> Body {
-    timeout(STEP_BOUND, async {
-        loop {
-            for connection in connections {
-                match connection.request(body.clone()).await {
-                    Ok(answer) => return answer,
-                    // A node that has not applied the new topic yet says so: ask again.
-                    Err(ClientError::Server(error))
-                        if matches!(
-                            error.code(),
-                            ErrorCode::NotLeader | ErrorCode::UnknownTopic
-                        ) => {}
-                    Err(ClientError::Server(error)) => return Body::Error(error),
-                    Err(ClientError::Closed) => {}
-                    Err(other) => panic!("unexpected error: {other}"),
-                }
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a leader answers within the bound")
 }
 
 fn batch(partition: u32, round: u32) -> bytes::Bytes {

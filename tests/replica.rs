@@ -14,6 +14,9 @@ use raftlog::replica::{
 use raftlog::storage::LogConfig;
 use tokio::time::timeout;
 
+mod support;
+use support::cluster::TmpfsMount;
+
 const BOUND: Duration = Duration::from_secs(20);
 
 fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
@@ -346,39 +349,6 @@ async fn follower_replaces_a_stale_entry_when_the_same_append_commits_its_replac
     assert_eq!(&fetched.entries[0].payload[..], b"fresh");
 }
 
-/// A size-limited tmpfs mounted by the test (as root), lazily unmounted on drop so that a
-/// failing test never leaves it behind.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size_bytes: u64) -> Result<SmallFs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let output = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount refused: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(SmallFs { dir })
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// Writes `path` until the file system refuses (bounded); returns the bytes written.
 fn fill(path: &std::path::Path) -> u64 {
     use std::io::Write as _;
@@ -415,7 +385,8 @@ async fn wait_status(
 /// takes writes again as leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_freed() {
-    let fs = match SmallFs::mount(4 << 20) {
+    let mount_point = tempfile::tempdir().unwrap();
+    let fs = match TmpfsMount::mount(mount_point.path(), 4 << 20) {
         Ok(fs) => fs,
         Err(reason) => {
             println!("SKIPPED full-disk replica test: {reason}");
@@ -427,7 +398,7 @@ async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_f
     let sink: Arc<dyn MessageSink> = router.clone();
     let handles: Vec<ReplicaHandle<()>> = (1..=3)
         .map(|id| {
-            let root = if id == 3 { fs.dir.path() } else { dir.path() };
+            let root = if id == 3 { fs.path() } else { dir.path() };
             let mut config = config(root, id, vec![1, 2, 3]);
             config.log.segment_size_bytes = 256 << 10;
             Replica::start(config, LogIsTheState, sink.clone()).unwrap()
@@ -451,7 +422,7 @@ async fn full_disk_refuses_writes_then_the_same_replica_recovers_when_space_is_f
     }
 
     // Fill the disk: the active segment still has room, the next one cannot be reserved.
-    let filler = fs.dir.path().join("filler");
+    let filler = fs.path().join("filler");
     assert!(fill(&filler) > 0);
     let mut refused = None;
     for i in 4..200 {

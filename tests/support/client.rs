@@ -119,3 +119,36 @@ fn classify(error: ErrorMessage) -> Outcome {
         _ => Outcome::Failed(error),
     }
 }
+
+/// How long [`to_leader`] keeps asking.
+pub const TO_LEADER_BOUND: Duration = Duration::from_secs(30);
+
+/// Sends `body` over each connection in turn until a node accepts it (following NOT_LEADER,
+/// and UNKNOWN_TOPIC from a node that has not applied a just-created topic yet); a server
+/// error other than those is returned as `Body::Error`.
+pub async fn to_leader(connections: &[Connection], body: Body) -> Body {
+    timeout(TO_LEADER_BOUND, async {
+        loop {
+            for connection in connections {
+                match connection.request(body.clone()).await {
+                    Ok(answer) => return answer,
+                    // A node may not have applied a just-created topic yet: try the next.
+                    Err(ClientError::Server(error))
+                        if matches!(
+                            error.code(),
+                            ErrorCode::NotLeader | ErrorCode::UnknownTopic
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(ClientError::Server(error)) => return Body::Error(error),
+                    Err(ClientError::Closed) => continue,
+                    Err(other) => panic!("unexpected error: {other}"),
+                }
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a leader answers within the bound")
+}

@@ -293,6 +293,8 @@ enum Event<O> {
     Fetch {
         offset: u64,
         bytes_max: u64,
+        /// Whether a fetch at the high watermark waits for new commits or is answered empty.
+        park: bool,
         reply: FetchReply,
     },
     TransferLeader {
@@ -383,10 +385,16 @@ impl<O: Send + 'static> ReplicaHandle<O> {
             .send(Event::Fetch {
                 offset,
                 bytes_max,
+                park: !wait.is_zero(),
                 reply,
             })
             .await
             .map_err(|_| ReplicaError::Stopped)?;
+        if wait.is_zero() {
+            // The replica answers at once, with data or empty; a zero timeout instead would
+            // answer empty whenever the task is busy for a moment (an inline fsync, say).
+            return answer.await.map_err(|_| ReplicaError::Stopped)?;
+        }
         match tokio::time::timeout(wait, answer).await {
             Ok(answer) => answer.map_err(|_| ReplicaError::Stopped)?,
             // Nothing new within the wait: an empty answer at the current bounds. Dropping
@@ -666,8 +674,9 @@ impl<S: StateMachine> Replica<S> {
             Event::Fetch {
                 offset,
                 bytes_max,
+                park,
                 reply,
-            } => self.on_fetch(offset, bytes_max, reply),
+            } => self.on_fetch(offset, bytes_max, park, reply),
             Event::TransferLeader { .. } | Event::Campaign if stalled.is_some() => {}
             Event::TransferLeader { to } => {
                 let _ = self.raft.transfer_leader(to);
@@ -984,7 +993,7 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    fn on_fetch(&mut self, offset: u64, bytes_max: u64, reply: FetchReply) {
+    fn on_fetch(&mut self, offset: u64, bytes_max: u64, park: bool, reply: FetchReply) {
         let log_start_offset = self.log.start_offset();
         if offset < log_start_offset || offset > self.high_watermark {
             let high_watermark = self.high_watermark;
@@ -992,6 +1001,14 @@ impl<S: StateMachine> Replica<S> {
                 offset,
                 log_start_offset,
                 high_watermark,
+            }));
+            return;
+        }
+        if offset == self.high_watermark && !park {
+            let _ = reply.send(Ok(Fetched {
+                entries: Vec::new(),
+                high_watermark: self.high_watermark,
+                log_start_offset,
             }));
             return;
         }

@@ -15,13 +15,9 @@ use tokio::time::{sleep, timeout};
 
 mod support;
 use support::client::to_leader;
+use support::cluster::free_address;
 
 const BOUND: Duration = Duration::from_secs(30);
-
-fn free_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 /// Configurations of an `nodes`-node cluster on free loopback ports with fast ticks.
 fn cluster_configs(dir: &std::path::Path, nodes: u64) -> Vec<NodeConfig> {

@@ -27,6 +27,7 @@ use tokio::time::{sleep, timeout};
 
 mod support;
 use support::client::to_leader;
+use support::cluster::free_address;
 
 /// Longest the whole cluster test may run.
 const TEST_BOUND: Duration = Duration::from_secs(180);
@@ -504,11 +505,6 @@ fn alerts_cover_what_the_operators_asked_for() {
 // ------------------------------------------------------------------------------------------
 // The cluster
 // ------------------------------------------------------------------------------------------
-
-fn free_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 fn cluster_configs(dir: &Path) -> Vec<NodeConfig> {
     let peers: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect();

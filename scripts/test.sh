@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # System packages some tests use; installed only when missing, so repeat runs stay offline.
 need_packages=()
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+# tests/faults.rs partitions nodes in network namespaces with nftables rules (as root); without
+# `nft` it falls back to its TCP proxy.
+command -v nft >/dev/null 2>&1 || need_packages+=(nftables)
 # Debian's prometheus package brings both `prometheus` and `promtool`, which
 # tests/observability.rs runs against a real cluster (it fails under CI without them).
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_packages+=(prometheus)

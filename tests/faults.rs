@@ -11,6 +11,9 @@
 //!   on failure).
 //! - `RAFTLOG_FAULT_MINUTES=N` turns the bounded CI run into a long run of about N minutes,
 //!   two thirds on three nodes and one third on five.
+//! - `RAFTLOG_FAULT_NETWORK=namespaces|proxy` insists on network namespaces for the partitions,
+//!   or picks the TCP proxy; by default namespaces are used where they can be made (root, `ip`,
+//!   `nft`) and the proxy elsewhere (see `support::netns` and `support::proxy`).
 //!
 //! The fault schedule is a pure function of the seed: kinds, targets (as "the leader of
 //! partition p", "the k-th other node"), hold times and gaps are drawn from their own seeded
@@ -32,7 +35,8 @@ use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
 use raftlog::storage::frame;
 use support::client::{Client, Outcome};
-use support::cluster::{ClusterOptions, ProcessCluster};
+use support::cluster::{ClusterOptions, PeerNetwork, ProcessCluster};
+use support::netns::NamespaceNet;
 use tokio::time::{sleep, timeout};
 
 const TOPIC: &str = "jepsen";
@@ -232,6 +236,8 @@ struct History {
     /// Server behaviour worth a look that is not a checker failure.
     findings: Vec<String>,
     recoveries_ms: Vec<u64>,
+    /// How partitions were made, and why not with namespaces when the proxy stood in.
+    network: String,
 }
 
 impl History {
@@ -579,36 +585,31 @@ async fn inject(
         FaultKind::PartitionHalves => {
             let mut all = others(n + 1, n + 1, fault.pick);
             let minority: Vec<u64> = all.drain(..(n as usize - 1) / 2).collect();
-            let mesh = cluster.mesh().expect("proxied cluster");
             for &a in &minority {
                 for &b in &all {
-                    mesh.block(a, b);
-                    mesh.block(b, a);
+                    cluster.cut(a, b);
                 }
             }
             (Active::Heal, format!("partition {minority:?} | {all:?}"))
         }
         FaultKind::IsolateLeader => {
-            let mesh = cluster.mesh().expect("proxied cluster");
             for &b in &other {
-                mesh.block(leader, b);
-                mesh.block(b, leader);
+                cluster.cut(leader, b);
             }
             (Active::Heal, format!("isolate node {leader}"))
         }
-        FaultKind::Bridge | FaultKind::OneWay => {
+        FaultKind::Bridge => {
             let c = other[0];
-            let mesh = cluster.mesh().expect("proxied cluster");
-            mesh.block(leader, c);
-            if fault.kind == FaultKind::Bridge {
-                mesh.block(c, leader);
-                (
-                    Active::Heal,
-                    format!("bridge: {leader} and {c} cut, both reach the rest"),
-                )
-            } else {
-                (Active::Heal, format!("one-way: {leader} cannot reach {c}"))
-            }
+            cluster.cut(leader, c);
+            (
+                Active::Heal,
+                format!("bridge: {leader} and {c} cut, both reach the rest"),
+            )
+        }
+        FaultKind::OneWay => {
+            let c = other[0];
+            cluster.block(leader, c);
+            (Active::Heal, format!("one-way: {leader} cannot reach {c}"))
         }
         FaultKind::DiskFull => {
             let Some((node, root)) = disk else {
@@ -640,7 +641,7 @@ async fn heal(cluster: &mut ProcessCluster, active: Active) -> Result<Option<Str
     match active {
         Active::Restart(id) => cluster.spawn(id),
         Active::Resume(id) => cluster.resume(id),
-        Active::Heal => cluster.mesh().expect("proxied cluster").heal(),
+        Active::Heal => cluster.heal_network(),
         Active::FreeDisk(node, filler, stopped_before) => {
             let _ = std::fs::remove_file(filler);
             // The node is not restarted: every replica on it must resume by itself once space
@@ -997,6 +998,39 @@ struct Plan {
     budget: Duration,
     /// Pause of each producer between batches: a long run keeps its history small.
     pace_ms: u64,
+    network: NetworkChoice,
+}
+
+/// How a run makes its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetworkChoice {
+    /// Network namespaces where this machine allows them (root, `ip`, `nft`), else the TCP
+    /// proxy; `RAFTLOG_FAULT_NETWORK=namespaces` makes missing namespaces a failure instead,
+    /// `RAFTLOG_FAULT_NETWORK=proxy` picks the proxy.
+    Best,
+    /// The TCP proxy even where namespaces work, so the fallback stays tested.
+    Proxy,
+}
+
+/// The network of a run, and a line for the report saying what it is and why.
+fn choose_network(plan: &Plan) -> (PeerNetwork, String) {
+    let wanted = std::env::var("RAFTLOG_FAULT_NETWORK").unwrap_or_default();
+    if plan.network == NetworkChoice::Proxy || wanted == "proxy" {
+        return (PeerNetwork::Proxy, "TCP proxy (chosen)".into());
+    }
+    match NamespaceNet::create(plan.nodes) {
+        Ok(net) => (
+            PeerNetwork::Namespaces(net),
+            "network namespaces (veth pairs on a bridge, nftables packet drops)".into(),
+        ),
+        Err(why) if wanted == "namespaces" => {
+            panic!("RAFTLOG_FAULT_NETWORK=namespaces but namespaces are unavailable: {why}")
+        }
+        Err(why) => (
+            PeerNetwork::Proxy,
+            format!("TCP proxy (fallback: network namespaces unavailable: {why})"),
+        ),
+    }
 }
 
 /// Both tests start clusters of several processes; on two cores they run one at a time.
@@ -1034,26 +1068,43 @@ fn long_run_minutes() -> Option<f64> {
 
 fn run(plan: Plan) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (network, network_note) = choose_network(&plan);
     show(&format!(
-        "fault run on {} nodes, seed {} (reproduce with RAFTLOG_FAULT_SEED={})",
+        "fault run on {} nodes, seed {} (reproduce with RAFTLOG_FAULT_SEED={}), partitions: {network_note}",
         plan.nodes, plan.seed, plan.seed
     ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    // The run gets a thread of its own: with namespaces it joins the hub first, so the
+    // runtime's workers, spawned from it, inherit the hub and every client connection of the
+    // run comes from there. The test thread itself stays where it was.
+    let runner = std::thread::Builder::new()
+        .name(format!("faults-{}n", plan.nodes))
+        .spawn(move || {
+            if let PeerNetwork::Namespaces(net) = &network {
+                net.enter_hub()
+                    .expect("the run's thread joins the hub namespace");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(scenario(plan, network, network_note));
+        })
         .unwrap();
-    runtime.block_on(scenario(plan));
+    if let Err(panic) = runner.join() {
+        std::panic::resume_unwind(panic);
+    }
 }
 
-async fn scenario(plan: Plan) {
+async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
     let started = Instant::now();
     let history: Shared = Arc::default();
-    history
-        .lock()
-        .unwrap()
-        .note(format!("seed {} nodes {}", plan.seed, plan.nodes));
-    let (mut cluster, disk) = start_cluster(&plan, &history).await;
+    {
+        let mut h = history.lock().unwrap();
+        h.note(format!("seed {} nodes {}", plan.seed, plan.nodes));
+        h.network = network_note;
+    }
+    let (mut cluster, disk) = start_cluster(&plan, &history, network).await;
     let mut client = Client::new(cluster.addresses());
     let mut probe = Probe::new(cluster.addresses());
     probe
@@ -1104,10 +1155,14 @@ async fn scenario(plan: Plan) {
 
 /// Starts the nodes (the last one on a tmpfs when the plan has the disk-full fault) and
 /// creates the topic; returns the cluster and, when mounted, the full-able node and its mount.
-async fn start_cluster(plan: &Plan, history: &Shared) -> (ProcessCluster, Option<(u64, PathBuf)>) {
+async fn start_cluster(
+    plan: &Plan,
+    history: &Shared,
+    network: PeerNetwork,
+) -> (ProcessCluster, Option<(u64, PathBuf)>) {
     let mut cluster = ProcessCluster::prepare(ClusterOptions {
         nodes: plan.nodes,
-        proxied: true,
+        network,
         extra_config: NODE_CONFIG.into(),
     });
     let mut disk = None;
@@ -1236,6 +1291,15 @@ impl FaultRun<'_> {
             .note(format!("fault {number} {kind:?}: {what}"));
         eprintln!("fault {number} {kind:?} for {} ms: {what}", fault.hold_ms);
         sleep(Duration::from_millis(fault.hold_ms)).await;
+        if matches!(active, Active::Heal) {
+            // Shows in the timeline that the partition bit: a cut-off leader is replaced.
+            let partition = fault.partition;
+            let leader = leader_of(self.cluster, self.client, partition).await;
+            let leader = leader.map_or("none".into(), |id| format!("node {id}"));
+            self.history.lock().unwrap().note(format!(
+                "fault {number} still held: partition {partition} led by {leader}"
+            ));
+        }
         let counted = !matches!(active, Active::Nothing);
         let healed = heal(self.cluster, active).await;
         let healed =
@@ -1298,8 +1362,13 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
         verdict.reordered,
     );
     let report = report(plan, history, &outcome, &summary);
-    let report_path =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}n-report.txt", plan.nodes));
+    let variant = if plan.network == NetworkChoice::Proxy {
+        "-proxy"
+    } else {
+        ""
+    };
+    let report_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("faults-{}n{variant}-report.txt", plan.nodes));
     std::fs::write(&report_path, &report).unwrap();
     show(&format!("{summary}\nreport: {}", report_path.display()));
     let missing: Vec<String> = plan
@@ -1388,6 +1457,7 @@ fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) ->
         plan.nodes, plan.seed, plan.seed
     );
     let _ = writeln!(out, "duration {:.1} s", elapsed.as_secs_f64());
+    let _ = writeln!(out, "partitions made with: {}", history.network);
     let _ = writeln!(
         out,
         "sent {}, acknowledged {}, indeterminate {}, resent after an indeterminate attempt {} \
@@ -1462,6 +1532,7 @@ fn three_nodes_lose_nothing_under_every_fault_kind() {
         faults_max,
         budget,
         pace_ms: pace_ms(),
+        network: NetworkChoice::Best,
     });
 }
 
@@ -1480,5 +1551,150 @@ fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
         faults_max,
         budget,
         pace_ms: pace_ms(),
+        network: NetworkChoice::Best,
     });
+}
+
+/// The TCP proxy that stands in where network namespaces cannot be made: a short run of the
+/// partition kinds only, so the fallback is known to work wherever the main runs use
+/// namespaces.
+#[test]
+fn three_nodes_lose_nothing_under_partitions_through_the_proxy_fallback() {
+    let kinds = vec![
+        FaultKind::PartitionHalves,
+        FaultKind::IsolateLeader,
+        FaultKind::Bridge,
+        FaultKind::OneWay,
+    ];
+    run(Plan {
+        nodes: 3,
+        seed: base_seed(),
+        faults_max: kinds.len(),
+        kinds,
+        budget: Duration::from_secs(30),
+        pace_ms: pace_ms(),
+        network: NetworkChoice::Proxy,
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The partitions themselves.
+// ---------------------------------------------------------------------------------------------
+
+/// Port of the echo listeners in [`namespace_partitions_drop_exactly_what_they_claim`].
+const ECHO_PORT: u16 = 9401;
+
+/// Runs `work` on a fresh thread inside node `id`'s namespace (sockets it makes stay there).
+fn in_node<T: Send + 'static>(
+    net: &Arc<NamespaceNet>,
+    id: u64,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let net = net.clone();
+    std::thread::spawn(move || {
+        net.enter_node(id).expect("join the node's namespace");
+        work()
+    })
+    .join()
+    .expect("thread in the node's namespace")
+}
+
+/// Connects from node `from`'s namespace to node `to`'s echo listener and checks one round
+/// trip; Err says what failed.
+fn echo(net: &Arc<NamespaceNet>, from: u64, to: u64) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let target = net.node_address(to, ECHO_PORT);
+    in_node(net, from, move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(700))
+            .map_err(|e| format!("connect {from} → {to}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        stream.write_all(b"ping").map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 4];
+        stream
+            .read_exact(&mut answer)
+            .map_err(|e| format!("echo {from} → {to}: {e}"))?;
+        Ok(())
+    })
+}
+
+/// The namespaces' cut, one-way block and heal drop exactly the traffic they claim to, at the
+/// packet level: a partition that dropped nothing would make every partition fault of the
+/// fault runs a no-op without failing them.
+#[test]
+fn namespace_partitions_drop_exactly_what_they_claim() {
+    let net = match NamespaceNet::create(3) {
+        Ok(net) => Arc::new(net),
+        Err(why) => {
+            show(&format!("skipped: network namespaces unavailable: {why}"));
+            return;
+        }
+    };
+    /// Stops the listeners however the test ends, so their namespaces are deleted.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_listeners = Stop(stop.clone());
+    let mut listeners = Vec::new();
+    for id in 1..=3 {
+        let (net, stop) = (net.clone(), stop.clone());
+        let (bound, is_bound) = std::sync::mpsc::channel();
+        listeners.push(std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            net.enter_node(id).expect("join the node's namespace");
+            let listener = std::net::TcpListener::bind(net.node_address(id, ECHO_PORT)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            bound.send(()).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut bytes = [0u8; 4];
+                            while stream.read_exact(&mut bytes).is_ok() {
+                                let _ = stream.write_all(&bytes);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        is_bound.recv().unwrap();
+    }
+    let all_pairs = |net: &Arc<NamespaceNet>| {
+        for (a, b) in [(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)] {
+            echo(net, a, b).unwrap_or_else(|why| panic!("healed network: {why}"));
+        }
+    };
+    all_pairs(&net);
+
+    net.cut(1, 2).unwrap();
+    assert!(echo(&net, 1, 2).is_err(), "1 reached 2 across a cut");
+    assert!(echo(&net, 2, 1).is_err(), "2 reached 1 across a cut");
+    echo(&net, 1, 3).expect("a cut between 1 and 2 leaves 1 ↔ 3");
+    echo(&net, 3, 2).expect("a cut between 1 and 2 leaves 3 ↔ 2");
+    net.heal().unwrap();
+    all_pairs(&net);
+
+    net.block(1, 3, ECHO_PORT).unwrap();
+    assert!(
+        echo(&net, 1, 3).is_err(),
+        "1 reached 3's peer port through a one-way block"
+    );
+    echo(&net, 3, 1).expect("a one-way block from 1 to 3 leaves 3 → 1 (answers included)");
+    echo(&net, 1, 2).expect("a one-way block from 1 to 3 leaves 1 → 2");
+    echo(&net, 2, 3).expect("a one-way block from 1 to 3 leaves 2 → 3");
+    net.heal().unwrap();
+    all_pairs(&net);
+
+    drop(_stop_listeners);
+    for listener in listeners {
+        listener.join().unwrap();
+    }
 }

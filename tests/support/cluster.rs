@@ -1,6 +1,7 @@
-//! A cluster of real `raftlog serve` processes on loopback, each with its own data directory
-//! and configuration file, optionally wired through a [`ProxyMesh`]. Processes are only ever
-//! signalled by the PIDs this harness started; dropping the cluster kills them all.
+//! A cluster of real `raftlog serve` processes, each with its own data directory and
+//! configuration file: on loopback, on loopback with peer traffic through a [`ProxyMesh`], or
+//! each in its own network namespace ([`NamespaceNet`]). Processes are only ever signalled by
+//! the PIDs this harness started; dropping the cluster kills them all.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 
+use super::netns::NamespaceNet;
 use super::proxy::ProxyMesh;
 
 /// Ports handed out by [`free_address`] in this process, never handed out twice.
@@ -42,13 +44,28 @@ pub fn free_address() -> SocketAddr {
     panic!("no free port in [{LOW}, {})", LOW + SPAN);
 }
 
+/// How the nodes reach each other, and so how partitions are made.
+#[derive(Default)]
+pub enum PeerNetwork {
+    /// Directly on loopback; no partitions.
+    #[default]
+    Direct,
+    /// On loopback through a fault-injecting TCP proxy per link (needs a tokio runtime).
+    Proxy,
+    /// Each node in its own network namespace; partitions are packet drops.
+    Namespaces(NamespaceNet),
+}
+
+/// Ports every node uses inside its own namespace (the address tells the nodes apart).
+const NAMESPACE_PORTS: (u16, u16, u16) = (9400, 9401, 9402);
+
 /// How to start a cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct ClusterOptions {
     /// Number of nodes.
     pub nodes: u64,
-    /// Route peer traffic through a fault-injecting proxy mesh (needs a tokio runtime).
-    pub proxied: bool,
+    /// How peer traffic flows.
+    pub network: PeerNetwork,
     /// TOML appended to every node's configuration file (`[raft]`, `[storage]` sections…).
     pub extra_config: String,
 }
@@ -102,6 +119,7 @@ pub struct ProcessCluster {
     peers: Vec<SocketAddr>,
     metrics: Vec<SocketAddr>,
     mesh: Option<ProxyMesh>,
+    namespaces: Option<NamespaceNet>,
     extra_config: String,
     children: HashMap<u64, Child>,
     paused: HashSet<u64>,
@@ -130,14 +148,27 @@ impl ProcessCluster {
     /// Allocates addresses (and the proxy mesh) without starting any node, so that a test can
     /// place a node's data directory first ([`ProcessCluster::use_data_dir`]).
     pub fn prepare(options: ClusterOptions) -> ProcessCluster {
-        let peers: Vec<SocketAddr> = (0..options.nodes).map(|_| free_address()).collect();
-        let mesh = options.proxied.then(|| ProxyMesh::start(&peers));
+        let ids = 1..=options.nodes;
+        let (clients, peers, metrics, mesh, namespaces) = match options.network {
+            PeerNetwork::Namespaces(net) => {
+                let (client, peer, metrics) = NAMESPACE_PORTS;
+                let at = |port| ids.clone().map(|id| net.node_address(id, port)).collect();
+                (at(client), at(peer), at(metrics), None, Some(net))
+            }
+            network => {
+                let free = || ids.clone().map(|_| free_address()).collect::<Vec<_>>();
+                let peers = free();
+                let mesh = matches!(network, PeerNetwork::Proxy).then(|| ProxyMesh::start(&peers));
+                (free(), peers, free(), mesh, None)
+            }
+        };
         ProcessCluster {
             dir: Some(tempfile::tempdir().unwrap()),
-            clients: (0..options.nodes).map(|_| free_address()).collect(),
-            metrics: (0..options.nodes).map(|_| free_address()).collect(),
+            clients,
+            metrics,
             peers,
             mesh,
+            namespaces,
             extra_config: options.extra_config,
             children: HashMap::new(),
             paused: HashSet::new(),
@@ -187,9 +218,63 @@ impl ProcessCluster {
         Ok(mount_root(&data_dir))
     }
 
-    /// The proxy mesh, when the cluster was started with one.
-    pub fn mesh(&self) -> Option<&ProxyMesh> {
-        self.mesh.as_ref()
+    /// How partitions are made in this cluster, for reports.
+    pub fn network_name(&self) -> &'static str {
+        match (&self.mesh, &self.namespaces) {
+            (_, Some(_)) => "network namespaces (veth pairs on a bridge, nftables drops)",
+            (Some(_), None) => "fault-injecting TCP proxy on loopback",
+            (None, None) => "direct loopback (no partitions)",
+        }
+    }
+
+    /// Cuts the link between nodes `a` and `b` in both directions.
+    ///
+    /// # Panics
+    /// On a cluster without partitions, or when the rule cannot be installed.
+    pub fn cut(&self, a: u64, b: u64) {
+        if let Some(net) = &self.namespaces {
+            net.cut(a, b).expect("partition rule installed");
+        } else {
+            let mesh = self
+                .mesh
+                .as_ref()
+                .expect("a cluster that can be partitioned");
+            mesh.block(a, b);
+            mesh.block(b, a);
+        }
+    }
+
+    /// Loses what node `from` sends to node `to`; `to` still reaches `from`.
+    ///
+    /// # Panics
+    /// On a cluster without partitions, or when the rule cannot be installed.
+    pub fn block(&self, from: u64, to: u64) {
+        if let Some(net) = &self.namespaces {
+            let peer_port = self.peers[to as usize - 1].port();
+            net.block(from, to, peer_port)
+                .expect("partition rule installed");
+        } else {
+            let mesh = self
+                .mesh
+                .as_ref()
+                .expect("a cluster that can be partitioned");
+            mesh.block(from, to);
+        }
+    }
+
+    /// Removes every partition.
+    ///
+    /// # Panics
+    /// On a cluster without partitions, or when a rule cannot be removed.
+    pub fn heal_network(&self) {
+        if let Some(net) = &self.namespaces {
+            net.heal().expect("partition rules removed");
+        } else {
+            self.mesh
+                .as_ref()
+                .expect("a cluster that can be partitioned")
+                .heal();
+        }
     }
 
     /// Starts (or restarts) node `id`.
@@ -202,7 +287,12 @@ impl ProcessCluster {
             .append(true)
             .open(self.dir().join(format!("node-{id}.log")))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftlog"))
+        let program = env!("CARGO_BIN_EXE_raftlog");
+        let mut command = match &self.namespaces {
+            Some(net) => net.node_command(id, program),
+            None => Command::new(program),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -323,5 +413,7 @@ impl Drop for ProcessCluster {
         // points is removed.
         self.mounts.clear();
         self.mesh = None;
+        // Only now that no process lives in them can the namespaces go.
+        self.namespaces = None;
     }
 }

@@ -1,7 +1,7 @@
-//! Shared harness of the black-box cluster tests: real `raftlog serve` processes on loopback
-//! ([`cluster`]), a fault-injecting TCP proxy between them ([`proxy`]), a frame-aware
-//! proxy that cuts client connections around produce requests ([`client_proxy`]), and a
-//! small reconnecting client ([`client`]).
+//! Shared harness of the black-box cluster tests: real `raftlog serve` processes ([`cluster`])
+//! on loopback or in network namespaces made by the test ([`netns`]), a fault-injecting TCP
+//! proxy between them ([`proxy`]), a frame-aware proxy that cuts client connections around
+//! produce requests ([`client_proxy`]), and a small reconnecting client ([`client`]).
 //!
 //! Each test binary that uses it declares `mod support;` and uses only part of it, hence the
 //! `dead_code` allowance.
@@ -10,4 +10,5 @@
 pub mod client;
 pub mod client_proxy;
 pub mod cluster;
+pub mod netns;
 pub mod proxy;

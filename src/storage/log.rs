@@ -38,7 +38,7 @@ use memmap2::MmapRaw;
 
 use super::error::StorageError;
 use super::frame::{self, FrameHeader};
-use super::hard_state;
+use super::hard_state::{self, HardStateFile};
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
 use super::sync::{SyncDone, SyncJob};
@@ -62,6 +62,8 @@ pub struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
     pub(crate) hard_state: HardState,
+    /// Where `hard_state` is persisted; updated in place, so it works on a full disk.
+    pub(crate) hard_state_file: HardStateFile,
     pub(crate) segments: Vec<Segment>,
     pub(crate) maps: Mutex<MapCache>,
     pub(crate) durable_index: u64,
@@ -144,10 +146,11 @@ impl Log {
         &self.hard_state
     }
 
-    /// Persists a new term and vote atomically and durably before returning.
+    /// Persists a new term and vote atomically and durably before returning. It needs no
+    /// free space (see [`hard_state`]).
     ///
     /// # Errors
-    /// `StorageFull` or `Io`; the in-memory state is unchanged on error.
+    /// `Io`; the in-memory state is unchanged on error.
     pub fn set_hard_state(
         &mut self,
         current_term: u64,
@@ -158,7 +161,12 @@ impl Log {
             voted_for,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
+        self.store_hard_state(next)
+    }
+
+    /// Persists `next` as the hard state, then adopts it (unchanged on error).
+    fn store_hard_state(&mut self, next: HardState) -> Result<(), StorageError> {
+        self.hard_state_file.write(&next)?;
         self.hard_state = next;
         Ok(())
     }
@@ -800,11 +808,15 @@ impl Log {
             log_start_offset: first_kept.first_offset,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
-        self.hard_state = next;
-        let removed: Vec<Segment> = self.segments.drain(..count).collect();
-        for segment in &removed {
-            self.remove_segment_files(segment)?;
+        // The hard state is written in place, so this works on a completely full disk, where
+        // retention is what frees space.
+        self.store_hard_state(next)?;
+        for _ in 0..count {
+            // One at a time, so that after an error the segments still listed are exactly
+            // the ones still on disk (recovery would delete the rest too: they are before
+            // the log start now).
+            self.remove_segment_files(&self.segments[0])?;
+            self.segments.remove(0);
         }
         hard_state::sync_dir(&self.dir)?;
         Ok(start_index)
@@ -858,8 +870,7 @@ impl Log {
             log_start_offset: next_offset,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
-        self.hard_state = next;
+        self.store_hard_state(next)?;
         let path = self.dir.join(segment::segment_file_name(index + 1));
         fs::rename(&segment.path, &path)
             .map_err(|e| StorageError::io("rename snapshot segment", &path, e))?;

@@ -617,6 +617,12 @@ impl Log {
     /// returns: later segments are deleted, the rest of the cut segment is cleared and
     /// synced. `durable_index` becomes `from_index - 1`.
     ///
+    /// On error the log is consistent and matches the disk, with the cut partly done: the
+    /// segments after the one holding `from_index` may be gone (newest first, so the files
+    /// left are always a contiguous log), and `durable_index` is at most `from_index - 1`.
+    /// Calling it again (after freeing space) finishes the cut; appending continues
+    /// whatever the log then holds.
+    ///
     /// # Errors
     /// `Io`, or `StorageFull` when a segment a reader still holds must be copied.
     ///
@@ -641,11 +647,17 @@ impl Log {
             return Ok(());
         }
         self.epoch += 1;
+        // Lowered first so that it holds at every error exit below: what stays before
+        // `from_index` was durable already, and nothing at or after it is claimed.
+        self.durable_index = self.durable_index.min(from_index - 1);
         let mut removed = false;
         while self.active().index.first_index > from_index {
-            let segment = self.segments.pop().expect("more than one segment");
-            self.remove_segment_files(&segment)?;
+            // Files first, then the list: an error leaves the segment both listed and on
+            // disk. Newest first, so a crash never leaves a gap between segments.
+            self.remove_segment_files(self.active())?;
+            self.segments.pop();
             removed = true;
+            self.activate_last()?;
         }
         if removed {
             hard_state::sync_dir(&self.dir)?;
@@ -656,23 +668,32 @@ impl Log {
         Ok(())
     }
 
+    /// Deletes a segment's files, its `.index` (a hint) before its `.log`: the segment is
+    /// gone exactly when its `.log` is.
     fn remove_segment_files(&self, segment: &Segment) -> Result<(), StorageError> {
         self.forget_map(segment.index.first_index);
-        remove_if_exists(&segment.path)?;
-        remove_if_exists(&segment::index_path(&segment.path))
+        remove_if_exists(&segment::index_path(&segment.path))?;
+        remove_if_exists(&segment.path)
     }
 
-    /// Makes the last segment active (mapped writable) and cuts it before `from_index`.
-    fn cut_active(&mut self, from_index: u64) -> Result<(), StorageError> {
-        let first_index = self.active().index.first_index;
-        if self.active().map.is_none() {
-            // A sealed segment becomes active again: its index file goes stale.
-            self.forget_map(first_index);
-            remove_if_exists(&segment::index_path(&self.active().path))?;
-            let active = self.active();
-            let map = segment::map_file(&active.file, &active.path, active.capacity_bytes)?;
-            self.active_mut().map = Some(map);
+    /// Makes the last segment the active one again (mapped writable) after the ones after it
+    /// were removed. Its `.index`, written when it was sealed, goes stale.
+    fn activate_last(&mut self) -> Result<(), StorageError> {
+        if self.active().map.is_some() {
+            return Ok(());
         }
+        self.forget_map(self.active().index.first_index);
+        remove_if_exists(&segment::index_path(&self.active().path))?;
+        let active = self.active();
+        let map = segment::map_file(&active.file, &active.path, active.capacity_bytes)?;
+        self.active_mut().map = Some(map);
+        Ok(())
+    }
+
+    /// Cuts the last segment before `from_index`, in place or, when a reader holds its
+    /// bytes, by replacing it with a copy of the prefix. Unchanged on error.
+    fn cut_active(&mut self, from_index: u64) -> Result<(), StorageError> {
+        self.activate_last()?;
         let active = self.active();
         let bytes = segment::view(
             active.map.as_ref().expect("mapped"),
@@ -690,19 +711,29 @@ impl Log {
         drop(bytes);
         let end_position = active.index.end_position;
         if self.active().has_readers() {
-            self.replace_active_with_prefix(position)?;
+            self.replace_active_with_prefix(from_index, position, header.base_offset)
         } else {
-            self.active_mut().clear(position, end_position);
+            let active = self.active_mut();
+            active.clear(position, end_position);
+            active
+                .index
+                .truncate(from_index, position, header.base_offset);
+            Ok(())
         }
-        self.active_mut()
-            .index
-            .truncate(from_index, position, header.base_offset);
-        Ok(())
     }
 
     /// Writes `[0, keep_bytes)` of the active segment into a fresh, fully reserved file and
-    /// renames it over the old one, so readers of the old inode keep their bytes unchanged.
-    fn replace_active_with_prefix(&mut self, keep_bytes: u64) -> Result<(), StorageError> {
+    /// renames it over the old one, so readers of the old inode keep their bytes unchanged;
+    /// the active segment then ends before `from_index` (at `keep_bytes` and `next_offset`).
+    ///
+    /// Everything that can fail (the reservation above all, on a full disk) happens on the
+    /// temp file before the rename; from the rename on, memory follows the disk at once.
+    fn replace_active_with_prefix(
+        &mut self,
+        from_index: u64,
+        keep_bytes: u64,
+        next_offset: u64,
+    ) -> Result<(), StorageError> {
         let capacity_bytes = self.active().capacity_bytes;
         let path = self.active().path.clone();
         let temp = path.with_extension("log.tmp");
@@ -713,28 +744,42 @@ impl Log {
             .create_new(true)
             .open(&temp)
             .map_err(|e| StorageError::io("create segment copy", &temp, e))?;
-        if let Err(error) = segment::reserve(&file, &temp, capacity_bytes) {
-            // Nothing was cut yet; the half-made copy is only tidied here (recovery deletes
-            // `*.tmp` too), so the reservation error is the one that matters.
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
         let old = self.active().map.clone().expect("mapped");
-        // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we copy
-        // (we hold `&mut self`, and readers only read).
-        let prefix = unsafe { std::slice::from_raw_parts(old.as_ptr(), keep_bytes as usize) };
-        file.write_all_at(prefix, 0)
-            .map_err(|e| StorageError::io("write segment copy", &temp, e))?;
-        file.sync_data()
-            .map_err(|e| StorageError::io("fdatasync", &temp, e))?;
-        fs::rename(&temp, &path).map_err(|e| StorageError::io("rename segment copy", &path, e))?;
-        hard_state::sync_dir(&self.dir)?;
-        let map = segment::map_file(&file, &path, capacity_bytes)?;
+        let copied = segment::reserve(&file, &temp, capacity_bytes)
+            .and_then(|()| {
+                // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we
+                // copy (we hold `&mut self`, and readers only read).
+                let prefix =
+                    unsafe { std::slice::from_raw_parts(old.as_ptr(), keep_bytes as usize) };
+                file.write_all_at(prefix, 0)
+                    .map_err(|e| StorageError::io("write segment copy", &temp, e))
+            })
+            .and_then(|()| {
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync", &temp, e))
+            })
+            .and_then(|()| segment::map_file(&file, &temp, capacity_bytes))
+            .and_then(|map| {
+                fs::rename(&temp, &path)
+                    .map(|()| map)
+                    .map_err(|e| StorageError::io("rename segment copy", &path, e))
+            });
+        let map = match copied {
+            Ok(map) => map,
+            Err(error) => {
+                // Nothing was cut; the half-made copy is only tidied here (recovery deletes
+                // `*.tmp` too), so the first error is the one that matters.
+                drop(file);
+                let _ = fs::remove_file(&temp);
+                return Err(error);
+            }
+        };
         let active = self.active_mut();
         active.file = Arc::new(file);
         active.map = Some(map);
         active.readers = Arc::new(());
-        Ok(())
+        active.index.truncate(from_index, keep_bytes, next_offset);
+        hard_state::sync_dir(&self.dir)
     }
 }
 

@@ -207,3 +207,66 @@ fn retention_frees_a_completely_full_disk() {
     assert_eq!(log.term_at(active_start - 1), Some(written[kept - 1].term));
     assert_entries(&all(&log), &expected);
 }
+
+#[test]
+fn truncate_suffix_that_cannot_copy_leaves_a_consistent_log_and_retries() {
+    let Some(fs) = small_fs("1m") else { return };
+    let (mut log, written, _) = fill(&fs.path());
+    let starts = segment_starts(&fs.path());
+    assert!(starts.len() >= 3, "{starts:?}");
+    let (cut_segment, last_segment) = (starts[starts.len() - 2], starts[starts.len() - 1]);
+    let from_index = cut_segment + 5;
+    // A reader holds bytes of the segment to cut, so the cut must copy the kept prefix to a
+    // new file; another holds the segment after it, so deleting that one frees nothing (its
+    // mapping stays alive).
+    let held = log.entries(cut_segment, last_segment, u64::MAX).unwrap();
+    let held_expected = written[(cut_segment - 1) as usize..(last_segment - 1) as usize].to_vec();
+    let held_last = log.entries(last_segment, last_segment + 1, 0).unwrap();
+    take_the_rest(fs.dir.path());
+    assert_completely_full(fs.dir.path());
+
+    let error = log.truncate_suffix(from_index, 0).unwrap_err();
+    assert!(matches!(error, StorageError::StorageFull { .. }), "{error}");
+    // Part done (the later segment is gone), but consistent: the cut segment is active,
+    // complete and readable, nothing is claimed durable past the cut, no copy is left over.
+    assert_eq!(log.segment_count(), starts.len() - 1);
+    assert_eq!(
+        segment_starts(&fs.path()),
+        starts[..starts.len() - 1].to_vec()
+    );
+    assert_eq!(log.last_index(), last_segment - 1);
+    assert!(log.durable_index() < from_index);
+    assert_entries(&all(&log), &written[..(last_segment - 1) as usize]);
+    assert!(std::fs::read_dir(fs.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    assert_entries(&held, &held_expected);
+
+    // Freeing space (the filler, and the deleted segment once its reader is done) lets the
+    // same call finish; the reader of the cut segment still sees what it read.
+    assert_entries(
+        &held_last,
+        &written[(last_segment - 1) as usize..last_segment as usize],
+    );
+    drop(held_last);
+    std::fs::remove_file(fs.dir.path().join("filler")).unwrap();
+    log.truncate_suffix(from_index, 0).unwrap();
+    assert_eq!(log.last_index(), from_index - 1);
+    assert_eq!(log.durable_index(), from_index - 1);
+    let kept = &written[..(from_index - 1) as usize];
+    assert_entries(&all(&log), kept);
+    assert_entries(&held, &held_expected);
+
+    // Appends continue at the cut, in a new term.
+    let more = Gen::after(&log).batch(2, 10, 4000);
+    log.append(&more).unwrap();
+    let mut expected = kept.to_vec();
+    expected.extend(more);
+    assert_entries(&all(&log), &expected);
+    drop(held);
+    log.close().unwrap();
+    let (log, _) = Log::open(fs.path(), config(256 * 1024)).unwrap();
+    assert_entries(&all(&log), &expected);
+}

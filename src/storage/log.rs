@@ -38,7 +38,7 @@ use memmap2::MmapRaw;
 
 use super::error::StorageError;
 use super::frame::{self, FrameHeader};
-use super::hard_state;
+use super::hard_state::{self, HardStateFile};
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
 use super::sync::{SyncDone, SyncJob};
@@ -62,6 +62,8 @@ pub struct Log {
     pub(crate) dir: PathBuf,
     pub(crate) config: LogConfig,
     pub(crate) hard_state: HardState,
+    /// Where `hard_state` is persisted; updated in place, so it works on a full disk.
+    pub(crate) hard_state_file: HardStateFile,
     pub(crate) segments: Vec<Segment>,
     pub(crate) maps: Mutex<MapCache>,
     pub(crate) durable_index: u64,
@@ -144,10 +146,11 @@ impl Log {
         &self.hard_state
     }
 
-    /// Persists a new term and vote atomically and durably before returning.
+    /// Persists a new term and vote atomically and durably before returning. It needs no
+    /// free space (see [`hard_state`]).
     ///
     /// # Errors
-    /// `StorageFull` or `Io`; the in-memory state is unchanged on error.
+    /// `Io`; the in-memory state is unchanged on error.
     pub fn set_hard_state(
         &mut self,
         current_term: u64,
@@ -158,7 +161,12 @@ impl Log {
             voted_for,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
+        self.store_hard_state(next)
+    }
+
+    /// Persists `next` as the hard state, then adopts it (unchanged on error).
+    fn store_hard_state(&mut self, next: HardState) -> Result<(), StorageError> {
+        self.hard_state_file.write(&next)?;
         self.hard_state = next;
         Ok(())
     }
@@ -609,6 +617,12 @@ impl Log {
     /// returns: later segments are deleted, the rest of the cut segment is cleared and
     /// synced. `durable_index` becomes `from_index - 1`.
     ///
+    /// On error the log is consistent and matches the disk, with the cut partly done: the
+    /// segments after the one holding `from_index` may be gone (newest first, so the files
+    /// left are always a contiguous log), and `durable_index` is at most `from_index - 1`.
+    /// Calling it again (after freeing space) finishes the cut; appending continues
+    /// whatever the log then holds.
+    ///
     /// # Errors
     /// `Io`, or `StorageFull` when a segment a reader still holds must be copied.
     ///
@@ -633,11 +647,17 @@ impl Log {
             return Ok(());
         }
         self.epoch += 1;
+        // Lowered first so that it holds at every error exit below: what stays before
+        // `from_index` was durable already, and nothing at or after it is claimed.
+        self.durable_index = self.durable_index.min(from_index - 1);
         let mut removed = false;
         while self.active().index.first_index > from_index {
-            let segment = self.segments.pop().expect("more than one segment");
-            self.remove_segment_files(&segment)?;
+            // Files first, then the list: an error leaves the segment both listed and on
+            // disk. Newest first, so a crash never leaves a gap between segments.
+            self.remove_segment_files(self.active())?;
+            self.segments.pop();
             removed = true;
+            self.activate_last()?;
         }
         if removed {
             hard_state::sync_dir(&self.dir)?;
@@ -648,23 +668,32 @@ impl Log {
         Ok(())
     }
 
+    /// Deletes a segment's files, its `.index` (a hint) before its `.log`: the segment is
+    /// gone exactly when its `.log` is.
     fn remove_segment_files(&self, segment: &Segment) -> Result<(), StorageError> {
         self.forget_map(segment.index.first_index);
-        remove_if_exists(&segment.path)?;
-        remove_if_exists(&segment::index_path(&segment.path))
+        remove_if_exists(&segment::index_path(&segment.path))?;
+        remove_if_exists(&segment.path)
     }
 
-    /// Makes the last segment active (mapped writable) and cuts it before `from_index`.
-    fn cut_active(&mut self, from_index: u64) -> Result<(), StorageError> {
-        let first_index = self.active().index.first_index;
-        if self.active().map.is_none() {
-            // A sealed segment becomes active again: its index file goes stale.
-            self.forget_map(first_index);
-            remove_if_exists(&segment::index_path(&self.active().path))?;
-            let active = self.active();
-            let map = segment::map_file(&active.file, &active.path, active.capacity_bytes)?;
-            self.active_mut().map = Some(map);
+    /// Makes the last segment the active one again (mapped writable) after the ones after it
+    /// were removed. Its `.index`, written when it was sealed, goes stale.
+    fn activate_last(&mut self) -> Result<(), StorageError> {
+        if self.active().map.is_some() {
+            return Ok(());
         }
+        self.forget_map(self.active().index.first_index);
+        remove_if_exists(&segment::index_path(&self.active().path))?;
+        let active = self.active();
+        let map = segment::map_file(&active.file, &active.path, active.capacity_bytes)?;
+        self.active_mut().map = Some(map);
+        Ok(())
+    }
+
+    /// Cuts the last segment before `from_index`, in place or, when a reader holds its
+    /// bytes, by replacing it with a copy of the prefix. Unchanged on error.
+    fn cut_active(&mut self, from_index: u64) -> Result<(), StorageError> {
+        self.activate_last()?;
         let active = self.active();
         let bytes = segment::view(
             active.map.as_ref().expect("mapped"),
@@ -682,19 +711,29 @@ impl Log {
         drop(bytes);
         let end_position = active.index.end_position;
         if self.active().has_readers() {
-            self.replace_active_with_prefix(position)?;
+            self.replace_active_with_prefix(from_index, position, header.base_offset)
         } else {
-            self.active_mut().clear(position, end_position);
+            let active = self.active_mut();
+            active.clear(position, end_position);
+            active
+                .index
+                .truncate(from_index, position, header.base_offset);
+            Ok(())
         }
-        self.active_mut()
-            .index
-            .truncate(from_index, position, header.base_offset);
-        Ok(())
     }
 
     /// Writes `[0, keep_bytes)` of the active segment into a fresh, fully reserved file and
-    /// renames it over the old one, so readers of the old inode keep their bytes unchanged.
-    fn replace_active_with_prefix(&mut self, keep_bytes: u64) -> Result<(), StorageError> {
+    /// renames it over the old one, so readers of the old inode keep their bytes unchanged;
+    /// the active segment then ends before `from_index` (at `keep_bytes` and `next_offset`).
+    ///
+    /// Everything that can fail (the reservation above all, on a full disk) happens on the
+    /// temp file before the rename; from the rename on, memory follows the disk at once.
+    fn replace_active_with_prefix(
+        &mut self,
+        from_index: u64,
+        keep_bytes: u64,
+        next_offset: u64,
+    ) -> Result<(), StorageError> {
         let capacity_bytes = self.active().capacity_bytes;
         let path = self.active().path.clone();
         let temp = path.with_extension("log.tmp");
@@ -705,28 +744,42 @@ impl Log {
             .create_new(true)
             .open(&temp)
             .map_err(|e| StorageError::io("create segment copy", &temp, e))?;
-        if let Err(error) = segment::reserve(&file, &temp, capacity_bytes) {
-            // Nothing was cut yet; the half-made copy is only tidied here (recovery deletes
-            // `*.tmp` too), so the reservation error is the one that matters.
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
         let old = self.active().map.clone().expect("mapped");
-        // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we copy
-        // (we hold `&mut self`, and readers only read).
-        let prefix = unsafe { std::slice::from_raw_parts(old.as_ptr(), keep_bytes as usize) };
-        file.write_all_at(prefix, 0)
-            .map_err(|e| StorageError::io("write segment copy", &temp, e))?;
-        file.sync_data()
-            .map_err(|e| StorageError::io("fdatasync", &temp, e))?;
-        fs::rename(&temp, &path).map_err(|e| StorageError::io("rename segment copy", &path, e))?;
-        hard_state::sync_dir(&self.dir)?;
-        let map = segment::map_file(&file, &path, capacity_bytes)?;
+        let copied = segment::reserve(&file, &temp, capacity_bytes)
+            .and_then(|()| {
+                // SAFETY: `[0, keep_bytes)` is inside the mapping and not written while we
+                // copy (we hold `&mut self`, and readers only read).
+                let prefix =
+                    unsafe { std::slice::from_raw_parts(old.as_ptr(), keep_bytes as usize) };
+                file.write_all_at(prefix, 0)
+                    .map_err(|e| StorageError::io("write segment copy", &temp, e))
+            })
+            .and_then(|()| {
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync", &temp, e))
+            })
+            .and_then(|()| segment::map_file(&file, &temp, capacity_bytes))
+            .and_then(|map| {
+                fs::rename(&temp, &path)
+                    .map(|()| map)
+                    .map_err(|e| StorageError::io("rename segment copy", &path, e))
+            });
+        let map = match copied {
+            Ok(map) => map,
+            Err(error) => {
+                // Nothing was cut; the half-made copy is only tidied here (recovery deletes
+                // `*.tmp` too), so the first error is the one that matters.
+                drop(file);
+                let _ = fs::remove_file(&temp);
+                return Err(error);
+            }
+        };
         let active = self.active_mut();
         active.file = Arc::new(file);
         active.map = Some(map);
         active.readers = Arc::new(());
-        Ok(())
+        active.index.truncate(from_index, keep_bytes, next_offset);
+        hard_state::sync_dir(&self.dir)
     }
 }
 
@@ -800,11 +853,15 @@ impl Log {
             log_start_offset: first_kept.first_offset,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
-        self.hard_state = next;
-        let removed: Vec<Segment> = self.segments.drain(..count).collect();
-        for segment in &removed {
-            self.remove_segment_files(segment)?;
+        // The hard state is written in place, so this works on a completely full disk, where
+        // retention is what frees space.
+        self.store_hard_state(next)?;
+        for _ in 0..count {
+            // One at a time, so that after an error the segments still listed are exactly
+            // the ones still on disk (recovery would delete the rest too: they are before
+            // the log start now).
+            self.remove_segment_files(&self.segments[0])?;
+            self.segments.remove(0);
         }
         hard_state::sync_dir(&self.dir)?;
         Ok(start_index)
@@ -858,8 +915,7 @@ impl Log {
             log_start_offset: next_offset,
             ..self.hard_state
         };
-        hard_state::store(&self.dir, &next)?;
-        self.hard_state = next;
+        self.store_hard_state(next)?;
         let path = self.dir.join(segment::segment_file_name(index + 1));
         fs::rename(&segment.path, &path)
             .map_err(|e| StorageError::io("rename snapshot segment", &path, e))?;

@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | `<first index, 20 digits>.log` | a segment: preallocated, memory-mapped frames (see [`frame`]) |
 //! | `<first index, 20 digits>.index` | its summary and sparse index (see [`index`]), a hint rebuilt when missing or damaged |
-//! | `hard_state` | current term, vote and log start (see [`hard_state`]) |
+//! | `hard_state` | current term, vote and log start: two fixed 4 KiB slots updated in place (see [`hard_state`]) |
 //! | `*.tmp` | half-made files of an interrupted replace; deleted at open |
 //!
 //! # Map of the module
@@ -22,7 +22,7 @@
 //! | [`frame`] | the byte layout of one entry and its checks (pure) |
 //! | [`index`] | the per-segment summary, term runs and sparse positions (pure) |
 //! | `segment` | one segment file: fallocate, map, write, scan, shared `Bytes` views |
-//! | [`hard_state`] | the atomically replaced hard state file |
+//! | [`hard_state`] | the hard state file, updated in place without new blocks |
 //! | [`recovery`] | the decision table applied at open |
 //! | [`log`] | [`Log`]: append, reads, truncation, retention, snapshots |
 //! | [`sync`] | the two-phase sync that runs off the log's thread |

@@ -18,6 +18,11 @@
 //! | 5 | damage anywhere inside a sealed segment (all but the last) | refuse: `Corrupt` naming file and position; a sealed segment was synced before the next one was created, so no crash explains it (with `verify_sealed_on_open` off only the sparse points and the last interval are checked at open, and a read that reaches other damage gets `Corrupt`) | `corrupt_sealed_segment`, `corrupt_sealed_segment_found_by_read_without_verify` |
 //! | 6 | a sealed segment's `.index` missing, damaged, or pointing past the end | rebuild it by scanning the segment | `index_missing`, `index_past_end` |
 //!
+//! Before any row, the hard state is read from whichever of its two slots is valid and newer
+//! (a torn update falls back to the previous state, see [`hard_state`]); a missing file is
+//! created with the default state and a version 1 file rewritten in the slotted form, so
+//! that no later update needs free space (`hard_state_file_is_created_at_open`).
+//!
 //! # Rows for the active (last) segment, scanned frame by frame
 //!
 //! | # | what follows the last valid frame | [`TailState`] | decision | tested by |
@@ -43,7 +48,7 @@ use std::sync::{Arc, Mutex};
 
 use super::error::StorageError;
 use super::frame::{FrameError, FRAME_HEADER_BYTES};
-use super::hard_state::{self, HARD_STATE_FILE};
+use super::hard_state::{self, HardStateFile, HARD_STATE_FILE};
 use super::index::SegmentIndex;
 use super::log::{remove_if_exists, Log, MapCache};
 use super::segment::{self, Scan, Segment};
@@ -112,7 +117,7 @@ pub struct RecoveryReport {
 pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), StorageError> {
     config.validate()?;
     fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
-    let hard_state = hard_state::load(dir)?;
+    let (hard_state_file, hard_state) = HardStateFile::open(dir)?;
     let mut report = RecoveryReport {
         tail: TailState::Created,
         segments: 0,
@@ -156,6 +161,7 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport
         dir: dir.to_path_buf(),
         config,
         hard_state,
+        hard_state_file,
         segments,
         maps: Mutex::new(MapCache::default()),
         durable_index: last_index,

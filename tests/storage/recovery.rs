@@ -375,13 +375,52 @@ fn corrupt_hard_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), config(SEGMENT_BYTES)).unwrap().0;
     log.set_hard_state(5, 1).unwrap();
+    log.set_hard_state(6, 2).unwrap();
     drop(log);
     let path = dir.path().join(hard_state::HARD_STATE_FILE);
-    let mut bytes = fs::read(&path).unwrap();
-    *bytes.last_mut().unwrap() ^= 0xff;
+    let pristine = fs::read(&path).unwrap();
+    let term_and_vote = |log: &Log| (log.hard_state().current_term, log.hard_state().voted_for);
+    // Byte 20 of a slot is its CRC. One damaged slot reads like a torn update: the other
+    // slot's state is used.
+    for (slot, expected) in [(0, (5, 1)), (1, (6, 2))] {
+        let mut bytes = pristine.clone();
+        bytes[slot * hard_state::SLOT_BYTES + 20] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(term_and_vote(&reopen(dir.path()).unwrap().0), expected);
+    }
+    // Both damaged: refused, the vote must not be forgotten silently.
+    let mut bytes = pristine.clone();
+    bytes[20] ^= 0xff;
+    bytes[hard_state::SLOT_BYTES + 20] ^= 0xff;
     fs::write(&path, &bytes).unwrap();
     assert!(matches!(
         reopen(dir.path()),
         Err(StorageError::HardStateCorrupt { .. })
     ));
+    fs::write(&path, &pristine[..100]).unwrap();
+    assert!(matches!(
+        reopen(dir.path()),
+        Err(StorageError::HardStateCorrupt { .. })
+    ));
+}
+
+#[test]
+fn hard_state_file_is_created_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(hard_state::HARD_STATE_FILE);
+    let log = Log::open(dir.path(), config(SEGMENT_BYTES)).unwrap().0;
+    // Created in full before anything needs it, so no later update needs free space.
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        hard_state::FILE_BYTES as u64
+    );
+    assert_eq!(*log.hard_state(), hard_state::default_hard_state());
+    drop(log);
+    let (mut log, report) = reopen(dir.path()).unwrap();
+    assert!(report.files_removed.is_empty(), "{report:?}");
+    log.set_hard_state(2, 3).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        hard_state::FILE_BYTES as u64
+    );
 }

@@ -148,6 +148,7 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_term", Gauge, PARTITION, "Current Raft term of this replica."),
     metric!("raftlog_replica_failed", Gauge, PARTITION, "1 if this replica stopped on a storage error and no longer serves or votes."),
     metric!("raftlog_replica_storage_full", Gauge, PARTITION, "1 while this replica refuses writes because its disk is full (it retries by itself and resumes once space is freed)."),
+    metric!("raftlog_fetch_waiters", Gauge, PARTITION, "Fetches parked at this replica's high watermark, waiting for new records (consumers' long polls)."),
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
@@ -451,6 +452,7 @@ pub struct GroupMetrics {
     term: Gauge,
     failed: Gauge,
     storage_full: Gauge,
+    fetch_waiters: Gauge,
     log_size: Gauge,
     log_segments: Gauge,
     /// Follower lag gauges by peer id; registered when the replica first leads.
@@ -490,6 +492,7 @@ impl GroupMetrics {
             term: gauge("raftlog_term"),
             failed: gauge("raftlog_replica_failed"),
             storage_full: gauge("raftlog_replica_storage_full"),
+            fetch_waiters: gauge("raftlog_fetch_waiters"),
             log_size: gauge("raftlog_log_size_bytes"),
             log_segments: gauge("raftlog_log_segments"),
             follower_lag: Mutex::new(Vec::new()),
@@ -508,6 +511,11 @@ impl GroupMetrics {
     /// Marks the replica as stopped on a storage error.
     pub fn replica_failed(&self) {
         self.failed.set(1.0);
+    }
+
+    /// Sets how many fetches are parked at the high watermark.
+    pub fn fetch_waiters(&self, count: usize) {
+        self.fetch_waiters.set(count as f64);
     }
 
     /// Counts one produce request of `records` records and `bytes` batch bytes.

@@ -59,10 +59,12 @@ fn tmpfs_bytes() -> u64 {
 }
 
 /// Fast timing so that a fault and its recovery take seconds: 50 ms ticks, elections after
-/// 0.5–1 s; small batches and segments so that the disk-full fault meets a segment roll soon.
+/// 0.5–1 s, a peer connection given up when a frame waits 2 s to be written; small batches and
+/// segments so that the disk-full fault meets a segment roll soon.
 const NODE_CONFIG: &str = "
 [network]
 reconnect_backoff_ms_max = 500
+peer_write_timeout_ms = 2000
 
 [server]
 batch_bytes_max = 16384
@@ -77,6 +79,9 @@ segment_bytes = 98304
 ";
 /// The longest election timeout of [`NODE_CONFIG`] (2 × 10 ticks of 50 ms).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 1_000;
+/// [`NODE_CONFIG`]'s `peer_write_timeout_ms`: a partition held longer than this makes a node
+/// give up its stalled connections and redial through the partition.
+const PEER_WRITE_TIMEOUT_MS: u64 = 2_000;
 
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness: SplitMix64, one stream per source.
@@ -192,6 +197,17 @@ fn schedule(seed: u64, nodes: u64, kinds: &[FaultKind], count: usize) -> Vec<Fau
                     ELECTION_TIMEOUT_MS_MAX + 2_500,
                 ),
                 FaultKind::DiskFull => rng.range(3_000, 6_000),
+                // One partition in three outlasts the peer write timeout (when the stalled
+                // connections have a frame waiting), so connections are abandoned and redialed
+                // into the partition, as after a long outage.
+                FaultKind::PartitionHalves
+                | FaultKind::IsolateLeader
+                | FaultKind::Bridge
+                | FaultKind::OneWay
+                    if rng.below(3) == 0 =>
+                {
+                    rng.range(PEER_WRITE_TIMEOUT_MS + 1_000, PEER_WRITE_TIMEOUT_MS + 4_000)
+                }
                 _ => rng.range(1_000, 4_000),
             };
             Fault {
@@ -222,6 +238,9 @@ struct History {
     /// value → (partition, offset) for every acknowledged value.
     acknowledged: HashMap<Value, (u32, u64)>,
     indeterminate: HashSet<Value>,
+    /// Values of batches the server refused with an error that means "not written", with no
+    /// earlier attempt that might have been.
+    failed: HashSet<Value>,
     /// Batches answered OUT_OF_ORDER_SEQUENCE on a retry of the same sequence.
     out_of_order: u64,
     /// Batches resent after an indeterminate attempt, and those a resend found deduplicated.
@@ -323,8 +342,23 @@ async fn init_producer(client: &mut Client) -> Option<(u64, u32)> {
 enum Delivery {
     /// Written at this base offset (acknowledged, or a retry answered DUPLICATE_SEQUENCE).
     Written(u64, Retries),
-    /// Gave up, or the server refused the sequence: may or may not be in the log.
+    /// Definitely not written: every attempt was refused before it could be, the last with
+    /// an error saying so.
+    Failed(String),
+    /// Gave up, or an error after an attempt that may have been written.
     Unknown(String),
+}
+
+/// Errors a leader answers only for a batch it did not append (validated before the append,
+/// or a full disk the entry never reached).
+fn refused_before_writing(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::StorageFull
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced
+            | ErrorCode::InvalidRequest
+    )
 }
 
 /// How a batch got written.
@@ -352,6 +386,9 @@ async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delive
             Outcome::Failed(e) if e.code() == ErrorCode::DuplicateSequence => {
                 retries.deduplicated = true;
                 return Delivery::Written(e.duplicate_offset, retries);
+            }
+            Outcome::Failed(e) if !retries.indeterminate && refused_before_writing(e.code()) => {
+                return Delivery::Failed(format!("{:?}: {}", e.code(), e.message))
             }
             Outcome::Failed(e) => {
                 return Delivery::Unknown(format!("{:?}: {}", e.code(), e.message))
@@ -428,6 +465,15 @@ async fn producer(
                         h.acknowledged.insert(*value, (partition, base + k as u64));
                     }
                     h.note(format!("ack {partition} @{base} {values:?}"));
+                }
+                Delivery::Failed(why) => {
+                    let mut h = history.lock().unwrap();
+                    h.out_of_order += u64::from(why.starts_with("OutOfOrderSequence"));
+                    h.failed.extend(values.iter().copied());
+                    h.note(format!("failed {partition} {values:?}: {why}"));
+                    // The values are never resent, so any copy of them in the log is a bug;
+                    // a new producer starts with fresh sequences.
+                    break;
                 }
                 Delivery::Unknown(why) => {
                     let mut h = history.lock().unwrap();
@@ -866,6 +912,12 @@ impl Probe {
                         h.note(format!("ack {partition} @{offset} [{value:?}]"));
                         break;
                     }
+                    Delivery::Failed(why) => {
+                        let mut h = history.lock().unwrap();
+                        h.failed.insert(value);
+                        h.note(format!("failed {partition} [{value:?}]: {why}"));
+                        self.id = None;
+                    }
                     Delivery::Unknown(why) => {
                         let mut h = history.lock().unwrap();
                         h.indeterminate.insert(value);
@@ -890,6 +942,8 @@ struct Verdict {
     reordered: u64,
     /// Consumed values nobody sent.
     phantom: u64,
+    /// Consumed values of batches the server said it did not write.
+    failed_but_written: u64,
     /// Consumers that did not reach the final high watermark.
     incomplete: u64,
     problems: Vec<String>,
@@ -897,7 +951,13 @@ struct Verdict {
 
 impl Verdict {
     fn ok(&self) -> bool {
-        self.lost + self.duplicated + self.reordered + self.phantom + self.incomplete == 0
+        self.lost
+            + self.duplicated
+            + self.reordered
+            + self.phantom
+            + self.failed_but_written
+            + self.incomplete
+            == 0
     }
 
     fn problem(&mut self, line: String) {
@@ -957,6 +1017,12 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
                 verdict.phantom += 1;
                 verdict.problem(format!(
                     "partition {partition}: {value} at {offset} was never sent there"
+                ));
+            }
+            if history.failed.contains(value) {
+                verdict.failed_but_written += 1;
+                verdict.problem(format!(
+                    "partition {partition}: {value} at {offset} was refused as not written"
                 ));
             }
         }
@@ -1460,10 +1526,13 @@ fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) ->
     let _ = writeln!(out, "partitions made with: {}", history.network);
     let _ = writeln!(
         out,
-        "sent {}, acknowledged {}, indeterminate {}, resent after an indeterminate attempt {} \
-         (deduplicated by the server {}), out-of-order answers {}, phantom {}, incomplete consumers {}",
+        "sent {}, acknowledged {}, failed {} (written anyway {}), indeterminate {}, resent after \
+         an indeterminate attempt {} (deduplicated by the server {}), out-of-order answers {}, \
+         phantom {}, incomplete consumers {}",
         history.sent.len(),
         history.acknowledged.len(),
+        history.failed.len(),
+        verdict.failed_but_written,
         history.indeterminate.len(),
         history.resent,
         history.deduplicated,

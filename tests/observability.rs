@@ -654,6 +654,98 @@ async fn health_and_readiness_answer_on_the_metrics_port() {
     assert!(http_get(address, "/health").await.is_err());
 }
 
+/// The value of the first sample of `name` in a Prometheus text page whose labels include
+/// `label` (as `key="value"`).
+fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{'))
+        .find(|line| line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Long polls show in `raftlog_fetch_waiters` while they wait, and once they end without new
+/// records nothing of them stays in the replica. On an idle partition no commit ever sweeps
+/// the parked list, so without the per-tick sweep every ended long poll would stay there for
+/// good (a slow leak, one entry per poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_polls_that_end_on_an_idle_partition_leave_nothing_parked() {
+    const POLLS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let configs = cluster_configs(dir.path());
+    let mut running = Vec::new();
+    for config in &configs {
+        running.push(Node::start(config.clone()).await.unwrap());
+    }
+    let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen).collect();
+    wait_ready(&metrics).await;
+    let mut connections = Vec::new();
+    for config in &configs {
+        let address = config.client_listen.to_string();
+        connections.push(
+            Connection::connect(&address, &ConnectOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let create = Body::CreateTopic(CreateTopicRequest {
+        name: "idle".into(),
+        partitions: 1,
+        replication_factor: 3,
+        ..Default::default()
+    });
+    to_leader(&connections, create).await;
+    let poll = |wait_ms| {
+        Body::Fetch(FetchRequest {
+            topic: "idle".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: wait_ms,
+            ..Default::default()
+        })
+    };
+    // Node 1 serves the partition once it has applied the topic.
+    let deadline = Instant::now() + STEP_BOUND;
+    while connections[0].request(poll(0)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never served the new topic"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let waiters = |text: &str| sample(text, "raftlog_fetch_waiters", "topic=\"idle\"");
+
+    let polls = futures::future::join_all((0..POLLS).map(|_| connections[0].request(poll(2_000))));
+    let while_waiting = async {
+        sleep(Duration::from_millis(500)).await;
+        http_get(metrics[0], "/metrics").await.unwrap().1
+    };
+    let (answers, text) = tokio::join!(polls, while_waiting);
+    assert_eq!(waiters(&text), Some(POLLS as f64), "while the polls wait");
+    for answer in answers {
+        match answer.unwrap() {
+            Body::FetchResponse(fetched) => assert!(fetched.batches.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let deadline = Instant::now() + STEP_BOUND;
+    loop {
+        let (_, text) = http_get(metrics[0], "/metrics").await.unwrap();
+        match waiters(&text) {
+            Some(0.0) => break,
+            waiting => assert!(
+                Instant::now() < deadline,
+                "{waiting:?} fetches still parked {STEP_BOUND:?} after their polls ended"
+            ),
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_and_alert_rule_works_against_a_real_prometheus() {
     let test = "every_dashboard_query_and_alert_rule_works_against_a_real_prometheus";

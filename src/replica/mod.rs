@@ -380,34 +380,49 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         bytes_max: u64,
         wait: Duration,
     ) -> Result<Fetched, ReplicaError> {
+        if wait.is_zero() {
+            // The replica answers at once, with data or empty; a zero timeout instead would
+            // answer empty whenever the task is busy for a moment (an inline fsync, say).
+            return self.ask_fetch(offset, bytes_max, false).await?.await;
+        }
+        let answer = self.ask_fetch(offset, bytes_max, true).await?;
+        if let Ok(answered) = tokio::time::timeout(wait, answer).await {
+            return answered;
+        }
+        // The wait is over; dropping the answer tells the replica to forget the parked fetch.
+        // If records committed meanwhile, the replica was too busy to answer (an inline
+        // fsync, a burst of proposals): ask once more without parking, so a consumer never
+        // gets an empty answer while data is there.
+        let status = self.status();
+        if status.high_watermark > offset {
+            return self.ask_fetch(offset, bytes_max, false).await?.await;
+        }
+        Ok(Fetched {
+            entries: Vec::new(),
+            high_watermark: status.high_watermark,
+            log_start_offset: status.log_start_offset,
+        })
+    }
+
+    /// Queues a fetch; the returned future resolves with the replica's answer.
+    async fn ask_fetch(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        park: bool,
+    ) -> Result<impl std::future::Future<Output = Result<Fetched, ReplicaError>>, ReplicaError>
+    {
         let (reply, answer) = oneshot::channel();
         self.events
             .send(Event::Fetch {
                 offset,
                 bytes_max,
-                park: !wait.is_zero(),
+                park,
                 reply,
             })
             .await
             .map_err(|_| ReplicaError::Stopped)?;
-        if wait.is_zero() {
-            // The replica answers at once, with data or empty; a zero timeout instead would
-            // answer empty whenever the task is busy for a moment (an inline fsync, say).
-            return answer.await.map_err(|_| ReplicaError::Stopped)?;
-        }
-        match tokio::time::timeout(wait, answer).await {
-            Ok(answer) => answer.map_err(|_| ReplicaError::Stopped)?,
-            // Nothing new within the wait: an empty answer at the current bounds. Dropping
-            // `answer` tells the replica to forget the parked fetch.
-            Err(_) => {
-                let status = self.status();
-                Ok(Fetched {
-                    entries: Vec::new(),
-                    high_watermark: status.high_watermark,
-                    log_start_offset: status.log_start_offset,
-                })
-            }
-        }
+        Ok(async move { answer.await.map_err(|_| ReplicaError::Stopped)? })
     }
 
     /// Asks the leader to hand leadership to `to` (dissertation §3.10).
@@ -635,6 +650,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_tick(&mut self) {
+        // Fetches whose waiter gave up (its wait ended) are otherwise only dropped when a
+        // commit wakes the parked list; on an idle partition they would pile up, one per
+        // long poll.
+        self.parked.retain(|fetch| !fetch.reply.is_closed());
+        self.metrics.fetch_waiters(self.parked.len());
         if let Some(stall) = &self.stall {
             if tokio::time::Instant::now() < stall.retry_at {
                 return;
@@ -1018,6 +1038,7 @@ impl<S: StateMachine> Replica<S> {
                 bytes_max,
                 reply,
             });
+            self.metrics.fetch_waiters(self.parked.len());
             return;
         }
         let _ = reply.send(self.read_committed(offset, bytes_max));
@@ -1051,6 +1072,7 @@ impl<S: StateMachine> Replica<S> {
                 self.parked.push(fetch);
             }
         }
+        self.metrics.fetch_waiters(self.parked.len());
     }
 
     /// Starts an fsync of everything appended so far, unless one is running: the next one

@@ -176,7 +176,8 @@ impl RecordBatchBuilder {
     }
 
     /// An upper bound on the size [`Self::finish`] would return now, in bytes (exact but for
-    /// up to 4 bytes of the CRC's varint).
+    /// up to 4 bytes of the CRC's varint and, for an idempotent batch, up to 21 bytes of its
+    /// producer fields: see [`Self::into_batch`]).
     pub fn encoded_len(&self) -> usize {
         self.encoded_len_with(self.record_count, self.records.len())
     }
@@ -224,8 +225,18 @@ impl RecordBatchBuilder {
     ///
     /// An empty builder yields an empty batch, which [`validate`] refuses.
     pub fn finish(self) -> Bytes {
+        Bytes::from(self.into_batch().encode_to_vec())
+    }
+
+    /// The batch as a message, with its CRC and record count filled in, not yet encoded.
+    ///
+    /// The CRC covers the records only, so an idempotent producer may still change the
+    /// producer fields (a batch sent again after an epoch bump gets a new epoch and
+    /// sequence): the size limit counts them at their largest, so the encoding stays
+    /// within it whatever they become.
+    pub fn into_batch(self) -> RecordBatch {
         let records = self.records.freeze();
-        let batch = RecordBatch {
+        RecordBatch {
             crc: crc32fast::hash(&records),
             record_count: self.record_count,
             first_timestamp_ms: self.first_timestamp_ms.unwrap_or(0),
@@ -233,20 +244,21 @@ impl RecordBatchBuilder {
             producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
             records,
-        };
-        Bytes::from(batch.encode_to_vec())
+        }
     }
 
-    /// The batch size with `record_count` records in `records_len` bytes, counting the CRC at
-    /// its largest varint so that the real encoding is never larger.
+    /// The batch size with `record_count` records in `records_len` bytes, counting the CRC
+    /// (and an idempotent batch's producer fields) at its largest varint so that the real
+    /// encoding is never larger.
     fn encoded_len_with(&self, record_count: u32, records_len: usize) -> usize {
+        let idempotent = self.producer_id != 0;
         let header = RecordBatch {
             crc: u32::MAX,
             record_count,
             first_timestamp_ms: self.first_timestamp_ms.unwrap_or(0),
-            producer_id: self.producer_id,
-            producer_epoch: self.producer_epoch,
-            base_sequence: self.base_sequence,
+            producer_id: if idempotent { u64::MAX } else { 0 },
+            producer_epoch: if idempotent { u32::MAX } else { 0 },
+            base_sequence: if idempotent { u32::MAX } else { 0 },
             records: Bytes::new(),
         };
         let records_field = if records_len == 0 {
@@ -630,6 +642,25 @@ mod tests {
             validate(&bytes, limit).unwrap().record_count() as i64,
             pushed
         );
+    }
+
+    #[test]
+    fn a_full_idempotent_batch_stays_within_its_limit_when_restamped() {
+        let limit = 200;
+        // Epoch and sequence 0 are not encoded at all: the smallest the fields can be.
+        let mut builder = RecordBatchBuilder::new(limit).with_producer(1, 0, 0);
+        while builder.push(0, None, &[7u8; 9], &[]).is_ok() {}
+        let mut batch = builder.into_batch();
+        batch.producer_id = u64::MAX;
+        batch.producer_epoch = u32::MAX;
+        batch.base_sequence = u32::MAX;
+        let bytes = Bytes::from(batch.encode_to_vec());
+        assert!(bytes.len() <= limit, "{} > {limit}", bytes.len());
+        assert!(
+            bytes.len() > limit - 16,
+            "the batch was full: no room for another record"
+        );
+        validate(&bytes, limit).unwrap();
     }
 
     #[test]

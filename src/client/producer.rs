@@ -12,12 +12,22 @@
 //! = 1 (the default) batches reach the log in that order, retries included. With more batches
 //! in flight and idempotence, order holds through failures too: the leader appends a batch
 //! only if its sequence follows the last one it has, and refuses one that would leave a gap
-//! with OUT_OF_ORDER_SEQUENCE. A batch refused so (its predecessor was lost with a connection
-//! and is being retried) waits until every earlier batch of its partition is answered and is
-//! then sent again, so the batches land in sequence order. Until a partition has acknowledged
-//! a first batch the leader may not know the producer yet, and accepts any sequence from an
-//! unknown one; so a worker keeps one batch in flight until then. Without idempotence, a
-//! retried batch can land after a later one, as in Kafka.
+//! with OUT_OF_ORDER_SEQUENCE (UNKNOWN_PRODUCER_ID when it has no batch of the producer yet and
+//! this one does not start at sequence 0). A batch refused so (its predecessor was lost with a
+//! connection and is being retried) waits until every earlier batch of its partition is
+//! answered and is then sent again, so the batches land in sequence order. Without
+//! idempotence, a retried batch can land after a later one, as in Kafka.
+//!
+//! Epochs: a batch that fails for good (past `delivery_timeout_ms`, or a non-retriable error)
+//! leaves the leader's next sequence for the partition unknown — it may or may not have the
+//! batch — so the later batches' sequences may lead nowhere. As in Kafka (KIP-360), the worker
+//! then sends nothing new until every batch in flight is answered, bumps the partition's
+//! producer epoch and restarts its sequence at 0; a leader accepts sequence 0 of a newer epoch
+//! whatever it holds of the older one. A batch refused for its sequence with nothing before it
+//! outstanding (the leader forgot the producer, see `replica::producers`, or an earlier batch
+//! failed) was not written: it goes out again, in order, under the new epoch. Batches still in
+//! flight when one fails are answered by the leader as before: written if their predecessor
+//! turned out written, else refused and sent again under the new epoch.
 //!
 //! Retries: a batch is retried (with backoff, metadata refresh and leader hints) after
 //! failures that prove it was not written — NOT_LEADER, connect errors, RESOURCE_EXHAUSTED.
@@ -29,7 +39,7 @@
 //! Limits: each partition's queue holds at most `queue_records_max` records (a full queue
 //! makes `send` wait: back-pressure), and no batch is retried past `delivery_timeout`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -49,7 +60,7 @@ use super::connection::ClientError;
 use super::partitioner::Partitioner;
 use crate::batch::{BatchError, RecordBatchBuilder};
 use crate::proto::envelope::Body;
-use crate::proto::{Acks, ErrorCode, InitProducerIdRequest, ProduceRequest};
+use crate::proto::{Acks, ErrorCode, InitProducerIdRequest, ProduceRequest, RecordBatch};
 
 /// Time allowed beyond `request_timeout_ms` for a produce answer to travel back.
 const ATTEMPT_MARGIN: Duration = Duration::from_secs(2);
@@ -393,6 +404,29 @@ struct OpenBatch {
     full: bool,
 }
 
+/// A batch closed for sending. Its producer fields are stamped each time it is sent, so that
+/// a batch refused without being written can go out again under a new epoch.
+struct ClosedBatch {
+    /// Send number, from its first send on: sequence order without the wrap-around.
+    number: u64,
+    batch: RecordBatch,
+    waiters: Vec<Waiter>,
+    /// When retries must stop.
+    deadline: Instant,
+}
+
+/// How a sent batch ended.
+enum Outcome {
+    /// Acknowledged: its records got their offsets.
+    Acknowledged,
+    /// Failed for good: its records got the error, and the leader may or may not have it.
+    Failed,
+    /// Refused without being written because the leader's sequence for this producer does not
+    /// lead to it (UNKNOWN_PRODUCER_ID or OUT_OF_ORDER_SEQUENCE with every earlier batch
+    /// answered): to be sent again, in order, under the next epoch.
+    Refused(ClosedBatch),
+}
+
 /// The batches of one partition that are sent and not yet answered, by send number, so that
 /// a batch refused as out of order can wait for the ones before it.
 type Unanswered = Arc<watch::Sender<BTreeSet<u64>>>;
@@ -405,51 +439,52 @@ struct PartitionWorker {
     open: Option<OpenBatch>,
     /// A record that did not fit in the previous batch; it starts the next one.
     carry: Option<Pending>,
+    /// Producer id and epoch of this partition's batches (idempotence only). The epoch is
+    /// this partition's own: the leader keeps sequences per partition, so a bump here need
+    /// not disturb the producer's other partitions.
+    identity: Option<ProducerIdentity>,
     /// Sequence number of the next batch's first record (idempotence only).
     next_sequence: u32,
-    /// Send number of the next batch: sequence order without the wrap-around.
+    /// Send number of the next new batch.
     next_number: u64,
     /// Batches sent and not yet answered.
     unanswered: Unanswered,
-    /// Some batch of this partition was acknowledged, so every later leader knows this
-    /// producer's sequence (with `acks=all`: the batch is committed, so in every later
-    /// leader's log).
-    acknowledged_any: bool,
+    /// A batch failed for good or was refused: the leader's next sequence for this producer
+    /// is unknown or is not ours. Nothing more is sent until every batch in flight is
+    /// answered; then the epoch is bumped and the sequence starts again at 0 (Kafka's
+    /// KIP-360), which the leader accepts whatever it holds of the older epoch.
+    bump_epoch: bool,
+    /// Refused batches waiting for the epoch bump, by send number, to go out before any new
+    /// batch.
+    refused: BTreeMap<u64, ClosedBatch>,
 }
 
 impl PartitionWorker {
     fn new(shared: Arc<Shared>, topic: String, partition: u32) -> Self {
+        let identity = shared.identity;
         PartitionWorker {
             shared,
             topic,
             partition,
             open: None,
             carry: None,
+            identity,
             next_sequence: 0,
             next_number: 0,
             unanswered: Arc::new(watch::Sender::new(BTreeSet::new())),
-            acknowledged_any: false,
+            bump_epoch: false,
+            refused: BTreeMap::new(),
         }
     }
 
-    /// Whether the next batch may be sent now: it must be within `max_in_flight` batches of
-    /// the oldest unanswered one (not merely of the count in flight), so that while that one
-    /// is retried the leader still remembers it among the producer's last batches however
-    /// many later ones it appended meanwhile. One batch only until a first acknowledgement;
-    /// see the module doc.
-    fn may_send(&self) -> bool {
-        let window = if self.shared.identity.is_some() && !self.acknowledged_any {
-            1
-        } else {
-            self.shared.options.max_in_flight.max(1) as u64
-        };
-        let oldest = self
-            .unanswered
-            .borrow()
-            .first()
-            .copied()
-            .unwrap_or(self.next_number);
-        self.next_number < oldest + window
+    /// Whether the batch numbered `number` may be sent now: it must be within `max_in_flight`
+    /// batches of the oldest unanswered one (not merely of the count in flight), so that while
+    /// that one is retried the leader still remembers it among the producer's last batches
+    /// however many later ones it appended meanwhile.
+    fn may_send(&self, number: u64) -> bool {
+        let window = self.shared.options.max_in_flight.max(1) as u64;
+        let oldest = self.unanswered.borrow().first().copied().unwrap_or(number);
+        number < oldest + window
     }
 
     /// Runs until the producer drops its queue and everything queued has been answered.
@@ -469,12 +504,34 @@ impl PartitionWorker {
                 .open
                 .as_ref()
                 .is_some_and(|b| b.full || urgent || b.ready_at <= now);
-            if ready && self.may_send() {
-                let batch = self.open.take().expect("a ready batch is open");
-                in_flight.push(self.send(batch));
+            // Only with something to send: a failed bump (see `start_new_epoch`) must not
+            // be retried in a loop while idle.
+            if self.bump_epoch && in_flight.is_empty() && (ready || !self.refused.is_empty()) {
+                self.start_new_epoch().await;
                 continue;
             }
-            if self.open.is_none() && self.carry.is_none() && in_flight.is_empty() {
+            if !self.bump_epoch {
+                if let Some(&number) = self.refused.keys().next() {
+                    if self.may_send(number) {
+                        let batch = self.refused.remove(&number).expect("a refused batch");
+                        in_flight.push(self.send(batch));
+                        continue;
+                    }
+                } else if ready && self.may_send(self.next_number) {
+                    let open = self.open.take().expect("a ready batch is open");
+                    let closed = ClosedBatch {
+                        number: self.next_number,
+                        batch: open.builder.into_batch(),
+                        waiters: open.waiters,
+                        deadline: open.deadline,
+                    };
+                    self.next_number += 1;
+                    in_flight.push(self.send(closed));
+                    continue;
+                }
+            }
+            let idle = self.open.is_none() && self.carry.is_none() && self.refused.is_empty();
+            if idle && in_flight.is_empty() {
                 for flush in flushes.drain(..) {
                     let _ = flush.send(());
                 }
@@ -489,9 +546,14 @@ impl PartitionWorker {
             let linger_until = self.open.as_ref().filter(|_| !ready).map(|b| b.ready_at);
             tokio::select! {
                 biased;
-                Some(acknowledged) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.acknowledged_any |= acknowledged;
-                }
+                Some(outcome) = in_flight.next(), if !in_flight.is_empty() => match outcome {
+                    Outcome::Acknowledged => {}
+                    Outcome::Failed => self.bump_epoch |= self.identity.is_some(),
+                    Outcome::Refused(batch) => {
+                        self.bump_epoch = true;
+                        self.refused.insert(batch.number, batch);
+                    }
+                },
                 item = items.recv(), if can_receive => match item {
                     None => items_open = false,
                     Some(Item::Flush(done)) => flushes.push(done),
@@ -503,18 +565,58 @@ impl PartitionWorker {
         }
     }
 
+    /// Moves this partition to the next epoch, its sequence back at 0. Called with nothing in
+    /// flight, so no batch of the old epoch can still be refused or fenced because of it.
+    async fn start_new_epoch(&mut self) {
+        self.bump_epoch = false;
+        let Some(identity) = self.identity else {
+            return;
+        };
+        let next = match identity.producer_epoch.checked_add(1) {
+            Some(producer_epoch) => Ok(ProducerIdentity {
+                producer_epoch,
+                ..identity
+            }),
+            // This partition has used every epoch of the id: a new id starts over, as Kafka
+            // does.
+            None => init_producer_id(&self.shared.cluster).await,
+        };
+        match next {
+            Ok(identity) => {
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    producer_id = identity.producer_id,
+                    producer_epoch = identity.producer_epoch,
+                    "producer epoch bumped: the partition's sequence restarts at 0"
+                );
+                self.identity = Some(identity);
+                self.next_sequence = 0;
+            }
+            Err(error) => {
+                // Without an epoch to send under, what waits to be sent fails; the next batch
+                // tries again.
+                self.bump_epoch = true;
+                for (_, batch) in std::mem::take(&mut self.refused) {
+                    answer(batch.waiters, self.partition, Err(duplicate(&error)));
+                }
+                if let Some(open) = self.open.take() {
+                    answer(open.waiters, self.partition, Err(error));
+                }
+            }
+        }
+    }
+
     /// Adds a record to the open batch (opening one if needed). A record that does not fit
     /// closes the batch and waits in `carry`; one that fits in no batch fails at once.
     fn add(&mut self, pending: Pending) {
         let options = &self.shared.options;
         let batch = self.open.get_or_insert_with(|| {
             let mut builder = RecordBatchBuilder::new(options.batch_bytes_max);
-            if let Some(identity) = self.shared.identity {
-                builder = builder.with_producer(
-                    identity.producer_id,
-                    identity.producer_epoch,
-                    self.next_sequence,
-                );
+            if let Some(identity) = self.identity {
+                // The real epoch and sequence are stamped when the batch is sent; the builder
+                // only needs to know the batch is idempotent to leave room for them.
+                builder = builder.with_producer(identity.producer_id, identity.producer_epoch, 0);
             }
             let now = Instant::now();
             OpenBatch {
@@ -553,35 +655,70 @@ impl PartitionWorker {
         }
     }
 
-    /// The future that sends `batch` (with retries) and answers its records; it resolves to
-    /// whether the batch was acknowledged.
-    fn send(&mut self, batch: OpenBatch) -> impl Future<Output = bool> + 'static {
-        let count = batch.builder.record_count();
-        self.next_sequence = self.next_sequence.wrapping_add(count);
-        let number = self.next_number;
-        self.next_number += 1;
+    /// The future that sends `closed` under the current epoch and next sequence (with
+    /// retries) and answers its records, unless it comes back refused.
+    fn send(&mut self, mut closed: ClosedBatch) -> impl Future<Output = Outcome> + 'static {
+        if let Some(identity) = self.identity {
+            closed.batch.producer_id = identity.producer_id;
+            closed.batch.producer_epoch = identity.producer_epoch;
+            closed.batch.base_sequence = self.next_sequence;
+            self.next_sequence = self.next_sequence.wrapping_add(closed.batch.record_count);
+        }
+        let number = closed.number;
         self.unanswered.send_modify(|set| {
             set.insert(number);
         });
         let shared = self.shared.clone();
         let topic = self.topic.clone();
         let partition = self.partition;
-        let bytes = batch.builder.finish();
+        let bytes = Bytes::from(closed.batch.encode_to_vec());
+        // Decoding slices the encoded bytes, so the records are held once, not twice, while
+        // the batch is in flight.
+        closed.batch = RecordBatch::decode(bytes.clone()).expect("a batch encoded here decodes");
         let unanswered = self.unanswered.clone();
         async move {
             let place = InLine {
                 number,
                 unanswered: &unanswered,
             };
-            let result = produce(&shared, &topic, partition, bytes, batch.deadline, place).await;
+            let result = produce(&shared, &topic, partition, bytes, closed.deadline, place).await;
             unanswered.send_modify(|set| {
                 set.remove(&number);
             });
-            let acknowledged = result.is_ok();
-            answer(batch.waiters, partition, result);
-            acknowledged
+            match result {
+                Ok(written) => {
+                    answer(closed.waiters, partition, Ok(written));
+                    Outcome::Acknowledged
+                }
+                Err(error)
+                    if sequence_refused(&error)
+                        && shared.identity.is_some()
+                        && Instant::now() < closed.deadline =>
+                {
+                    tracing::debug!(
+                        %topic,
+                        partition,
+                        %error,
+                        "batch refused; it goes out again under a new epoch"
+                    );
+                    Outcome::Refused(closed)
+                }
+                Err(error) => {
+                    answer(closed.waiters, partition, Err(error));
+                    Outcome::Failed
+                }
+            }
         }
     }
+}
+
+/// Whether the leader refused a batch for its sequence alone: it wrote nothing, and the batch
+/// may go out again under another epoch.
+fn sequence_refused(error: &ClientError) -> bool {
+    matches!(
+        error.server_error().map(|e| e.code()),
+        Some(ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId)
+    )
 }
 
 /// A batch's place among its partition's unanswered batches.
@@ -610,10 +747,11 @@ impl InLine<'_> {
 
 /// Sends one encoded batch to the partition leader; returns its base offset and append time.
 ///
-/// With idempotence, an OUT_OF_ORDER_SEQUENCE answer while earlier batches of the partition
-/// are unanswered means one of them has not reached the log yet: this batch waits for them
-/// and is sent again. When none was outstanding (an earlier one was answered just before
-/// this one arrived) it is sent again once; a second refusal is final.
+/// With idempotence, an OUT_OF_ORDER_SEQUENCE or UNKNOWN_PRODUCER_ID answer while earlier
+/// batches of the partition are unanswered means one of them has not reached the log yet:
+/// this batch waits for them and is sent again. When none was outstanding (an earlier one was
+/// answered just before this one arrived) it is sent again once; a second refusal is returned,
+/// and the worker sends the batch again under a new epoch.
 async fn produce(
     shared: &Shared,
     topic: &str,
@@ -626,15 +764,15 @@ async fn produce(
     loop {
         let answer = produce_once(shared, topic, partition, batch.clone(), deadline).await;
         match answer {
-            Err(ClientError::Server(error))
-                if error.code() == ErrorCode::OutOfOrderSequence
+            Err(error)
+                if sequence_refused(&error)
                     && shared.identity.is_some()
                     && Instant::now() < deadline =>
             {
                 if place.behind_others() {
                     place.wait_for_earlier(deadline).await;
                 } else if resent_in_line {
-                    return Err(ClientError::Server(error));
+                    return Err(error);
                 } else {
                     resent_in_line = true;
                 }

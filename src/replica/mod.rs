@@ -174,6 +174,12 @@ pub enum ReplicaError {
         /// The current epoch.
         current: u32,
     },
+    /// The leader holds no state for the producer, and the batch does not start at sequence 0.
+    #[error(
+        "unknown producer: no batch of this producer id is known here, so its first batch must \
+         start at sequence 0"
+    )]
+    UnknownProducerId,
 }
 
 impl ReplicaError {
@@ -192,6 +198,7 @@ impl ReplicaError {
             ReplicaError::DuplicateSequence { .. } => ErrorCode::DuplicateSequence,
             ReplicaError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             ReplicaError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            ReplicaError::UnknownProducerId => ErrorCode::UnknownProducerId,
         }
     }
 
@@ -777,6 +784,7 @@ impl<S: StateMachine> Replica<S> {
             Verdict::Append => return Some(reply),
             Verdict::OutOfOrder { expected } => ReplicaError::OutOfOrderSequence { expected },
             Verdict::Fenced { current } => ReplicaError::ProducerFenced { current },
+            Verdict::UnknownProducer => ReplicaError::UnknownProducerId,
             Verdict::Duplicate(stored) => {
                 let committed = stored.index <= self.raft.commit_index();
                 if committed || acks == Acks::Leader {

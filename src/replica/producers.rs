@@ -7,10 +7,16 @@
 //! batch the old one wrote to it, and a producer's retry of such a batch is answered with the
 //! original offset rather than appended again.
 //!
-//! What it does not promise: a producer idle for longer than the rebuild window
-//! ([`PRODUCER_REBUILD_ENTRIES_MAX`] entries) after a restart is unknown again; its next batch
-//! is accepted whatever its sequence (as a new producer would be), so only a retry that old
-//! could be duplicated.
+//! A producer the table does not know may only start at sequence 0 (as in Kafka): otherwise
+//! a producer whose first batch was lost in transit could have its second batch appended
+//! ahead of the first. A batch with another sequence is refused with UNKNOWN_PRODUCER_ID.
+//! That is also the answer when the table forgot a producer that did write: after a restart
+//! or a snapshot install the table is rebuilt from the log alone, so it no longer knows a
+//! producer whose batches retention removed, or that was idle for longer than the rebuild
+//! window ([`PRODUCER_REBUILD_ENTRIES_MAX`] entries). The client then bumps its epoch and
+//! starts the partition over at sequence 0 (Kafka's KIP-360), since the refused batch was not
+//! written and every earlier one of it is answered. What this does not promise: a retry of a
+//! batch the table forgot is written again, so only a retry that old could be duplicated.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -62,6 +68,9 @@ pub enum Verdict {
         /// The current epoch.
         current: u32,
     },
+    /// The producer is unknown and the batch does not start at sequence 0: refuse it (see
+    /// the module doc).
+    UnknownProducer,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,8 +112,12 @@ impl ProducerTable {
             return Verdict::Append;
         }
         let Some(producer) = self.producers.get(&batch.producer_id) else {
-            // Unknown producer (new, or forgotten after a restart): any sequence starts it.
-            return Verdict::Append;
+            // Appending a later batch would let it overtake an earlier one still in transit.
+            return if batch.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::UnknownProducer
+            };
         };
         if batch.epoch < producer.epoch {
             return Verdict::Fenced {
@@ -246,9 +259,43 @@ mod tests {
     }
 
     #[test]
-    fn producers_without_an_id_and_unknown_producers_are_appended() {
+    fn batches_without_a_producer_id_are_appended_whatever_their_sequence() {
         let table = ProducerTable::new();
         assert_eq!(table.check(&batch(0, 0, 99, 1)), Verdict::Append);
-        assert_eq!(table.check(&batch(42, 3, 17, 1)), Verdict::Append);
+        assert_eq!(table.check(&batch(0, 3, 0, 1)), Verdict::Append);
+    }
+
+    #[test]
+    fn an_unknown_producer_must_start_at_sequence_zero() {
+        let mut table = ProducerTable::new();
+        // Its first batch is still in transit: the second must not overtake it.
+        assert_eq!(table.check(&batch(42, 0, 3, 2)), Verdict::UnknownProducer);
+        assert_eq!(table.check(&batch(42, 0, 0, 3)), Verdict::Append);
+        table.record(&batch(42, 0, 0, 3), at(1));
+        assert_eq!(table.check(&batch(42, 0, 3, 2)), Verdict::Append);
+        // Any epoch may start at 0: a producer that bumped its epoch after the table forgot it.
+        assert_eq!(table.check(&batch(43, 5, 0, 1)), Verdict::Append);
+        assert_eq!(table.check(&batch(43, 5, 1, 1)), Verdict::UnknownProducer);
+    }
+
+    #[test]
+    fn a_rebuilt_table_forgets_producers_whose_batches_are_gone() {
+        let mut table = ProducerTable::new();
+        table.record(&batch(42, 0, 0, 3), at(1));
+        table.record(&batch(43, 0, 0, 1), at(2));
+        // A rebuild from a log whose first entry retention removed.
+        table.clear();
+        table.record(&batch(43, 0, 0, 1), at(2));
+        assert_eq!(
+            table.check(&batch(42, 0, 3, 1)),
+            Verdict::UnknownProducer,
+            "the forgotten producer's next batch is refused, not appended"
+        );
+        assert_eq!(
+            table.check(&batch(42, 1, 0, 1)),
+            Verdict::Append,
+            "once it bumps its epoch and starts over at 0, it is known again"
+        );
+        assert_eq!(table.check(&batch(43, 0, 1, 1)), Verdict::Append);
     }
 }

@@ -356,6 +356,7 @@ fn refused_before_writing(code: ErrorCode) -> bool {
         code,
         ErrorCode::StorageFull
             | ErrorCode::OutOfOrderSequence
+            | ErrorCode::UnknownProducerId
             | ErrorCode::ProducerFenced
             | ErrorCode::InvalidRequest
     )

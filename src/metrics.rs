@@ -146,7 +146,7 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_leader_changes_total", Counter, PARTITION, "Times this replica saw the partition's leader change to a new node."),
     metric!("raftlog_elections_started_total", Counter, PARTITION, "Elections this replica started: term increases while it was a candidate (a pre-vote alone does not count)."),
     metric!("raftlog_term", Gauge, PARTITION, "Current Raft term of this replica."),
-    metric!("raftlog_replica_failed", Gauge, PARTITION, "1 if this replica stopped on a storage error and no longer serves or votes."),
+    metric!("raftlog_replica_failed", Gauge, PARTITION, "1 if this replica stopped (a storage error, or a panic: a bug) and no longer serves or votes."),
     metric!("raftlog_replica_storage_full", Gauge, PARTITION, "1 while this replica refuses writes because its disk is full (it retries by itself and resumes once space is freed)."),
     metric!("raftlog_fetch_waiters", Gauge, PARTITION, "Fetches parked at this replica's high watermark, waiting for new records (consumers' long polls)."),
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),

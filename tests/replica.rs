@@ -647,3 +647,67 @@ async fn wait_until(done: impl Fn() -> bool) {
     .await
     .expect("condition within the bound");
 }
+
+/// A state machine with a bug: applying the entry `boom` panics.
+struct PanicsOnBoom {
+    applied: u64,
+}
+
+impl raftlog::replica::StateMachine for PanicsOnBoom {
+    type Output = ();
+    fn apply(&mut self, entry: &raftlog::proto::Entry) {
+        self.applied = entry.index;
+        assert!(entry.payload.as_ref() != b"boom", "the state machine's bug");
+    }
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+/// A panic in a replica's task (a bug) stops that replica only, answers its waiters, and makes
+/// it show as failed, so the node does not look healthy with a group that no longer serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_replica_task_shows_as_failed_and_answers_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn MessageSink> = Arc::new(Router::default());
+    let handle = Replica::start(
+        config(dir.path(), 1, vec![1]),
+        PanicsOnBoom { applied: 0 },
+        sink,
+    )
+    .unwrap();
+    let leader = wait_for_leader(std::slice::from_ref(&handle)).await;
+    timeout(BOUND, leader.propose(Bytes::from("fine"), 1, Acks::All))
+        .await
+        .unwrap()
+        .expect("an ordinary entry is applied");
+    let parked = leader.fetch(1, 1 << 20, BOUND);
+    let boom = leader.propose(Bytes::from("boom"), 1, Acks::All);
+    let (parked, boom) = timeout(BOUND, async { tokio::join!(parked, boom) })
+        .await
+        .expect("waiters are answered when the task dies");
+    assert!(matches!(boom, Err(ReplicaError::Stopped)), "{boom:?}");
+    // The parked fetch is answered: with the record, if the commit woke it before the apply
+    // panicked, or as stopped.
+    assert!(
+        matches!(&parked, Ok(f) if f.high_watermark == 2)
+            || matches!(parked, Err(ReplicaError::Stopped)),
+        "{parked:?}"
+    );
+    let failed = timeout(BOUND, async {
+        loop {
+            if let Some(reason) = handle.status().failed {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the replica shows as failed");
+    assert!(
+        failed.contains("panicked") && failed.contains("the state machine's bug"),
+        "{failed}"
+    );
+    let after = leader.propose(Bytes::from("later"), 1, Acks::All).await;
+    assert!(matches!(after, Err(ReplicaError::Stopped)), "{after:?}");
+}

@@ -280,7 +280,8 @@ pub struct ReplicaStatus {
     pub segment_count: u64,
     /// For a leader: each follower's match index, as (node id, match index).
     pub follower_match: Vec<(u64, u64)>,
-    /// Set when the replica stopped on a storage error; it no longer serves or votes.
+    /// Set when the replica stopped on a storage error or a panic; it no longer serves or
+    /// votes.
     pub failed: Option<String>,
     /// Set while the disk is full: the replica refuses writes and retries with backoff.
     pub storage_full: Option<String>,
@@ -601,7 +602,24 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|e| ReplicaError::from_storage(&e))?;
         // Publish the recovered state before anyone can ask for it.
         replica.publish_status();
-        tokio::spawn(replica.run(inbox));
+        let status = replica.status.clone();
+        let metrics = replica.metrics.clone();
+        let group = replica.config.raft.group_id;
+        tokio::spawn(async move {
+            let run = std::panic::AssertUnwindSafe(replica.run(inbox));
+            if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
+                // A panic is a bug (in the driver or a state machine's apply). The replica
+                // is gone with it, and with it every waiter's reply (they see it stopped);
+                // it must also show as failed, as after a storage error, or the node would
+                // look healthy while this group no longer serves or votes.
+                let message = panic_message(panic.as_ref());
+                tracing::error!(group, %message, "replica task panicked; it no longer serves or votes");
+                metrics.replica_failed();
+                status.send_modify(|status| {
+                    status.failed = Some(format!("replica task panicked: {message}"));
+                });
+            }
+        });
         Ok(ReplicaHandle {
             events,
             status: status_rx,
@@ -1259,6 +1277,15 @@ impl<S: StateMachine> Replica<S> {
             let _ = fetch.reply.send(Err(error.clone()));
         }
     }
+}
+
+/// The text a panic was raised with, when it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Marker file in a group's directory: recovery dropped entries that may have been

@@ -641,11 +641,20 @@ async fn retried_batches_are_deduplicated_even_by_a_new_leader() {
         "{}",
         fenced.message
     );
-    let stored: Vec<String> = read_all(&connections[0], "idem", 0)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    // The node read may be a follower that learns the last commit only with the leader's
+    // next message, so read until its high watermark has caught up (or the bound passes).
+    let deadline = std::time::Instant::now() + BOUND;
+    let stored = loop {
+        let stored: Vec<String> = read_all(&connections[0], "idem", 0)
+            .await
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        if stored.len() >= 6 || std::time::Instant::now() > deadline {
+            break stored;
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         stored,
         ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec()

@@ -8,11 +8,11 @@
 //! 1. wait for something to happen: an event, a tick, or a finished fsync;
 //! 2. take **every** event already queued (natural batching: proposals that arrived while the
 //!    previous write was in flight become one append and one fsync);
-//! 3. carry out the core's [`Ready`] in [`Replica::handle_ready`], whose doc states the order;
+//! 3. carry out the core's [`Ready`] in `Replica::handle_ready`, whose doc states the order;
 //! 4. start an fsync in a blocking thread if the log has entries that are not durable and no
 //!    fsync is running; its completion is an event of step 1.
 //!
-//! A full disk does not stop the task (see [`Replica::stall`]): the write that failed is
+//! A full disk does not stop the task (see `Replica::stall`): the write that failed is
 //! treated like a crash just before it (the core is rebuilt from what the log holds), writes
 //! are refused with `STORAGE_FULL`, and the replica tries again with backoff until space is
 //! freed. Any other storage error stops the task, since the log's state is then unknown.

@@ -31,7 +31,6 @@
 //! peer_queue_messages_max = 8192
 //! peer_queue_bytes_max = 67108864
 //! peer_inbound_messages_max = 8192
-//! peer_inbound_bytes_max = 67108864
 //! reconnect_backoff_ms_min = 50
 //! reconnect_backoff_ms_max = 2000
 //! peer_write_timeout_ms = 10000
@@ -142,12 +141,19 @@ pub struct NetworkConfig {
     /// Bytes queued for one peer before new messages are dropped: 64 MiB is several full
     /// append windows, and bounds what a dead peer can cost in memory.
     pub peer_queue_bytes_max: usize,
-    /// Messages received from peers and not yet taken by the node. When full, connections
-    /// stop reading and TCP pushes back on the senders, whose own queues then drop.
+    /// Events waiting in one replica's queue (one Raft group): messages received from peers,
+    /// and client requests. A peer message that finds it full is dropped and Raft retransmits
+    /// it, so peer connections never wait on a busy replica; 8192, like
+    /// `peer_queue_messages_max`, absorbs bursts. Bytes need no bound of their own here: a
+    /// leader keeps only about `append_in_flight_bytes_max` of appends outstanding per
+    /// follower.
     pub peer_inbound_messages_max: usize,
-    /// Bytes received from peers and not yet taken by the node (64 MiB; same reasoning as
-    /// `peer_inbound_messages_max`).
-    pub peer_inbound_bytes_max: usize,
+    /// Retired and ignored (a warning is logged when set): received messages now go straight
+    /// from the connection to their replica's queue, which `peer_inbound_messages_max`
+    /// bounds, with no shared inbound buffer left to bound in bytes. Still accepted so that
+    /// existing configuration files keep working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_inbound_bytes_max: Option<usize>,
     /// First delay before reconnecting to a peer. 50 ms lets a restarted peer be reached
     /// again well inside one election timeout.
     pub reconnect_backoff_ms_min: u64,
@@ -313,7 +319,7 @@ impl Default for NetworkConfig {
             peer_queue_messages_max: 8_192,
             peer_queue_bytes_max: 64 * MIB,
             peer_inbound_messages_max: 8_192,
-            peer_inbound_bytes_max: 64 * MIB,
+            peer_inbound_bytes_max: None,
             reconnect_backoff_ms_min: 50,
             reconnect_backoff_ms_max: 2_000,
             peer_write_timeout_ms: 10_000,
@@ -571,10 +577,6 @@ impl RaftConfig {
         let sizes = [
             ("network.frame_bytes_max", network.frame_bytes_max),
             ("network.peer_queue_bytes_max", network.peer_queue_bytes_max),
-            (
-                "network.peer_inbound_bytes_max",
-                network.peer_inbound_bytes_max,
-            ),
         ];
         for (name, size) in sizes {
             if bytes + ENVELOPE_OVERHEAD_BYTES_MAX > size {
@@ -840,6 +842,23 @@ mod tests {
         config.network.peer_queue_messages_max = 77;
         let text = config.to_toml_string().unwrap();
         assert_eq!(NodeConfig::from_toml_str(&text).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn the_retired_inbound_byte_bound_is_still_accepted_and_not_written_back() {
+        let text = "node_id = 1\ndata_dir = \"d\"\n[peers]\n1 = \"a:1\"\n\
+                    [network]\npeer_inbound_bytes_max = 1\n";
+        let config = NodeConfig::from_toml_str(text).unwrap();
+        // Even a bound far below one append is no longer a reason to refuse the file.
+        config.validate().unwrap();
+        assert_eq!(config.network.peer_inbound_bytes_max, Some(1));
+        let written = NodeConfig {
+            network: NetworkConfig::default(),
+            ..config
+        }
+        .to_toml_string()
+        .unwrap();
+        assert!(!written.contains("peer_inbound_bytes_max"), "{written}");
     }
 
     #[test]

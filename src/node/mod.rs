@@ -11,6 +11,10 @@
 //!   peers ◄─► transport ─► route by group id ─► replicas
 //! ```
 //!
+//! Routing runs on the transport's connection reader tasks (the node's router is their
+//! [`Deliver`] sink): a peer's message goes from the socket into its replica's queue without
+//! waking another task first.
+//!
 //! Every node applies the metadata log to its own copy; whenever that copy changes the node
 //! reconciles: it starts a replica for every partition placed on it and stops the replicas of
 //! deleted topics. A newly created partition's preferred leader (its first replica) starts an
@@ -20,8 +24,10 @@ pub mod dev;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +44,7 @@ use crate::replica::{
     Acks, MessageSink, Replica, ReplicaConfig, ReplicaError, ReplicaHandle, StateMachine,
 };
 use crate::storage::{LogConfig, SyncPolicy};
-use crate::transport::{Transport, TransportConfig};
+use crate::transport::{Deliver, Transport, TransportConfig};
 
 /// What applying one metadata command produced.
 pub type MetadataOutcome = Result<Applied, MetadataError>;
@@ -92,6 +98,38 @@ impl MessageSink for TransportSink {
     fn send(&self, message: RaftMessage) {
         // A full queue drops the message (counted by the transport); Raft retransmits.
         let _ = self.0.send(message);
+    }
+}
+
+/// Routes each message a peer sent to its group's replica, called by the transport on the
+/// connection's reader task. Never blocks: [`ReplicaHandle::step`] drops a message its
+/// replica's full queue cannot take.
+struct Router {
+    /// The node, set once it exists. Weak, because the transport's tasks hold this router
+    /// and stop only at the transport's shutdown: a strong reference would keep a node that
+    /// was aborted (or dropped unstopped) alive for as long as they run.
+    node: OnceLock<Weak<Node>>,
+    /// Set by [`RunningNode::abort`]: a crashed node hears nothing more.
+    deaf: AtomicBool,
+}
+
+impl Deliver for Router {
+    fn deliver(&self, message: RaftMessage) -> ControlFlow<()> {
+        if self.deaf.load(Ordering::Relaxed) {
+            return ControlFlow::Break(());
+        }
+        // A message that arrives while the node is still being built is dropped: its sender
+        // retransmits it, as it would after any loss.
+        let Some(node) = self.node.get() else {
+            return ControlFlow::Continue(());
+        };
+        match node.upgrade() {
+            Some(node) => {
+                node.route(message);
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(()),
+        }
     }
 }
 
@@ -157,7 +195,7 @@ pub struct RunningNode {
     /// Where the peer listener is bound.
     pub peer_address: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    router: tokio::task::JoinHandle<()>,
+    router: Arc<Router>,
 }
 
 impl Node {
@@ -169,6 +207,12 @@ impl Node {
     /// An invalid configuration, a listener that cannot bind, or a log that cannot open.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         config.validate()?;
+        if config.network.peer_inbound_bytes_max.is_some() {
+            tracing::warn!(
+                "network.peer_inbound_bytes_max is retired and ignored: received messages go \
+                 straight to their replica's queue, bounded by peer_inbound_messages_max"
+            );
+        }
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
                 .await
@@ -194,8 +238,16 @@ impl Node {
         transport_config.client_address = client_address.to_string();
         // The transport has its own token: it must outlive the node's shutdown signal, which
         // stops client traffic, until every replica has handed off and drained.
-        let (transport, mut inbound) =
-            Transport::start(transport_config, peer_listener, &CancellationToken::new())?;
+        let router = Arc::new(Router {
+            node: OnceLock::new(),
+            deaf: AtomicBool::new(false),
+        });
+        let transport = Transport::start(
+            transport_config,
+            peer_listener,
+            &CancellationToken::new(),
+            router.clone(),
+        )?;
 
         let voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
@@ -229,17 +281,11 @@ impl Node {
             partitions: RwLock::new(HashMap::new()),
             shutdown: shutdown.clone(),
         });
-        // The router runs until the transport closes, after every replica has stopped: a
+        // Messages are routed until the transport closes, after every replica has stopped: a
         // node handing off leadership must keep hearing from its peers to finish the transfer
-        // and to learn the outcome of the proposals it accepted.
-        let router = {
-            let node = node.clone();
-            tokio::spawn(async move {
-                while let Some(message) = inbound.recv().await {
-                    node.route(message);
-                }
-            })
-        };
+        // and to learn the outcome of the proposals it accepted. `RunningNode::shutdown` holds
+        // the node until then, so the weak reference stays valid all along.
+        let _ = router.node.set(Arc::downgrade(&node));
         let reconciler = {
             let node = node.clone();
             tokio::spawn(async move {
@@ -588,8 +634,8 @@ impl RunningNode {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
+        // Once this returns no reader task is left, so nothing is routed any more.
         node.transport.shutdown().await;
-        let _ = tokio::time::timeout(grace, self.router).await;
     }
 
     /// Stops the node abruptly, as a crash would, without handing off leadership or waiting.
@@ -598,7 +644,7 @@ impl RunningNode {
         for task in self.tasks {
             task.abort();
         }
-        self.router.abort();
+        self.router.deaf.store(true, Ordering::Relaxed);
     }
 }
 

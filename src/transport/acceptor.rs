@@ -1,4 +1,4 @@
-//! The acceptor task: takes the other nodes' connections and forwards what they carry.
+//! The acceptor task: takes the other nodes' connections and delivers what they carry.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,8 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::inbound::InboundSender;
-use super::{Shared, TransportConfig, TransportError};
+use super::{Deliver, Shared, TransportConfig, TransportError};
 use crate::config::NodeId;
 use crate::proto::envelope::Body;
 use crate::proto::{ConnectionRole, Envelope, ErrorCode, HandshakeResponse, RaftBatch};
@@ -26,7 +25,7 @@ pub(super) async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
     config: Arc<TransportConfig>,
-    inbound: InboundSender,
+    deliver: Arc<dyn Deliver>,
 ) {
     let token = shared.token.clone();
     let slots = Arc::new(Semaphore::new(config.network.peer_connections_max));
@@ -51,11 +50,11 @@ pub(super) async fn run(
                 }
             }
         };
-        let (shared, config, inbound) = (shared.clone(), config.clone(), inbound.clone());
+        let (shared, config, deliver) = (shared.clone(), config.clone(), deliver.clone());
         let tasks = shared.tasks.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Err(error) = serve(stream, &shared, &config, &inbound).await {
+            if let Err(error) = serve(stream, &shared, &config, deliver.as_ref()).await {
                 shared.refused_connections.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%error, "closed a peer connection");
             }
@@ -63,13 +62,13 @@ pub(super) async fn run(
     }
 }
 
-/// Serves one incoming connection: handshake, then every `RaftBatch` to [`InboundSender`].
-/// Returns `Ok` when the peer hangs up, the node stops taking messages, or at shutdown.
+/// Serves one incoming connection: handshake, then every `RaftBatch` to `deliver`. Returns
+/// `Ok` when the peer hangs up, the receiver is gone, or at shutdown.
 async fn serve(
     stream: TcpStream,
     shared: &Shared,
     config: &TransportConfig,
-    inbound: &InboundSender,
+    deliver: &dyn Deliver,
 ) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
     let mut connection = Framed::new(stream, EnvelopeCodec::new(config.network.frame_bytes_max));
@@ -87,16 +86,16 @@ async fn serve(
         addresses.insert(peer, client_address);
     }
     let registration = Registration::new(shared, peer);
-    receive(&mut connection, peer, shared, inbound, &registration.token).await
+    receive(&mut connection, peer, shared, deliver, &registration.token).await
 }
 
-/// Reads frames until the peer hangs up, the node stops taking messages, or `token` (shutdown,
-/// or a newer connection from the same peer) is cancelled.
+/// Reads frames until the peer hangs up, the receiver is gone, or `token` (shutdown, or a
+/// newer connection from the same peer) is cancelled.
 async fn receive(
     connection: &mut PeerConnection,
     peer: NodeId,
     shared: &Shared,
-    inbound: &InboundSender,
+    deliver: &dyn Deliver,
     token: &CancellationToken,
 ) -> Result<(), TransportError> {
     loop {
@@ -108,7 +107,7 @@ async fn receive(
             return Ok(());
         };
         let batch = raft_batch(envelope?)?;
-        if !forward(batch, peer, shared, inbound, token).await? {
+        if !forward(batch, peer, shared, deliver, token)? {
             return Ok(());
         }
     }
@@ -221,14 +220,13 @@ fn raft_batch(envelope: Envelope) -> Result<RaftBatch, TransportError> {
     }
 }
 
-/// Hands a batch's messages to the node in order, waiting for room in the inbound channel
-/// (which is what pushes back on a fast sender). Returns `Ok(false)` when the node has
-/// dropped its receiver or the transport is shutting down.
-async fn forward(
+/// Hands a batch's messages to the receiver in order, from this reader task. Returns
+/// `Ok(false)` when the receiver is gone or the connection is closing.
+fn forward(
     batch: RaftBatch,
     peer: NodeId,
     shared: &Shared,
-    inbound: &InboundSender,
+    deliver: &dyn Deliver,
     token: &CancellationToken,
 ) -> Result<bool, TransportError> {
     for message in batch.messages {
@@ -240,11 +238,13 @@ async fn forward(
                 node_id: shared.node_id,
             });
         }
-        let sent = tokio::select! {
-            _ = token.cancelled() => return Ok(false),
-            sent = inbound.send(message) => sent,
-        };
-        if sent.is_err() {
+        // Checked per message, not only between frames: a connection that a newer one from the
+        // same peer has replaced must stop delivering at once, or the rest of its batch could
+        // interleave with what the new connection carries.
+        if token.is_cancelled() {
+            return Ok(false);
+        }
+        if deliver.deliver(message).is_break() {
             return Ok(false);
         }
         shared.received_messages.fetch_add(1, Ordering::Relaxed);

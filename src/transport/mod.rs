@@ -8,8 +8,8 @@
 //!
 //! ```text
 //!  node 1                                                         node 2
-//!  send(msg to 2) ─► queue[2] ─► writer[2] ══ connection 1→2 ══► acceptor ─► Inbound
-//!  Inbound ◄─ acceptor ◄══ connection 2→1 ══ writer[1] ◄─ queue[1] ◄─ send(msg to 1)
+//!  send(msg to 2) ─► queue[2] ─► writer[2] ══ connection 1→2 ══► reader ─► deliver
+//!  deliver ◄─ reader ◄══ connection 2→1 ══ writer[1] ◄─ queue[1] ◄─ send(msg to 1)
 //! ```
 //!
 //! Each direction has its own connection, opened by the sender: a node's writes never wait on
@@ -18,9 +18,11 @@
 //! Memory is bounded everywhere. [`Transport::send`] never blocks: when a peer's queue is full
 //! (in messages or bytes) the message is dropped and counted, because Raft retransmits
 //! whatever is lost (heartbeats repeat, appends are resent from the follower's match index).
-//! On the receiving side the [`Inbound`] channel is bounded too; when the node is slow to take
-//! messages, connection readers stop reading and TCP pushes back on the sender (see
-//! [`inbound`]).
+//! On the receiving side each connection's reader task hands every message straight to the
+//! [`Deliver`] sink given to [`Transport::start`], which must not block: the receiver bounds
+//! its own queues and drops what does not fit, for the same reason (see [`deliver`]). So a
+//! connection never waits for a busy replica, and TCP never pushes back on the sender because
+//! of one.
 //!
 //! Shutdown has one path: the [`CancellationToken`] given to [`Transport::start`] (or
 //! [`Transport::shutdown`], which cancels the transport's child of it). Every task selects on
@@ -28,7 +30,7 @@
 
 mod acceptor;
 mod backoff;
-pub mod inbound;
+pub mod deliver;
 mod queue;
 mod tasks;
 mod writer;
@@ -49,7 +51,7 @@ use crate::proto::RaftMessage;
 use crate::wire::WireError;
 
 pub use backoff::Backoff;
-pub use inbound::Inbound;
+pub use deliver::Deliver;
 
 use queue::PeerQueue;
 use tasks::TaskTracker;
@@ -236,7 +238,9 @@ impl Transport {
     /// Starts the transport on an already-bound peer listener: one writer task per other peer
     /// and one acceptor task. Must be called inside a tokio runtime.
     ///
-    /// Cancelling `shutdown` (or calling [`Self::shutdown`]) stops every task.
+    /// Every message received from a peer goes to `deliver`, called from that peer's
+    /// connection reader task, until the transport has shut down. Cancelling `shutdown` (or
+    /// calling [`Self::shutdown`]) stops every task.
     ///
     /// # Errors
     /// [`TransportError::NotInPeers`] if `config.peers` lacks this node, or an I/O error reading
@@ -245,7 +249,8 @@ impl Transport {
         config: TransportConfig,
         listener: TcpListener,
         shutdown: &CancellationToken,
-    ) -> Result<(Transport, Inbound), TransportError> {
+        deliver: Arc<dyn Deliver>,
+    ) -> Result<Transport, TransportError> {
         if !config.peers.contains_key(&config.node_id) {
             return Err(TransportError::NotInPeers {
                 node_id: config.node_id,
@@ -279,18 +284,14 @@ impl Transport {
             token: shutdown.child_token(),
             tasks: TaskTracker::default(),
         });
-        let (inbound_sender, inbound) = inbound::channel(
-            network.peer_inbound_messages_max,
-            network.peer_inbound_bytes_max,
-        );
         let config = Arc::new(config);
         for link in shared.links.values() {
             let task = writer::run(shared.clone(), link.clone(), config.clone());
             shared.tasks.spawn(task);
         }
-        let task = acceptor::run(listener, shared.clone(), config, inbound_sender);
+        let task = acceptor::run(listener, shared.clone(), config, deliver);
         shared.tasks.spawn(task);
-        Ok((Transport { shared }, inbound))
+        Ok(Transport { shared })
     }
 
     /// The client address `peer` advertised in its latest handshake, once it has connected.
@@ -376,7 +377,7 @@ impl Transport {
         self.sum(|stats| stats.reconnects)
     }
 
-    /// Messages received from peers and handed to [`Inbound`].
+    /// Messages received from peers and handed to the [`Deliver`] sink.
     pub fn received_messages_total(&self) -> u64 {
         self.shared.received_messages.load(Ordering::Relaxed)
     }

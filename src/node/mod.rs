@@ -502,6 +502,13 @@ impl Node {
     }
 
     /// Starts a replica for every partition placed here and stops those no longer placed.
+    ///
+    /// The partition map's write lock is held while one partition starts, so a request for it
+    /// that arrives meanwhile waits for the replica instead of being refused, but never across
+    /// several partitions or while a deleted partition's files go: every peer message is
+    /// routed through a read lock on the connection reader tasks, so a long write lock would
+    /// stall them all. Only this task changes the map, so what it read stays true until it
+    /// writes.
     fn reconcile(&self) {
         let wanted: Vec<(Topic, u32)> = {
             let metadata = self
@@ -513,17 +520,24 @@ impl Node {
                 .map(|(topic, p)| (topic.clone(), p.partition))
                 .collect()
         };
-        let mut partitions = self
+        let running: std::collections::HashSet<u64> = self
             .partitions
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .copied()
+            .collect();
         let mut keep = std::collections::HashSet::new();
         for (topic, partition) in wanted {
             let assignment = topic.partitions[partition as usize].clone();
             keep.insert(assignment.group_id);
-            if partitions.contains_key(&assignment.group_id) {
+            if running.contains(&assignment.group_id) {
                 continue;
             }
+            let mut partitions = self
+                .partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             match self.start_partition(&topic, &assignment) {
                 Ok(local) => {
                     partitions.insert(assignment.group_id, local);
@@ -533,19 +547,26 @@ impl Node {
                 }
             }
         }
-        let removed: Vec<u64> = partitions
-            .keys()
-            .copied()
-            .filter(|group| !keep.contains(group))
-            .collect();
-        for group_id in removed {
-            if let Some(local) = partitions.remove(&group_id) {
-                // Dropping the handle stops the replica; its files go with the topic.
-                let dir = self.partition_dir(&local.topic, local.partition, group_id);
-                drop(local);
-                if let Err(failure) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
-                }
+        let removed: Vec<LocalPartition> = {
+            let mut partitions = self
+                .partitions
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let gone: Vec<u64> = partitions
+                .keys()
+                .copied()
+                .filter(|group| !keep.contains(group))
+                .collect();
+            gone.iter()
+                .filter_map(|group_id| partitions.remove(group_id))
+                .collect()
+        };
+        for local in removed {
+            // Dropping the handle stops the replica; its files go with the topic.
+            let dir = self.partition_dir(&local.topic, local.partition, local.group_id);
+            drop(local);
+            if let Err(failure) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
             }
         }
     }

@@ -227,6 +227,12 @@ impl ProcessCluster {
         }
     }
 
+    fn proxy_mesh(&self) -> &ProxyMesh {
+        self.mesh
+            .as_ref()
+            .expect("a cluster that can be partitioned")
+    }
+
     /// Cuts the link between nodes `a` and `b` in both directions.
     ///
     /// # Panics
@@ -235,10 +241,7 @@ impl ProcessCluster {
         if let Some(net) = &self.namespaces {
             net.cut(a, b).expect("partition rule installed");
         } else {
-            let mesh = self
-                .mesh
-                .as_ref()
-                .expect("a cluster that can be partitioned");
+            let mesh = self.proxy_mesh();
             mesh.block(a, b);
             mesh.block(b, a);
         }
@@ -254,10 +257,7 @@ impl ProcessCluster {
             net.block(from, to, peer_port)
                 .expect("partition rule installed");
         } else {
-            let mesh = self
-                .mesh
-                .as_ref()
-                .expect("a cluster that can be partitioned");
+            let mesh = self.proxy_mesh();
             mesh.block(from, to);
         }
     }
@@ -270,10 +270,7 @@ impl ProcessCluster {
         if let Some(net) = &self.namespaces {
             net.heal().expect("partition rules removed");
         } else {
-            self.mesh
-                .as_ref()
-                .expect("a cluster that can be partitioned")
-                .heal();
+            self.proxy_mesh().heal();
         }
     }
 

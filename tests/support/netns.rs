@@ -57,7 +57,7 @@ impl Namespace {
     }
 
     /// `program` to be run inside this namespace.
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         join_in_child(&mut command, self.handle.as_raw_fd());
         command
@@ -220,9 +220,7 @@ impl NamespaceNet {
 
     /// A command for `program` that runs inside node `id`'s namespace.
     pub fn node_command(&self, id: u64, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new(program);
-        join_in_child(&mut command, self.node(id).handle.as_raw_fd());
-        command
+        self.node(id).command(program)
     }
 
     fn node(&self, id: u64) -> &Namespace {

@@ -35,6 +35,7 @@ fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
         retention_ms: 0,
         retention_check_interval: Duration::from_secs(60),
         track_producers: true,
+        limits: raftlog::replica::ReplicaLimits::for_tick_interval_ms(10),
     }
 }
 
@@ -595,7 +596,7 @@ async fn replica_that_lost_entries_votes_only_after_catching_up() {
 
     let recorder = Arc::new(Recorder::default());
     let sink: Arc<dyn MessageSink> = recorder.clone();
-    let marker = config.dir.join(raftlog::replica::VOTING_WITHHELD_FILE);
+    let marker = config.dir.join(raftlog::storage::VOTING_WITHHELD_FILE);
     let replica = Replica::start(config.clone(), LogIsTheState, sink.clone()).unwrap();
     assert_eq!(
         replica.status().last_index,

@@ -794,5 +794,6 @@ fn replica_config(
         retention_ms,
         retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
         track_producers: group_id != METADATA_GROUP_ID,
+        limits: crate::replica::ReplicaLimits::for_tick_interval_ms(settings.tick_interval_ms),
     }
 }

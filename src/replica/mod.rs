@@ -1,30 +1,33 @@
-//! The replica driver: runs one Raft group on tokio, joining the pure consensus core
-//! ([`crate::raft`]) to its storage ([`crate::storage`]) and the network.
+//! The replica: one Raft group of one node, as a sans-IO core and the tokio task that
+//! drives it.
 //!
-//! This is the only place where the core meets IO. One task per group owns the core and the
-//! partition's [`Log`]; everything else talks to it through a [`ReplicaHandle`]: peer messages,
-//! proposals, fetches. The task's loop is:
+//! [`ReplicaCore`] (in `core`) decides and remembers everything: it carries out the consensus
+//! core's Ready against a [`ReplicaLog`], keeps the proposals waiting for commit, the fetches
+//! parked at the high watermark, the idempotent producers' table, the stall after a full disk
+//! and the withheld vote after lost entries, and puts what it wants done in an outbox. It is
+//! what the seeded simulator runs, over [`MemLog`] stores.
 //!
-//! 1. wait for something to happen: an event, a tick, or a finished fsync;
+//! [`Replica`] (this file) is the task around it in a node. It owns only the inbox, the
+//! ticker, the clock and the blocking calls; everything else talks to it through a
+//! [`ReplicaHandle`]: peer messages, proposals, fetches. The task's loop is:
+//!
+//! 1. wait for something to happen: an event, a control request, a tick, a retention check,
+//!    or a finished fsync;
 //! 2. take **every** event already queued (natural batching: proposals that arrived while the
 //!    previous write was in flight become one append and one fsync);
-//! 3. carry out the core's [`Ready`] in `Replica::handle_ready`, whose doc states the order;
-//! 4. start an fsync in a blocking thread if the log has entries that are not durable and no
-//!    fsync is running; its completion is an event of step 1.
+//! 3. let the core carry out its Ready ([`ReplicaCore::handle_ready`], whose doc states the
+//!    order), then carry out the core's actions: send messages, answer waiters;
+//! 4. start the fsync the core hands out, if any (inline when nothing else is queued, else on
+//!    a blocking thread); its completion is an event of step 1.
 //!
-//! A full disk does not stop the task (see `Replica::stall`): the write that failed is
-//! treated like a crash just before it (the core is rebuilt from what the log holds), writes
-//! are refused with `STORAGE_FULL`, and the replica tries again with backoff until space is
-//! freed. Any other storage error stops the task, since the log's state is then unknown.
-//!
-//! It owns the group's high watermark, the produce requests waiting for commit and the fetches
-//! waiting for new records. It does not own placement or topic names (the node does) nor
-//! sockets (the server and the transport do).
+//! It does not own placement or topic names (the node does) nor sockets (the server and the
+//! transport do).
 
+pub mod core;
+mod disk;
+pub mod mem_log;
 pub mod producers;
-mod reader;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,12 +36,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::proto::{Entry, RaftMessage};
-use crate::raft::{self, ProposeError, Raft, Ready, RestoredState, Role};
-use crate::storage::{Log, LogConfig, RecoveryReport, StorageError, SyncDone, TailState};
+use crate::raft::{self, ProposeError};
+use crate::storage::{Log, LogConfig, StorageError, SyncDone};
 
-pub use reader::StorageReader;
-
-use producers::{ProducerBatch, ProducerTable, StoredBatch, Verdict, PRODUCER_REBUILD_ENTRIES_MAX};
+pub use self::core::{Action, CoreConfig, FetchWaiter, ReplicaCore, ReplicaLimits, ReplicaLog};
+pub use crate::raft::Role;
+pub use mem_log::{LogEvent, MemLog, MemSync};
 
 /// Where outgoing Raft messages go: the peer transport in a node.
 pub trait MessageSink: Send + Sync + 'static {
@@ -104,6 +107,8 @@ pub struct ReplicaConfig {
     /// Track idempotent producers' sequences (partitions; not the metadata group, whose
     /// entries are not record batches).
     pub track_producers: bool,
+    /// The replica's own limits, counted in ticks of `tick_interval`.
+    pub limits: ReplicaLimits,
 }
 
 /// Why a replica could not do what was asked.
@@ -285,11 +290,20 @@ pub struct ReplicaStatus {
     pub failed: Option<String>,
     /// Set while the disk is full: the replica refuses writes and retries with backoff.
     pub storage_full: Option<String>,
+    /// Fetches parked at the high watermark (consumers' long polls).
+    pub fetch_waiters: u64,
 }
 
 type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;
 type FetchReply = oneshot::Sender<Result<Fetched, ReplicaError>>;
 
+impl<T> FetchWaiter for oneshot::Sender<T> {
+    fn is_abandoned(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// What clients and peers queue for a replica; bounded, so a flood waits or is dropped.
 enum Event<O> {
     Message(RaftMessage),
     Propose {
@@ -305,18 +319,22 @@ enum Event<O> {
         park: bool,
         reply: FetchReply,
     },
-    TransferLeader {
-        to: u64,
-    },
+}
+
+/// Requests that steer the replica itself. They travel apart from [`Event`]s, on a queue
+/// that is never full, so a graceful hand-off cannot be dropped by a busy replica (which
+/// would turn a planned leadership transfer into an election). Few are ever sent: one per
+/// start, stop or transfer.
+enum Control {
+    TransferLeader { to: u64 },
     Campaign,
-    Stop {
-        drain: Duration,
-    },
+    Stop { drain: Duration },
 }
 
 /// The way to talk to a running replica. Cheap to clone.
 pub struct ReplicaHandle<O> {
     events: mpsc::Sender<Event<O>>,
+    control: mpsc::UnboundedSender<Control>,
     status: watch::Receiver<ReplicaStatus>,
 }
 
@@ -324,6 +342,7 @@ impl<O> Clone for ReplicaHandle<O> {
     fn clone(&self) -> Self {
         ReplicaHandle {
             events: self.events.clone(),
+            control: self.control.clone(),
             status: self.status.clone(),
         }
     }
@@ -433,22 +452,23 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         Ok(async move { answer.await.map_err(|_| ReplicaError::Stopped)? })
     }
 
-    /// Asks the leader to hand leadership to `to` (dissertation §3.10).
+    /// Asks the leader to hand leadership to `to` (dissertation §3.10). Never dropped for a
+    /// full queue.
     pub fn transfer_leader(&self, to: u64) {
-        let _ = self.events.try_send(Event::TransferLeader { to });
+        let _ = self.control.send(Control::TransferLeader { to });
     }
 
     /// Asks the replica to stop: it refuses new proposals at once, keeps running for at most
     /// `drain` so that proposals already accepted learn their outcome (typically from the new
     /// leader's commit index after a leadership transfer), then syncs and exits. Waiters still
-    /// unresolved then get [`ReplicaError::Stopped`].
+    /// unresolved then get [`ReplicaError::Stopped`]. Never dropped for a full queue.
     pub fn stop(&self, drain: Duration) {
-        let _ = self.events.try_send(Event::Stop { drain });
+        let _ = self.control.send(Control::Stop { drain });
     }
 
     /// Asks this member to start an election now (used to place initial leaders evenly).
     pub fn campaign(&self) {
-        let _ = self.events.try_send(Event::Campaign);
+        let _ = self.control.send(Control::Campaign);
     }
 
     /// The replica's latest published state.
@@ -456,7 +476,8 @@ impl<O: Send + 'static> ReplicaHandle<O> {
         self.status.borrow().clone()
     }
 
-    /// A receiver that changes whenever the replica's state does.
+    /// A receiver that changes whenever the replica's state does; `changed()` fails once
+    /// the replica's task has ended.
     pub fn watch_status(&self) -> watch::Receiver<ReplicaStatus> {
         self.status.clone()
     }
@@ -477,71 +498,20 @@ impl<O> PendingAppend<O> {
     }
 }
 
-/// A proposal waiting for its entry to commit (or to be superseded).
-struct PendingProposal<O> {
-    index: u64,
-    term: u64,
-    base_offset: u64,
-    timestamp_ms: i64,
-    acks: Acks,
-    reply: Option<ProposeReply<O>>,
-    /// A producer's retry of the batch already at `index`: answered as a duplicate once that
-    /// entry commits.
-    duplicate: bool,
-}
-
-/// First wait of a replica stalled on a full disk before it tries to write again.
-const STALL_BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between two attempts: freed space is used within a couple of seconds, and a
-/// disk that stays full costs one failed write (and one rebuild of the core) per attempt.
-const STALL_BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// A replica waiting for disk space (see [`Replica::stall`]).
-struct Stall {
-    /// When to try writing again.
-    retry_at: tokio::time::Instant,
-    /// The error that stalled it, for clients and `/ready`.
-    reason: String,
-}
-
-/// A fetch parked at the high watermark until new records commit.
-struct ParkedFetch {
-    offset: u64,
-    bytes_max: u64,
-    reply: FetchReply,
-}
+/// The core as a node runs it: on the file log, answering through oneshot channels.
+type NodeCore<S> = ReplicaCore<Log, S, ProposeReply<<S as StateMachine>::Output>, FetchReply>;
 
 /// The task that runs one group. Created by [`Replica::start`].
 pub struct Replica<S: StateMachine> {
-    raft: Raft,
-    log: Log,
-    machine: S,
+    core: NodeCore<S>,
     sink: std::sync::Arc<dyn MessageSink>,
     config: ReplicaConfig,
-    pending: VecDeque<PendingProposal<S::Output>>,
-    parked: Vec<ParkedFetch>,
-    sync_running: bool,
     sync_done: (mpsc::Sender<SyncDone>, mpsc::Receiver<SyncDone>),
     status: watch::Sender<ReplicaStatus>,
-    high_watermark: u64,
-    /// The commit index the last [`Replica::on_commit`] acted on, capped at the stored log:
-    /// entries up to it may have been shown to readers and answered to producers, so storage
-    /// must never truncate them. It lags the core's commit index on purpose: one step may both
-    /// truncate a stale suffix and commit the leader's entries that replace it (the same
-    /// AppendEntries carries both), and the truncation must still happen.
-    committed_index: u64,
     /// Set by a stop request: the time by which the replica exits even with waiters left.
     stopping_deadline: Option<tokio::time::Instant>,
-    /// Idempotent producers' recent batches, as the log holds them.
-    producers: ProducerTable,
     /// This group's metric handles (see [`crate::metrics`]).
     metrics: std::sync::Arc<crate::metrics::GroupMetrics>,
-    /// Set while the disk is full: the core is neither ticked nor stepped until `retry_at`.
-    stall: Option<Stall>,
-    /// Wait before the next retry; doubles per failed attempt, reset by a successful append.
-    stall_backoff: Duration,
-    /// The [`VOTING_WITHHELD_FILE`] marker exists in the group's directory.
-    voting_marker: bool,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -563,50 +533,40 @@ impl<S: StateMachine> Replica<S> {
         // Entries that survived a crash of the process but were never fsynced are made
         // durable now, before the core treats them as its durable log.
         tokio::task::block_in_place(|| log.sync()).map_err(|e| ReplicaError::from_storage(&e))?;
-        let voting_withheld = tokio::task::block_in_place(|| withhold_voting(&log, &report))
-            .map_err(|e| ReplicaError::from_storage(&e))?;
-        let restored = RestoredState {
-            voting_withheld,
-            ..restored_state(&log)
+        if let Some(lost_term) = log.voting_withheld() {
+            tracing::warn!(
+                dir = %config.dir.display(),
+                tail = ?report.tail,
+                lost_term,
+                "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
+            );
+        }
+        let core_config = CoreConfig {
+            raft: config.raft.clone(),
+            limits: config.limits.clone(),
+            track_producers: config.track_producers,
+            retention_bytes: config.retention_bytes,
+            retention_ms: config.retention_ms,
         };
-        let raft = Raft::restore(config.raft.clone(), restored, &StorageReader::new(&log))
-            .map_err(|e| ReplicaError::Storage(format!("invalid raft configuration: {e}")))?;
+        let core = ReplicaCore::new(core_config, log, machine)?;
         let (events, inbox) = mpsc::channel(config.events_queue_max.max(1));
-        let (status, status_rx) = watch::channel(ReplicaStatus::default());
-        let high_watermark = log.start_offset();
+        let (control, controls) = mpsc::unbounded_channel();
+        // Publish the recovered state before anyone can ask for it.
+        let (status, status_rx) = watch::channel(core.status());
         let metrics = crate::metrics::group(config.raft.id, config.raft.group_id);
-        // After a restart only the log start is known to be committed.
-        let committed_index = raft.commit_index();
-        let mut replica = Replica {
-            raft,
-            log,
-            machine,
+        let group = config.raft.group_id;
+        let replica = Replica {
+            core,
             sink,
             config,
-            pending: VecDeque::new(),
-            parked: Vec::new(),
-            sync_running: false,
             sync_done: mpsc::channel(1),
             status,
-            high_watermark,
-            committed_index,
             stopping_deadline: None,
-            producers: ProducerTable::new(),
-            metrics,
-            stall: None,
-            stall_backoff: Duration::ZERO,
-            voting_marker: voting_withheld.is_some(),
+            metrics: metrics.clone(),
         };
-        replica
-            .rebuild_producers()
-            .map_err(|e| ReplicaError::from_storage(&e))?;
-        // Publish the recovered state before anyone can ask for it.
-        replica.publish_status();
         let status = replica.status.clone();
-        let metrics = replica.metrics.clone();
-        let group = replica.config.raft.group_id;
         tokio::spawn(async move {
-            let run = std::panic::AssertUnwindSafe(replica.run(inbox));
+            let run = std::panic::AssertUnwindSafe(replica.run(inbox, controls));
             if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
                 // A panic is a bug (in the driver or a state machine's apply). The replica
                 // is gone with it, and with it every waiter's reply (they see it stopped);
@@ -622,18 +582,32 @@ impl<S: StateMachine> Replica<S> {
         });
         Ok(ReplicaHandle {
             events,
+            control,
             status: status_rx,
         })
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Event<S::Output>>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Event<S::Output>>,
+        mut controls: mpsc::UnboundedReceiver<Control>,
+    ) {
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(self.config.retention_check_interval);
         retention.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let retains = self.config.retention_bytes > 0 || self.config.retention_ms > 0;
         loop {
-            let outcome = tokio::select! {
-                Some(done) = self.sync_done.1.recv() => self.on_sync_done(done),
+            // Biased, in this order: a control request (a campaign at start, a stop) is
+            // handled before client events queued after it, as when both shared one queue;
+            // ticks and fsync completions come before the inbox so that a replica under a
+            // constant stream of requests still heartbeats and commits.
+            tokio::select! {
+                biased;
+                Some(control) = controls.recv() => self.on_control(control),
+                Some(done) = self.sync_done.1.recv() => self.core.sync_done(done),
+                _ = ticker.tick() => self.core.tick(),
+                _ = retention.tick(), if retains => self.core.apply_retention(now_ms()),
                 event = inbox.recv() => {
                     let Some(event) = event else { break };
                     self.on_event(event);
@@ -642,25 +616,18 @@ impl<S: StateMachine> Replica<S> {
                     while let Ok(event) = inbox.try_recv() {
                         self.on_event(event);
                     }
-                    Ok(())
                 }
-                _ = ticker.tick() => { self.on_tick(); Ok(()) }
-                _ = retention.tick() => self.apply_retention(),
             };
-            let outcome = outcome.and_then(|()| self.handle_ready());
-            let outcome = match outcome {
-                // A snapshot install that ran out of room after removing the old segments
-                // leaves no active segment: only reopening the log repairs that.
-                Err(error) if error.is_full() && self.log.segment_count() > 0 => self.stall(error),
-                other => other,
-            };
-            if let Err(error) = outcome {
-                self.fail(error);
+            let outcome = self.core.handle_ready();
+            self.carry_out_actions();
+            if outcome.is_err() {
+                self.metrics.replica_failed();
+                self.publish_status();
                 break;
             }
             self.start_sync(inbox.is_empty());
             self.publish_status();
-            let drained = self.pending.is_empty();
+            let drained = self.core.pending_count() == 0;
             if self
                 .stopping_deadline
                 .is_some_and(|deadline| drained || tokio::time::Instant::now() >= deadline)
@@ -668,455 +635,76 @@ impl<S: StateMachine> Replica<S> {
                 break;
             }
         }
-        self.fail_waiters(ReplicaError::Stopped);
-        if self.status.borrow().failed.is_none() {
-            let _ = tokio::task::block_in_place(|| self.log.sync());
+        self.core.answer_all(ReplicaError::Stopped);
+        self.carry_out_actions();
+        if self.core.failed().is_none() {
+            let _ = self.core.log_mut().sync();
         }
     }
 
-    fn on_tick(&mut self) {
-        // Fetches whose waiter gave up (its wait ended) are otherwise only dropped when a
-        // commit wakes the parked list; on an idle partition they would pile up, one per
-        // long poll.
-        self.parked.retain(|fetch| !fetch.reply.is_closed());
-        self.metrics.fetch_waiters(self.parked.len());
-        if let Some(stall) = &self.stall {
-            if tokio::time::Instant::now() < stall.retry_at {
-                return;
-            }
-            tracing::info!(
-                group = self.config.raft.group_id,
-                "retrying writes after a full disk"
-            );
-            self.stall = None;
-        }
-        self.raft.tick();
-    }
-
-    /// Handles one event. A stalled replica (full disk) serves fetches of committed records
-    /// and stop requests only: proposals are refused with `STORAGE_FULL`, and peer messages
-    /// are dropped unanswered (to the leader it looks slow; Raft retransmits once it answers
-    /// again), so the core is not driven into writes that cannot succeed.
     fn on_event(&mut self, event: Event<S::Output>) {
-        let stalled = self.stall.as_ref().map(|stall| stall.reason.clone());
         match event {
             Event::Message(message) => {
                 self.metrics.received(&message);
-                if stalled.is_none() {
-                    self.raft.step(message);
-                }
-            }
-            Event::Propose { reply, .. } if stalled.is_some() => {
-                let reason = stalled.unwrap_or_default();
-                let _ = reply.send(Err(ReplicaError::StorageFull(reason)));
+                self.core.step(message);
             }
             Event::Propose {
                 payload,
                 record_count,
                 acks,
                 reply,
-            } => self.on_propose(payload, record_count, acks, reply),
+            } => self
+                .core
+                .propose(payload, record_count, acks, now_ms(), reply),
             Event::Fetch {
                 offset,
                 bytes_max,
                 park,
                 reply,
-            } => self.on_fetch(offset, bytes_max, park, reply),
-            Event::TransferLeader { .. } | Event::Campaign if stalled.is_some() => {}
-            Event::TransferLeader { to } => {
-                let _ = self.raft.transfer_leader(to);
-            }
-            Event::Campaign => self.raft.campaign_now(),
-            Event::Stop { drain } => {
+            } => self.core.fetch(offset, bytes_max, park, reply),
+        }
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::TransferLeader { to } => self.core.transfer_leader(to),
+            Control::Campaign => self.core.campaign(),
+            Control::Stop { drain } => {
+                self.core.stop();
                 self.stopping_deadline = Some(tokio::time::Instant::now() + drain);
             }
         }
     }
 
-    fn on_propose(
-        &mut self,
-        payload: Bytes,
-        record_count: u32,
-        acks: Acks,
-        reply: ProposeReply<S::Output>,
-    ) {
-        if self.stopping_deadline.is_some() {
-            let leader_hint = self.raft.leader_id().filter(|&id| id != self.raft.id());
-            let _ = reply.send(Err(ReplicaError::NotLeader { leader_hint }));
-            return;
-        }
-        let producer = self.producer_batch(&payload, record_count);
-        let Some(reply) = self.check_producer(producer.as_ref(), acks, reply) else {
-            return;
-        };
-        let timestamp_ms = now_ms();
-        match self.raft.propose(payload, record_count, timestamp_ms) {
-            Ok(proposed) => {
-                if let Some(batch) = &producer {
-                    let stored = StoredBatch {
-                        index: proposed.index,
-                        base_offset: proposed.base_offset,
-                    };
-                    self.producers.record(batch, stored);
-                }
-                self.pending.push_back(PendingProposal {
-                    index: proposed.index,
-                    term: proposed.term,
-                    base_offset: proposed.base_offset,
-                    timestamp_ms,
-                    acks,
-                    reply: Some(reply),
-                    duplicate: false,
-                })
+    /// Carries out the core's outbox: messages to the transport, answers to their waiters.
+    fn carry_out_actions(&mut self) {
+        let mut sent = Vec::new();
+        for action in self.core.actions() {
+            match action {
+                Action::Send(message) => sent.push(message),
+                Action::Proposed(reply, result) => drop(reply.send(result)),
+                Action::Fetched(reply, result) => drop(reply.send(result)),
             }
-            Err(error) => {
-                let _ = reply.send(Err(ReplicaError::from_propose(error)));
+        }
+        if !sent.is_empty() {
+            self.metrics.node().messages_sent(&sent);
+            for message in sent {
+                self.sink.send(message);
             }
         }
     }
 
-    /// The producer fields of a batch, when this group tracks producers and the batch names one.
-    fn producer_batch(&self, payload: &Bytes, record_count: u32) -> Option<ProducerBatch> {
-        if !self.config.track_producers {
-            return None;
-        }
-        let batch = <crate::proto::RecordBatch as prost::Message>::decode(payload.clone()).ok()?;
-        (batch.producer_id != 0).then_some(ProducerBatch {
-            producer_id: batch.producer_id,
-            epoch: batch.producer_epoch,
-            base_sequence: batch.base_sequence,
-            record_count,
-        })
-    }
-
-    /// Answers a batch the producer table refuses or already has; returns the reply when the
-    /// batch is to be appended.
-    fn check_producer(
-        &mut self,
-        producer: Option<&ProducerBatch>,
-        acks: Acks,
-        reply: ProposeReply<S::Output>,
-    ) -> Option<ProposeReply<S::Output>> {
-        let verdict = producer.map_or(Verdict::Append, |batch| self.producers.check(batch));
-        let refusal = match verdict {
-            Verdict::Append => return Some(reply),
-            Verdict::OutOfOrder { expected } => ReplicaError::OutOfOrderSequence { expected },
-            Verdict::Fenced { current } => ReplicaError::ProducerFenced { current },
-            Verdict::UnknownProducer => ReplicaError::UnknownProducerId,
-            Verdict::Duplicate(stored) => {
-                let committed = stored.index <= self.raft.commit_index();
-                if committed || acks == Acks::Leader {
-                    ReplicaError::DuplicateSequence {
-                        base_offset: stored.base_offset,
-                    }
-                } else {
-                    // The original is still in flight: answer when it commits (or is lost).
-                    let term = self.log.term_at(stored.index).unwrap_or(self.raft.term());
-                    let at = self.pending.partition_point(|p| p.index <= stored.index);
-                    self.pending.insert(
-                        at,
-                        PendingProposal {
-                            index: stored.index,
-                            term,
-                            base_offset: stored.base_offset,
-                            timestamp_ms: now_ms(),
-                            acks,
-                            reply: Some(reply),
-                            duplicate: true,
-                        },
-                    );
-                    return None;
-                }
-            }
-        };
-        let _ = reply.send(Err(refusal));
-        None
-    }
-
-    /// Rebuilds the producer table from the tail of the log: at start and whenever entries
-    /// were removed, since the table must describe exactly what the log holds.
-    fn rebuild_producers(&mut self) -> Result<(), StorageError> {
-        self.producers.clear();
-        if !self.config.track_producers || self.log.last_index() < self.log.first_index() {
-            return Ok(());
-        }
-        let last = self.log.last_index();
-        let mut next = self
-            .log
-            .first_index()
-            .max(last.saturating_sub(PRODUCER_REBUILD_ENTRIES_MAX));
-        while next <= last {
-            let entries = self.log.entries(next, last + 1, 4 << 20)?;
-            self.record_producers(&entries);
-            next = entries.last().map_or(last + 1, |e| e.index + 1);
-        }
-        Ok(())
-    }
-
-    fn record_producers(&mut self, entries: &[Entry]) {
-        for entry in entries {
-            if let Some(batch) = self.producer_batch(&entry.payload, entry.record_count) {
-                let stored = StoredBatch {
-                    index: entry.index,
-                    base_offset: entry.base_offset,
-                };
-                self.producers.record(&batch, stored);
-            }
-        }
-    }
-
-    /// Carries out one [`Ready`] of the core. The order is the Raft contract:
-    ///
-    /// 1. **Hard state first, durably.** A vote or a term must be on disk before any message
-    ///    that reveals it leaves this node, or a crash could let this node vote twice in one
-    ///    term. `Log::set_hard_state` fsyncs before returning.
-    /// 2. **Log changes**: snapshot install, then suffix truncation, then the append. The
-    ///    append only copies into the memory-mapped segment; it is made durable later by the
-    ///    background fsync ([`Replica::start_sync`]), so the leader's own disk write runs in
-    ///    parallel with step 3 (dissertation §10.2.1). The core counts the leader's copy
-    ///    toward commit only once that fsync reports back through `persisted`.
-    /// 3. **Send** the messages. A follower's answers carry its durable index separately, so
-    ///    sending before its own fsync is safe.
-    /// 4. **Commit**: advance the high watermark, apply to the state machine, answer the
-    ///    proposals that committed (or were superseded), and wake parked fetches.
-    fn handle_ready(&mut self) -> Result<(), StorageError> {
-        let ready: Ready = self.raft.ready(&StorageReader::new(&self.log));
-        if ready.is_empty() {
-            return Ok(());
-        }
-        self.write_log(&ready)?;
-        self.maybe_restore_voting()?;
-        if !ready.entries.is_empty() {
-            // Writes work again: the next full disk starts over with a short backoff.
-            self.stall_backoff = Duration::ZERO;
-        }
-        self.metrics.node().messages_sent(&ready.messages);
-        for message in ready.messages {
-            self.sink.send(message);
-        }
-        self.answer_leader_acks();
-        if ready.commit_index.is_some() {
-            self.on_commit()?;
-        }
-        Ok(())
-    }
-
-    /// Removes the voting-withheld marker once the core has caught up with a leader. Runs
-    /// after the Ready's hard state is durable and before its messages (votes) leave.
-    fn maybe_restore_voting(&mut self) -> Result<(), StorageError> {
-        if self.voting_marker && !self.raft.voting_withheld() {
-            let marker = self.log.dir().join(VOTING_WITHHELD_FILE);
-            tokio::task::block_in_place(|| crate::storage::remove_file_durably(&marker))?;
-            self.voting_marker = false;
-            tracing::info!(
-                group = self.config.raft.group_id,
-                "caught up with a leader after lost entries: voting again"
-            );
-        }
-        Ok(())
-    }
-
-    fn write_log(&mut self, ready: &Ready) -> Result<(), StorageError> {
-        let commit_index = self.committed_index;
-        tokio::task::block_in_place(|| {
-            if let Some(hard_state) = &ready.hard_state {
-                self.log
-                    .set_hard_state(hard_state.current_term, hard_state.voted_for)?;
-            }
-            if let Some(position) = ready.snapshot {
-                self.log
-                    .install_snapshot(position.index, position.term, position.next_offset)?;
-                self.high_watermark = self.high_watermark.max(position.next_offset);
-            }
-            if let Some(from_index) = ready.truncate_from {
-                if from_index <= self.log.last_index() {
-                    self.log.truncate_suffix(from_index, commit_index)?;
-                }
-            }
-            if !ready.entries.is_empty() {
-                self.log.append(&ready.entries)?;
-            }
-            Ok::<(), StorageError>(())
-        })?;
-        if ready.snapshot.is_some() || ready.truncate_from.is_some() {
-            self.rebuild_producers()
-        } else {
-            self.record_producers(&ready.entries);
-            Ok(())
-        }
-    }
-
-    /// Answers `acks=leader` proposals whose entries are now in the leader's log.
-    fn answer_leader_acks(&mut self) {
-        let last_index = self.log.last_index();
-        for pending in self.pending.iter_mut() {
-            if pending.acks == Acks::Leader && pending.index <= last_index {
-                if let Some(reply) = pending.reply.take() {
-                    let _ = reply.send(Ok(Appended {
-                        index: pending.index,
-                        base_offset: pending.base_offset,
-                        timestamp_ms: pending.timestamp_ms,
-                        output: None,
-                    }));
-                }
-            }
-        }
-    }
-
-    fn on_commit(&mut self) -> Result<(), StorageError> {
-        let commit_index = self.raft.commit_index().min(self.log.last_index());
-        self.committed_index = self.committed_index.max(commit_index);
-        if commit_index >= self.log.first_index() {
-            let last = self.log.entries(commit_index, commit_index + 1, 0)?;
-            if let Some(entry) = last.first() {
-                self.high_watermark = entry.base_offset + u64::from(entry.record_count);
-            }
-        }
-        let outputs = self.apply_committed(commit_index)?;
-        self.complete_proposals(commit_index, outputs);
-        self.serve_parked();
-        Ok(())
-    }
-
-    /// Applies committed entries the state machine has not seen, returning each output by
-    /// index so that the proposals waiting for them can be answered.
-    fn apply_committed(
-        &mut self,
-        commit_index: u64,
-    ) -> Result<VecDeque<(u64, S::Output)>, StorageError> {
-        let mut outputs = VecDeque::new();
-        let mut next = self
-            .machine
-            .applied_index()
-            .saturating_add(1)
-            .max(self.log.first_index());
-        while next <= commit_index {
-            let entries = self.log.entries(next, commit_index + 1, 1 << 20)?;
-            for entry in &entries {
-                outputs.push_back((entry.index, self.machine.apply(entry)));
-            }
-            next = entries.last().map_or(commit_index + 1, |e| e.index + 1);
-        }
-        Ok(outputs)
-    }
-
-    fn complete_proposals(&mut self, commit_index: u64, mut outputs: VecDeque<(u64, S::Output)>) {
-        while let Some(pending) = self.pending.front() {
-            if pending.index > commit_index {
-                break;
-            }
-            let mut pending = self.pending.pop_front().expect("front exists");
-            let Some(reply) = pending.reply.take() else {
-                continue;
-            };
-            // The entry at this index committed; it is ours only if its term is the one our
-            // proposal got. Otherwise a new leader overwrote it before it committed.
-            let ours = self.log.term_at(pending.index) == Some(pending.term);
-            let output = loop {
-                match outputs.front() {
-                    Some((index, _)) if *index < pending.index => drop(outputs.pop_front()),
-                    Some((index, _)) if *index == pending.index => {
-                        break outputs.pop_front().map(|(_, o)| o)
-                    }
-                    _ => break None,
-                }
-            };
-            let result = if ours && pending.duplicate {
-                Err(ReplicaError::DuplicateSequence {
-                    base_offset: pending.base_offset,
-                })
-            } else if ours {
-                Ok(Appended {
-                    index: pending.index,
-                    base_offset: pending.base_offset,
-                    timestamp_ms: pending.timestamp_ms,
-                    output,
-                })
-            } else {
-                Err(ReplicaError::Superseded)
-            };
-            let _ = reply.send(result);
-        }
-    }
-
-    fn on_fetch(&mut self, offset: u64, bytes_max: u64, park: bool, reply: FetchReply) {
-        let log_start_offset = self.log.start_offset();
-        if offset < log_start_offset || offset > self.high_watermark {
-            let high_watermark = self.high_watermark;
-            let _ = reply.send(Err(ReplicaError::OffsetOutOfRange {
-                offset,
-                log_start_offset,
-                high_watermark,
-            }));
-            return;
-        }
-        if offset == self.high_watermark && !park {
-            let _ = reply.send(Ok(Fetched {
-                entries: Vec::new(),
-                high_watermark: self.high_watermark,
-                log_start_offset,
-            }));
-            return;
-        }
-        if offset == self.high_watermark {
-            self.parked.push(ParkedFetch {
-                offset,
-                bytes_max,
-                reply,
-            });
-            self.metrics.fetch_waiters(self.parked.len());
-            return;
-        }
-        let _ = reply.send(self.read_committed(offset, bytes_max));
-    }
-
-    fn read_committed(&self, offset: u64, bytes_max: u64) -> Result<Fetched, ReplicaError> {
-        let mut entries = self
-            .log
-            .read_from_offset(offset, bytes_max)
-            .map_err(|e| ReplicaError::from_storage(&e))?;
-        // Only committed records are ever shown: drop what lies beyond the high watermark.
-        entries.retain(|entry| entry.base_offset < self.high_watermark);
-        Ok(Fetched {
-            entries,
-            high_watermark: self.high_watermark,
-            log_start_offset: self.log.start_offset(),
-        })
-    }
-
-    fn serve_parked(&mut self) {
-        let parked = std::mem::take(&mut self.parked);
-        for fetch in parked {
-            if fetch.reply.is_closed() {
-                continue;
-            }
-            if fetch.offset < self.high_watermark {
-                let _ = fetch
-                    .reply
-                    .send(self.read_committed(fetch.offset, fetch.bytes_max));
-            } else {
-                self.parked.push(fetch);
-            }
-        }
-        self.metrics.fetch_waiters(self.parked.len());
-    }
-
-    /// Starts an fsync of everything appended so far, unless one is running: the next one
-    /// then covers everything appended meanwhile (group commit).
+    /// Starts the fsync the core hands out, if any; its completion comes back through
+    /// `sync_done`.
     ///
     /// With `idle` (nothing waiting in the inbox) the fsync runs right here: a hand-off to a
     /// blocking thread and the wake-up back cost two context switches on the critical path,
     /// a large share of a lone record's latency, while nothing could run in parallel anyway.
-    /// Under load the inbox is rarely empty and the fsync overlaps the next appends. Either
-    /// way the result arrives through `sync_done`, so the loop handles both alike.
+    /// Under load the inbox is rarely empty and the fsync overlaps the next appends.
     fn start_sync(&mut self, idle: bool) {
-        if self.sync_running || self.log.last_index() <= self.log.durable_index() {
-            return;
-        }
-        let Some(job) = self.log.poll_sync(now_ms()) else {
+        let Some(job) = self.core.poll_sync(now_ms()) else {
             return;
         };
-        self.sync_running = true;
         let done = self.sync_done.0.clone();
         let metrics = self.metrics.node();
         let run = move || {
@@ -1136,146 +724,15 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    fn on_sync_done(&mut self, done: SyncDone) -> Result<(), StorageError> {
-        self.sync_running = false;
-        let durable_index = self.log.complete_sync(done)?;
-        if let Some(term) = self.log.term_at(durable_index) {
-            // The core drops the report if the entry at that index changed meanwhile.
-            self.raft.persisted(durable_index, term);
-        }
-        Ok(())
-    }
-
-    fn apply_retention(&mut self) -> Result<(), StorageError> {
-        let (bytes, ms) = (self.config.retention_bytes, self.config.retention_ms);
-        if bytes == 0 && ms == 0 {
-            return Ok(());
-        }
-        let before = self.log.first_index();
-        let commit_index = self.raft.commit_index();
-        let first = tokio::task::block_in_place(|| {
-            self.log.apply_retention(now_ms(), bytes, ms, commit_index)
-        })?;
-        if first > before {
-            let index = first - 1;
-            let term = self.log.term_at(index).expect("the log start term is kept");
-            self.raft.compact(index, term, self.log.start_offset());
-        }
-        Ok(())
-    }
-
     fn publish_status(&mut self) {
-        let follower_match = if self.raft.role() == Role::Leader {
-            let me = self.raft.id();
-            self.config
-                .raft
-                .voters
-                .iter()
-                .filter(|&&id| id != me)
-                .filter_map(|&id| self.raft.progress(id).map(|p| (id, p.match_index)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let status = ReplicaStatus {
-            role: Some(self.raft.role()),
-            term: self.raft.term(),
-            leader_id: self.raft.leader_id().unwrap_or(0),
-            commit_index: self.raft.commit_index(),
-            last_index: self.log.last_index(),
-            high_watermark: self.high_watermark,
-            log_start_offset: self.log.start_offset(),
-            log_size_bytes: self.log.size_bytes(),
-            segment_count: self.log.segment_count() as u64,
-            follower_match,
-            failed: None,
-            storage_full: self.stall.as_ref().map(|stall| stall.reason.clone()),
-        };
+        let status = self.core.status();
+        self.metrics.fetch_waiters(self.core.parked_fetch_count());
         self.metrics.status(&self.status.borrow(), &status);
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
             changed
         });
-    }
-
-    /// Pauses writing after a full disk, without stopping: the task keeps serving committed
-    /// reads and tries again after a backoff (doubling up to [`STALL_BACKOFF_MAX`]).
-    ///
-    /// A failed write is treated like a crash just before it. The Ready whose write failed
-    /// sent none of its messages (they leave only after the write), so nothing beyond what
-    /// the log holds was revealed: no vote, no term, no entry. The core, though, already
-    /// believes it holds those entries and that hard state, so it is rebuilt from the log
-    /// exactly as after a restart ([`Raft::restore`]), keeping the commit index this replica
-    /// has already acted on. A leader thereby steps down (it restarts as a follower), and
-    /// the others elect a leader that can write. Entries that reached the log are synced
-    /// first, so the rebuilt core may count them as durable; proposals whose entries did not
-    /// reach it were never sent anywhere and are answered `STORAGE_FULL`.
-    ///
-    /// # Errors
-    /// A storage error while syncing or reading the log back: the replica then stops.
-    fn stall(&mut self, error: StorageError) -> Result<(), StorageError> {
-        self.stall_backoff = (self.stall_backoff * 2).clamp(STALL_BACKOFF_MIN, STALL_BACKOFF_MAX);
-        tracing::warn!(
-            group = self.config.raft.group_id,
-            %error,
-            retry_ms = self.stall_backoff.as_millis() as u64,
-            "disk full: refusing writes until space is freed"
-        );
-        tokio::task::block_in_place(|| self.log.sync())?;
-        let restored = RestoredState {
-            commit_index: self.committed_index,
-            voting_withheld: self.raft.voting_withheld_term(),
-            ..restored_state(&self.log)
-        };
-        let reader = StorageReader::new(&self.log);
-        self.raft = Raft::restore(self.config.raft.clone(), restored, &reader).map_err(|e| {
-            StorageError::Corrupt {
-                path: self.log.dir().to_path_buf(),
-                position: 0,
-                reason: format!("cannot rebuild the raft core from the log: {e}"),
-            }
-        })?;
-        let last_index = self.log.last_index();
-        let refusal = ReplicaError::from_storage(&error);
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        for mut pending in self.pending.drain(..) {
-            if pending.index <= last_index {
-                kept.push_back(pending);
-            } else if let Some(reply) = pending.reply.take() {
-                let _ = reply.send(Err(refusal.clone()));
-            }
-        }
-        self.pending = kept;
-        // The table recorded proposals at propose time; it must describe the log again.
-        self.rebuild_producers()?;
-        self.stall = Some(Stall {
-            retry_at: tokio::time::Instant::now() + self.stall_backoff,
-            reason: error.to_string(),
-        });
-        Ok(())
-    }
-
-    /// Stops serving after a storage error: after a failed write or fsync the log's state on
-    /// disk is unknown, so the replica neither answers nor votes until it is reopened.
-    fn fail(&mut self, error: StorageError) {
-        tracing::error!(group = self.config.raft.group_id, %error, "replica stopped on a storage error");
-        let reason = error.to_string();
-        self.metrics.replica_failed();
-        self.fail_waiters(ReplicaError::from_storage(&error));
-        self.status
-            .send_modify(|status| status.failed = Some(reason));
-    }
-
-    fn fail_waiters(&mut self, error: ReplicaError) {
-        for mut pending in self.pending.drain(..) {
-            if let Some(reply) = pending.reply.take() {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
-        for fetch in self.parked.drain(..) {
-            let _ = fetch.reply.send(Err(error.clone()));
-        }
     }
 }
 
@@ -1286,56 +743,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-/// Marker file in a group's directory: recovery dropped entries that may have been
-/// acknowledged, and the replica has not caught up with a leader since. Storage writes it
-/// (holding the term of the loss) before repairing the log; it outlives restarts (the
-/// repaired log no longer shows the loss) and the driver removes it once voting is safe.
-pub const VOTING_WITHHELD_FILE: &str = crate::storage::recovery::LOST_ENTRIES_FILE;
-
-/// Whether the core must restart with voting withheld ([`RestoredState::voting_withheld`]):
-/// recovery just dropped entries from the middle of the active segment (they may have been
-/// durable and acknowledged to a leader, counting toward a commit), or an earlier such
-/// recovery has not been followed by catching up. Storage has already written the marker in
-/// the first case; it is rewritten here in case it names an older term.
-fn withhold_voting(log: &Log, report: &RecoveryReport) -> Result<Option<u64>, StorageError> {
-    let marker = log.dir().join(VOTING_WITHHELD_FILE);
-    let current_term = log.hard_state().current_term;
-    // An unreadable or damaged marker is taken as a loss in the current term: the safe side.
-    let earlier = match std::fs::read_to_string(&marker) {
-        Ok(text) => Some(text.trim().parse::<u64>().unwrap_or(current_term)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(_) => Some(current_term),
-    };
-    let lost = matches!(
-        report.tail,
-        TailState::CorruptMiddle { entries_dropped, .. } if entries_dropped > 0
-    );
-    if !lost {
-        return Ok(earlier);
-    }
-    // Every entry this replica acknowledged carries a term no later than its current one.
-    let lost_term = earlier.unwrap_or(0).max(current_term);
-    tracing::warn!(
-        dir = %log.dir().display(),
-        tail = ?report.tail,
-        lost_term,
-        "recovery dropped entries that may have been acknowledged: not voting until caught up with a leader"
-    );
-    crate::storage::write_file_durably(&marker, lost_term.to_string().as_bytes())?;
-    Ok(Some(lost_term))
-}
-
-/// The core's view of a reopened log: its durable hard state (whose `log_start_index` is the
-/// first index still in the log, as the schema defines it) and its last index.
-fn restored_state(log: &Log) -> RestoredState {
-    RestoredState {
-        hard_state: *log.hard_state(),
-        last_index: log.last_index(),
-        commit_index: 0,
-        voting_withheld: None,
-    }
 }
 
 /// Milliseconds since the Unix epoch: the log append time of entries.

@@ -602,6 +602,29 @@ impl Log {
         self.complete_sync(done)
     }
 
+    /// The term the [`VOTING_WITHHELD_FILE`](super::recovery::VOTING_WITHHELD_FILE) marker
+    /// holds: recovery dropped entries this replica may have acknowledged (while its term
+    /// was at most that), and it has not caught up with a leader since. A marker that cannot
+    /// be read or parsed counts as a loss in the current term: the safe side.
+    pub fn voting_withheld(&self) -> Option<u64> {
+        let marker = self.dir.join(super::recovery::VOTING_WITHHELD_FILE);
+        let current_term = self.hard_state.current_term;
+        match fs::read_to_string(&marker) {
+            Ok(text) => Some(text.trim().parse::<u64>().unwrap_or(current_term)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => Some(current_term),
+        }
+    }
+
+    /// Removes the voting-withheld marker durably: the replica has caught up with a leader.
+    ///
+    /// # Errors
+    /// `Io` when the marker cannot be removed.
+    pub fn clear_voting_withheld(&mut self) -> Result<(), StorageError> {
+        let marker = self.dir.join(super::recovery::VOTING_WITHHELD_FILE);
+        super::hard_state::remove_file_durably(&marker)
+    }
+
     /// Syncs, writes the active segment's index (the clean-shutdown mark), and closes.
     ///
     /// # Errors

@@ -47,7 +47,7 @@ mod model_tests;
 pub use error::StorageError;
 pub use hard_state::{remove_file_durably, write_file_durably};
 pub use log::Log;
-pub use recovery::{RecoveryReport, TailState};
+pub use recovery::{RecoveryReport, TailState, VOTING_WITHHELD_FILE};
 pub use sync::{SyncDone, SyncJob};
 
 /// Smallest segment: one page of frames. Tests use small segments to exercise rolls.

@@ -31,7 +31,7 @@
 //! | 8 | zeros, no matching `.index` (a crash; preallocated space) | `Zeroed` | nothing to repair | `zeroed_tail` |
 //! | 9 | one partial frame, zeros after it | `Torn` | clear it | `torn_tail` |
 //! | 10 | bytes that are no frame and run past one frame | `Garbage` | clear them | `garbage_tail` |
-//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | write the [`LOST_ENTRIES_FILE`] marker, keep the prefix, clear the rest, report how many entries were dropped | `crc_mismatch_mid_active_segment` |
+//! | 11 | a frame failing its CRC with valid, in-sequence frames after it | `CorruptMiddle` | write the [`VOTING_WITHHELD_FILE`] marker, keep the prefix, clear the rest, report how many entries were dropped | `crc_mismatch_mid_active_segment` |
 //!
 //! Row 11 keeps the prefix rather than refusing because a power loss during an unsynced
 //! write can persist later pages of a batch and not earlier ones, which looks the same as
@@ -59,7 +59,7 @@ use crate::proto::HardState;
 /// row 11 clears entries that may have been acknowledged, so that a crash right after the
 /// repair cannot hide the loss. Storage never removes it: the replica driver does, once this
 /// replica has caught up again (`docs/RAFT.md`, "Voting after lost durable entries").
-pub const LOST_ENTRIES_FILE: &str = "lost_entries";
+pub const VOTING_WITHHELD_FILE: &str = "lost_entries";
 
 /// What recovery found at the end of the active segment (rows 1 and 7 to 11).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -453,7 +453,7 @@ fn open_active(
         TailState::Zeroed => TailState::Zeroed,
         damaged => {
             if matches!(damaged, TailState::CorruptMiddle { .. }) {
-                mark_lost_entries(path, current_term)?;
+                mark_voting_withheld(path, current_term)?;
             }
             segment.clear(segment.index.end_position, scan.nonzero_end);
             segment.sync()?;
@@ -463,11 +463,11 @@ fn open_active(
     Ok((segment, tail))
 }
 
-/// Writes [`LOST_ENTRIES_FILE`] next to `segment_path` with the later of `current_term` and
+/// Writes [`VOTING_WITHHELD_FILE`] next to `segment_path` with the later of `current_term` and
 /// the term an earlier marker holds.
-fn mark_lost_entries(segment_path: &Path, current_term: u64) -> Result<(), StorageError> {
+fn mark_voting_withheld(segment_path: &Path, current_term: u64) -> Result<(), StorageError> {
     let dir = segment_path.parent().unwrap_or(Path::new("."));
-    let marker = dir.join(LOST_ENTRIES_FILE);
+    let marker = dir.join(VOTING_WITHHELD_FILE);
     let earlier = fs::read_to_string(&marker)
         .ok()
         .and_then(|text| text.trim().parse::<u64>().ok())

@@ -175,7 +175,7 @@ fn crc_mismatch_mid_active_segment() {
     assert_entries(&all(&log), &written[..16]);
     let marker = dir
         .path()
-        .join(raftlog::storage::recovery::LOST_ENTRIES_FILE);
+        .join(raftlog::storage::recovery::VOTING_WITHHELD_FILE);
     assert!(marker.exists(), "the loss is recorded before the repair");
 }
 

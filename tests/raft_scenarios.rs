@@ -13,7 +13,9 @@ mod raft {
         Config, DropReason, Dropped, ProgressState, ProposeError, Raft, Role, TransferError,
     };
 
-    use super::raft_harness::{carries_index, Cluster};
+    use raftlog::replica::{CoreReader, ReplicaLog};
+
+    use super::raft_harness::{carries_index, log_with_terms, Cluster, Processed};
 
     /// Paper-test config: no pre-vote, no check-quorum (so no leader lease), as in the paper.
     fn plain(c: &mut Config) {
@@ -68,7 +70,7 @@ mod raft {
             assert_eq!(c.raft(id).commit_index(), 1, "node {id}");
             assert_eq!(c.raft(id).leader_id(), Some(1));
         }
-        assert_eq!(c.nodes[&1].store.entries[0].kind(), EntryKind::Noop);
+        assert_eq!(c.log(1).written()[0].kind(), EntryKind::Noop);
     }
 
     /// §5.2: election timeouts are randomized, so a follower eventually campaigns by itself.
@@ -110,23 +112,20 @@ mod raft {
     fn vote_is_in_the_ready_that_sends_it() {
         let mut c = Cluster::with_config(3, plain);
         c.raft_mut(1).campaign_now();
-        let ready = {
-            let n = c.nodes.get_mut(&1).unwrap();
-            n.raft.ready(&n.store)
-        };
+        let ready = c.ready_of(1);
         let hs = ready
-            .hard_state
+            .hard_state()
             .expect("candidate persists term and self-vote");
         assert_eq!((hs.current_term, hs.voted_for), (1, 1));
+        c.drop_all();
         for m in ready.messages {
             c.raft_mut(m.to).step(m);
         }
-        let n = c.nodes.get_mut(&2).unwrap();
-        let ready = n.raft.ready(&n.store);
+        let ready = c.ready_of(2);
         assert!(
             matches!(&ready.messages[0].body, Some(Body::RequestVoteResponse(r)) if r.vote_granted)
         );
-        assert_eq!(ready.hard_state.expect("vote persisted").voted_for, 1);
+        assert_eq!(ready.hard_state().expect("vote persisted").voted_for, 1);
     }
 
     /// §5.1: a stale-term message is ignored; a higher term makes a leader step down.
@@ -235,16 +234,7 @@ mod raft {
     fn prevote_node_with_smaller_term_can_still_win() {
         let mut c = Cluster::from_logs(&[&[1, 1], &[1, 1], &[1]], 1, |_| {});
         // Node 3 has a higher term (from earlier failed real elections) but a shorter log.
-        let mut n3 = super::raft_harness::store_with_terms(&[1], 5);
-        n3.hard_state.current_term = 5;
-        let node = c.nodes.get_mut(&3).unwrap();
-        node.store = n3;
-        let state = raftlog::raft::RestoredState {
-            hard_state: node.store.hard_state,
-            last_index: 1,
-            ..Default::default()
-        };
-        node.raft = Raft::restore(node.config.clone(), state, &node.store).unwrap();
+        c.replace_log(3, log_with_terms(&[1], 5));
         c.isolate(1);
         c.campaign(2);
         assert_eq!(
@@ -292,7 +282,7 @@ mod raft {
             assert_eq!(c.raft(id).commit_index(), 3, "node {id}");
             assert_eq!(c.log_terms(id), vec![1, 1, 1]);
         }
-        let e = &c.nodes[&3].store.entries[2];
+        let e = &c.log(3).written()[2];
         assert_eq!((e.base_offset, e.record_count, e.timestamp_ms), (3, 2, 8));
     }
 
@@ -388,7 +378,7 @@ mod raft {
         assert_eq!((c.raft(1).role(), c.raft(1).term()), (Role::Leader, 3));
         c.stabilize_dropping(|m| carries_index(m, 3));
         assert_eq!(
-            c.nodes[&3].store.term(2),
+            c.log(3).term_at(2),
             Some(1),
             "index 2 (term 1) now on S1, S2, S3"
         );
@@ -405,11 +395,7 @@ mod raft {
         c.campaign(5); // term 4
         assert_eq!(c.raft(5).role(), Role::Leader);
         c.ticks(3);
-        assert_eq!(
-            c.nodes[&3].store.term(2),
-            Some(2),
-            "uncommitted entry replaced"
-        );
+        assert_eq!(c.log(3).term_at(2), Some(2), "uncommitted entry replaced");
         assert!(c.raft(5).commit_index() >= 3);
     }
 
@@ -426,7 +412,7 @@ mod raft {
             .propose(Bytes::from_static(b"old term"), 1, 0)
             .unwrap();
         c.stabilize();
-        assert_eq!(c.nodes[&2].store.term(2), Some(1));
+        assert_eq!(c.log(2).term_at(2), Some(1));
         assert_eq!(c.raft(1).commit_index(), 1);
         c.heal();
         c.isolate(1);
@@ -437,7 +423,7 @@ mod raft {
             3,
             "the term-2 no-op at 3 commits index 2 too"
         );
-        assert_eq!(c.nodes[&3].store.term(2), Some(1));
+        assert_eq!(c.log(3).term_at(2), Some(1));
     }
 
     /// §5.3: a new leader overwrites a follower's uncommitted entries of another term.
@@ -803,10 +789,13 @@ mod raft {
             "cache bounded: {}",
             c.raft(1).cache_bytes()
         );
+        // The leader's commit does not move while 3 catches up, so every read of its log
+        // from here on is the replication reader's.
+        let reads_before = c.log(1).entry_reads();
         c.heal();
         c.ticks(10);
         assert!(
-            c.nodes[&1].store.reads.get() > 0,
+            c.log(1).entry_reads() > reads_before,
             "old entries came from the reader"
         );
         assert_eq!(c.log_terms(3), c.log_terms(1));
@@ -826,8 +815,7 @@ mod raft {
             c.propose(1, b"r");
         }
         for id in [1, 2] {
-            let pos = c.nodes.get_mut(&id).unwrap().store.compact(6);
-            c.raft_mut(id).compact(pos.index, pos.term, pos.next_offset);
+            assert_eq!(c.compact(id, 6).index, 6);
         }
         c.heal();
         c.ticks(5);
@@ -856,8 +844,7 @@ mod raft {
         for _ in 0..8 {
             c.propose(1, b"r");
         }
-        let pos = c.nodes.get_mut(&1).unwrap().store.compact(4);
-        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        assert_eq!(c.compact(1, 4).index, 4);
         c.heal();
         let snapshot_4 =
             |b: &Body| matches!(b, Body::InstallSnapshot(s) if s.last_included_index == 4);
@@ -870,8 +857,7 @@ mod raft {
             while c.deliver_one().is_some() {}
         }
         assert_eq!(c.in_flight(snapshot_4), 1);
-        let pos = c.nodes.get_mut(&1).unwrap().store.compact(7);
-        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        assert_eq!(c.compact(1, 7).index, 7);
         c.ticks(25);
         assert_eq!(c.log_terms(3), c.log_terms(1));
         assert_eq!(c.raft(3).commit_index(), c.raft(1).commit_index());
@@ -1003,15 +989,15 @@ mod raft {
         for _ in 0..5 {
             c.propose(1, b"r");
         }
-        let pos = c.nodes.get_mut(&1).unwrap().store.compact(4);
-        c.raft_mut(1).compact(pos.index, pos.term, pos.next_offset);
+        let pos = c.compact(1, 4);
         assert_eq!(c.raft(1).log_start(), pos);
         assert_eq!(c.raft(1).term_at(3), None);
         assert_eq!(c.raft(1).term_at(4), Some(1));
         assert_eq!(c.raft(1).term_runs()[0].first_index, 5);
         c.stabilize();
         assert_eq!(
-            c.nodes[&1].store.hard_state.log_start_index, 5,
+            c.log(1).hard_state().log_start_index,
+            5,
             "start persisted as the first index still in the log"
         );
         assert_eq!(c.raft(1).hard_state().log_start_index, 5);
@@ -1026,15 +1012,15 @@ mod raft {
     /// Restoring rebuilds the term index from the durable log with a handful of reads.
     #[test]
     fn restore_rebuilds_term_index_and_offsets() {
-        let store = super::raft_harness::store_with_terms(&[1, 1, 2, 2, 2, 5], 5);
+        let log = log_with_terms(&[1, 1, 2, 2, 2, 5], 5);
         let state = raftlog::raft::RestoredState {
-            hard_state: store.hard_state,
+            hard_state: *log.hard_state(),
             last_index: 6,
             ..Default::default()
         };
         let mut config = super::raft_harness::config(1, &[1]);
         config.seed = 3;
-        let mut r = Raft::restore(config, state, &store).unwrap();
+        let mut r = Raft::restore(config, state, &CoreReader(&log)).unwrap();
         let runs: Vec<(u64, u64)> = r
             .term_runs()
             .iter()
@@ -1131,7 +1117,7 @@ mod raft {
         c.isolate(3);
         let lost = c.propose(1, b"c");
         assert!(c.raft(1).commit_index() >= lost, "c committed on 1 and 2");
-        let lost_term = c.nodes[&1].store.term(lost).unwrap();
+        let lost_term = c.log(1).term_at(lost).unwrap();
 
         c.restart_losing(2, lost - 1);
         assert!(c.raft(2).voting_withheld());
@@ -1148,14 +1134,14 @@ mod raft {
             );
         }
         assert!(c.raft(2).voting_withheld(), "no leader to catch up with");
-        assert_eq!(c.nodes[&3].store.term(lost), None, "3 never got c");
+        assert_eq!(c.log(3).term_at(lost), None, "3 never got c");
 
         c.heal();
         c.ticks(200);
         let leader = c.leader().expect("a leader once 1 is back");
         assert!(!c.raft(2).voting_withheld(), "2 caught up with {leader}");
         for id in 1..=3 {
-            assert_eq!(c.nodes[&id].store.term(lost), Some(lost_term), "c on {id}");
+            assert_eq!(c.log(id).term_at(lost), Some(lost_term), "c on {id}");
         }
 
         // 2 votes again: without the current leader, 2 and 3 elect one of themselves.
@@ -1166,7 +1152,7 @@ mod raft {
             .filter(|&id| id != leader)
             .find(|&id| c.raft(id).role() == Role::Leader);
         let next = next.expect("the other two elect a leader with 2's vote");
-        assert_eq!(c.nodes[&next].store.term(lost), Some(lost_term));
+        assert_eq!(c.log(next).term_at(lost), Some(lost_term));
     }
 
     /// A single-voter group has nobody to catch up with: withholding would only stop it.
@@ -1441,13 +1427,13 @@ mod raft {
             (pr.state, pr.next_index, pr.probe_sent),
             (ProgressState::Probe, 2, false)
         );
-        let to_3 = |r: &raftlog::raft::Ready| r.messages.iter().filter(|m| m.to == 3).count();
-        let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+        let to_3 = |r: &Processed| r.messages.iter().filter(|m| m.to == 3).count();
+        let ready = c.ready_of(1);
         assert_eq!(to_3(&ready), 1, "one probe");
         // Late answers to the later pipelined messages: ignored, no second probe.
         for stale in [2, 4] {
             c.raft_mut(1).step(reject(stale));
-            let ready = c.raft_mut(1).ready(&raftlog::raft::NoLog);
+            let ready = c.ready_of(1);
             assert_eq!(
                 to_3(&ready),
                 0,
@@ -1567,21 +1553,17 @@ mod raft {
                 if draw(&[0, 1, 2]) == 0 {
                     c.raft_mut(to).tick();
                 }
-                // Every Ready checks the member's own log invariants.
-                let node = c.nodes.get_mut(&to).unwrap();
-                let ready = node.raft.ready(&node.store);
-                node.store.apply(&ready);
-                if let Some(last) = ready.entries.last() {
-                    node.store.durable_index = last.index;
-                    node.raft.persisted(last.index, last.term);
-                }
+                // Every Ready checks the member's own log invariants; what it sends in answer
+                // to forged messages goes nowhere.
+                c.ready_unchecked(to);
+                c.drop_all();
             }
             dropped += c
                 .nodes
                 .values()
-                .map(|n| n.raft.diagnostics().dropped_messages_count)
+                .map(|n| n.raft().diagnostics().dropped_messages_count)
                 .sum::<u64>();
-            moved_terms += u64::from(c.nodes.values().any(|n| n.raft.term() > t));
+            moved_terms += u64::from(c.nodes.values().any(|n| n.raft().term() > t));
         }
         assert!(
             dropped > 10_000,

@@ -1,10 +1,13 @@
-//! A deterministic simulator of whole Raft clusters (3 and 5 members) driven by the core
-//! alone, in the spirit of TigerBeetle's VOPR and etcd's interaction tests.
+//! A deterministic simulator of whole Raft groups (3 and 5 members) running the production
+//! replica core, in the spirit of TigerBeetle's VOPR and etcd's interaction tests.
 //!
-//! Time advances in units (`UNITS_PER_TICK` per Raft tick). Every unit is one **step**: due
-//! messages are delivered, due disk writes complete, faults are injected, every live member's
-//! `Ready` is carried out, and then every invariant is checked (the harness also checks after
-//! each single `Ready`):
+//! Every member is a [`raftlog::replica::ReplicaCore`], the code each partition of a real
+//! node runs, over an in-memory [`raftlog::replica::MemLog`] that loses un-synced writes in
+//! a crash, can fill up and can lose durable entries. Time advances in units
+//! (`UNITS_PER_TICK` per Raft tick). Every unit is one **step**: due messages are delivered,
+//! due syncs complete, faults are injected, clients produce and consumers fetch, every live
+//! member's Ready is carried out by its core, and then every invariant is checked (the
+//! harness also checks after each single Ready):
 //!
 //! - election safety: at most one leader per term;
 //! - log matching: an (index, term) names the same entry, with the same predecessor, on
@@ -13,18 +16,25 @@
 //! - state-machine safety: committed entries never change, and no member drops one;
 //! - committed-on-quorum: every committed index is durable on a majority;
 //! - durable before send: no message reveals a term or vote not yet durable;
-//! - monotonic terms and commit indexes; `log start <= commit <= last index`.
+//! - monotonic terms and commit indexes; `log start <= commit <= last index`;
+//! - an acknowledged produce is committed, is its own entry, and is durable on a majority;
+//! - a fetch never returns an uncommitted record, nor one at or past its high watermark;
+//! - a parked fetch is answered as soon as records commit past its offset, and a fetch that
+//!   does not park is answered at once;
+//! - a producer's batch, however often retried (to whichever leader), is stored once in the
+//!   committed log, and every acknowledgement of it names that one offset.
 //!
 //! Fault sources, each drawing from its own seeded stream (so changing one does not perturb
 //! the others): message loss, delay (and so reordering), duplication, symmetric and one-way
-//! partitions, crashes that lose un-fsynced writes (also between persisting and sending, with
-//! part of the messages out), restarts that lose durable entries (voting withheld),
-//! restarts, slow disks, leadership transfers, compaction, client proposals. Seeds cycle
-//! through profiles, one of which aims at Figure 8 (leaders crashing right after sending an
-//! entry to a minority, quick re-elections, one entry per message).
+//! partitions, crashes that lose un-synced writes (also between persisting and sending, with
+//! part of the messages out), restarts that lose durable entries (voting withheld), slow
+//! disks, full disks, leadership transfers, compaction, producers (idempotent, short-lived,
+//! retrying on errors and timeouts), consumers (parking, giving up). Seeds cycle through
+//! profiles, one of which aims at Figure 8 (leaders crashing right after sending an entry to
+//! a minority, quick re-elections, one entry per message).
 //!
-//! After the chaos, every fault heals and the cluster must elect a leader and commit a new
-//! proposal on every member within `LIVENESS_TICKS_MAX` ticks.
+//! After the chaos, every fault heals and the group must elect a leader, acknowledge a new
+//! produce and commit it on every member within `LIVENESS_TICKS_MAX` ticks.
 //!
 //! `RAFTLOG_SIM_SEEDS=N` runs seeds `0..N` (`RAFTLOG_SIM_FIRST_SEED` moves the start);
 //! `RAFTLOG_SIM_SEED=S` replays exactly one seed; `RAFTLOG_SIM_TRACE=1` prints the cluster
@@ -34,33 +44,44 @@
 mod raft_harness;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
 use bytes::Bytes;
+use raftlog::batch::{decode_records, RecordBatchBuilder};
 use raftlog::proto::raft_message::Body;
-use raftlog::proto::RaftMessage;
+use raftlog::proto::{EntryKind, RaftMessage, RecordBatch};
 use raftlog::raft::{Role, SplitMix64};
+use raftlog::replica::{Acks, ReplicaError, ReplicaLog};
 
-use raft_harness::Cluster;
+use raft_harness::{Answer, Cluster, FetchTicket};
 
 /// Simulated time units per Raft tick: message and disk latencies are mostly a fraction of a
 /// tick, as on a LAN with election timeouts of a few hundred milliseconds.
 const UNITS_PER_TICK: u64 = 10;
 /// Ticks of faults per seed: long enough for dozens of elections and a few compactions.
 const CHAOS_TICKS: u64 = 500;
-/// After healing, a leader must commit a new proposal on every member within this many ticks
-/// (20 election timeouts: pre-vote rounds, lease expiry and catch-up all fit comfortably).
+/// After healing, a leader must acknowledge a new produce and commit it on every member
+/// within this many ticks (20 election timeouts: pre-vote rounds, lease expiry, a full
+/// disk's retry and catch-up all fit comfortably).
 const LIVENESS_TICKS_MAX: u64 = 200;
 /// Election timeout of every member, in ticks.
 const ELECTION_TIMEOUT_TICKS: u32 = 10;
-/// Default seed count: about 4 s in release on this 2-core machine (CI runs at least 500).
+/// Default seed count: about 9 s in release on a 2-core machine (`RAFTLOG_SIM_SEEDS` runs
+/// more).
 const SEEDS_DEFAULT: u64 = 1000;
 /// A leader is young (and a Figure 8 crash candidate) for this many ticks after election.
 const YOUNG_LEADER_TICKS: u64 = 3;
-/// Bytes of the static buffer proposal payloads are cut from.
+/// Bytes of the static buffer plain proposal payloads are cut from.
 const PAYLOAD_BYTES_MAX: usize = 256;
+/// Producers writing at the same time; each writes a few batches and goes away.
+const PRODUCERS_COUNT: usize = 3;
+/// A producer that heard nothing about an attempt for this long sends it again (a client's
+/// request timeout), often to another leader.
+const PRODUCE_TIMEOUT_TICKS: u64 = 25;
+/// Bytes a consumer asks for per fetch, at most.
+const FETCH_BYTES_MAX: u32 = 2000;
 
 static PAYLOAD: [u8; PAYLOAD_BYTES_MAX] = [0x5a; PAYLOAD_BYTES_MAX];
 
@@ -74,7 +95,8 @@ enum Profile {
     Figure8,
     /// Symmetric and one-way partitions, message loss, transfers.
     Partitions,
-    /// Slow disks, crashes losing un-fsynced writes and crashes between persist and send.
+    /// Slow and full disks, crashes losing un-fsynced writes and crashes between persist
+    /// and send.
     Disks,
 }
 
@@ -111,8 +133,13 @@ struct Rates {
     transfer_per_mille: u32,
     /// Per tick: a member compacts its log.
     compaction_per_mille: u32,
-    /// Per unit: a client proposes to a member that believes it leads.
+    /// Per unit: a client proposes (a producer's batch or a plain entry) to a member that
+    /// believes it leads.
     proposal_per_mille: u32,
+    /// Per unit: a consumer fetches from a member (at the high watermark it may park).
+    fetch_per_mille: u32,
+    /// Per tick: a member's disk fills up for a while (appends fail with `STORAGE_FULL`).
+    full_disk_per_mille: u32,
     /// Per message: duplicate it.
     duplicate_per_mille: u32,
     /// Message loss rates the loss stream switches between.
@@ -147,6 +174,8 @@ impl Profile {
             transfer_per_mille: 10,
             compaction_per_mille: 30,
             proposal_per_mille: 60,
+            fetch_per_mille: 40,
+            full_disk_per_mille: 4,
             duplicate_per_mille: 20,
             loss_levels_per_mille: &[0, 10, 50],
             lose_durable_per_mille: 3,
@@ -185,6 +214,7 @@ impl Profile {
                 disk_per_mille: 80,
                 compaction_per_mille: 60,
                 lose_durable_per_mille: 10,
+                full_disk_per_mille: 15,
                 ..base
             },
         }
@@ -205,6 +235,8 @@ struct Streams {
     election: SplitMix64,
     config: SplitMix64,
     lose_durable: SplitMix64,
+    fetch: SplitMix64,
+    full_disk: SplitMix64,
 }
 
 impl Streams {
@@ -227,6 +259,8 @@ impl Streams {
             config: stream(10),
             election: stream(11),
             lose_durable: stream(12),
+            fetch: stream(13),
+            full_disk: stream(14),
         }
     }
 }
@@ -239,6 +273,45 @@ fn chance(rng: &mut SplitMix64, per_mille: u32) -> bool {
 /// A uniformly drawn element of `items` (not empty).
 fn pick<T: Copy>(rng: &mut SplitMix64, items: &[T]) -> T {
     items[rng.range_u32(0, items.len() as u32) as usize]
+}
+
+/// A producer's batch: the same records on every attempt. Its first record's value is the
+/// batch's `logical` id, which tells its copies apart from other batches in the log.
+#[derive(Debug, Clone)]
+struct Batch {
+    logical: u64,
+    epoch: u32,
+    base_sequence: u32,
+    record_count: u32,
+    /// The attempt in flight, if any (a proposal number).
+    attempt: Option<u64>,
+    /// When to give the attempt up and send the batch again.
+    retry_at: u64,
+}
+
+/// An idempotent producer: one batch in flight at a time, retried until answered.
+#[derive(Debug)]
+struct Producer {
+    id: u64,
+    epoch: u32,
+    next_sequence: u32,
+    batches_left: u32,
+    in_flight: Option<Batch>,
+    /// The highest commit index of any member when its first batch of this epoch was sent:
+    /// every copy of its batches that can commit is stored after it, so retention below it
+    /// cannot make a partition forget the producer while it writes (the table is rebuilt
+    /// from the log).
+    stored_after: Option<u64>,
+}
+
+/// A fetch the simulator waits to see answered.
+#[derive(Debug)]
+struct PendingFetch {
+    node: u64,
+    offset: u64,
+    parked: bool,
+    incarnation: u64,
+    ticket: FetchTicket,
 }
 
 /// One simulated cluster under one seed.
@@ -254,10 +327,12 @@ struct Sim {
     /// Messages in flight by (delivery time, send sequence).
     net: BTreeMap<(u64, u64), RaftMessage>,
     sent_count: u64,
-    /// Per member: outstanding writes (completion time, index, term), in issue order.
-    disk: BTreeMap<u64, VecDeque<(u64, u64, u64)>>,
+    /// Per member: when its running sync completes.
+    sync_due: BTreeMap<u64, u64>,
     /// Members whose disk is currently slow.
     disk_slow: BTreeMap<u64, bool>,
+    /// Members whose disk is full, and until when.
+    full_until: BTreeMap<u64, u64>,
     /// Per member: (term, time) of the leadership it last won.
     elected_at: BTreeMap<u64, (u64, u64)>,
     /// Crashed members and when they restart.
@@ -265,10 +340,27 @@ struct Sim {
     loss_per_mille: u32,
     /// Whether faults are injected (false once healed for the liveness check).
     faults: bool,
-    proposals_count: i64,
+    producers: Vec<Producer>,
+    next_producer_id: u64,
+    next_logical: u64,
+    /// Proposal number -> the batch (logical id) it was an attempt of.
+    attempts: HashMap<u64, u64>,
+    /// Logical id -> the offset its acknowledgements named.
+    acked: BTreeMap<u64, u64>,
+    fetches: BTreeMap<u64, PendingFetch>,
+    /// Timestamps of proposals, unique per attempt (the harness identifies entries by them).
+    timestamp: i64,
+    /// The liveness produce after healing: its proposal number and, once acknowledged, index.
+    final_proposal: Option<(u64, Option<u64>)>,
     crashes_count: u64,
     /// Restarts that lost durable entries (`Sim::lose_durable`).
     durable_losses_count: u64,
+    full_disks_count: u64,
+    duplicate_answers_count: u64,
+    epoch_bumps_count: u64,
+    refusals_count: u64,
+    fetches_answered_count: u64,
+    parked_answered_count: u64,
     steps: u64,
     trace: bool,
 }
@@ -288,7 +380,8 @@ impl Sim {
         let one_entry_messages = profile == Profile::Figure8 || chance(&mut streams.config, 300);
         let small_cache = chance(&mut streams.config, 500);
         let config_seed = streams.config.next_u64();
-        let mut c = Cluster::with_config(n, |cfg| {
+        let mut c = Cluster::with_core_config(n, |config| {
+            let cfg = &mut config.raft;
             cfg.seed ^= config_seed;
             cfg.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
             cfg.heartbeat_interval_ticks = 2;
@@ -299,6 +392,9 @@ impl Sim {
             cfg.inflight_bytes_max = 2400;
             cfg.uncommitted_bytes_max = 8000;
             cfg.entry_cache_bytes_max = if small_cache { 300 } else { 1 << 20 };
+            // A full disk is retried after 2 to 20 ticks, so stalls end within a seed.
+            config.limits.storage_full_retry_ticks_min = 2;
+            config.limits.storage_full_retry_ticks_max = 20;
         });
         c.record_delivered = false;
         let ids: Vec<u64> = (1..=n).collect();
@@ -310,8 +406,9 @@ impl Sim {
             profile,
             rates: profile.rates(),
             c,
-            disk: ids.iter().map(|&id| (id, VecDeque::new())).collect(),
+            sync_due: BTreeMap::new(),
             disk_slow: ids.iter().map(|&id| (id, false)).collect(),
+            full_until: BTreeMap::new(),
             ids,
             streams,
             now: 0,
@@ -321,9 +418,22 @@ impl Sim {
             elected_at: BTreeMap::new(),
             loss_per_mille: 0,
             faults: true,
-            proposals_count: 0,
+            producers: Vec::new(),
+            next_producer_id: 1,
+            next_logical: 1,
+            attempts: HashMap::new(),
+            acked: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            timestamp: 0,
+            final_proposal: None,
             crashes_count: 0,
             durable_losses_count: 0,
+            full_disks_count: 0,
+            duplicate_answers_count: 0,
+            epoch_bumps_count: 0,
+            refusals_count: 0,
+            fetches_answered_count: 0,
+            parked_answered_count: 0,
             steps: 0,
             trace: std::env::var("RAFTLOG_SIM_TRACE").is_ok(),
         }
@@ -333,13 +443,21 @@ impl Sim {
         !self.down_until.contains_key(&id)
     }
 
+    fn up(&self) -> Vec<u64> {
+        self.ids
+            .iter()
+            .copied()
+            .filter(|&id| self.is_up(id))
+            .collect()
+    }
+
     /// Members that believe they lead (possibly stale ones), in id order.
     fn leaders(&self) -> Vec<u64> {
         self.c
             .nodes
             .values()
-            .filter(|n| n.raft.role() == Role::Leader && self.is_up(n.raft.id()))
-            .map(|n| n.raft.id())
+            .filter(|n| n.raft().role() == Role::Leader && self.is_up(n.raft().id()))
+            .map(|n| n.raft().id())
             .collect()
     }
 
@@ -350,9 +468,10 @@ impl Sim {
                 self.inject_tick_faults();
             }
             self.restart_due();
+            self.free_disks_due();
             for &id in &self.ids {
                 if self.is_up(id) {
-                    self.c.raft_mut(id).tick();
+                    self.c.core_mut(id).tick();
                 }
             }
             if self.trace {
@@ -362,15 +481,23 @@ impl Sim {
         if self.faults && chance(&mut self.streams.proposal, self.rates.proposal_per_mille) {
             self.propose();
         }
+        if self.faults {
+            self.retry_produces();
+        }
+        if chance(&mut self.streams.fetch, self.rates.fetch_per_mille) {
+            self.fetch();
+        }
         self.deliver_due();
-        self.complete_due_writes();
+        self.complete_due_syncs();
         for id in self.ids.clone() {
             if self.is_up(id) {
                 self.process(id);
             }
         }
+        self.take_answers();
         self.c.check_safety();
         self.c.check_committed_on_quorum();
+        self.check_fetches_answered();
         self.now += 1;
         self.steps += 1;
     }
@@ -401,6 +528,16 @@ impl Sim {
             let slow = self.disk_slow.get_mut(&id).expect("member");
             *slow = !*slow;
         }
+        if chance(&mut self.streams.full_disk, rates.full_disk_per_mille) {
+            let id = pick(&mut self.streams.full_disk, &self.ids);
+            let ticks = u64::from(self.streams.full_disk.range_u32(5, 40));
+            if !self.full_until.contains_key(&id) {
+                self.c.core_mut(id).log_mut().set_full(true);
+                self.full_until
+                    .insert(id, self.now + ticks * UNITS_PER_TICK);
+                self.full_disks_count += 1;
+            }
+        }
         if chance(&mut self.streams.net_loss, 20) {
             self.loss_per_mille = pick(&mut self.streams.net_loss, rates.loss_levels_per_mille);
         }
@@ -409,7 +546,7 @@ impl Sim {
             if !leaders.is_empty() {
                 let leader = pick(&mut self.streams.transfer, &leaders);
                 let to = pick(&mut self.streams.transfer, &self.ids);
-                let _ = self.c.raft_mut(leader).transfer_leader(to);
+                self.c.core_mut(leader).transfer_leader(to);
             }
         }
         if self.leaders().is_empty()
@@ -418,12 +555,7 @@ impl Sim {
                 rates.campaign_highest_term_per_mille,
             )
         {
-            let up: Vec<u64> = self
-                .ids
-                .iter()
-                .copied()
-                .filter(|&id| self.is_up(id))
-                .collect();
+            let up = self.up();
             let best = up.iter().map(|&id| self.c.raft(id).last_term()).max();
             let best: Vec<u64> = up
                 .into_iter()
@@ -431,7 +563,7 @@ impl Sim {
                 .collect();
             if !best.is_empty() {
                 let id = pick(&mut self.streams.election, &best);
-                self.c.raft_mut(id).campaign_now();
+                self.c.core_mut(id).campaign();
             }
         }
         if chance(&mut self.streams.compaction, rates.compaction_per_mille) {
@@ -481,8 +613,13 @@ impl Sim {
         }
     }
 
-    /// A client proposes one to three entries to a member that believes it leads.
+    /// A client writes: mostly a producer's next batch, sometimes plain entries without a
+    /// producer (acknowledged by commit or by the leader's append alone).
     fn propose(&mut self) {
+        if chance(&mut self.streams.proposal, 700) {
+            self.produce_next_batch();
+            return;
+        }
         let leaders = self.leaders();
         if leaders.is_empty() {
             return;
@@ -491,35 +628,291 @@ impl Sim {
         let leader = pick(rng, &leaders);
         for _ in 0..rng.range_u32(1, 4) {
             let len = rng.range_u32(0, PAYLOAD_BYTES_MAX as u32) as usize;
-            self.proposals_count += 1;
-            // The timestamp makes every proposal's entry unique, for the log matching check.
+            let acks = if rng.range_u32(0, 4) == 0 {
+                Acks::Leader
+            } else {
+                Acks::All
+            };
+            self.timestamp += 1;
             let payload = Bytes::from_static(&PAYLOAD[..len]);
-            let _ = self
-                .c
-                .raft_mut(leader)
-                .propose(payload, 1, self.proposals_count);
+            self.c
+                .propose_with(leader, payload, 1, acks, self.timestamp);
         }
     }
 
-    /// Retention on member `id`: moves its log start close to what is committed and durable.
+    /// An idle producer sends its next batch; one that is done goes away and a new one
+    /// (another producer id) takes its place.
+    fn produce_next_batch(&mut self) {
+        if self.producers.len() < PRODUCERS_COUNT {
+            let batches_left = self.streams.proposal.range_u32(1, 12);
+            self.producers.push(Producer {
+                id: self.next_producer_id,
+                epoch: 0,
+                next_sequence: 0,
+                batches_left,
+                in_flight: None,
+                stored_after: None,
+            });
+            self.next_producer_id += 1;
+        }
+        let slot = self
+            .streams
+            .proposal
+            .range_u32(0, self.producers.len() as u32) as usize;
+        let stored_after = self.c.nodes.values().map(|n| n.commit_index).max();
+        let producer = &mut self.producers[slot];
+        if producer.in_flight.is_some() {
+            return;
+        }
+        if producer.batches_left == 0 {
+            self.producers.swap_remove(slot);
+            return;
+        }
+        producer.batches_left -= 1;
+        if self.streams.proposal.range_u32(0, 10) == 0 {
+            // A new instance of the producer between batches: a new epoch fences the old
+            // one and starts the sequence over.
+            producer.epoch += 1;
+            producer.next_sequence = 0;
+            producer.stored_after = None;
+            self.epoch_bumps_count += 1;
+        }
+        let stored_after = stored_after.unwrap_or(0);
+        producer.stored_after.get_or_insert(stored_after);
+        let record_count = self.streams.proposal.range_u32(1, 4);
+        producer.in_flight = Some(Batch {
+            logical: self.next_logical,
+            epoch: producer.epoch,
+            base_sequence: producer.next_sequence,
+            record_count,
+            attempt: None,
+            retry_at: 0,
+        });
+        self.next_logical += 1;
+        self.send_batch(slot);
+    }
+
+    /// Sends producer `slot`'s batch to a member that believes it leads (or, with none, to
+    /// anyone: it answers NOT_LEADER).
+    fn send_batch(&mut self, slot: usize) {
+        let leaders = self.leaders();
+        let up = self.up();
+        let targets = if leaders.is_empty() { &up } else { &leaders };
+        if targets.is_empty() {
+            return;
+        }
+        let to = pick(&mut self.streams.proposal, targets);
+        let producer = &mut self.producers[slot];
+        let batch = producer.in_flight.as_mut().expect("a batch to send");
+        let mut builder = RecordBatchBuilder::new(1 << 20).with_producer(
+            producer.id,
+            batch.epoch,
+            batch.base_sequence,
+        );
+        for record in 0..batch.record_count {
+            let mut value = batch.logical.to_le_bytes().to_vec();
+            value.push(record as u8);
+            builder.push(0, None, &value, &[]).expect("small record");
+        }
+        self.timestamp += 1;
+        let number = self.c.propose_with(
+            to,
+            builder.finish(),
+            batch.record_count,
+            Acks::All,
+            self.timestamp,
+        );
+        batch.attempt = Some(number);
+        batch.retry_at = self.now + PRODUCE_TIMEOUT_TICKS * UNITS_PER_TICK;
+        self.attempts.insert(number, batch.logical);
+    }
+
+    /// Producers whose attempt failed or timed out send their batch again.
+    fn retry_produces(&mut self) {
+        for slot in 0..self.producers.len() {
+            let due = self.producers[slot]
+                .in_flight
+                .as_ref()
+                .is_some_and(|b| b.attempt.is_none() || b.retry_at <= self.now);
+            if due {
+                self.send_batch(slot);
+            }
+        }
+    }
+
+    /// Takes the cores' answers: producers learn their batches' fate, the liveness produce
+    /// its index, and answered fetches are no longer waited for.
+    fn take_answers(&mut self) {
+        for answer in std::mem::take(&mut self.c.answers) {
+            match answer {
+                Answer::Proposed {
+                    proposal, result, ..
+                } => self.on_produced(proposal, result),
+                Answer::Fetched { fetch, .. } => {
+                    if let Some(pending) = self.fetches.remove(&fetch) {
+                        self.fetches_answered_count += 1;
+                        self.parked_answered_count += u64::from(pending.parked);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_produced(
+        &mut self,
+        proposal: u64,
+        result: Result<raftlog::replica::Appended<()>, ReplicaError>,
+    ) {
+        if let Some((number, index)) = &mut self.final_proposal {
+            if *number == proposal {
+                match &result {
+                    Ok(appended) => *index = Some(appended.index),
+                    Err(_) => self.final_proposal = None,
+                }
+                return;
+            }
+        }
+        let Some(&logical) = self.attempts.get(&proposal) else {
+            return; // a plain proposal: the harness judged its answer
+        };
+        let stored_at = match &result {
+            Ok(appended) => Some(appended.base_offset),
+            Err(ReplicaError::DuplicateSequence { base_offset }) => {
+                self.duplicate_answers_count += 1;
+                Some(*base_offset)
+            }
+            Err(_) => None,
+        };
+        if let Some(offset) = stored_at {
+            let first = *self.acked.entry(logical).or_insert(offset);
+            assert_eq!(
+                first, offset,
+                "batch {logical} acknowledged at offset {first} and again at {offset}"
+            );
+        }
+        let Some(slot) = self
+            .producers
+            .iter()
+            .position(|p| p.in_flight.as_ref().is_some_and(|b| b.logical == logical))
+        else {
+            return; // an answer to an attempt of a batch already answered
+        };
+        let producer = &mut self.producers[slot];
+        let batch = producer.in_flight.as_mut().expect("found in flight");
+        if stored_at.is_some() {
+            producer.next_sequence = batch.base_sequence + batch.record_count;
+            producer.in_flight = None;
+            return;
+        }
+        if batch.attempt != Some(proposal) {
+            return; // a stale attempt failed; a newer one is under way
+        }
+        if let Err(
+            ReplicaError::UnknownProducerId
+            | ReplicaError::OutOfOrderSequence { .. }
+            | ReplicaError::ProducerFenced { .. },
+        ) = result
+        {
+            // A member that does not know where this producer stands (a stale leader
+            // missing its committed batches). Starting over in a new epoch would be unsafe
+            // while an earlier attempt's outcome is unknown: the partition cannot match a
+            // batch across epochs. So, like any other refusal, retry.
+            self.refusals_count += 1;
+        }
+        // Not the leader, superseded, disk full: try again after a short wait.
+        batch.retry_at = self.now + UNITS_PER_TICK;
+    }
+
+    /// A consumer fetches from an up member: mostly at its high watermark (where a long poll
+    /// parks), sometimes behind it; some long polls give up later.
+    fn fetch(&mut self) {
+        let up = self.up();
+        if up.is_empty() {
+            return;
+        }
+        let rng = &mut self.streams.fetch;
+        let node = pick(rng, &up);
+        let core = self.c.core(node);
+        let (start, hw) = (core.log().start_offset(), core.high_watermark());
+        let offset = if rng.range_u32(0, 2) == 0 || hw == start {
+            hw
+        } else {
+            start + u64::from(rng.range_u32(0, (hw - start).min(1 << 20) as u32))
+        };
+        let park = rng.range_u32(0, 3) != 0;
+        let bytes_max = u64::from(rng.range_u32(1, FETCH_BYTES_MAX));
+        let ticket = self.c.fetch(node, offset, bytes_max, park);
+        // Some consumers stop waiting (a long poll that timed out): their fetch may then be
+        // dropped unanswered.
+        let parked = park && offset >= hw;
+        if parked && rng.range_u32(0, 4) == 0 {
+            ticket.abandoned.set(true);
+            return;
+        }
+        let incarnation = self.c.nodes[&node].incarnation;
+        self.fetches.insert(
+            ticket.number,
+            PendingFetch {
+                node,
+                offset,
+                parked,
+                incarnation,
+                ticket,
+            },
+        );
+    }
+
+    /// A fetch that does not park is answered in the step it was made; a parked one in the
+    /// step its member's high watermark moves past its offset (unless the member crashed,
+    /// which drops its waiters as a real process's connections go).
+    fn check_fetches_answered(&mut self) {
+        let c = &self.c;
+        let down = &self.down_until;
+        self.fetches.retain(|_, f| {
+            c.nodes[&f.node].incarnation == f.incarnation
+                && !down.contains_key(&f.node)
+                && !f.ticket.abandoned.get()
+        });
+        for (number, f) in &self.fetches {
+            let core = self.c.core(f.node);
+            assert!(
+                f.parked && core.high_watermark() <= f.offset,
+                "fetch {number} at offset {} on {} ({}) unanswered with high watermark {}",
+                f.offset,
+                f.node,
+                if f.parked { "parked" } else { "not parked" },
+                core.high_watermark()
+            );
+        }
+    }
+
+    /// Retention on member `id`: moves its log start close to what is committed and durable,
+    /// but never past the batches of a producer still writing. The producer table is rebuilt
+    /// from the log, so a partition whose retention removed a producer's batches forgets it
+    /// (see `replica::producers`): a retry of a removed batch could be written again, and a
+    /// producer it forgot is refused until it starts a new epoch.
     fn compact(&mut self, id: u64, keep: u64) {
         if !self.is_up(id) {
             return;
         }
-        let node = self.c.nodes.get_mut(&id).expect("member");
+        let in_flight_floor = self
+            .producers
+            .iter()
+            .filter_map(|p| p.stored_after)
+            .min()
+            .unwrap_or(u64::MAX);
+        let node = &self.c.nodes[&id];
         let target = node
-            .raft
-            .commit_index()
-            .min(node.raft.persisted_index())
-            .min(node.store.durable_index)
+            .commit_index
+            .min(node.log().durable_index())
+            .min(in_flight_floor)
             .saturating_sub(keep);
-        if target > node.store.start.index {
-            let pos = node.store.compact(target);
-            node.raft.compact(pos.index, pos.term, pos.next_offset);
+        if target > node.log().start().index {
+            self.c.compact(id, target);
         }
     }
 
-    /// Crashes `id`: un-fsynced writes are lost, it stays down for a while.
+    /// Crashes `id`: un-synced writes are lost, it stays down for a while.
     fn crash(&mut self, id: u64) {
         if !self.is_up(id) {
             return;
@@ -528,19 +921,20 @@ impl Sim {
         let down_ticks = u64::from(self.streams.crash.range_u32(low, high));
         self.c.restart(id);
         self.crashes_count += 1;
-        self.disk.get_mut(&id).expect("member").clear();
+        self.sync_due.remove(&id);
         self.down_until
             .insert(id, self.now + down_ticks * UNITS_PER_TICK);
     }
 
     /// Crashes `id` and restarts it with up to 8 of its last durable entries gone and its
-    /// vote withheld, as the replica driver does after such a recovery. Only one member at a
-    /// time: two damaged disks can lose a committed entry's every copy, which no protocol
-    /// survives.
+    /// vote withheld, as storage recovery leaves it. Only one member at a time: two damaged
+    /// disks can lose a committed entry's every copy, which no protocol survives.
     fn lose_durable(&mut self, id: u64) {
-        let withheld = self.ids.iter().any(|&m| self.c.raft(m).voting_withheld());
-        let store = &self.c.nodes[&id].store;
-        let durable_entries = store.durable_index.saturating_sub(store.start.index);
+        let withheld = self.ids.iter().any(|&m| {
+            self.c.raft(m).voting_withheld() || self.c.log(m).voting_withheld().is_some()
+        });
+        let log = self.c.log(id);
+        let durable_entries = log.durable_index().saturating_sub(log.start().index);
         if !self.is_up(id) || withheld || durable_entries == 0 {
             return;
         }
@@ -548,12 +942,12 @@ impl Sim {
             .streams
             .lose_durable
             .range_u32(1, durable_entries.min(8) as u32 + 1);
-        let last_index = store.durable_index - u64::from(lost);
+        let last_index = log.durable_index() - u64::from(lost);
         let (low, high) = self.rates.down_ticks;
         let down_ticks = u64::from(self.streams.lose_durable.range_u32(low, high));
         self.c.restart_losing(id, last_index);
         self.durable_losses_count += 1;
-        self.disk.get_mut(&id).expect("member").clear();
+        self.sync_due.remove(&id);
         self.down_until
             .insert(id, self.now + down_ticks * UNITS_PER_TICK);
     }
@@ -561,6 +955,21 @@ impl Sim {
     fn restart_due(&mut self) {
         let now = self.now;
         self.down_until.retain(|_, until| *until > now);
+    }
+
+    /// Frees the disks whose full spell is over.
+    fn free_disks_due(&mut self) {
+        let now = self.now;
+        let freed: Vec<u64> = self
+            .full_until
+            .iter()
+            .filter(|&(_, &until)| until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in freed {
+            self.full_until.remove(&id);
+            self.c.core_mut(id).log_mut().set_full(false);
+        }
     }
 
     /// Delivers every message due by now; a message to a crashed member or over a cut link
@@ -574,35 +983,43 @@ impl Sim {
             if !self.is_up(m.to) || self.c.cut.contains(&(m.from, m.to)) {
                 continue;
             }
-            self.c.raft_mut(m.to).step(m);
+            self.c.core_mut(m.to).step(m);
         }
     }
 
-    /// Completes every disk write due by now, in issue order.
-    fn complete_due_writes(&mut self) {
+    /// Completes every sync due by now.
+    fn complete_due_syncs(&mut self) {
         for id in self.ids.clone() {
-            loop {
-                let queue = self.disk.get_mut(&id).expect("member");
-                match queue.front() {
-                    Some(&(due, index, term)) if due <= self.now => {
-                        queue.pop_front();
-                        self.c.persist_one(id, index, term);
-                    }
-                    _ => break,
-                }
+            if self.sync_due.get(&id).is_some_and(|&due| due <= self.now) {
+                self.sync_due.remove(&id);
+                self.c.complete_sync(id);
+                self.schedule_sync(id);
             }
         }
     }
 
-    /// Carries out member `id`'s Ready (the harness checks it), schedules its write and
-    /// puts its messages on the network.
+    /// Gives the sync member `id`'s core handed out a completion time.
+    fn schedule_sync(&mut self, id: u64) {
+        if self.c.nodes[&id].sync.is_none() || self.sync_due.contains_key(&id) {
+            return;
+        }
+        let latency = if self.disk_slow[&id] {
+            self.streams.disk.range_u32(5, 80)
+        } else {
+            self.streams.disk.range_u32(1, 4)
+        };
+        self.sync_due.insert(id, self.now + u64::from(latency));
+    }
+
+    /// Carries out member `id`'s Ready (the harness checks it), schedules its sync and puts
+    /// its messages on the network.
     fn process(&mut self, id: u64) {
         let commit_before = self.c.nodes[&id].commit_index;
         if !self.c.process(id) {
             return;
         }
         let committed_now = self.c.nodes[&id].commit_index > commit_before;
-        self.schedule_writes(id);
+        self.schedule_sync(id);
         let messages: Vec<RaftMessage> = self.c.net.drain(..).collect();
         let crash_per_mille = self.crash_while_sending_per_mille(id, committed_now);
         let messages = self.lose_current_term_entries(id, messages);
@@ -612,22 +1029,6 @@ impl Sim {
         }
         for m in messages {
             self.send(m);
-        }
-    }
-
-    /// Queues member `id`'s new writes on its disk; they complete in issue order.
-    fn schedule_writes(&mut self, id: u64) {
-        let writes = std::mem::take(&mut self.c.nodes.get_mut(&id).expect("member").unpersisted);
-        let slow = self.disk_slow[&id];
-        for (index, term) in writes {
-            let latency = if slow {
-                self.streams.disk.range_u32(5, 80)
-            } else {
-                self.streams.disk.range_u32(1, 4)
-            };
-            let queue = self.disk.get_mut(&id).expect("member");
-            let after = queue.back().map_or(0, |&(due, _, _)| due);
-            queue.push_back(((self.now + u64::from(latency)).max(after), index, term));
         }
     }
 
@@ -730,13 +1131,16 @@ impl Sim {
         }
     }
 
-    /// Heals every fault: links, crashed members, slow disks, loss.
+    /// Heals every fault: links, crashed members, slow and full disks, loss.
     fn heal(&mut self) {
         self.faults = false;
         self.c.heal();
         self.down_until.clear();
         for slow in self.disk_slow.values_mut() {
             *slow = false;
+        }
+        for id in std::mem::take(&mut self.full_until).into_keys() {
+            self.c.core_mut(id).log_mut().set_full(false);
         }
         self.loss_per_mille = 0;
     }
@@ -748,8 +1152,9 @@ impl Sim {
         }
     }
 
-    /// The whole life of one seed: chaos, healing, liveness. Returns the ticks it took after
-    /// healing to commit a new proposal on every member.
+    /// The whole life of one seed: chaos, healing, liveness, then the checks of the
+    /// committed log as a whole. Returns the ticks it took after healing to acknowledge a
+    /// new produce and commit it on every member.
     ///
     /// # Panics
     /// On any violated invariant, or if the healed cluster does not make progress within
@@ -759,40 +1164,38 @@ impl Sim {
             self.step();
         }
         self.heal();
-        // (index, term) of the liveness proposal; proposed again if leadership changed
-        // before it committed (it may then be overwritten, which is fine).
-        let mut proposal: Option<(u64, u64)> = None;
         for tick in 1..=LIVENESS_TICKS_MAX {
             self.run_tick();
-            if let Some((index, term)) = proposal {
-                let everywhere = self.c.nodes.values().all(|n| n.commit_index >= index);
-                match self.c.committed.get(&index) {
-                    Some(&t) if t == term && everywhere => return tick,
-                    Some(&t) if t != term => proposal = None,
-                    _ => {}
-                }
-                if self
-                    .c
-                    .leader()
-                    .is_some_and(|l| self.c.raft(l).term() != term)
-                {
-                    proposal = None;
+            if let Some((_, Some(index))) = self.final_proposal {
+                if self.c.nodes.values().all(|n| n.commit_index >= index) {
+                    self.check_batches_stored_once();
+                    return tick;
                 }
             }
-            if proposal.is_none() {
+            // Proposed again if it failed, or if the leader that took it lost leadership
+            // before answering (its answer may never come).
+            if self.final_proposal.is_none() || tick % 20 == 0 {
                 if let Some(leader) = self.c.leader() {
-                    let raft = self.c.raft_mut(leader);
-                    if let Ok(p) = raft.propose(Bytes::from_static(b"final"), 1, -1) {
-                        proposal = Some((p.index, p.term));
+                    self.timestamp += 1;
+                    let payload = Bytes::from_static(b"final");
+                    let number = self
+                        .c
+                        .propose_with(leader, payload, 1, Acks::All, self.timestamp);
+                    if !matches!(self.final_proposal, Some((_, Some(_)))) {
+                        self.final_proposal = Some((number, None));
                     }
                 }
             }
         }
-        let nodes: Vec<(Role, u64, u64)> = self
+        let nodes: Vec<(Role, u64, u64, Option<String>)> = self
             .c
             .nodes
             .values()
-            .map(|n| (n.raft.role(), n.raft.term(), n.raft.commit_index()))
+            .map(|n| {
+                let r = n.raft();
+                let full = n.core.storage_full().map(str::to_owned);
+                (r.role(), r.term(), r.commit_index(), full)
+            })
             .collect();
         let progress: Vec<String> = self.c.leader().map_or(Vec::new(), |l| {
             self.ids
@@ -801,8 +1204,48 @@ impl Sim {
                 .collect()
         });
         panic!(
-            "liveness: no new proposal committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {proposal:?}; role, term, commit: {nodes:?}; leader's progress: {progress:?})"
+            "liveness: no new produce acknowledged and committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {:?}; role, term, commit, disk full: {nodes:?}; leader's progress: {progress:?})",
+            self.final_proposal
         );
+    }
+
+    /// Every producer batch in the committed log is there once, and every acknowledged one
+    /// is there at the offset its acknowledgements named.
+    fn check_batches_stored_once(&self) {
+        let mut stored: BTreeMap<u64, u64> = BTreeMap::new();
+        for (&index, &term) in &self.c.committed {
+            let Some((_, entry)) = self.c.entry_ids.get(&(index, term)) else {
+                continue;
+            };
+            if entry.kind() != EntryKind::Data {
+                continue;
+            }
+            let Ok(batch) = <RecordBatch as prost::Message>::decode(entry.payload.clone()) else {
+                continue;
+            };
+            if batch.producer_id == 0 {
+                continue;
+            }
+            let first = decode_records(&batch)
+                .next()
+                .and_then(Result::ok)
+                .expect("a producer batch holds records");
+            let logical = u64::from_le_bytes(first.value[..8].try_into().expect("8 bytes"));
+            if let Some(earlier) = stored.insert(logical, entry.base_offset) {
+                panic!(
+                    "batch {logical} stored twice in the committed log: at offsets {earlier} and {}",
+                    entry.base_offset
+                );
+            }
+        }
+        for (logical, offset) in &self.acked {
+            assert_eq!(
+                stored.get(logical),
+                Some(offset),
+                "batch {logical} acknowledged at offset {offset} but committed at {:?}",
+                stored.get(logical)
+            );
+        }
     }
 
     fn print_state(&self) {
@@ -811,9 +1254,9 @@ impl Sim {
             .nodes
             .values()
             .map(|n| {
-                let r = &n.raft;
+                let r = n.raft();
                 format!(
-                    "{}:{}{:?}/t{}/c{}/l{}/p{}{}",
+                    "{}:{}{:?}/t{}/c{}/l{}/p{}/hw{}{}{}",
                     r.id(),
                     if self.is_up(r.id()) { "" } else { "DOWN " },
                     r.role(),
@@ -821,7 +1264,13 @@ impl Sim {
                     r.commit_index(),
                     r.last_index(),
                     r.persisted_index(),
-                    if self.disk_slow[&r.id()] { "/slow" } else { "" }
+                    n.core.high_watermark(),
+                    if self.disk_slow[&r.id()] { "/slow" } else { "" },
+                    if n.core.storage_full().is_some() {
+                        "/full"
+                    } else {
+                        ""
+                    }
                 )
             })
             .collect();
@@ -878,6 +1327,14 @@ struct Summary {
     durable_losses_count: u64,
     snapshots_count: u64,
     truncations_count: u64,
+    acked_count: u64,
+    batches_acked_count: u64,
+    duplicate_answers_count: u64,
+    epoch_bumps_count: u64,
+    refusals_count: u64,
+    full_disks_count: u64,
+    fetches_answered_count: u64,
+    parked_answered_count: u64,
 }
 
 /// Runs `seeds`, each caught separately; prints every violation with its replay command.
@@ -896,6 +1353,14 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
         summary.durable_losses_count += sim.durable_losses_count;
         summary.snapshots_count += sim.c.snapshots_count;
         summary.truncations_count += sim.c.truncations_count;
+        summary.acked_count += sim.c.acked_count;
+        summary.batches_acked_count += sim.acked.len() as u64;
+        summary.duplicate_answers_count += sim.duplicate_answers_count;
+        summary.epoch_bumps_count += sim.epoch_bumps_count;
+        summary.refusals_count += sim.refusals_count;
+        summary.full_disks_count += sim.full_disks_count;
+        summary.fetches_answered_count += sim.fetches_answered_count;
+        summary.parked_answered_count += sim.parked_answered_count;
         match result {
             Ok(ticks) => summary.liveness_ticks_max = summary.liveness_ticks_max.max(ticks),
             Err(_) => {
@@ -956,6 +1421,17 @@ fn simulation() {
         summary.liveness_ticks_max,
         summary.first_violation_seed,
         started.elapsed().as_secs_f64()
+    ));
+    report(format_args!(
+        "replica: {} produces acknowledged after commit ({} producer batches, {} answered as duplicates of a retry, {} refusals of a producer's sequence, {} epoch bumps), {} full disks, {} fetches answered ({} after parking)",
+        summary.acked_count,
+        summary.batches_acked_count,
+        summary.duplicate_answers_count,
+        summary.refusals_count,
+        summary.epoch_bumps_count,
+        summary.full_disks_count,
+        summary.fetches_answered_count,
+        summary.parked_answered_count
     ));
     report(format_args!(
         "simulation: {} seeds, {} steps, {} violations",

@@ -130,8 +130,9 @@ pub trait ReplicaLog {
     fn clear_voting_withheld(&mut self) -> Result<(), StorageError>;
 }
 
-/// The consensus core reads the log through this adapter.
-struct CoreReader<'a, L>(&'a L);
+/// A [`ReplicaLog`] seen as the consensus core's [`LogReader`] (also for tests that drive a
+/// bare [`Raft`] over a [`super::MemLog`]).
+pub struct CoreReader<'a, L>(pub &'a L);
 
 impl<L: ReplicaLog> LogReader for CoreReader<'_, L> {
     fn entries(&self, lo: u64, hi: u64, bytes_max: u64) -> Result<Vec<Entry>, ReadError> {
@@ -461,7 +462,10 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             self.outbox.push(Action::Proposed(waiter, Err(refusal)));
             return;
         }
-        if self.stopping {
+        // A follower's producer table is not the partition's: only the leader may judge a
+        // batch's sequence, so anyone else answers NOT_LEADER first (the simulator caught
+        // followers refusing retries as out of order, which a Kafka client treats as fatal).
+        if self.stopping || self.raft.role() != Role::Leader {
             let leader_hint = self.raft.leader_id().filter(|&id| id != self.raft.id());
             let refusal = ReplicaError::NotLeader { leader_hint };
             self.outbox.push(Action::Proposed(waiter, Err(refusal)));

@@ -15,6 +15,8 @@
 
 use bytes::Bytes;
 
+use std::cell::Cell;
+
 use crate::proto::{Entry, EntryKind, HardState};
 use crate::raft::{entry_size_bytes, LogPosition};
 use crate::storage::StorageError;
@@ -71,6 +73,8 @@ pub struct MemLog {
     full: bool,
     retain_up_to: Option<u64>,
     journal: Option<Vec<LogEvent>>,
+    /// Calls of [`ReplicaLog::entries`], so tests can see whether a reader hit storage.
+    entry_reads: Cell<u64>,
 }
 
 impl Default for MemLog {
@@ -88,6 +92,7 @@ impl Default for MemLog {
             full: false,
             retain_up_to: None,
             journal: None,
+            entry_reads: Cell::new(0),
         }
     }
 }
@@ -124,6 +129,11 @@ impl MemLog {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// How many times entries were read (the consensus core reads only what its cache lost).
+    pub fn entry_reads(&self) -> u64 {
+        self.entry_reads.get()
     }
 
     /// The written entries, from the log start.
@@ -239,6 +249,7 @@ impl ReplicaLog for MemLog {
                 first_index: self.first_index(),
             });
         }
+        self.entry_reads.set(self.entry_reads.get() + 1);
         let mut out: Vec<Entry> = Vec::new();
         let mut bytes = 0;
         for index in lo..hi {

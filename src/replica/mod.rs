@@ -39,7 +39,9 @@ use crate::proto::{Entry, RaftMessage};
 use crate::raft::{self, ProposeError};
 use crate::storage::{Log, LogConfig, StorageError, SyncDone};
 
-pub use self::core::{Action, CoreConfig, FetchWaiter, ReplicaCore, ReplicaLimits, ReplicaLog};
+pub use self::core::{
+    Action, CoreConfig, CoreReader, FetchWaiter, ReplicaCore, ReplicaLimits, ReplicaLog,
+};
 pub use crate::raft::Role;
 pub use mem_log::{LogEvent, MemLog, MemSync};
 

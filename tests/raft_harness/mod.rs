@@ -1,196 +1,133 @@
-//! A tiny deterministic in-memory network of Raft cores, driven by hand from tests.
+//! A tiny deterministic in-memory network of production replica cores, driven by hand from
+//! tests and by the seeded simulator.
 //!
-//! Each node has an in-memory store that separates *written* from *durable* entries, so a
-//! crash can lose un-fsynced writes. Messages go through one FIFO queue; tests can cut links
-//! (one way or both), drop, reorder, or deliver messages one by one. Every Ready is carried
-//! out in the documented order: hard state, then snapshot / truncate / append, then send.
+//! Each node is a [`ReplicaCore`] (the code every partition of a real node runs) over a
+//! [`MemLog`], which separates *written* from *durable* entries, so a crash loses un-synced
+//! writes; it can also fill up and lose durable entries. Messages go through one FIFO queue;
+//! tests can cut links (one way or both), drop, reorder, or deliver messages one by one. The
+//! harness never carries out a Ready itself: it calls [`ReplicaCore::handle_ready`] and then
+//! judges what the core did, from the log's journal ([`LogEvent`]), the messages it sent and
+//! the answers it gave, against the Raft invariants and the replica's promises.
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
 
 use bytes::Bytes;
 use raftlog::proto::raft_message::Body;
-use raftlog::proto::{Entry, HardState, RaftMessage};
-use raftlog::raft::{
-    entry_size_bytes, message_term, Config, LogPosition, LogReader, Raft, ReadError, Ready,
-    RestoredState, Role,
+use raftlog::proto::{Entry, RaftMessage};
+use raftlog::raft::{message_term, Config, LogPosition, Raft, Role};
+use raftlog::replica::mem_log::data_entry;
+use raftlog::replica::{
+    Acks, Action, Appended, CoreConfig, FetchWaiter, Fetched, LogEvent, LogIsTheState, MemLog,
+    MemSync, ReplicaCore, ReplicaError, ReplicaLimits, ReplicaLog,
 };
 
-/// An in-memory log store: entries written, a durable prefix, and the durable hard state.
-#[derive(Clone, Debug)]
-pub struct MemStore {
-    /// Durable hard state (hard state is written synchronously, as the contract requires).
-    /// Its `log_start_index` follows the schema: the first index still in the log.
-    pub hard_state: HardState,
-    /// The snapshot position (last index compacted away, its term, the next offset).
-    pub start: LogPosition,
-    /// Entries after `start`, written (maybe not durable).
-    pub entries: Vec<Entry>,
-    /// Last durable index.
-    pub durable_index: u64,
-    /// Entries before this index may not be read (simulates retention gaps in tests).
-    pub reads: std::cell::Cell<u64>,
+/// A fetch's handle in the harness: its number and whether the fetcher stopped waiting.
+#[derive(Clone, Debug, Default)]
+pub struct FetchTicket {
+    /// The fetch's number, as [`Cluster::fetch`] handed it out.
+    pub number: u64,
+    /// Set to make the fetch abandoned (a long poll that timed out).
+    pub abandoned: Rc<Cell<bool>>,
 }
 
-impl Default for MemStore {
-    fn default() -> Self {
-        Self {
-            hard_state: HardState {
-                log_start_index: 1,
-                ..HardState::default()
-            },
-            start: LogPosition::default(),
-            entries: Vec::new(),
-            durable_index: 0,
-            reads: std::cell::Cell::new(0),
-        }
+impl FetchWaiter for FetchTicket {
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.get()
     }
 }
 
-impl MemStore {
-    /// The state a core restarts from: the durable hard state and the last written index
-    /// (call after `crash` to keep only what was durable).
-    pub fn restored_state(&self) -> RestoredState {
-        assert_eq!(
-            self.hard_state.log_start_index,
-            self.start.index + 1,
-            "store hard state disagrees with its snapshot position {:?}",
-            self.start
-        );
-        RestoredState {
-            hard_state: self.hard_state,
-            last_index: self.last_index(),
-            ..Default::default()
-        }
+/// The replica core as the harness runs it: proposals and fetches are numbered.
+pub type Core = ReplicaCore<MemLog, LogIsTheState, u64, FetchTicket>;
+
+/// An answer a core gave.
+#[derive(Debug)]
+pub enum Answer {
+    /// To proposal number `proposal`, made on `node`.
+    Proposed {
+        /// The node that answered.
+        node: u64,
+        /// The proposal's number.
+        proposal: u64,
+        /// The answer.
+        result: Result<Appended<()>, ReplicaError>,
+    },
+    /// To fetch number `fetch`, made on `node`.
+    Fetched {
+        /// The node that answered.
+        node: u64,
+        /// The fetch's number.
+        fetch: u64,
+        /// The answer.
+        result: Result<Fetched, ReplicaError>,
+    },
+}
+
+/// A proposal made through [`Cluster::propose_with`], kept to judge its answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ProposalRecord {
+    /// How durable it had to be before its answer.
+    pub acks: Acks,
+    /// Its timestamp, unique per proposal: it identifies the proposal's entry in a log.
+    pub timestamp_ms: i64,
+}
+
+/// What one [`Cluster::process`] saw a core do.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Changes to the log, in order.
+    pub events: Vec<LogEvent>,
+    /// Messages sent (before links were applied).
+    pub messages: Vec<RaftMessage>,
+    /// The new commit index, if it moved.
+    pub commit_index: Option<u64>,
+    /// Answers given.
+    pub answers: usize,
+}
+
+impl Processed {
+    /// Nothing happened.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.messages.is_empty()
+            && self.commit_index.is_none()
+            && self.answers == 0
     }
 
-    /// Index of the last written entry.
-    pub fn last_index(&self) -> u64 {
-        self.start.index + self.entries.len() as u64
+    /// The hard state written, if any.
+    pub fn hard_state(&self) -> Option<raftlog::proto::HardState> {
+        self.events.iter().find_map(|e| match e {
+            LogEvent::HardState(hs) => Some(*hs),
+            _ => None,
+        })
     }
 
-    /// The written entry at `index`, if any.
-    pub fn entry(&self, index: u64) -> Option<&Entry> {
-        if index <= self.start.index {
-            return None;
-        }
-        self.entries.get((index - self.start.index - 1) as usize)
-    }
-
-    /// Term at `index` in the written log.
-    pub fn term(&self, index: u64) -> Option<u64> {
-        if index == self.start.index {
-            return Some(self.start.term);
-        }
-        self.entry(index).map(|e| e.term)
-    }
-
-    /// Carries out the storage part of a Ready.
-    pub fn apply(&mut self, ready: &Ready) {
-        if let Some(hs) = &ready.hard_state {
-            self.hard_state = *hs;
-        }
-        if let Some(pos) = ready.snapshot {
-            let last = self.last_index();
-            let drop = (pos.index.min(last).saturating_sub(self.start.index)) as usize;
-            self.entries.drain(..drop);
-            if pos.index > last {
-                self.entries.clear();
-            }
-            self.start = pos;
-            self.durable_index = self.durable_index.max(pos.index);
-        }
-        if let Some(from) = ready.truncate_from {
-            let keep = from.saturating_sub(self.start.index + 1) as usize;
-            self.entries.truncate(keep);
-            self.durable_index = self.durable_index.min(self.last_index());
-        }
-        if let Some(first) = ready.entries.first() {
-            assert_eq!(
-                first.index,
-                self.last_index() + 1,
-                "store append gap: start {:?} snapshot {:?} truncate {:?} n {}",
-                self.start,
-                ready.snapshot,
-                ready.truncate_from,
-                ready.entries.len()
-            );
-            self.entries.extend(ready.entries.iter().cloned());
-        }
-    }
-
-    /// Moves the start forward (retention) up to `index`.
-    pub fn compact(&mut self, index: u64) -> LogPosition {
-        let e = self
-            .entry(index)
-            .expect("compacting an existing entry")
-            .clone();
-        let pos = LogPosition {
-            index,
-            term: e.term,
-            next_offset: e.base_offset + u64::from(e.record_count),
-        };
-        let drop = (index - self.start.index) as usize;
-        self.entries.drain(..drop);
-        self.start = pos;
-        self.hard_state.log_start_index = pos.index + 1;
-        self.hard_state.log_start_term = pos.term;
-        self.hard_state.log_start_offset = pos.next_offset;
-        pos
-    }
-
-    /// What survives a crash: the durable prefix.
-    pub fn crash(&mut self) {
-        let keep = (self.durable_index - self.start.index) as usize;
-        self.entries.truncate(keep);
+    /// The entries appended.
+    pub fn appended(&self) -> Vec<&Entry> {
+        self.events
+            .iter()
+            .flat_map(|e| match e {
+                LogEvent::Append { entries, .. } => entries.iter().collect(),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 }
 
-impl LogReader for MemStore {
-    fn entries(&self, lo: u64, hi: u64, bytes_max: u64) -> Result<Vec<Entry>, ReadError> {
-        if lo <= self.start.index {
-            return Err(ReadError::Compacted);
-        }
-        self.reads.set(self.reads.get() + 1);
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for index in lo..hi {
-            let Some(e) = self.entry(index) else { break };
-            let size = entry_size_bytes(e);
-            if !out.is_empty() && bytes + size > bytes_max {
-                break;
-            }
-            bytes += size;
-            out.push(e.clone());
-        }
-        if out.is_empty() {
-            return Err(ReadError::Unavailable);
-        }
-        Ok(out)
-    }
-
-    fn term_at(&self, index: u64) -> Result<u64, ReadError> {
-        if index < self.start.index {
-            return Err(ReadError::Compacted);
-        }
-        self.term(index).ok_or(ReadError::Unavailable)
-    }
-}
-
-/// One simulated member: its core and its store.
+/// One simulated member: a production replica core over an in-memory log.
 pub struct Node {
-    /// The consensus core.
-    pub raft: Raft,
-    /// Its storage.
-    pub store: MemStore,
+    /// The replica core.
+    pub core: Core,
     /// Config, kept for restarts.
-    pub config: Config,
-    /// Report writes durable immediately (otherwise call `Cluster::persist`).
+    pub config: CoreConfig,
+    /// Complete syncs as soon as the core asks for them (otherwise call `Cluster::persist`).
     pub auto_persist: bool,
-    /// Written but not yet durable: (index, term) reports to deliver on `persist`.
-    pub unpersisted: Vec<(u64, u64)>,
-    /// Highest commit index seen in a Ready (in this incarnation).
+    /// The sync the core handed out and that has not completed yet.
+    pub sync: Option<MemSync>,
+    /// Highest commit index seen after a Ready (in this incarnation).
     pub commit_index: u64,
     /// Committed entries up to here were compared with `Cluster::committed`.
     pub checked_commit_index: u64,
@@ -198,21 +135,72 @@ pub struct Node {
     pub term_seen: u64,
     /// The term in which this node was last checked for leader completeness as leader.
     pub leader_checked_term: u64,
+    /// Restarts so far.
+    pub incarnation: u64,
 }
 
 impl Node {
-    fn new(config: Config, raft: Raft, store: MemStore) -> Self {
-        let (commit_index, term_seen) = (raft.commit_index(), raft.term());
-        Self {
-            raft,
-            store,
+    fn start(config: CoreConfig, mut log: MemLog) -> Self {
+        log.record(true);
+        let core = Core::new(config.clone(), log, LogIsTheState).expect("valid config");
+        let mut node = Self {
+            core,
             config,
             auto_persist: true,
-            unpersisted: Vec::new(),
-            commit_index,
-            checked_commit_index: commit_index,
-            term_seen,
+            sync: None,
+            commit_index: 0,
+            checked_commit_index: 0,
+            term_seen: 0,
             leader_checked_term: 0,
+            incarnation: 0,
+        };
+        node.reset_trackers();
+        node
+    }
+
+    fn reset_trackers(&mut self) {
+        self.commit_index = self.core.raft().commit_index();
+        self.checked_commit_index = self.commit_index;
+        self.term_seen = self.core.raft().term();
+        self.leader_checked_term = 0;
+    }
+
+    /// The consensus core.
+    pub fn raft(&self) -> &Raft {
+        self.core.raft()
+    }
+
+    /// The storage.
+    pub fn log(&self) -> &MemLog {
+        self.core.log()
+    }
+
+    /// Stops the process (un-synced writes and unanswered waiters are lost), lets `change`
+    /// act on the log (a crash, a damaged disk, a replaced log), and starts a new core on it,
+    /// as a node does after a restart.
+    pub fn restart(&mut self, change: impl FnOnce(&mut MemLog)) {
+        let placeholder =
+            Core::new(self.config.clone(), MemLog::new(), LogIsTheState).expect("valid config");
+        let mut log = std::mem::replace(&mut self.core, placeholder).into_log();
+        change(&mut log);
+        log.take_journal();
+        log.record(true);
+        let durable_term = log.hard_state().current_term;
+        self.core = Core::new(self.config.clone(), log, LogIsTheState).expect("restart");
+        assert!(
+            self.core.raft().term() >= durable_term,
+            "node {} restarted in an older term",
+            self.core.raft().id()
+        );
+        self.sync = None;
+        self.incarnation += 1;
+        self.reset_trackers();
+    }
+
+    fn persist(&mut self) {
+        while let Some(job) = self.sync.take() {
+            self.core.sync_done(job);
+            self.sync = self.core.poll_sync(0);
         }
     }
 }
@@ -246,9 +234,17 @@ pub struct Cluster {
     pub truncations_count: u64,
     /// When `Some`, a readable line per delivered message and per Ready (golden traces).
     pub trace: Option<Vec<String>>,
+    /// Answers given by the cores, checked and kept in order (drain them to consume).
+    pub answers: Vec<Answer>,
+    /// Proposals made through [`Cluster::propose_with`], by number.
+    pub proposals: HashMap<u64, ProposalRecord>,
+    /// Proposals answered `Ok` with `Acks::All`.
+    pub acked_count: u64,
+    next_proposal: u64,
+    next_fetch: u64,
 }
 
-/// A config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
+/// A Raft config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
 pub fn config(id: u64, voters: &[u64]) -> Config {
     let mut c = Config::new(id, voters.to_vec());
     c.election_timeout_ticks = 10;
@@ -257,21 +253,48 @@ pub fn config(id: u64, voters: &[u64]) -> Config {
     c
 }
 
+/// A replica config around `raft`: the replica limits of a node ticking every 100 ms,
+/// producer tracking on, no retention (tests compact by hand).
+pub fn core_config(raft: Config) -> CoreConfig {
+    CoreConfig {
+        raft,
+        limits: ReplicaLimits::for_tick_interval_ms(100),
+        track_producers: true,
+        retention_bytes: 0,
+        retention_ms: 0,
+    }
+}
+
+/// A durable log holding entries with the given terms at indexes 1.., offsets 0.., one
+/// record each, at `current_term`.
+pub fn log_with_terms(terms: &[u64], current_term: u64) -> MemLog {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &term)| data_entry(i as u64 + 1, term, Bytes::from_static(b"x")))
+        .collect();
+    MemLog::with_entries(entries, current_term)
+}
+
 impl Cluster {
     /// A cluster of `n` nodes with ids 1..=n and default test config.
     pub fn new(n: u64) -> Self {
         Self::with_config(n, |_| {})
     }
 
-    /// A cluster whose configs are adjusted by `f` before start.
+    /// A cluster whose Raft configs are adjusted by `f` before start.
     pub fn with_config(n: u64, f: impl Fn(&mut Config)) -> Self {
+        Self::with_core_config(n, |c| f(&mut c.raft))
+    }
+
+    /// A cluster whose replica configs are adjusted by `f` before start.
+    pub fn with_core_config(n: u64, f: impl Fn(&mut CoreConfig)) -> Self {
         let voters: Vec<u64> = (1..=n).collect();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            let mut config = config(id, &voters);
+            let mut config = core_config(config(id, &voters));
             f(&mut config);
-            let raft = Raft::new(config.clone()).expect("valid config");
-            nodes.insert(id, Node::new(config, raft, MemStore::default()));
+            nodes.insert(id, Node::start(config, MemLog::new()));
         }
         Self {
             nodes,
@@ -286,97 +309,204 @@ impl Cluster {
             snapshots_count: 0,
             truncations_count: 0,
             trace: None,
+            answers: Vec::new(),
+            proposals: HashMap::new(),
+            acked_count: 0,
+            next_proposal: 1,
+            next_fetch: 1,
         }
     }
 
-    /// The core of node `id`.
+    /// A cluster whose node `i + 1` restarts from a log with `logs[i]` terms, at `term`.
+    pub fn from_logs(logs: &[&[u64]], term: u64, f: impl Fn(&mut Config)) -> Self {
+        let mut cluster = Self::with_config(logs.len() as u64, f);
+        for (i, terms) in logs.iter().enumerate() {
+            cluster.replace_log(i as u64 + 1, log_with_terms(terms, term));
+        }
+        cluster
+    }
+
+    /// The replica core of node `id`.
+    pub fn core(&self, id: u64) -> &Core {
+        &self.nodes[&id].core
+    }
+
+    /// The replica core of node `id`, mutably.
+    pub fn core_mut(&mut self, id: u64) -> &mut Core {
+        &mut self.nodes.get_mut(&id).expect("node exists").core
+    }
+
+    /// The consensus core of node `id`.
     pub fn raft(&self, id: u64) -> &Raft {
-        &self.nodes[&id].raft
+        self.nodes[&id].raft()
     }
 
-    /// The core of node `id`, mutably.
+    /// The consensus core of node `id`, mutably (proposals made on it have no waiter).
     pub fn raft_mut(&mut self, id: u64) -> &mut Raft {
-        &mut self.nodes.get_mut(&id).expect("node exists").raft
+        self.core_mut(id).raft_mut()
     }
 
-    /// Takes node `id`'s Ready, carries out storage and queues messages. Returns whether
-    /// anything happened.
+    /// The log of node `id`.
+    pub fn log(&self, id: u64) -> &MemLog {
+        self.nodes[&id].log()
+    }
+
+    /// Restarts node `id` on `log` instead of its own.
+    pub fn replace_log(&mut self, id: u64, log: MemLog) {
+        self.node_mut(id).restart(|old| *old = log);
+        self.net.retain(|m| m.to != id && m.from != id);
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.get_mut(&id).expect("node exists")
+    }
+
+    /// Runs node `id`'s Ready through its replica core and checks what it did. Returns
+    /// whether anything happened.
     pub fn process(&mut self, id: u64) -> bool {
+        !self.run_ready(id, true).is_empty()
+    }
+
+    /// Runs node `id`'s Ready, checked, and returns what it did.
+    pub fn ready_of(&mut self, id: u64) -> Processed {
+        self.run_ready(id, true)
+    }
+
+    /// Runs node `id`'s Ready without the safety checks (for fuzzing with forged messages,
+    /// which no real peer would send).
+    pub fn ready_unchecked(&mut self, id: u64) -> Processed {
+        self.run_ready(id, false)
+    }
+
+    fn run_ready(&mut self, id: u64, check: bool) -> Processed {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let ready = node.raft.ready(&node.store);
-        if ready.is_empty() {
-            return false;
+        let was_stalled = node.core.storage_full().is_some();
+        let previous_commit = node.commit_index;
+        node.core
+            .handle_ready()
+            .expect("an in-memory log fails only when full, which stalls");
+        let events = node.core.log_mut().take_journal();
+        let mut processed = Processed {
+            events,
+            ..Processed::default()
+        };
+        let mut answers = Vec::new();
+        for action in node.core.actions() {
+            match action {
+                Action::Send(m) => processed.messages.push(m),
+                Action::Proposed(proposal, result) => answers.push(Answer::Proposed {
+                    node: id,
+                    proposal,
+                    result,
+                }),
+                Action::Fetched(ticket, result) => answers.push(Answer::Fetched {
+                    node: id,
+                    fetch: ticket.number,
+                    result,
+                }),
+            }
+        }
+        processed.answers = answers.len();
+        if !was_stalled && node.core.storage_full().is_some() {
+            // A stall rebuilds the consensus core from the log, as a restart does: its
+            // commit index starts again from what the replica acted on.
+            node.reset_trackers();
+        }
+        let commit = node.core.raft().commit_index();
+        assert!(
+            commit >= node.commit_index,
+            "commit went backwards on {id}: {} -> {commit}",
+            node.commit_index
+        );
+        if commit != node.commit_index {
+            processed.commit_index = Some(commit);
+            node.commit_index = commit;
+        }
+        if node.sync.is_none() {
+            node.sync = node.core.poll_sync(0);
+        }
+        if node.auto_persist {
+            node.persist();
         }
         if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
-            let range = ready
-                .entries
-                .first()
-                .map(|f| (f.index, ready.entries.last().unwrap().index));
+            let log = node.log();
             eprintln!(
-                "node {id} t{} {:?} ready: hs {:?} snap {:?} trunc {:?} entries {:?} commit {:?} | store start {} last {} durable {} | core last {} persisted {}",
-                node.raft.term(), node.raft.role(), ready.hard_state.map(|h| h.current_term), ready.snapshot.map(|p| p.index), ready.truncate_from, range, ready.commit_index,
-                node.store.start.index, node.store.last_index(), node.store.durable_index, node.raft.last_index(), node.raft.persisted_index()
+                "{} | log first {} last {} durable {} | core last {} persisted {}",
+                describe_processed(id, node.raft(), &processed),
+                log.first_index(),
+                log.last_index(),
+                log.durable_index(),
+                node.raft().last_index(),
+                node.raft().persisted_index()
             );
         }
         if let Some(trace) = self.trace.as_mut() {
-            trace.push(describe_ready(id, &node.raft, &ready));
+            if !processed.events.is_empty()
+                || !processed.messages.is_empty()
+                || processed.commit_index.is_some()
+            {
+                trace.push(describe_processed(id, node.raft(), &processed));
+            }
         }
-        check_no_committed_entry_dropped(id, node, &ready, &self.committed);
-        self.snapshots_count += u64::from(ready.snapshot.is_some());
-        self.truncations_count += u64::from(ready.truncate_from.is_some());
-        node.store.apply(&ready);
-        check_durable_before_send(id, &node.store, &ready);
-        check_log_matching(id, &node.store, &ready, &mut self.entry_ids);
-        if let Some(commit) = ready.commit_index {
-            assert!(
-                commit > node.commit_index,
-                "commit went backwards on {id}: {} -> {commit}",
-                node.commit_index
-            );
-            node.commit_index = commit;
+        for event in &processed.events {
+            match event {
+                LogEvent::Snapshot(_) => self.snapshots_count += 1,
+                LogEvent::Truncate { .. } => self.truncations_count += 1,
+                _ => {}
+            }
         }
-        if let Some(last) = ready.entries.last() {
-            node.unpersisted.push((last.index, last.term));
+        if check {
+            let node = &self.nodes[&id];
+            check_no_committed_entry_dropped(id, previous_commit, &processed, &self.committed);
+            check_log_matching(id, &processed, &mut self.entry_ids);
+            check_durable_before_send(id, node.log(), &processed.messages);
         }
-        if ready.snapshot.is_some() || ready.truncate_from.is_some() {
-            node.store.durable_index = node.store.durable_index.min(node.store.last_index());
-        }
-        if node.auto_persist {
-            Self::persist_node(node);
-        }
-        for m in ready.messages {
+        for m in &processed.messages {
             if !self.cut.contains(&(m.from, m.to)) {
-                self.net.push_back(m);
+                self.net.push_back(m.clone());
             }
         }
-        self.check_safety();
-        self.check_committed_on_quorum();
-        true
-    }
-
-    fn persist_node(node: &mut Node) {
-        for (index, term) in std::mem::take(&mut node.unpersisted) {
-            if node.store.term(index) == Some(term) {
-                node.store.durable_index = node.store.durable_index.max(index);
+        if check {
+            self.check_safety();
+            self.check_committed_on_quorum();
+            for answer in &answers {
+                self.check_answer(answer);
             }
-            node.raft.persisted(index, term);
         }
+        self.acked_count += answers
+            .iter()
+            .filter(|a| match a {
+                Answer::Proposed {
+                    proposal,
+                    result: Ok(_),
+                    ..
+                } => self
+                    .proposals
+                    .get(proposal)
+                    .is_some_and(|p| p.acks == Acks::All),
+                _ => false,
+            })
+            .count() as u64;
+        self.answers.extend(answers);
+        processed
     }
 
-    /// Completes one write of node `id`: entries up to (`index`, `term`) are durable, unless
-    /// a truncation replaced them meanwhile (then the report is stale, and dropped by both
-    /// the store and the core). Writes complete in the order they were issued.
-    pub fn persist_one(&mut self, id: u64, index: u64, term: u64) {
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        if node.store.term(index) == Some(term) {
-            node.store.durable_index = node.store.durable_index.max(index);
+    /// Completes node `id`'s running sync, if any; returns whether there was one.
+    pub fn complete_sync(&mut self, id: u64) -> bool {
+        let node = self.node_mut(id);
+        match node.sync.take() {
+            Some(job) => {
+                node.core.sync_done(job);
+                node.sync = node.core.poll_sync(0);
+                true
+            }
+            None => false,
         }
-        node.raft.persisted(index, term);
     }
 
     /// Makes node `id`'s outstanding writes durable and reports them.
     pub fn persist(&mut self, id: u64) {
-        Self::persist_node(self.nodes.get_mut(&id).expect("node exists"));
+        self.node_mut(id).persist();
     }
 
     /// Processes every node's Ready once.
@@ -399,7 +529,7 @@ impl Cluster {
             trace.push(format!("  {}", describe(&m)));
         }
         if let Some(node) = self.nodes.get_mut(&m.to) {
-            node.raft.step(m.clone());
+            node.core.step(m.clone());
         }
         if self.record_delivered {
             self.delivered.push(m.clone());
@@ -409,28 +539,37 @@ impl Cluster {
 
     /// Runs Readies and deliveries until nothing moves (bounded).
     pub fn stabilize(&mut self) {
+        self.stabilize_dropping(|_| false);
+    }
+
+    /// Like `stabilize`, but silently drops every message for which `drop` says true.
+    pub fn stabilize_dropping(&mut self, drop: impl Fn(&RaftMessage) -> bool) {
         for _ in 0..10_000 {
             let moved = self.process_all();
             if self.net.is_empty() && !moved {
                 return;
             }
-            while self.deliver_one().is_some() {}
+            while let Some(m) = self.net.front() {
+                if drop(m) {
+                    self.net.pop_front();
+                    continue;
+                }
+                self.deliver_one();
+            }
         }
         panic!("cluster did not stabilize");
     }
 
     /// Ticks every node once, then stabilizes.
     pub fn tick_all(&mut self) {
-        for node in self.nodes.values_mut() {
-            node.raft.tick();
-        }
+        self.tick_all_no_stabilize();
         self.stabilize();
     }
 
     /// Ticks every node once without delivering anything.
     pub fn tick_all_no_stabilize(&mut self) {
         for node in self.nodes.values_mut() {
-            node.raft.tick();
+            node.core.tick();
         }
     }
 
@@ -443,7 +582,7 @@ impl Cluster {
 
     /// Makes `id` campaign now and stabilizes.
     pub fn campaign(&mut self, id: u64) {
-        self.raft_mut(id).campaign_now();
+        self.core_mut(id).campaign();
         self.stabilize();
     }
 
@@ -455,21 +594,67 @@ impl Cluster {
 
     /// The current leader, if exactly one node believes it leads in the highest term.
     pub fn leader(&self) -> Option<u64> {
-        let max_term = self.nodes.values().map(|n| n.raft.term()).max()?;
+        let max_term = self.nodes.values().map(|n| n.raft().term()).max()?;
         self.nodes
             .values()
-            .find(|n| n.raft.role() == Role::Leader && n.raft.term() == max_term)
-            .map(|n| n.raft.id())
+            .find(|n| n.raft().role() == Role::Leader && n.raft().term() == max_term)
+            .map(|n| n.raft().id())
     }
 
-    /// Proposes a payload on `id` and stabilizes; returns the index.
+    /// Proposes `payload` (`record_count` records) on `id` through its replica core, answered per
+    /// `acks`; returns the proposal's number, which its [`Answer`] carries.
+    pub fn propose_with(
+        &mut self,
+        id: u64,
+        payload: Bytes,
+        record_count: u32,
+        acks: Acks,
+        timestamp_ms: i64,
+    ) -> u64 {
+        let number = self.next_proposal;
+        self.next_proposal += 1;
+        self.proposals
+            .insert(number, ProposalRecord { acks, timestamp_ms });
+        self.core_mut(id)
+            .propose(payload, record_count, acks, timestamp_ms, number);
+        number
+    }
+
+    /// Proposes a payload on `id` (asserting it is accepted) and stabilizes; returns the
+    /// entry's index.
     pub fn propose(&mut self, id: u64, payload: &'static [u8]) -> u64 {
-        let p = self
-            .raft_mut(id)
-            .propose(Bytes::from_static(payload), 1, 0)
-            .expect("proposal accepted");
+        let before = self.raft(id).last_index();
+        let timestamp_ms = self.next_proposal as i64;
+        self.propose_with(id, Bytes::from_static(payload), 1, Acks::All, timestamp_ms);
+        assert_eq!(
+            self.raft(id).last_index(),
+            before + 1,
+            "proposal on {id} refused"
+        );
         self.stabilize();
-        p.index
+        before + 1
+    }
+
+    /// Fetches from `offset` on node `id`; returns the ticket its [`Answer`] names (set its
+    /// `abandoned` flag to give up a parked fetch).
+    pub fn fetch(&mut self, id: u64, offset: u64, bytes_max: u64, park: bool) -> FetchTicket {
+        let ticket = FetchTicket {
+            number: self.next_fetch,
+            abandoned: Rc::default(),
+        };
+        self.next_fetch += 1;
+        self.core_mut(id)
+            .fetch(offset, bytes_max, park, ticket.clone());
+        ticket
+    }
+
+    /// Moves node `id`'s log start up to `index` (retention; never beyond its commit or
+    /// durable index) and returns the new snapshot position.
+    pub fn compact(&mut self, id: u64, index: u64) -> LogPosition {
+        let core = self.core_mut(id);
+        core.log_mut().retain_up_to(index);
+        core.apply_retention(0);
+        core.log().start()
     }
 
     /// Cuts both directions between `a` and `b`.
@@ -493,53 +678,20 @@ impl Cluster {
         self.cut.clear();
     }
 
-    /// Crashes `id` (losing un-fsynced writes and in-flight messages to it) and restarts it
-    /// from its durable state. A member whose vote is withheld stays so (the replica driver
-    /// keeps that in a marker file).
+    /// Crashes `id` (losing un-synced writes, waiters and in-flight messages to it) and
+    /// restarts it from its durable state. A member whose vote is withheld stays so: the
+    /// log keeps the marker.
     pub fn restart(&mut self, id: u64) {
-        let withheld = self.nodes[&id].raft.voting_withheld_term();
-        self.restart_with(id, withheld);
+        self.node_mut(id).restart(MemLog::crash);
+        self.net.retain(|m| m.to != id && m.from != id);
     }
 
     /// Restarts `id` like [`Cluster::restart`], but its durable log ends after `last_index`
-    /// (recovery dropped damaged entries it had acknowledged) and, as the replica driver then
-    /// does, it restarts with voting withheld.
+    /// (recovery dropped damaged entries it had acknowledged); as storage recovery does, the
+    /// log then carries the voting-withheld marker.
     pub fn restart_losing(&mut self, id: u64, last_index: u64) {
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        node.store.crash();
-        let keep = last_index.saturating_sub(node.store.start.index) as usize;
-        node.store.entries.truncate(keep);
-        node.store.durable_index = node.store.durable_index.min(last_index);
-        let lost_term = node.store.hard_state.current_term;
-        let withheld = node.raft.voting_withheld_term().unwrap_or(0).max(lost_term);
-        self.restart_with(id, Some(withheld));
-    }
-
-    fn restart_with(&mut self, id: u64, voting_withheld: Option<u64>) {
-        let node = self.nodes.get_mut(&id).expect("node exists");
-        if std::env::var("RAFTLOG_TRACE_NODE").is_ok_and(|v| v == id.to_string()) {
-            eprintln!(
-                "node {id} restart: store start {} last {} durable {}",
-                node.store.start.index,
-                node.store.last_index(),
-                node.store.durable_index
-            );
-        }
-        node.store.crash();
-        node.unpersisted.clear();
-        let state = RestoredState {
-            voting_withheld,
-            ..node.store.restored_state()
-        };
-        node.raft = Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
-        assert!(
-            node.raft.term() >= node.store.hard_state.current_term,
-            "node {id} restarted in an older term"
-        );
-        node.commit_index = node.raft.commit_index();
-        node.checked_commit_index = node.commit_index;
-        node.term_seen = node.raft.term();
-        node.leader_checked_term = 0;
+        self.node_mut(id)
+            .restart(|log| log.lose_durable_after(last_index));
         self.net.retain(|m| m.to != id && m.from != id);
     }
 
@@ -548,12 +700,26 @@ impl Cluster {
         self.net.clear();
     }
 
+    /// Whether some member lost durable copies and has not caught up yet: until then an
+    /// entry may be durable on fewer than a quorum.
+    fn some_vote_withheld(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.raft().voting_withheld() || n.log().voting_withheld().is_some())
+    }
+
+    /// Whether node `n` holds `index@term` durably (or compacted it away, which only ever
+    /// happens to committed entries).
+    fn durable_on(n: &Node, index: u64, term: u64) -> bool {
+        let log = n.log();
+        log.first_index() > index
+            || (log.durable_index() >= index && log.term_at(index) == Some(term))
+    }
+
     /// Asserts that the highest committed index of every node is durable on a quorum: a
     /// committed entry must survive any minority of crashes.
-    /// A member restarted by `restart_losing` lost durable copies: until it has caught up
-    /// (voting no longer withheld), an entry may be durable on fewer than a quorum.
     pub fn check_committed_on_quorum(&self) {
-        if self.nodes.values().any(|n| n.raft.voting_withheld()) {
+        if self.some_vote_withheld() {
             return;
         }
         let quorum = self.nodes.len() / 2 + 1;
@@ -565,16 +731,91 @@ impl Cluster {
             let durable = self
                 .nodes
                 .values()
-                .filter(|n| {
-                    n.store.start.index >= index
-                        || (n.store.durable_index >= index && n.store.term(index) == Some(term))
-                })
+                .filter(|n| Self::durable_on(n, index, term))
                 .count();
             assert!(
                 durable >= quorum,
                 "index {index} committed on {} but durable on {durable} nodes",
-                node.raft.id()
+                node.raft().id()
             );
+        }
+    }
+
+    /// The replica's promises about its answers: a produce acknowledged with `Acks::All` is
+    /// committed, is the proposal's own entry, and is durable on a majority; a fetch shows
+    /// only committed records, below the high watermark it reports.
+    fn check_answer(&self, answer: &Answer) {
+        match answer {
+            Answer::Proposed {
+                node: id,
+                proposal,
+                result: Ok(appended),
+            } => {
+                let Some(record) = self.proposals.get(proposal) else {
+                    return;
+                };
+                if record.acks != Acks::All {
+                    return;
+                }
+                let node = &self.nodes[id];
+                let index = appended.index;
+                assert!(
+                    index <= node.commit_index,
+                    "node {id} acknowledged proposal {proposal} at {index} before commit {}",
+                    node.commit_index
+                );
+                let Some(entry) = node.log().entry(index) else {
+                    return; // compacted away, so committed
+                };
+                assert_eq!(
+                    entry.timestamp_ms, record.timestamp_ms,
+                    "node {id} acknowledged proposal {proposal} with another proposal's entry {index}"
+                );
+                assert_eq!(
+                    self.committed.get(&index),
+                    Some(&entry.term),
+                    "node {id} acknowledged {index}@{} which is not the committed entry",
+                    entry.term
+                );
+                if !self.some_vote_withheld() {
+                    let durable = self
+                        .nodes
+                        .values()
+                        .filter(|n| Self::durable_on(n, index, entry.term))
+                        .count();
+                    assert!(
+                        durable > self.nodes.len() / 2,
+                        "node {id} acknowledged {index}@{} durable on only {durable} nodes",
+                        entry.term
+                    );
+                }
+            }
+            Answer::Fetched {
+                node: id,
+                fetch,
+                result: Ok(fetched),
+            } => {
+                let node = &self.nodes[id];
+                for e in &fetched.entries {
+                    assert!(
+                        e.base_offset < fetched.high_watermark && e.index <= node.commit_index,
+                        "node {id} fetch {fetch} returned {}@{} (offset {}) past commit {} / high watermark {}",
+                        e.index,
+                        e.term,
+                        e.base_offset,
+                        node.commit_index,
+                        fetched.high_watermark
+                    );
+                    assert_eq!(
+                        self.committed.get(&e.index),
+                        Some(&e.term),
+                        "node {id} fetch {fetch} returned {}@{}, not the committed entry",
+                        e.index,
+                        e.term
+                    );
+                }
+            }
+            _ => {}
         }
     }
 
@@ -591,7 +832,7 @@ impl Cluster {
 
     fn check_node(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node exists");
-        let r = &node.raft;
+        let r = node.core.raft();
         let (start, commit, last) = (r.log_start().index, r.commit_index(), r.last_index());
         assert!(
             start <= commit && commit <= last,
@@ -625,10 +866,11 @@ impl Cluster {
         }
         // State-machine safety: committed entries are the same everywhere, forever.
         let node = &self.nodes[&id];
-        let from = node.checked_commit_index.max(node.store.start.index) + 1;
-        let upto = node.commit_index.min(node.store.last_index());
+        let log = node.log();
+        let from = node.checked_commit_index.max(log.first_index() - 1) + 1;
+        let upto = node.commit_index.min(log.last_index());
         for index in from..=upto {
-            let term = node.store.term(index).expect("committed entry present");
+            let term = log.term_at(index).expect("committed entry present");
             let first = *self.committed.entry(index).or_insert(term);
             assert_eq!(
                 first, term,
@@ -640,7 +882,7 @@ impl Cluster {
         // Entries newly committed in an earlier term must be in every later leader's log.
         if upto >= from {
             for other in self.nodes.values() {
-                let o = &other.raft;
+                let o = other.raft();
                 if o.role() == Role::Leader {
                     check_leader_complete(o, &self.committed, &self.commit_terms, from);
                 }
@@ -650,12 +892,7 @@ impl Cluster {
 
     /// Terms of node `id`'s written log from its start.
     pub fn log_terms(&self, id: u64) -> Vec<u64> {
-        self.nodes[&id]
-            .store
-            .entries
-            .iter()
-            .map(|e| e.term)
-            .collect()
+        self.log(id).written().iter().map(|e| e.term).collect()
     }
 
     /// Messages of a kind in the network right now.
@@ -664,73 +901,6 @@ impl Cluster {
             .iter()
             .filter(|m| m.body.as_ref().is_some_and(&f))
             .count()
-    }
-}
-
-/// A store holding entries with the given terms at indexes 1.., offsets 0.., one record each.
-pub fn store_with_terms(terms: &[u64], current_term: u64) -> MemStore {
-    let entries: Vec<Entry> = terms
-        .iter()
-        .enumerate()
-        .map(|(i, &term)| Entry {
-            term,
-            index: i as u64 + 1,
-            kind: raftlog::proto::EntryKind::Data as i32,
-            base_offset: i as u64,
-            record_count: 1,
-            timestamp_ms: 0,
-            payload: Bytes::from_static(b"x"),
-        })
-        .collect();
-    MemStore {
-        hard_state: HardState {
-            current_term,
-            log_start_index: 1,
-            ..HardState::default()
-        },
-        durable_index: entries.len() as u64,
-        entries,
-        ..MemStore::default()
-    }
-}
-
-impl Cluster {
-    /// A cluster whose node `i + 1` restarts from a log with `logs[i]` terms, at `term`.
-    pub fn from_logs(logs: &[&[u64]], term: u64, f: impl Fn(&mut Config)) -> Self {
-        let mut cluster = Self::with_config(logs.len() as u64, f);
-        for (i, terms) in logs.iter().enumerate() {
-            let id = i as u64 + 1;
-            let node = cluster.nodes.get_mut(&id).expect("node exists");
-            node.store = store_with_terms(terms, term);
-            let state = node.store.restored_state();
-            node.raft =
-                Raft::restore(node.config.clone(), state, &node.store).expect("valid config");
-        }
-        cluster
-    }
-
-    /// Like `stabilize`, but silently drops every message for which `drop` says true.
-    pub fn stabilize_dropping(&mut self, drop: impl Fn(&RaftMessage) -> bool) {
-        for _ in 0..10_000 {
-            let moved = self.process_all();
-            if self.net.is_empty() && !moved {
-                return;
-            }
-            while let Some(m) = self.net.pop_front() {
-                if drop(&m) || self.cut.contains(&(m.from, m.to)) {
-                    continue;
-                }
-                self.nodes
-                    .get_mut(&m.to)
-                    .expect("node exists")
-                    .raft
-                    .step(m.clone());
-                if self.record_delivered {
-                    self.delivered.push(m);
-                }
-            }
-        }
-        panic!("cluster did not stabilize");
     }
 }
 
@@ -806,30 +976,27 @@ fn describe_entry(e: &Entry) -> String {
     }
 }
 
-/// One readable line for what a Ready asks of node `id`.
-fn describe_ready(id: u64, raft: &Raft, ready: &Ready) -> String {
+/// One readable line for what a replica core did with node `id`'s Ready.
+fn describe_processed(id: u64, raft: &Raft, processed: &Processed) -> String {
     let mut parts = vec![format!("node {id} ({:?} t{})", raft.role(), raft.term())];
-    if let Some(hs) = &ready.hard_state {
-        parts.push(format!(
-            "persist term {} vote {}",
-            hs.current_term, hs.voted_for
-        ));
+    for event in &processed.events {
+        parts.push(match event {
+            LogEvent::HardState(hs) => {
+                format!("persist term {} vote {}", hs.current_term, hs.voted_for)
+            }
+            LogEvent::Snapshot(pos) => format!("install snapshot {}@{}", pos.index, pos.term),
+            LogEvent::Truncate { from, .. } => format!("truncate from {from}"),
+            LogEvent::Append { entries, .. } => {
+                let entries: Vec<String> = entries.iter().map(describe_entry).collect();
+                format!("append [{}]", entries.join(" "))
+            }
+        });
     }
-    if let Some(pos) = ready.snapshot {
-        parts.push(format!("install snapshot {}@{}", pos.index, pos.term));
-    }
-    if let Some(t) = ready.truncate_from {
-        parts.push(format!("truncate from {t}"));
-    }
-    if !ready.entries.is_empty() {
-        let entries: Vec<String> = ready.entries.iter().map(describe_entry).collect();
-        parts.push(format!("append [{}]", entries.join(" ")));
-    }
-    if let Some(c) = ready.commit_index {
+    if let Some(c) = processed.commit_index {
         parts.push(format!("commit {c}"));
     }
-    if !ready.messages.is_empty() {
-        parts.push(format!("send {}", ready.messages.len()));
+    if !processed.messages.is_empty() {
+        parts.push(format!("send {}", processed.messages.len()));
     }
     parts.join(", ")
 }
@@ -860,45 +1027,45 @@ fn check_leader_complete(
     }
 }
 
-/// State-machine safety at the storage level: a Ready never truncates (or replaces by a
-/// snapshot) an entry this node knows is committed. (A committed entry it does not know
-/// committed may go if the core never reported it durable, like an un-fsynced write in a
+/// State-machine safety at the storage level: the core never truncates (or replaces by a
+/// snapshot) an entry this node knew was committed before this Ready. (A committed entry it
+/// did not know committed may go if it was never durable here, like an un-synced write in a
 /// crash; whether enough durable copies remain is `check_committed_on_quorum`'s job.)
 fn check_no_committed_entry_dropped(
     id: u64,
-    node: &Node,
-    ready: &Ready,
+    known_commit: u64,
+    processed: &Processed,
     committed: &BTreeMap<u64, u64>,
 ) {
-    let store = &node.store;
-    let mut dropped_from = ready.truncate_from;
-    if let Some(pos) = ready.snapshot {
-        if store.term(pos.index) != Some(pos.term) {
-            dropped_from = Some(dropped_from.map_or(pos.index + 1, |t| t.min(pos.index + 1)));
+    for event in &processed.events {
+        match event {
+            LogEvent::Truncate { from, dropped } => {
+                for &(index, term) in dropped {
+                    assert!(
+                        !(index <= known_commit && committed.get(&index) == Some(&term)),
+                        "node {id} drops committed entry {index}@{term} (truncate from {from})"
+                    );
+                }
+            }
+            LogEvent::Snapshot(pos) => {
+                if let Some(&term) = committed.get(&pos.index) {
+                    assert_eq!(
+                        term, pos.term,
+                        "node {id} installs snapshot {}@{} over committed {}@{term}",
+                        pos.index, pos.term, pos.index
+                    );
+                }
+            }
+            _ => {}
         }
-    }
-    let Some(from) = dropped_from else { return };
-    let from = from.max(store.start.index + 1);
-    let upto = store.last_index().min(node.commit_index);
-    if from > upto {
-        return;
-    }
-    for (&index, &term) in committed.range(from..=upto) {
-        assert_ne!(
-            store.term(index),
-            Some(term),
-            "node {id} drops committed entry {index}@{term} (truncate {:?}, snapshot {:?})",
-            ready.truncate_from,
-            ready.snapshot
-        );
     }
 }
 
 /// The Ready contract, checked: no message reveals a term or a vote that is not durable
-/// yet (the hard state was applied just before the messages leave).
-fn check_durable_before_send(id: u64, store: &MemStore, ready: &Ready) {
-    let hs = &store.hard_state;
-    for m in &ready.messages {
+/// yet (the core writes the hard state before its messages leave).
+fn check_durable_before_send(id: u64, log: &MemLog, messages: &[RaftMessage]) {
+    let hs = log.hard_state();
+    for m in messages {
         let (term, vote_for) = match &m.body {
             // A pre-vote asks for (or grants) a future term without adopting it.
             Some(Body::RequestVote(v)) if v.pre_vote => continue,
@@ -932,26 +1099,25 @@ fn check_durable_before_send(id: u64, store: &MemStore, ready: &Ready) {
 /// same (index, term) ever written anywhere, in content and in the term before it.
 fn check_log_matching(
     id: u64,
-    store: &MemStore,
-    ready: &Ready,
+    processed: &Processed,
     entry_ids: &mut HashMap<(u64, u64), (u64, Entry)>,
 ) {
-    let Some(first) = ready.entries.first() else {
-        return;
-    };
-    let mut prev_term = store
-        .term(first.index - 1)
-        .expect("the entry before an append is in the log");
-    for e in &ready.entries {
-        let (first_prev, first_entry) = entry_ids
-            .entry((e.index, e.term))
-            .or_insert_with(|| (prev_term, e.clone()));
-        assert!(
-            *first_prev == prev_term && first_entry == e,
-            "log matching broken on node {id} at {}@{}: prev term {prev_term} vs {first_prev}, entry {e:?} vs {first_entry:?}",
-            e.index,
-            e.term
-        );
-        prev_term = e.term;
+    for event in &processed.events {
+        let LogEvent::Append { prev_term, entries } = event else {
+            continue;
+        };
+        let mut prev_term = *prev_term;
+        for e in entries {
+            let (first_prev, first_entry) = entry_ids
+                .entry((e.index, e.term))
+                .or_insert_with(|| (prev_term, e.clone()));
+            assert!(
+                *first_prev == prev_term && first_entry == e,
+                "log matching broken on node {id} at {}@{}: prev term {prev_term} vs {first_prev}, entry {e:?} vs {first_entry:?}",
+                e.index,
+                e.term
+            );
+            prev_term = e.term;
+        }
     }
 }

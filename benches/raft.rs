@@ -14,8 +14,9 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
+use raftlog::config::RaftConfig;
 use raftlog::proto::{Entry, RaftMessage};
-use raftlog::raft::{entry_size_bytes, Config, LogReader, Raft, ReadError, Ready, Role};
+use raftlog::raft::{entry_size_bytes, LogReader, Raft, ReadError, Ready, Role};
 
 /// Payload of every proposed entry: a small record batch.
 static PAYLOAD: [u8; 100] = [7; 100];
@@ -80,7 +81,7 @@ fn cluster() -> Vec<Member> {
     let mut members: Vec<Member> = voters
         .iter()
         .map(|&id| {
-            let mut config = Config::new(id, voters.clone());
+            let mut config = RaftConfig::default().consensus(id, 1, voters.clone());
             config.message_bytes_max = 1 << 20;
             config.inflight_msgs_max = 256;
             config.inflight_bytes_max = 64 << 20;

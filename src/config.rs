@@ -51,13 +51,24 @@
 //! append_in_flight_bytes_max = 8388608
 //! append_message_bytes_max = 2097152
 //! uncommitted_bytes_max = 67108864
+//! entry_cache_bytes_max = 16777216
 //!
 //! [storage]
 //! segment_bytes = 67108864
 //! index_interval_bytes = 4096
 //! fsync_policy = "always"          # or "never", or "interval:100ms"
 //! retention_check_interval_ms = 30000
+//! mapped_segments_max = 8
+//! read_bytes_max = 4194304
+//! producer_rebuild_entries_max = 100000
+//! full_disk_retry_ms_min = 100
+//! full_disk_retry_ms_max = 2000
 //! ```
+//!
+//! The consensus core's configuration ([`crate::raft::Config`]) and the replica's limits are
+//! built from these settings ([`RaftConfig::consensus`], [`StorageConfig::log_config`]); they
+//! have no defaults of their own, so the simulator, which starts from
+//! [`RaftConfig::default`], runs what a node runs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,6 +230,11 @@ pub struct RaftConfig {
     /// Bytes a leader may hold proposed but not yet committed per group before refusing new
     /// produces (RESOURCE_EXHAUSTED). 64 MiB bounds memory when followers fall behind.
     pub uncommitted_bytes_max: usize,
+    /// Bytes of recent, already durable entries each group keeps in memory to serve
+    /// followers without reading storage (entries not yet durable are always kept). 16 MiB
+    /// covers a follower a few hundred milliseconds behind a busy partition; one further
+    /// behind is served from the log.
+    pub entry_cache_bytes_max: usize,
 }
 
 /// On-disk layout and durability.
@@ -238,6 +254,25 @@ pub struct StorageConfig {
     /// How often retention limits are checked. 30 s: retention works on whole segments, so
     /// checking more often only burns CPU.
     pub retention_check_interval_ms: u64,
+    /// Sealed segments each partition keeps mapped for reads at once (the active one is
+    /// always mapped). 8: consumers reading the recent past stay mapped, while a node with
+    /// thousands of partitions does not exhaust the process's mappings.
+    pub mapped_segments_max: usize,
+    /// Bytes read per storage call when a replica applies committed entries or rebuilds its
+    /// producer table. 4 MiB bounds the memory one such read pins while amortising the
+    /// per-call cost.
+    pub read_bytes_max: usize,
+    /// Entries read back from the end of the log to rebuild the idempotent producers' table
+    /// at start-up or after a truncation. 100 000 covers every producer's recent retries
+    /// without scanning a large log; a producer idle for longer is forgotten and starts a
+    /// new epoch.
+    pub producer_rebuild_entries_max: u64,
+    /// First wait of a replica stalled on a full disk before it tries to write again. 100 ms:
+    /// freed space is used quickly.
+    pub full_disk_retry_ms_min: u64,
+    /// Longest wait between two attempts on a disk that stays full (the wait doubles). 2 s:
+    /// each attempt costs one failed write and one rebuild of the consensus core.
+    pub full_disk_retry_ms_max: u64,
 }
 
 /// When the log is synced to disk.
@@ -350,6 +385,7 @@ impl Default for RaftConfig {
             append_in_flight_bytes_max: 8 * MIB,
             append_message_bytes_max: 2 * MIB,
             uncommitted_bytes_max: 64 * MIB,
+            entry_cache_bytes_max: 16 * MIB,
         }
     }
 }
@@ -361,6 +397,11 @@ impl Default for StorageConfig {
             index_interval_bytes: 4 * KIB,
             fsync_policy: FsyncPolicy::Always,
             retention_check_interval_ms: 30_000,
+            mapped_segments_max: 8,
+            read_bytes_max: 4 * MIB,
+            producer_rebuild_entries_max: 100_000,
+            full_disk_retry_ms_min: 100,
+            full_disk_retry_ms_max: 2_000,
         }
     }
 }
@@ -636,7 +677,79 @@ impl StorageConfig {
         positive(
             "storage.retention_check_interval_ms",
             self.retention_check_interval_ms,
-        )
+        )?;
+        let mapped_max = crate::storage::MAPPED_SEGMENTS_MAX_LIMIT;
+        if !(1..=mapped_max).contains(&self.mapped_segments_max) {
+            return Err(invalid(
+                "storage.mapped_segments_max",
+                format!("{} is outside [1, {mapped_max}]", self.mapped_segments_max),
+            ));
+        }
+        positive("storage.read_bytes_max", self.read_bytes_max)?;
+        positive(
+            "storage.producer_rebuild_entries_max",
+            self.producer_rebuild_entries_max,
+        )?;
+        positive(
+            "storage.full_disk_retry_ms_min",
+            self.full_disk_retry_ms_min,
+        )?;
+        if self.full_disk_retry_ms_max < self.full_disk_retry_ms_min {
+            return Err(invalid(
+                "storage.full_disk_retry_ms_max",
+                format!(
+                    "{} is below full_disk_retry_ms_min ({})",
+                    self.full_disk_retry_ms_max, self.full_disk_retry_ms_min
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The log configuration of one partition replica.
+    pub fn log_config(&self) -> crate::storage::LogConfig {
+        use crate::storage::SyncPolicy;
+        crate::storage::LogConfig {
+            segment_size_bytes: self.segment_bytes as u64,
+            index_interval_bytes: self.index_interval_bytes as u64,
+            sync_policy: match self.fsync_policy {
+                FsyncPolicy::Always => SyncPolicy::Always,
+                FsyncPolicy::IntervalMs(ms) => SyncPolicy::Interval(ms),
+                FsyncPolicy::Never => SyncPolicy::Never,
+            },
+            mapped_segments_max: self.mapped_segments_max,
+            // Damage is found before the node serves or votes, not on a consumer's read.
+            verify_sealed_on_open: true,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The consensus core's configuration of member `node_id` of group `group_id`.
+    pub fn consensus(
+        &self,
+        node_id: NodeId,
+        group_id: u64,
+        voters: Vec<NodeId>,
+    ) -> crate::raft::Config {
+        crate::raft::Config {
+            id: node_id,
+            group_id,
+            voters,
+            election_timeout_ticks: self.election_timeout_ticks,
+            heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            inflight_msgs_max: self.append_in_flight_messages_max as u32,
+            inflight_bytes_max: self.append_in_flight_bytes_max as u64,
+            message_bytes_max: self.append_message_bytes_max as u64,
+            uncommitted_bytes_max: self.uncommitted_bytes_max as u64,
+            entry_cache_bytes_max: self.entry_cache_bytes_max as u64,
+            // Pre-vote and check-quorum are what keep a rejoining or partitioned member
+            // from disrupting a healthy leader; a node never runs without them.
+            pre_vote: true,
+            check_quorum: true,
+            // Distinct per member and group, so elections of many groups do not tie in step.
+            seed: node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group_id,
+        }
     }
 }
 
@@ -800,6 +913,36 @@ mod tests {
     #[test]
     fn defaults_validate() {
         three_nodes().validate().unwrap();
+    }
+
+    #[test]
+    fn the_cores_are_built_from_the_settings() {
+        let config = three_nodes();
+        let raft = config.raft.consensus(1, 7, vec![1, 2, 3]);
+        raft.validate().unwrap();
+        assert_eq!(raft.group_id, 7);
+        assert_eq!(
+            raft.heartbeat_interval_ticks,
+            config.raft.heartbeat_interval_ticks
+        );
+        assert_eq!(raft.message_bytes_max, 2 * MIB as u64);
+        let log = config.storage.log_config();
+        log.validate().unwrap();
+        assert_eq!(log.mapped_segments_max, config.storage.mapped_segments_max);
+        assert_eq!(log.segment_size_bytes, config.storage.segment_bytes as u64);
+    }
+
+    #[test]
+    fn replica_limits_are_checked() {
+        let mut config = three_nodes();
+        config.storage.mapped_segments_max = 0;
+        assert_eq!(refused_setting(&config), "storage.mapped_segments_max");
+        let mut config = three_nodes();
+        config.storage.full_disk_retry_ms_max = config.storage.full_disk_retry_ms_min - 1;
+        assert_eq!(refused_setting(&config), "storage.full_disk_retry_ms_max");
+        let mut config = three_nodes();
+        config.storage.read_bytes_max = 0;
+        assert_eq!(refused_setting(&config), "storage.read_bytes_max");
     }
 
     #[test]

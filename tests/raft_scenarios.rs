@@ -13,9 +13,9 @@ mod raft {
         Config, DropReason, Dropped, ProgressState, ProposeError, Raft, Role, TransferError,
     };
 
-    use raftlog::replica::{CoreReader, ReplicaLog};
+    use raftlog::replica::{Acks, CoreReader, ReplicaError, ReplicaLog};
 
-    use super::raft_harness::{carries_index, log_with_terms, Cluster, Processed};
+    use super::raft_harness::{carries_index, log_with_terms, Answer, Cluster, Processed};
 
     /// Paper-test config: no pre-vote, no check-quorum (so no leader lease), as in the paper.
     fn plain(c: &mut Config) {
@@ -1572,6 +1572,55 @@ mod raft {
         assert!(
             moved_terms > 10,
             "some were accepted and moved terms: {moved_terms}"
+        );
+    }
+
+    // ------------------------------------------------------------------ the replica's answers
+
+    /// A leader re-elected after its log was cut below its earlier term's proposals answers
+    /// its new proposals as soon as they commit, not once the commit index passes the old
+    /// ones (which, on an idle partition, is never).
+    #[test]
+    fn re_elected_leader_answers_new_proposals_before_stale_ones() {
+        let mut c = Cluster::with_config(3, plain);
+        c.elect(1);
+        c.isolate(1);
+        let stale: Vec<u64> = (0..5)
+            .map(|i| c.propose_with(1, Bytes::from_static(b"stale"), 1, Acks::All, 100 + i))
+            .collect();
+        c.stabilize();
+        assert_eq!(
+            c.raft(1).last_index(),
+            6,
+            "indexes 2..=6 uncommitted on 1 alone"
+        );
+        c.campaign(2);
+        c.heal();
+        c.ticks(3);
+        assert_eq!(c.log_terms(1), c.log_terms(2), "1 took 2's log");
+        c.isolate(2);
+        c.campaign(1);
+        assert_eq!(c.raft(1).role(), Role::Leader);
+        let fresh = c.propose_with(1, Bytes::from_static(b"fresh"), 1, Acks::All, 200);
+        c.stabilize();
+        let answer = c.answers.iter().find_map(|a| match a {
+            Answer::Proposed {
+                proposal, result, ..
+            } if *proposal == fresh => Some(result.clone()),
+            _ => None,
+        });
+        let appended = answer
+            .expect("the new proposal is answered")
+            .expect("committed");
+        assert_eq!(appended.index, c.raft(1).commit_index());
+        let superseded = c
+            .answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Proposed { proposal, result: Err(ReplicaError::Superseded), .. } if stale.contains(proposal)))
+            .count();
+        assert!(
+            superseded >= 2,
+            "stale proposals at or below the commit index are superseded"
         );
     }
 }

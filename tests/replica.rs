@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use raftlog::config::{RaftConfig, StorageConfig};
 use raftlog::proto::RaftMessage;
 use raftlog::raft;
 use raftlog::replica::{
@@ -20,8 +21,7 @@ use support::cluster::TmpfsMount;
 const BOUND: Duration = Duration::from_secs(20);
 
 fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
-    let mut raft = raft::Config::new(id, voters);
-    raft.group_id = 7;
+    let raft = RaftConfig::default().consensus(id, 7, voters);
     ReplicaConfig {
         raft,
         dir: dir.join(format!("node-{id}")),
@@ -35,7 +35,13 @@ fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
         retention_ms: 0,
         retention_check_interval: Duration::from_secs(60),
         track_producers: true,
-        limits: raftlog::replica::ReplicaLimits::for_tick_interval_ms(10),
+        limits: raftlog::replica::ReplicaLimits::from_settings(
+            &RaftConfig {
+                tick_interval_ms: 10,
+                ..RaftConfig::default()
+            },
+            &StorageConfig::default(),
+        ),
     }
 }
 

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
+use raftlog::config::{RaftConfig, StorageConfig};
 use raftlog::proto::RaftMessage;
-use raftlog::raft::{self, Role};
+use raftlog::raft::Role;
 use raftlog::replica::{
     Acks, Action, Appended, CoreConfig, FetchWaiter, Fetched, LogIsTheState, MemLog, ReplicaCore,
     ReplicaError, ReplicaLimits, ReplicaLog,
@@ -43,11 +44,14 @@ impl Cluster {
         let cores = voters
             .iter()
             .map(|&id| {
-                let mut raft = raft::Config::new(id, voters.clone());
+                let mut raft = RaftConfig::default().consensus(id, 1, voters.clone());
                 raft.seed = id * 7919;
                 let config = CoreConfig {
                     raft,
-                    limits: ReplicaLimits::for_tick_interval_ms(100),
+                    limits: ReplicaLimits::from_settings(
+                        &RaftConfig::default(),
+                        &StorageConfig::default(),
+                    ),
                     track_producers: true,
                     retention_bytes: 0,
                     retention_ms: 0,

@@ -66,8 +66,6 @@ const CHAOS_TICKS: u64 = 500;
 /// within this many ticks (20 election timeouts: pre-vote rounds, lease expiry, a full
 /// disk's retry and catch-up all fit comfortably).
 const LIVENESS_TICKS_MAX: u64 = 200;
-/// Election timeout of every member, in ticks.
-const ELECTION_TIMEOUT_TICKS: u32 = 10;
 /// Default seed count: about 9 s in release on a 2-core machine (`RAFTLOG_SIM_SEEDS` runs
 /// more).
 const SEEDS_DEFAULT: u64 = 1000;
@@ -380,11 +378,11 @@ impl Sim {
         let one_entry_messages = profile == Profile::Figure8 || chance(&mut streams.config, 300);
         let small_cache = chance(&mut streams.config, 500);
         let config_seed = streams.config.next_u64();
+        // A node's defaults (timeouts, the replica's limits), but for the windows and sizes
+        // the simulator shrinks so that its small entries fill them.
         let mut c = Cluster::with_core_config(n, |config| {
             let cfg = &mut config.raft;
             cfg.seed ^= config_seed;
-            cfg.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
-            cfg.heartbeat_interval_ticks = 2;
             cfg.pre_vote = !bare;
             cfg.check_quorum = !bare;
             cfg.message_bytes_max = if one_entry_messages { 60 } else { 1200 };
@@ -392,9 +390,6 @@ impl Sim {
             cfg.inflight_bytes_max = 2400;
             cfg.uncommitted_bytes_max = 8000;
             cfg.entry_cache_bytes_max = if small_cache { 300 } else { 1 << 20 };
-            // A full disk is retried after 2 to 20 ticks, so stalls end within a seed.
-            config.limits.storage_full_retry_ticks_min = 2;
-            config.limits.storage_full_retry_ticks_max = 20;
         });
         c.record_delivered = false;
         let ids: Vec<u64> = (1..=n).collect();

@@ -36,14 +36,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FsyncPolicy, NodeConfig, NodeId};
+use crate::config::{NodeConfig, NodeId};
 use crate::metadata::{Applied, Metadata, MetadataError, Topic, METADATA_GROUP_ID};
 use crate::proto::{self, EntryKind, ErrorCode, MetadataCommand, RaftMessage};
-use crate::raft::{self, Role};
+use crate::raft::Role;
 use crate::replica::{
     Acks, MessageSink, Replica, ReplicaConfig, ReplicaError, ReplicaHandle, StateMachine,
 };
-use crate::storage::{LogConfig, SyncPolicy};
 use crate::transport::{Deliver, Transport, TransportConfig};
 
 /// What applying one metadata command produced.
@@ -762,38 +761,17 @@ fn replica_config(
     retention_bytes: u64,
     retention_ms: u64,
 ) -> ReplicaConfig {
-    let settings = &config.raft;
-    let mut raft = raft::Config::new(config.node_id, voters);
-    raft.group_id = group_id;
-    raft.election_timeout_ticks = settings.election_timeout_ticks;
-    raft.heartbeat_interval_ticks = settings.heartbeat_interval_ticks;
-    raft.inflight_msgs_max = settings.append_in_flight_messages_max as u32;
-    raft.inflight_bytes_max = settings.append_in_flight_bytes_max as u64;
-    raft.message_bytes_max = settings.append_message_bytes_max as u64;
-    raft.uncommitted_bytes_max = settings.uncommitted_bytes_max as u64;
-    // Distinct seeds per member and group, so elections of many groups do not tie in step.
-    raft.seed = config.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group_id;
-    let storage = &config.storage;
-    let sync_policy = match storage.fsync_policy {
-        FsyncPolicy::Always => SyncPolicy::Always,
-        FsyncPolicy::IntervalMs(ms) => SyncPolicy::Interval(ms),
-        FsyncPolicy::Never => SyncPolicy::Never,
-    };
+    let (settings, storage) = (&config.raft, &config.storage);
     ReplicaConfig {
-        raft,
+        raft: settings.consensus(config.node_id, group_id, voters),
         dir,
-        log: LogConfig {
-            segment_size_bytes: storage.segment_bytes as u64,
-            index_interval_bytes: storage.index_interval_bytes as u64,
-            sync_policy,
-            ..LogConfig::default()
-        },
+        log: storage.log_config(),
         tick_interval: Duration::from_millis(settings.tick_interval_ms),
         events_queue_max: config.network.peer_inbound_messages_max,
         retention_bytes,
         retention_ms,
         retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
         track_producers: group_id != METADATA_GROUP_ID,
-        limits: crate::replica::ReplicaLimits::for_tick_interval_ms(settings.tick_interval_ms),
+        limits: crate::replica::ReplicaLimits::from_settings(settings, storage),
     }
 }

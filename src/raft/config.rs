@@ -1,7 +1,10 @@
 //! Configuration of one Raft group member: identity, timing and every resource limit.
 //!
-//! All limits of the core live here, each documented with why it exists and why its default
-//! has that size; [`Config::validate`] checks them once, when the core is built.
+//! Every limit of the core is a field here, documented with why it exists; [`Config::validate`]
+//! checks them once, when the core is built. The core has no defaults of its own: a node
+//! builds this from its settings (`RaftConfig::consensus` in `src/config.rs`, where each
+//! default and its reason live), and so do the simulator and the tests, so they all run what
+//! a node runs.
 
 use std::fmt;
 
@@ -53,25 +56,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with sensible defaults for member `id` of `voters`.
-    pub fn new(id: u64, voters: Vec<u64>) -> Self {
-        Self {
-            id,
-            group_id: 1,
-            voters,
-            election_timeout_ticks: 10,
-            heartbeat_interval_ticks: 2,
-            inflight_msgs_max: 256,
-            inflight_bytes_max: 32 << 20,
-            message_bytes_max: 1 << 20,
-            uncommitted_bytes_max: 64 << 20,
-            entry_cache_bytes_max: 16 << 20,
-            pre_vote: true,
-            check_quorum: true,
-            seed: id,
-        }
-    }
-
     /// Checks every limit; the core refuses to start with an invalid configuration.
     ///
     /// # Errors
@@ -139,19 +123,41 @@ impl std::error::Error for ConfigError {}
 mod tests {
     use super::*;
 
+    /// A member of `voters` with small, valid limits.
+    fn member(id: u64, voters: Vec<u64>) -> Config {
+        Config {
+            id,
+            group_id: 1,
+            voters,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            inflight_msgs_max: 4,
+            inflight_bytes_max: 1 << 16,
+            message_bytes_max: 1 << 12,
+            uncommitted_bytes_max: 1 << 20,
+            entry_cache_bytes_max: 1 << 16,
+            pre_vote: true,
+            check_quorum: true,
+            seed: id,
+        }
+    }
+
     #[test]
-    fn defaults_are_valid() {
-        Config::new(1, vec![1, 2, 3]).validate().unwrap();
+    fn small_limits_are_valid() {
+        member(1, vec![1, 2, 3]).validate().unwrap();
     }
 
     #[test]
     fn rejects_bad_limits() {
-        let mut c = Config::new(1, vec![1, 2, 3]);
+        let mut c = member(1, vec![1, 2, 3]);
         c.heartbeat_interval_ticks = 10;
         assert_eq!(c.validate().unwrap_err().field, "election_timeout_ticks");
-        let c = Config::new(4, vec![1, 2, 3]);
+        let c = member(4, vec![1, 2, 3]);
         assert_eq!(c.validate().unwrap_err().field, "voters");
-        let c = Config::new(1, vec![1, 1]);
+        let c = member(1, vec![1, 1]);
         assert_eq!(c.validate().unwrap_err().field, "voters");
+        let mut c = member(1, vec![1]);
+        c.inflight_bytes_max = c.message_bytes_max - 1;
+        assert_eq!(c.validate().unwrap_err().field, "inflight_bytes_max");
     }
 }

@@ -28,9 +28,9 @@ use crate::proto::{Entry, HardState, RaftMessage};
 use crate::raft::{self, LogReader, Raft, ReadError, RestoredState, Role};
 use crate::storage::StorageError;
 
-use super::producers::{
-    ProducerBatch, ProducerTable, StoredBatch, Verdict, PRODUCER_REBUILD_ENTRIES_MAX,
-};
+use crate::config::{RaftConfig, StorageConfig};
+
+use super::producers::{ProducerBatch, ProducerTable, StoredBatch, Verdict};
 use super::{Acks, Appended, Fetched, ReplicaError, ReplicaStatus, StateMachine};
 
 /// The storage a replica core drives: a partition's log and hard state.
@@ -170,8 +170,8 @@ pub enum Action<P, F, O> {
     Fetched(F, Result<Fetched, ReplicaError>),
 }
 
-/// The replica's own limits (the core's are in [`raft::Config`]); defaults from
-/// [`crate::config`].
+/// The replica's own limits (the core's are in [`raft::Config`]), built from the node's
+/// settings by [`ReplicaLimits::from_settings`], where each default has its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaLimits {
     /// First wait after a full disk before writing again, in ticks.
@@ -186,27 +186,18 @@ pub struct ReplicaLimits {
 }
 
 impl ReplicaLimits {
-    /// The default limits for a replica ticking every `tick_interval_ms`: the storage-full
-    /// retry waits are set in milliseconds and counted here in ticks.
-    pub fn for_tick_interval_ms(tick_interval_ms: u64) -> Self {
-        let tick_ms = tick_interval_ms.max(1);
+    /// The limits a node's settings give: the storage-full retry waits are set in
+    /// milliseconds and counted here in ticks of `raft.tick_interval_ms`.
+    pub fn from_settings(raft: &RaftConfig, storage: &StorageConfig) -> Self {
+        let tick_ms = raft.tick_interval_ms.max(1);
         Self {
-            storage_full_retry_ticks_min: STORAGE_FULL_RETRY_MS_MIN.div_ceil(tick_ms),
-            storage_full_retry_ticks_max: STORAGE_FULL_RETRY_MS_MAX.div_ceil(tick_ms),
-            producer_rebuild_entries_max: PRODUCER_REBUILD_ENTRIES_MAX,
-            read_bytes_max: READ_BYTES_MAX,
+            storage_full_retry_ticks_min: storage.full_disk_retry_ms_min.div_ceil(tick_ms),
+            storage_full_retry_ticks_max: storage.full_disk_retry_ms_max.div_ceil(tick_ms),
+            producer_rebuild_entries_max: storage.producer_rebuild_entries_max,
+            read_bytes_max: storage.read_bytes_max as u64,
         }
     }
 }
-
-/// First wait of a replica stalled on a full disk before it tries to write again.
-const STORAGE_FULL_RETRY_MS_MIN: u64 = 100;
-/// Longest wait between two attempts: freed space is used within a couple of seconds, and a
-/// disk that stays full costs one failed write (and one rebuild of the core) per attempt.
-const STORAGE_FULL_RETRY_MS_MAX: u64 = 2_000;
-/// Bytes per storage read when applying or rebuilding: a few MiB keeps one read's memory
-/// small while amortising the per-call cost.
-const READ_BYTES_MAX: u64 = 4 << 20;
 
 /// What a replica core starts from.
 #[derive(Debug, Clone)]
@@ -485,7 +476,13 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
                     };
                     self.producers.record(batch, stored);
                 }
-                self.pending.push_back(PendingProposal {
+                // Kept in index order, which `complete_proposals` relies on. A re-elected
+                // leader may still wait on proposals of its earlier term at higher indexes
+                // (its log was cut below them since); appending behind those would leave the
+                // new ones unanswered until the commit index passed the old ones (the
+                // simulator caught an idle partition's produce hanging so).
+                let at = self.pending.partition_point(|p| p.index <= proposed.index);
+                let pending = PendingProposal {
                     index: proposed.index,
                     term: proposed.term,
                     base_offset: proposed.base_offset,
@@ -493,7 +490,8 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
                     acks,
                     waiter: Some(waiter),
                     duplicate: false,
-                })
+                };
+                self.pending.insert(at, pending);
             }
             Err(error) => {
                 let refusal = ReplicaError::from_propose(error);

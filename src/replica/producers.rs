@@ -13,7 +13,7 @@
 //! That is also the answer when the table forgot a producer that did write: after a restart
 //! or a snapshot install the table is rebuilt from the log alone, so it no longer knows a
 //! producer whose batches retention removed, or that was idle for longer than the rebuild
-//! window ([`PRODUCER_REBUILD_ENTRIES_MAX`] entries). The client then bumps its epoch and
+//! window (`storage.producer_rebuild_entries_max` entries). The client then bumps its epoch and
 //! starts the partition over at sequence 0 (Kafka's KIP-360), since the refused batch was not
 //! written and every earlier one of it is answered. What this does not promise: a retry of a
 //! batch the table forgot is written again, so only a retry that old could be duplicated.
@@ -23,10 +23,6 @@ use std::collections::{HashMap, VecDeque};
 /// Batches remembered per producer: a producer with at most this many batches in flight
 /// gets every retry deduplicated (Kafka keeps five for the same reason).
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
-
-/// Entries read back from the end of the log to rebuild the table at start-up or after a
-/// truncation: enough to cover every producer's recent retries without scanning a large log.
-pub const PRODUCER_REBUILD_ENTRIES_MAX: u64 = 100_000;
 
 /// The producer fields of one record batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
+use raftlog::config::{RaftConfig, StorageConfig};
 use raftlog::proto::raft_message::Body;
 use raftlog::proto::{Entry, RaftMessage};
 use raftlog::raft::{message_term, Config, LogPosition, Raft, Role};
@@ -244,21 +245,20 @@ pub struct Cluster {
     next_fetch: u64,
 }
 
-/// A Raft config for tests: small timeouts, the given voters, pre-vote and check-quorum on.
+/// The Raft config a node gives member `id` of `voters` in group 1 (a node's defaults, so
+/// the tests and the simulator run what a node runs), with a seed of the tests' own.
 pub fn config(id: u64, voters: &[u64]) -> Config {
-    let mut c = Config::new(id, voters.to_vec());
-    c.election_timeout_ticks = 10;
-    c.heartbeat_interval_ticks = 1;
+    let mut c = RaftConfig::default().consensus(id, 1, voters.to_vec());
     c.seed = id * 7919;
     c
 }
 
-/// A replica config around `raft`: the replica limits of a node ticking every 100 ms,
-/// producer tracking on, no retention (tests compact by hand).
+/// A replica config around `raft`: a node's replica limits, producer tracking on, no
+/// retention (tests compact by hand).
 pub fn core_config(raft: Config) -> CoreConfig {
     CoreConfig {
         raft,
-        limits: ReplicaLimits::for_tick_interval_ms(100),
+        limits: ReplicaLimits::from_settings(&RaftConfig::default(), &StorageConfig::default()),
         track_producers: true,
         retention_bytes: 0,
         retention_ms: 0,

@@ -14,13 +14,15 @@
 //! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |
-//! | [`node`] | a running node: metadata group, partition replicas placed here, routing, start and graceful stop; `raftlog dev` |
-//! | [`server`] | the client listener: handshake, limits, pipelined requests, handlers |
+//! | [`daemon`] | the composition root: binds the listeners, starts the node, the client server and the ops listener (`/metrics`, `/health`, `/ready`), owns the one shutdown; `raftlog dev` |
+//! | [`shutdown`] | the one shutdown signal every loop selects on, and the tracker of the tasks it waits for |
+//! | [`node`] | a running node: metadata group, partition replicas placed here, routing, graceful stop (leadership hand-off, replicas, transport); readiness and collectors (`node::ops`) |
+//! | [`server`] | the client listener: handshake, limits, pipelined requests, handlers; reaches the node only through its `Service` trait |
 //! | [`replica`] | the replica driver: runs one Raft group on tokio, the one place where the core meets IO |
 //! | [`raft`] | the consensus core: pure and deterministic, no IO, no clock, no threads; `Raft` takes ticks, messages, proposals and durability reports and returns a `Ready` (hard state, log writes, messages, commit index); see `docs/RAFT.md` |
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
 //! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
-//! | [`metrics`] | every metric's name, type, labels and buckets in one place; per-node registries; the `/metrics`, `/health` and `/ready` listener |
+//! | [`metrics`] | every metric's name, type, labels and buckets in one place; per-node registries; the Prometheus exporter |
 //! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
@@ -32,6 +34,7 @@ pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
@@ -39,6 +42,7 @@ pub mod proto;
 pub mod raft;
 pub mod replica;
 pub mod server;
+pub mod shutdown;
 pub mod storage;
 pub mod transport;
 pub mod wire;

@@ -1,12 +1,15 @@
-//! Metrics, health and readiness: every metric's name, type, unit, labels, help text and bucket
-//! layout ([`METRICS`]), the per-node registries the instrumentation writes to, the periodic
-//! collector (consumer-group lag, disk space, process figures), and the small HTTP listener on
-//! `metrics_listen` that serves `/metrics`, `/health` and `/ready`.
+//! Metrics: every metric's name, type, unit, labels, help text and bucket layout
+//! ([`METRICS`]), the per-node registries the instrumentation writes to, and the exporter
+//! that renders a node's registry (and the process figures) as Prometheus text.
 //!
-//! It owns what is measured and how it is exposed. It does not own what the numbers mean to
-//! the layers that produce them: the replica driver, the server and the node call in with
-//! what they already know, once per batch or per loop iteration, never per record. The
-//! consensus core never calls in (it stays pure; `tests/raft_purity.rs` enforces it).
+//! It owns what is measured and how it is rendered. It does not own what the numbers mean
+//! to the layers that produce them: the replica driver, the server and the node call in with
+//! what they already know, once per batch or per loop iteration, never per record. It does
+//! not own readiness, the periodic collectors (the node's ops module does) nor the HTTP
+//! listener that serves the text (the daemon's ops listener does). It imports no layer
+//! above it: neither the node, the server nor the replica (`tests/module_graph.rs` checks),
+//! which is why a replica reports its state as a plain [`GroupSample`]. The consensus core
+//! never calls in (it stays pure; `tests/raft_purity.rs` enforces it).
 //!
 //! # One registry per node, not one per process
 //!
@@ -23,10 +26,8 @@
 //! `node` on every series; `topic` and `partition` per partition replica (the cluster-metadata
 //! group appears as topic [`METADATA_TOPIC_LABEL`], partition 0); `peer` per follower; `code`
 //! per wire error code; `group` per consumer group with committed offsets. Every label value
-//! comes from a bounded set: nodes, partitions, error codes, and groups the metadata stores.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -35,14 +36,9 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Recorder, SharedSt
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::NodeId;
-use crate::node::Node;
 use crate::proto::{self, ErrorCode, RaftMessage};
-use crate::raft::Role;
-use crate::replica::ReplicaStatus;
 
 /// The kind of a metric, as Prometheus types it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,21 +168,6 @@ pub const METRICS: &[MetricDef] = &[
 
 /// The `topic` label of the cluster-metadata group's series.
 pub const METADATA_TOPIC_LABEL: &str = "__metadata";
-
-/// How far (in entries) a follower's commit index may trail the leader's last announced
-/// commit index and still count as caught up for `/ready`. A few heartbeats' worth of writes
-/// under load; a replica recovering from an outage or a snapshot is far beyond it.
-pub const READY_LAG_ENTRIES_MAX: u64 = 1_000;
-
-/// How often the collector refreshes consumer-group lag, disk space and process figures.
-/// Prometheus scrapes every 10–15 s; a second keeps them fresh at negligible cost.
-const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Longest a client of the metrics listener may take to send its request head.
-const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest request head the metrics listener reads; scrapers and probes send a few hundred.
-const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
 
 fn def(name: &str) -> &'static MetricDef {
     METRICS
@@ -401,12 +382,13 @@ impl NodeMetrics {
         }
     }
 
-    fn set_group_lag(&self, lags: Vec<((String, String, u32), u64)>) {
+    /// Sets consumer-group lag, one value per (group, topic, partition); a partition whose
+    /// lag is not given any more (moved or deleted) reads 0, not its last lag forever.
+    pub fn set_group_lag(&self, lags: Vec<((String, String, u32), u64)>) {
         let mut gauges = self
             .group_lag
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A partition no longer here (moved or deleted) reads 0, not its last lag forever.
         for gauge in gauges.values() {
             gauge.set(0.0);
         }
@@ -426,9 +408,80 @@ impl NodeMetrics {
         }
     }
 
+    /// Copies the transport's counters of the link to `peer` (kept by the transport itself,
+    /// so its hot path does not change) into the registry.
+    pub fn set_peer(
+        &self,
+        peer: NodeId,
+        sent_messages: u64,
+        dropped_messages: u64,
+        reconnects: u64,
+        queued_messages: usize,
+    ) {
+        let labels = || vec![Label::new("peer", peer.to_string())];
+        let counter = |name| self.recorder.register_counter(&key(name, labels()), &META);
+        counter("raftlog_peer_sent_messages_total").absolute(sent_messages);
+        counter("raftlog_peer_dropped_messages_total").absolute(dropped_messages);
+        counter("raftlog_peer_reconnects_total").absolute(reconnects);
+        self.recorder
+            .register_gauge(&key("raftlog_peer_queued_messages", labels()), &META)
+            .set(queued_messages as f64);
+    }
+
+    /// Sets `raftlog_ready` to what `/ready` would answer now.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// Sets the free and total bytes of the data directory's file system.
+    pub fn set_data_dir_space(&self, free_bytes: u64, size_bytes: u64) {
+        self.gauge("raftlog_data_dir_free_bytes")
+            .set(free_bytes as f64);
+        self.gauge("raftlog_data_dir_size_bytes")
+            .set(size_bytes as f64);
+    }
+
+    /// The exporter's periodic housekeeping (histogram upkeep); called by the collector.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     fn gauge(&self, name: &'static str) -> Gauge {
         self.recorder.register_gauge(&key(name, Vec::new()), &META)
     }
+}
+
+/// A replica's state as the metrics need it: numbers and flags only, so that this module
+/// does not depend on the replica's types. The replica builds one from its status after
+/// every loop iteration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupSample<'a> {
+    /// The replica leads its group.
+    pub leading: bool,
+    /// The replica is a candidate in an election.
+    pub campaigning: bool,
+    /// Current term.
+    pub term: u64,
+    /// Known leader, 0 when unknown.
+    pub leader_id: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// First offset still stored.
+    pub log_start_offset: u64,
+    /// Bytes stored in the log's segments.
+    pub log_size_bytes: u64,
+    /// Number of segments.
+    pub segment_count: u64,
+    /// The replica stopped on a storage error or a panic.
+    pub failed: bool,
+    /// The replica refuses writes because its disk is full.
+    pub storage_full: bool,
+    /// For a leader: each follower's match index, as (node id, match index).
+    pub follower_match: &'a [(u64, u64)],
 }
 
 /// The handles of one replica's group: per-partition gauges and counters, cached so that the
@@ -544,11 +597,9 @@ impl GroupMetrics {
     /// Publishes a replica's new status, counting leader changes and elections against its
     /// previous one. Called once per loop iteration of the replica: atomic stores only, except
     /// the first time a replica leads (it registers its followers' lag gauges).
-    pub fn status(&self, previous: &ReplicaStatus, status: &ReplicaStatus) {
-        let leading = status.role == Some(Role::Leader);
-        if status.term > previous.term
-            && matches!(status.role, Some(Role::Candidate) | Some(Role::Leader))
-        {
+    pub fn status(&self, previous: &GroupSample<'_>, status: &GroupSample<'_>) {
+        let leading = status.leading;
+        if status.term > previous.term && (status.campaigning || status.leading) {
             self.elections_started.increment(1);
         }
         if status.leader_id != 0 {
@@ -565,22 +616,18 @@ impl GroupMetrics {
         self.leader_known
             .set(if status.leader_id != 0 { 1.0 } else { 0.0 });
         self.term.set(status.term as f64);
-        self.storage_full.set(if status.storage_full.is_some() {
-            1.0
-        } else {
-            0.0
-        });
+        self.storage_full
+            .set(if status.storage_full { 1.0 } else { 0.0 });
         self.commit_index.set(status.commit_index as f64);
         self.high_watermark.set(status.high_watermark as f64);
         self.log_start_offset.set(status.log_start_offset as f64);
         self.log_size.set(status.log_size_bytes as f64);
         self.log_segments.set(status.segment_count as f64);
-        self.failed
-            .set(if status.failed.is_some() { 1.0 } else { 0.0 });
+        self.failed.set(if status.failed { 1.0 } else { 0.0 });
         self.set_follower_lag(status);
     }
 
-    fn set_follower_lag(&self, status: &ReplicaStatus) {
+    fn set_follower_lag(&self, status: &GroupSample<'_>) {
         let mut lags = self
             .follower_lag
             .lock()
@@ -588,7 +635,7 @@ impl GroupMetrics {
         for (_, gauge) in lags.iter() {
             gauge.set(0.0);
         }
-        for &(peer, match_index) in &status.follower_match {
+        for &(peer, match_index) in status.follower_match {
             let lag = status.last_index.saturating_sub(match_index) as f64;
             if let Some((_, gauge)) = lags.iter().find(|(id, _)| *id == peer) {
                 gauge.set(lag);
@@ -609,21 +656,10 @@ impl GroupMetrics {
         }
     }
 
-    /// Why this replica is not caught up with its leader, or `None` if it is.
-    fn lag_reason(&self, what: &str, status: &ReplicaStatus) -> Option<String> {
-        if let Some(failure) = &status.failed {
-            return Some(format!("{what}: replica failed: {failure}"));
-        }
-        if let Some(reason) = &status.storage_full {
-            return Some(format!("{what}: disk full, retrying writes: {reason}"));
-        }
-        if status.leader_id == 0 {
-            return Some(format!("{what}: no leader known"));
-        }
-        let seen = self.leader_commit_seen.load(Ordering::Relaxed);
-        let behind = seen.saturating_sub(status.commit_index);
-        (behind > READY_LAG_ENTRIES_MAX)
-            .then(|| format!("{what}: {behind} entries behind the leader's commit index {seen}"))
+    /// The highest commit index a leader has announced to this replica (or, while it leads,
+    /// its own): how far a follower must get to count as caught up.
+    pub fn leader_commit_seen(&self) -> u64 {
+        self.leader_commit_seen.load(Ordering::Relaxed)
     }
 }
 
@@ -645,140 +681,6 @@ pub fn error_code_label(code: i32) -> String {
             .to_owned(),
         Err(_) => code.to_string(),
     }
-}
-
-/// Whether the node is ready to serve: `Ok` when the metadata group has a leader and every
-/// local replica knows a leader and is within [`READY_LAG_ENTRIES_MAX`] entries of its
-/// announced commit index; otherwise the first reason it is not.
-///
-/// # Errors
-/// The reason, as a sentence for the `/ready` body.
-pub fn readiness(node: &Node) -> Result<(), String> {
-    if node.shutdown_token().is_cancelled() {
-        return Err("shutting down".into());
-    }
-    let metrics = node_metrics(node);
-    let status = node.metadata_replica().status();
-    let metadata = metrics.group(crate::metadata::METADATA_GROUP_ID);
-    if let Some(reason) = metadata.lag_reason("cluster metadata", &status) {
-        return Err(reason);
-    }
-    let mut partitions = node.local_partitions();
-    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    for local in partitions {
-        let what = format!("{}/{}", local.topic, local.partition);
-        let status = local.handle.status();
-        if let Some(reason) = metrics.group(local.group_id).lag_reason(&what, &status) {
-            return Err(reason);
-        }
-    }
-    Ok(())
-}
-
-fn node_metrics(node: &Node) -> &'static NodeMetrics {
-    self::node(node.id())
-}
-
-/// Serves `/metrics`, `/health` and `/ready` on `listener` and refreshes the collected
-/// figures every second, until the node shuts down.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
-    let mut collect = tokio::time::interval(COLLECT_INTERVAL);
-    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.shutdown_token().cancelled() => break,
-            _ = collect.tick() => collect_now(&node),
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => {
-                    let node = node.clone();
-                    tokio::spawn(async move { answer(&node, socket).await });
-                }
-                Err(failure) => {
-                    tracing::warn!(%failure, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
-/// Refreshes what no request path measures: consumer-group lag, readiness, disk, process.
-fn collect_now(node: &Node) {
-    let metrics = node_metrics(node);
-    metrics.set_group_lag(consumer_group_lag(node));
-    collect_peers(node, metrics);
-    metrics
-        .ready
-        .set(if readiness(node).is_ok() { 1.0 } else { 0.0 });
-    if let Some((free, size)) = disk_space(&node.config().data_dir) {
-        metrics
-            .gauge("raftlog_data_dir_free_bytes")
-            .set(free as f64);
-        metrics
-            .gauge("raftlog_data_dir_size_bytes")
-            .set(size as f64);
-    }
-    metrics.handle.run_upkeep();
-}
-
-/// Copies the transport's per-peer counters (kept by the transport itself, so its hot path
-/// does not change) into the registry.
-fn collect_peers(node: &Node, metrics: &NodeMetrics) {
-    for &peer in node.config().peers.keys() {
-        let Some(stats) = node.transport().stats(peer) else {
-            continue;
-        };
-        let labels = || vec![Label::new("peer", peer.to_string())];
-        let counter = |name| {
-            metrics
-                .recorder
-                .register_counter(&key(name, labels()), &META)
-        };
-        counter("raftlog_peer_sent_messages_total").absolute(stats.sent_messages);
-        counter("raftlog_peer_dropped_messages_total").absolute(stats.dropped_messages);
-        counter("raftlog_peer_reconnects_total").absolute(stats.reconnects);
-        metrics
-            .recorder
-            .register_gauge(&key("raftlog_peer_queued_messages", labels()), &META)
-            .set(stats.queued_messages as f64);
-    }
-}
-
-/// High watermark minus committed offset for every group offset of a partition replicated
-/// here, from this node's applied metadata and its local replicas' high watermarks.
-fn consumer_group_lag(node: &Node) -> Vec<((String, String, u32), u64)> {
-    let local: HashMap<(String, u32), u64> = node
-        .local_partitions()
-        .into_iter()
-        .map(|p| ((p.topic, p.partition), p.handle.status().high_watermark))
-        .collect();
-    let metadata = node.metadata();
-    metadata
-        .group_offsets()
-        .filter_map(|((group, topic, partition), &offset)| {
-            let high_watermark = local.get(&(topic.clone(), *partition))?;
-            Some((
-                (group.clone(), topic.clone(), *partition),
-                high_watermark.saturating_sub(offset),
-            ))
-        })
-        .collect()
-}
-
-/// Free and total bytes of the file system holding `dir`, or `None` if it cannot be asked.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid NUL-terminated string and `stats` a writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return None;
-    }
-    let fragment = stats.f_frsize as u64;
-    Some((
-        stats.f_bavail as u64 * fragment,
-        stats.f_blocks as u64 * fragment,
-    ))
 }
 
 /// Appends the process metrics, read from `/proc/self` now, in the names Prometheus's client
@@ -860,77 +762,6 @@ impl ProcStat {
     }
 }
 
-/// Answers one HTTP request on the metrics listener, then closes the connection.
-async fn answer(node: &Node, mut socket: TcpStream) {
-    let head = tokio::time::timeout(HTTP_REQUEST_TIMEOUT, read_head(&mut socket)).await;
-    let (status, content_type, body) = match head {
-        Ok(Some(head)) => route(node, &head),
-        _ => (400, "text/plain", "bad request\n".to_owned()),
-    };
-    let _ = socket
-        .write_all(&http_response(status, content_type, &body))
-        .await;
-    let _ = socket.shutdown().await;
-}
-
-/// Reads a request head (up to the blank line), or `None` if it is too long or cut short.
-async fn read_head(socket: &mut TcpStream) -> Option<String> {
-    let mut buffer = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 || buffer.len() + read > HTTP_REQUEST_BYTES_MAX {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    String::from_utf8(buffer).ok()
-}
-
-/// The status, content type and body for a request head.
-fn route(node: &Node, head: &str) -> (u16, &'static str, String) {
-    let mut words = head.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    if method != "GET" {
-        return (405, "text/plain", "only GET is served here\n".into());
-    }
-    match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            node_metrics(node).render(),
-        ),
-        "/health" => (200, "text/plain", "ok\n".into()),
-        "/ready" => match readiness(node) {
-            Ok(()) => (200, "text/plain", "ready\n".into()),
-            Err(reason) => (503, "text/plain", format!("not ready: {reason}\n")),
-        },
-        _ => (
-            404,
-            "text/plain",
-            "not found; try /metrics, /health or /ready\n".into(),
-        ),
-    }
-}
-
-fn http_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    response.extend_from_slice(body.as_bytes());
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,14 +786,14 @@ mod tests {
         let group = metrics.group(7);
         group.produced(10, 1_000);
         group.fetched(10, 1_000);
-        let previous = ReplicaStatus::default();
-        let status = ReplicaStatus {
-            role: Some(Role::Leader),
+        let previous = GroupSample::default();
+        let status = GroupSample {
+            leading: true,
             term: 2,
             leader_id: 9_001,
             commit_index: 5,
             last_index: 6,
-            follower_match: vec![(2, 4)],
+            follower_match: &[(2, 4)],
             ..Default::default()
         };
         group.status(&previous, &status);
@@ -976,25 +807,9 @@ mod tests {
         metrics.connection_opened();
         metrics.error(ErrorCode::NotLeader as i32);
         metrics.set_group_lag(vec![(("billing".into(), "orders".into(), 3), 4)]);
-        for name in [
-            "raftlog_peer_sent_messages_total",
-            "raftlog_peer_dropped_messages_total",
-            "raftlog_peer_reconnects_total",
-        ] {
-            let labels = vec![Label::new("peer", "2")];
-            metrics
-                .recorder
-                .register_counter(&key(name, labels), &META)
-                .absolute(1);
-        }
-        let labels = vec![Label::new("peer", "2")];
-        metrics
-            .recorder
-            .register_gauge(&key("raftlog_peer_queued_messages", labels), &META)
-            .set(0.0);
-        metrics.ready.set(1.0);
-        metrics.gauge("raftlog_data_dir_free_bytes").set(1.0);
-        metrics.gauge("raftlog_data_dir_size_bytes").set(2.0);
+        metrics.set_peer(2, 1, 1, 1, 0);
+        metrics.set_ready(true);
+        metrics.set_data_dir_space(1, 2);
 
         let text = metrics.render();
         let exported = exported(&text);
@@ -1060,51 +875,5 @@ mod tests {
     fn error_codes_get_their_short_names() {
         assert_eq!(error_code_label(ErrorCode::NotLeader as i32), "NOT_LEADER");
         assert_eq!(error_code_label(9_999), "9999");
-    }
-
-    #[test]
-    fn a_follower_far_behind_its_leader_is_not_caught_up() {
-        let metrics = node(9_002);
-        let group = metrics.group(11);
-        let follower = ReplicaStatus {
-            role: Some(Role::Follower),
-            leader_id: 1,
-            commit_index: 10,
-            ..Default::default()
-        };
-        group.received(&RaftMessage {
-            body: Some(proto::raft_message::Body::AppendEntries(
-                proto::AppendEntries {
-                    leader_commit: 10 + READY_LAG_ENTRIES_MAX + 1,
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        });
-        assert!(group
-            .lag_reason("t/0", &follower)
-            .unwrap()
-            .contains("behind"));
-        let caught_up = ReplicaStatus {
-            commit_index: 11,
-            ..follower.clone()
-        };
-        assert_eq!(group.lag_reason("t/0", &caught_up), None);
-        let leaderless = ReplicaStatus {
-            leader_id: 0,
-            ..caught_up
-        };
-        assert!(group
-            .lag_reason("t/0", &leaderless)
-            .unwrap()
-            .contains("no leader"));
-    }
-
-    #[test]
-    fn http_responses_carry_their_length() {
-        let response = String::from_utf8(http_response(503, "text/plain", "not ready\n")).unwrap();
-        assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-        assert!(response.contains("Content-Length: 10\r\n"));
-        assert!(response.ends_with("\r\n\r\nnot ready\n"));
     }
 }

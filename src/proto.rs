@@ -14,3 +14,22 @@
 #![allow(clippy::large_enum_variant)]
 
 include!(concat!(env!("OUT_DIR"), "/raftlog.v1.rs"));
+
+impl RaftMessage {
+    /// Whether this message exists only because a leader hands its leadership away: the
+    /// `TimeoutNow` that tells the transferee to campaign, and the transferee's `RequestVote`
+    /// that says so (dissertation §3.10). Dropping either for a full queue would turn a
+    /// planned hand-off into an election timeout, so neither is: the peer transport queues
+    /// them beyond its bounds, and the receiving replica takes them on its control queue.
+    /// Both are few: one `TimeoutNow` per transfer of a group, one vote request per peer.
+    ///
+    /// Handling one ahead of messages queued before it is safe: a leader sends `TimeoutNow`
+    /// only once the transferee has acknowledged every entry, and Raft tolerates reordering.
+    pub fn is_hand_off(&self) -> bool {
+        match &self.body {
+            Some(raft_message::Body::TimeoutNow(_)) => true,
+            Some(raft_message::Body::RequestVote(vote)) => vote.leadership_transfer,
+            _ => false,
+        }
+    }
+}

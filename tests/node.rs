@@ -8,7 +8,7 @@ use std::time::Duration;
 use raftlog::batch::RecordBatchBuilder;
 use raftlog::client::{ConnectOptions, Connection};
 use raftlog::config::NodeConfig;
-use raftlog::node::{Node, RunningNode};
+use raftlog::daemon::Daemon;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
 use tokio::time::{sleep, timeout};
@@ -38,23 +38,20 @@ fn cluster_configs(dir: &std::path::Path, nodes: u64) -> Vec<NodeConfig> {
         .collect()
 }
 
-async fn start_all(configs: &[NodeConfig]) -> Vec<RunningNode> {
+async fn start_all(configs: &[NodeConfig]) -> Vec<Daemon> {
     let mut running = Vec::new();
     for config in configs {
-        running.push(Node::start(config.clone()).await.unwrap());
+        running.push(Daemon::start(config.clone()).await.unwrap());
     }
     running
 }
 
-async fn start_cluster(dir: &std::path::Path, nodes: u64) -> Vec<RunningNode> {
+async fn start_cluster(dir: &std::path::Path, nodes: u64) -> Vec<Daemon> {
     start_all(&cluster_configs(dir, nodes)).await
 }
 
 /// Three nodes, a connection to each, and a one-partition topic replicated on all three.
-async fn cluster_with_topic(
-    dir: &std::path::Path,
-    topic: &str,
-) -> (Vec<RunningNode>, Vec<Connection>) {
+async fn cluster_with_topic(dir: &std::path::Path, topic: &str) -> (Vec<Daemon>, Vec<Connection>) {
     let cluster = start_cluster(dir, 3).await;
     let mut connections = Vec::new();
     for node in &cluster {
@@ -71,8 +68,8 @@ async fn cluster_with_topic(
 }
 
 /// The id of the node that leads the (single) partition right now.
-fn partition_leader(cluster: &[RunningNode]) -> u64 {
-    let leads = |node: &&RunningNode| {
+fn partition_leader(cluster: &[Daemon]) -> u64 {
+    let leads = |node: &&Daemon| {
         let partitions = node.node.local_partitions();
         partitions
             .iter()
@@ -85,7 +82,7 @@ fn partition_leader(cluster: &[RunningNode]) -> u64 {
         .expect("a partition leader")
 }
 
-async fn connect(node: &RunningNode) -> Connection {
+async fn connect(node: &Daemon) -> Connection {
     let options = ConnectOptions::default();
     Connection::connect(&node.client_address.to_string(), &options)
         .await
@@ -468,7 +465,7 @@ async fn a_follower_behind_retention_gets_a_snapshot_and_serves_reads() {
     );
 
     // Back it comes: it needs entries the leader no longer has, so it gets a snapshot.
-    let restarted = Node::start(configs[stopped as usize - 1].clone())
+    let restarted = Daemon::start(configs[stopped as usize - 1].clone())
         .await
         .unwrap();
     let connection = connect(&restarted).await;

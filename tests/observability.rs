@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use raftlog::batch::RecordBatchBuilder;
 use raftlog::client::{ClientError, ConnectOptions, Connection};
 use raftlog::config::NodeConfig;
-use raftlog::node::{Node, RunningNode};
+use raftlog::daemon::{Daemon as Node, Daemon as RunningNode};
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
 use serde::Deserialize;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::{parse_peers, NodeConfig};
-use crate::node::{dev, Node, RunningNode};
+use crate::daemon::{dev, Daemon};
 
 /// Flags of `raftlog serve`. Flags override the settings of `--config`.
 #[derive(Debug, Args)]
@@ -105,7 +105,7 @@ pub fn serve_config(args: &ServeArgs) -> Result<NodeConfig, String> {
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = serve_config(&args)?;
     let id = config.node_id;
-    let running = Node::start(config)
+    let running = Daemon::start(config)
         .await
         .map_err(|e| format!("node {id} cannot start: {e}"))?;
     tracing::info!(node = id, client = %running.client_address, peer = %running.peer_address, "node started");
@@ -130,11 +130,11 @@ pub async fn dev(args: DevArgs) -> Result<(), String> {
     print_dev_banner(&nodes, &args);
     wait_for_signal().await;
     eprintln!("raftlog dev: shutting down");
-    futures::future::join_all(nodes.into_iter().map(RunningNode::shutdown)).await;
+    futures::future::join_all(nodes.into_iter().map(Daemon::shutdown)).await;
     Ok(())
 }
 
-fn print_dev_banner(nodes: &[RunningNode], args: &DevArgs) {
+fn print_dev_banner(nodes: &[Daemon], args: &DevArgs) {
     println!(
         "raftlog dev: {} nodes, data in {}",
         nodes.len(),

@@ -1,9 +1,13 @@
-//! A raftlog node: the cluster-metadata group, the partition replicas placed here, the peer
-//! transport and the client server, started and stopped together.
+//! A raftlog node: the cluster-metadata group, the partition replicas placed here and the
+//! peer transport, started and stopped together.
 //!
-//! The node owns which replicas run here and how messages reach them. It does not own the
-//! Raft logic (the replicas do), the wire protocol (the server and transport do), nor the
-//! metadata's rules ([`crate::metadata`] does).
+//! The node owns which replicas run here and how messages reach them, the graceful stop
+//! (leadership hand-off, then replicas, then transport), and what operators ask of it
+//! ([`ops`]: readiness and collectors). It does not own the Raft logic (the replicas do),
+//! the wire protocol (the server and transport do), the metadata's rules
+//! ([`crate::metadata`] does), nor the listeners and the one shutdown signal: the daemon
+//! ([`crate::daemon`]) binds the listeners, starts the node, the client server and the ops
+//! listener, and stops them in order. The node knows nothing of the client server.
 //!
 //! ```text
 //!   clients ─► server ─┬─► metadata replica (group 0) ─► Metadata (applied copy) ─► reconcile
@@ -20,7 +24,7 @@
 //! deleted topics. A newly created partition's preferred leader (its first replica) starts an
 //! election at once, which spreads initial leaders as evenly as placement does.
 
-pub mod dev;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +47,10 @@ use crate::raft::Role;
 use crate::replica::{
     Acks, MessageSink, Replica, ReplicaConfig, ReplicaError, ReplicaHandle, StateMachine,
 };
+use crate::shutdown::Shutdown;
 use crate::transport::{Deliver, Transport, TransportConfig};
+
+pub use crate::replica::LocalPartition;
 
 /// What applying one metadata command produced.
 pub type MetadataOutcome = Result<Applied, MetadataError>;
@@ -75,21 +82,6 @@ pub enum NodeError {
     },
 }
 
-/// One partition replica running on this node.
-#[derive(Clone)]
-pub struct LocalPartition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: u32,
-    /// The partition's Raft group.
-    pub group_id: u64,
-    /// Nodes holding a replica, preferred leader first.
-    pub replicas: Vec<NodeId>,
-    /// The running replica.
-    pub handle: ReplicaHandle<()>,
-}
-
 /// Sends the replicas' outgoing messages through the peer transport.
 struct TransportSink(Transport);
 
@@ -108,7 +100,7 @@ struct Router {
     /// and stop only at the transport's shutdown: a strong reference would keep a node that
     /// was aborted (or dropped unstopped) alive for as long as they run.
     node: OnceLock<Weak<Node>>,
-    /// Set by [`RunningNode::abort`]: a crashed node hears nothing more.
+    /// Set by [`Node::abort`]: a crashed node hears nothing more.
     deaf: AtomicBool,
 }
 
@@ -174,37 +166,32 @@ impl StateMachine for MetadataMachine {
     }
 }
 
-/// A running node. Cheap to share: the server and background tasks hold an `Arc<Node>`.
+/// A running node. Cheap to share: the daemon's tasks hold an `Arc<Node>`.
 pub struct Node {
     config: NodeConfig,
     client_address: SocketAddr,
     transport: Transport,
     metadata: ReplicaHandle<MetadataOutcome>,
     metadata_view: Arc<RwLock<Metadata>>,
+    /// Changes whenever the applied metadata does; what the reconciler waits on.
+    metadata_changes: watch::Receiver<u64>,
     partitions: RwLock<HashMap<u64, LocalPartition>>,
-    shutdown: CancellationToken,
-}
-
-/// The handle returned by [`Node::start`]: addresses, the node, and the way to stop it.
-pub struct RunningNode {
-    /// The node.
-    pub node: Arc<Node>,
-    /// Where the client listener is bound.
-    pub client_address: SocketAddr,
-    /// Where the peer listener is bound.
-    pub peer_address: SocketAddr,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     router: Arc<Router>,
 }
 
 impl Node {
-    /// Starts a node: binds its listeners, opens (and recovers) its logs, starts the peer
-    /// transport, the metadata group, the replicas placed here, and the client server. Must
-    /// run inside a multi-threaded tokio runtime.
+    /// Starts a node on an already-bound peer listener: opens (and recovers) its logs,
+    /// starts the peer transport and the metadata group. Clients reach it at
+    /// `client_address` (advertised to peers). Partition replicas start when
+    /// [`Self::reconcile_until`] runs. Must run inside a multi-threaded tokio runtime.
     ///
     /// # Errors
-    /// An invalid configuration, a listener that cannot bind, or a log that cannot open.
-    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    /// An invalid configuration, a transport that cannot start, or a log that cannot open.
+    pub fn start(
+        config: NodeConfig,
+        peer_listener: TcpListener,
+        client_address: SocketAddr,
+    ) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         if config.network.peer_inbound_bytes_max.is_some() {
             tracing::warn!(
@@ -212,35 +199,14 @@ impl Node {
                  straight to their replica's queue, bounded by peer_inbound_messages_max"
             );
         }
-        let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| NodeError::Bind { address, source })
-        };
-        let client_listener = bind(config.client_listen).await?;
-        let peer_listener = bind(config.peer_listen).await?;
-        let metrics_listener = bind(config.metrics_listen).await?;
-        let client_address = client_listener
-            .local_addr()
-            .map_err(|source| NodeError::Bind {
-                address: config.client_listen,
-                source,
-            })?;
-        let peer_address = peer_listener
-            .local_addr()
-            .map_err(|source| NodeError::Bind {
-                address: config.peer_listen,
-                source,
-            })?;
-        let shutdown = CancellationToken::new();
         let mut transport_config = TransportConfig::from_node_config(&config);
         transport_config.client_address = client_address.to_string();
-        // The transport has its own token: it must outlive the node's shutdown signal, which
-        // stops client traffic, until every replica has handed off and drained.
         let router = Arc::new(Router {
             node: OnceLock::new(),
             deaf: AtomicBool::new(false),
         });
+        // The transport stops only in `Node::stop`, after every replica has handed off and
+        // drained: its token is its own, cancelled by `Transport::shutdown`.
         let transport = Transport::start(
             transport_config,
             peer_listener,
@@ -250,7 +216,7 @@ impl Node {
 
         let voters: Vec<NodeId> = config.peers.keys().copied().collect();
         let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
-        let (changed, mut metadata_changes) = watch::channel(0u64);
+        let (changed, metadata_changes) = watch::channel(0u64);
         let machine = MetadataMachine {
             view: metadata_view.clone(),
             changed,
@@ -277,35 +243,29 @@ impl Node {
             transport,
             metadata,
             metadata_view,
+            metadata_changes,
             partitions: RwLock::new(HashMap::new()),
-            shutdown: shutdown.clone(),
+            router: router.clone(),
         });
         // Messages are routed until the transport closes, after every replica has stopped: a
         // node handing off leadership must keep hearing from its peers to finish the transfer
-        // and to learn the outcome of the proposals it accepted. `RunningNode::shutdown` holds
-        // the node until then, so the weak reference stays valid all along.
+        // and to learn the outcome of the proposals it accepted. The daemon holds the node
+        // until then, so the weak reference stays valid all along.
         let _ = router.node.set(Arc::downgrade(&node));
-        let reconciler = {
-            let node = node.clone();
-            tokio::spawn(async move {
-                loop {
-                    node.reconcile();
-                    tokio::select! {
-                        _ = node.shutdown.cancelled() => break,
-                        changed = metadata_changes.changed() => if changed.is_err() { break },
-                    }
-                }
-            })
-        };
-        let server = tokio::spawn(crate::server::serve(node.clone(), client_listener));
-        let metrics = tokio::spawn(crate::metrics::serve(node.clone(), metrics_listener));
-        Ok(RunningNode {
-            node,
-            client_address,
-            peer_address,
-            tasks: vec![reconciler, server, metrics],
-            router,
-        })
+        Ok(node)
+    }
+
+    /// Starts and stops partition replicas to match the applied metadata, now and after
+    /// every change, until `shutdown` is signalled.
+    pub async fn reconcile_until(&self, shutdown: &Shutdown) {
+        let mut changes = self.metadata_changes.clone();
+        loop {
+            self.reconcile();
+            tokio::select! {
+                _ = shutdown.signalled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
     }
 
     /// This node's id.
@@ -321,11 +281,6 @@ impl Node {
     /// The peer transport, for its per-peer counters.
     pub fn transport(&self) -> &Transport {
         &self.transport
-    }
-
-    /// The token cancelled when the node shuts down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
     }
 
     /// A consistent copy of the applied metadata.
@@ -615,62 +570,57 @@ impl Node {
     }
 }
 
-impl RunningNode {
-    /// Stops the node gracefully: stops taking requests, hands away the leadership of every
-    /// group it leads (so clients fail over without waiting for an election timeout), lets the
-    /// replicas sync and stop, then closes the peer transport.
-    pub async fn shutdown(self) {
-        let node = self.node;
-        node.shutdown.cancel();
-        let grace = Duration::from_millis(node.config.server.shutdown_grace_ms);
+impl Node {
+    /// Stops the node gracefully: hands away the leadership of every group it leads (so
+    /// clients fail over without waiting for an election timeout), lets the replicas drain,
+    /// sync and stop, then closes the peer transport. Every step is bounded by
+    /// `server.shutdown_grace_ms`. Call once client traffic has stopped (the daemon's
+    /// signal) and no reconcile runs any more.
+    pub async fn stop(&self) {
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
         // A transfer that has not completed within two election timeouts will not: the
         // target is down or partitioned, and the core has abandoned it.
-        let raft = &node.config.raft;
+        let raft = &self.config.raft;
         let election =
             Duration::from_millis(raft.tick_interval_ms * u64::from(raft.election_timeout_ticks));
-        let _ = tokio::time::timeout(grace.min(election * 2), node.hand_off_leadership()).await;
+        let _ = tokio::time::timeout(grace.min(election * 2), self.hand_off_leadership()).await;
         // Every replica stops taking proposals, lets those already accepted learn their
         // outcome, syncs and exits; its status channel closes when it is gone.
         let mut replicas = Vec::new();
-        for local in node.local_partitions() {
+        for local in self.local_partitions() {
             local.handle.stop(grace);
             replicas.push(local.handle.watch_status());
         }
-        node.metadata.stop(grace);
-        let mut metadata_status = node.metadata.watch_status();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(grace, task).await;
-        }
-        for mut status in replicas {
-            let _ = tokio::time::timeout(grace, async { while status.changed().await.is_ok() {} })
-                .await;
-        }
-        let _ = tokio::time::timeout(grace, async {
-            while metadata_status.changed().await.is_ok() {}
-        })
+        self.metadata.stop(grace);
+        replicas.push(self.metadata.watch_status());
+        let _ = tokio::time::timeout(
+            grace,
+            futures::future::join_all(
+                replicas
+                    .into_iter()
+                    .map(|mut status| async move { while status.changed().await.is_ok() {} }),
+            ),
+        )
         .await;
         // Only now: until its replica has stopped, a group's messages must still be routed.
-        node.partitions
+        self.partitions
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
         // Once this returns no reader task is left, so nothing is routed any more.
-        node.transport.shutdown().await;
+        self.transport.shutdown().await;
     }
 
-    /// Stops the node abruptly, as a crash would, without handing off leadership or waiting.
-    pub fn abort(self) {
-        self.node.shutdown.cancel();
-        for task in self.tasks {
-            task.abort();
-        }
+    /// Stops the node abruptly, as a crash would: it hears nothing more from its peers.
+    /// Its replicas stop once the last reference to the node is gone.
+    pub fn abort(&self) {
         self.router.deaf.store(true, Ordering::Relaxed);
     }
-}
 
-impl Node {
     /// Transfers leadership of every group led here to its most caught-up follower and waits
-    /// until none is led here any more.
+    /// until none is led here any more. The transfer requests go on the replicas' control
+    /// queues and the hand-off messages are exempt from every queue bound
+    /// ([`RaftMessage::is_hand_off`]), so no full queue turns the hand-off into an election.
     async fn hand_off_leadership(&self) {
         let mut groups: Vec<(ReplicaHandleAny, Vec<(u64, u64)>)> = Vec::new();
         let metadata_status = self.metadata.status();
@@ -699,12 +649,17 @@ impl Node {
                 handle.transfer_leader(to);
             }
         }
-        loop {
-            if groups.iter().all(|(handle, _)| !handle.is_leader()) {
-                return;
+        let led_elsewhere = groups.iter().map(|(handle, _)| {
+            let mut status = handle.watch_status();
+            async move {
+                while status.borrow_and_update().role == Some(Role::Leader) {
+                    if status.changed().await.is_err() {
+                        return;
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        });
+        futures::future::join_all(led_elsewhere).await;
     }
 }
 
@@ -722,12 +677,11 @@ impl ReplicaHandleAny {
         }
     }
 
-    fn is_leader(&self) -> bool {
-        let role = match self {
-            ReplicaHandleAny::Metadata(handle) => handle.status().role,
-            ReplicaHandleAny::Partition(handle) => handle.status().role,
-        };
-        role == Some(Role::Leader)
+    fn watch_status(&self) -> watch::Receiver<crate::replica::ReplicaStatus> {
+        match self {
+            ReplicaHandleAny::Metadata(handle) => handle.watch_status(),
+            ReplicaHandleAny::Partition(handle) => handle.watch_status(),
+        }
     }
 }
 

@@ -328,9 +328,32 @@ enum Event<O> {
 /// would turn a planned leadership transfer into an election). Few are ever sent: one per
 /// start, stop or transfer.
 enum Control {
-    TransferLeader { to: u64 },
+    TransferLeader {
+        to: u64,
+    },
     Campaign,
-    Stop { drain: Duration },
+    Stop {
+        drain: Duration,
+    },
+    /// A peer's message that belongs to a leadership hand-off
+    /// ([`RaftMessage::is_hand_off`]): never dropped for a full queue.
+    HandOff(RaftMessage),
+}
+
+/// One partition replica running on a node, as the node's partition map holds it: what the
+/// client server needs to reach a partition.
+#[derive(Clone)]
+pub struct LocalPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The partition's Raft group.
+    pub group_id: u64,
+    /// Nodes holding a replica, preferred leader first.
+    pub replicas: Vec<u64>,
+    /// The running replica.
+    pub handle: ReplicaHandle<()>,
 }
 
 /// The way to talk to a running replica. Cheap to clone.
@@ -352,8 +375,13 @@ impl<O> Clone for ReplicaHandle<O> {
 
 impl<O: Send + 'static> ReplicaHandle<O> {
     /// Hands a peer's message to the replica; dropped when its queue is full (Raft
-    /// retransmits) or it has stopped.
+    /// retransmits) or it has stopped. A hand-off message ([`RaftMessage::is_hand_off`]) is
+    /// never dropped for a full queue.
     pub fn step(&self, message: RaftMessage) {
+        if message.is_hand_off() {
+            let _ = self.control.send(Control::HandOff(message));
+            return;
+        }
         let _ = self.events.try_send(Event::Message(message));
     }
 
@@ -671,6 +699,10 @@ impl<S: StateMachine> Replica<S> {
         match control {
             Control::TransferLeader { to } => self.core.transfer_leader(to),
             Control::Campaign => self.core.campaign(),
+            Control::HandOff(message) => {
+                self.metrics.received(&message);
+                self.core.step(message);
+            }
             Control::Stop { drain } => {
                 self.core.stop();
                 self.stopping_deadline = Some(tokio::time::Instant::now() + drain);
@@ -729,12 +761,34 @@ impl<S: StateMachine> Replica<S> {
     fn publish_status(&mut self) {
         let status = self.core.status();
         self.metrics.fetch_waiters(self.core.parked_fetch_count());
-        self.metrics.status(&self.status.borrow(), &status);
+        self.metrics.status(
+            &metrics_sample(&self.status.borrow()),
+            &metrics_sample(&status),
+        );
         self.status.send_if_modified(|current| {
             let changed = *current != status;
             *current = status;
             changed
         });
+    }
+}
+
+/// What the metrics need of a status (they do not know the replica's types).
+fn metrics_sample(status: &ReplicaStatus) -> crate::metrics::GroupSample<'_> {
+    crate::metrics::GroupSample {
+        leading: status.role == Some(Role::Leader),
+        campaigning: status.role == Some(Role::Candidate),
+        term: status.term,
+        leader_id: status.leader_id,
+        commit_index: status.commit_index,
+        last_index: status.last_index,
+        high_watermark: status.high_watermark,
+        log_start_offset: status.log_start_offset,
+        log_size_bytes: status.log_size_bytes,
+        segment_count: status.segment_count,
+        failed: status.failed.is_some(),
+        storage_full: status.storage_full.is_some(),
+        follower_match: &status.follower_match,
     }
 }
 

@@ -15,14 +15,15 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Framed;
 
-use crate::node::Node;
 use crate::proto::envelope::Body;
 use crate::proto::{ConnectionRole, Envelope, Error as ErrorMessage, ErrorCode};
-use crate::server::handlers;
+use crate::server::{handlers, Service};
+use crate::shutdown::Shutdown;
 use crate::wire::{error_envelope, handshake, EnvelopeCodec};
 
-/// Serves one connection until the client leaves, sends garbage, or the node shuts down.
-pub async fn serve(node: Arc<Node>, socket: TcpStream) {
+/// Serves one connection until the client leaves, sends garbage, or `shutdown` is signalled.
+/// Requests already read are still answered; their tasks are spawned on `shutdown`.
+pub async fn serve<S: Service>(node: Arc<S>, socket: TcpStream, shutdown: Shutdown) {
     let _ = socket.set_nodelay(true);
     let network = &node.config().network;
     let mut framed = Framed::new(socket, EnvelopeCodec::new(network.frame_bytes_max));
@@ -30,7 +31,12 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
     let cluster_id = node.config().cluster_id.clone();
     let accepted = tokio::time::timeout(
         handshake_timeout,
-        handshake::accept(&mut framed, &cluster_id, ConnectionRole::Client, node.id()),
+        handshake::accept(
+            &mut framed,
+            &cluster_id,
+            ConnectionRole::Client,
+            node.node_id(),
+        ),
     )
     .await;
     if !matches!(accepted, Ok(Ok(_))) {
@@ -39,11 +45,11 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
     let in_flight_max = node.config().server.connection_in_flight_requests_max;
     let (sink, mut stream) = framed.split();
     let (responses, outgoing) = mpsc::channel::<Envelope>(in_flight_max + 1);
-    let writer = tokio::spawn(write_responses(sink, outgoing));
+    let writer = shutdown.spawn(write_responses(sink, outgoing));
     let slots = Arc::new(Semaphore::new(in_flight_max));
     loop {
         let frame = tokio::select! {
-            _ = node.shutdown_token().cancelled() => break,
+            _ = shutdown.signalled() => break,
             frame = stream.next() => frame,
         };
         let envelope = match frame {
@@ -52,7 +58,7 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
             Some(Err(failure)) => {
                 // The byte stream cannot be trusted past a bad frame: answer, then close.
                 let error = failure.to_message();
-                crate::metrics::node(node.id()).error(error.code);
+                crate::metrics::node(node.node_id()).error(error.code);
                 let _ = responses.send(error_envelope(0, error)).await;
                 break;
             }
@@ -60,11 +66,11 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
         let correlation_id = envelope.correlation_id;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             let error = in_flight_refusal(in_flight_max);
-            crate::metrics::node(node.id()).error(error.code);
+            crate::metrics::node(node.node_id()).error(error.code);
             let _ = responses.send(error_envelope(correlation_id, error)).await;
             continue;
         };
-        dispatch(&node, envelope, slot, &responses).await;
+        dispatch(&node, envelope, slot, &responses, &shutdown).await;
     }
     drop(responses);
     let _ = writer.await;
@@ -72,15 +78,16 @@ pub async fn serve(node: Arc<Node>, socket: TcpStream) {
 
 /// Starts handling one request. Produce requests are queued to their replica before this
 /// returns (keeping their order); everything else runs concurrently.
-async fn dispatch(
-    node: &Arc<Node>,
+async fn dispatch<S: Service>(
+    node: &Arc<S>,
     envelope: Envelope,
     slot: OwnedSemaphorePermit,
     responses: &mpsc::Sender<Envelope>,
+    shutdown: &Shutdown,
 ) {
     let correlation_id = envelope.correlation_id;
     let received = std::time::Instant::now();
-    let metrics = crate::metrics::node(node.id());
+    let metrics = crate::metrics::node(node.node_id());
     let answer = move |body: Body| {
         metrics.answered(&body);
         Envelope {
@@ -92,7 +99,7 @@ async fn dispatch(
         Some(Body::Produce(request)) => match handlers::submit_produce(node, request).await {
             Ok(pending) => {
                 let responses = responses.clone();
-                tokio::spawn(async move {
+                shutdown.spawn(async move {
                     let body = pending.finish().await;
                     metrics.produce_answered(received.elapsed());
                     let _ = responses.send(answer(body)).await;
@@ -106,8 +113,8 @@ async fn dispatch(
         },
         Some(body) => {
             let (node, responses) = (node.clone(), responses.clone());
-            tokio::spawn(async move {
-                let body = handlers::handle(&node, body).await;
+            shutdown.spawn(async move {
+                let body = handlers::handle(&*node, body).await;
                 let _ = responses.send(answer(body)).await;
                 drop(slot);
             });

@@ -1,10 +1,10 @@
-//! Request handlers: each turns one client request into calls on the node and one response.
+//! Request handlers: each turns one client request into calls on the node's [`Service`] and
+//! one response.
 
 use std::time::Duration;
 
 use crate::batch;
-use crate::metadata::Applied;
-use crate::node::{LocalPartition, Node};
+use crate::metadata::{Applied, MetadataError};
 use crate::proto::envelope::Body;
 use crate::proto::metadata_command::Command;
 use crate::proto::{
@@ -14,18 +14,18 @@ use crate::proto::{
     OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest, ProduceResponse,
     ReplicaProgress, TopicInfo,
 };
-use crate::raft::Role;
-use crate::replica::{Acks, PendingAppend, ReplicaStatus};
+use crate::replica::{Acks, LocalPartition, PendingAppend, ReplicaStatus, Role};
+use crate::server::Service;
 
 /// A produce request queued to its replica, waiting for its acknowledgement.
-pub struct PendingProduce {
+pub struct PendingProduce<S> {
     pending: PendingAppend<()>,
     local: LocalPartition,
-    node: std::sync::Arc<Node>,
+    node: std::sync::Arc<S>,
     timeout: Duration,
 }
 
-impl PendingProduce {
+impl<S: Service> PendingProduce<S> {
     /// Waits for the outcome (bounded by the produce timeout) and builds the response.
     pub async fn finish(self) -> Body {
         let what = format!("{}/{}", self.local.topic, self.local.partition);
@@ -53,11 +53,11 @@ impl PendingProduce {
 /// # Errors
 /// Unknown topic or partition, a batch that fails validation (CRC, count, size), or a
 /// replica that is not the leader.
-pub async fn submit_produce(
-    node: &std::sync::Arc<Node>,
+pub async fn submit_produce<S: Service>(
+    node: &std::sync::Arc<S>,
     request: ProduceRequest,
-) -> Result<PendingProduce, ErrorMessage> {
-    let local = node.local_partition(&request.topic, request.partition)?;
+) -> Result<PendingProduce<S>, ErrorMessage> {
+    let local = node.partition(&request.topic, request.partition)?;
     let server = &node.config().server;
     let validated = batch::validate(&request.batch, server.batch_bytes_max).map_err(|failure| {
         ErrorMessage {
@@ -81,7 +81,7 @@ pub async fn submit_produce(
         .submit(request.batch, validated.record_count(), acks)
         .await
         .map_err(|failure| node.replica_error(&failure, &what))?;
-    crate::metrics::group(node.id(), local.group_id)
+    crate::metrics::group(node.node_id(), local.group_id)
         .produced(validated.record_count(), batch_bytes);
     Ok(PendingProduce {
         pending,
@@ -92,12 +92,12 @@ pub async fn submit_produce(
 }
 
 /// Handles every request except produce, returning its response or error body.
-pub async fn handle(node: &Node, body: Body) -> Body {
+pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
     let result = match body {
         Body::Fetch(request) => {
             let started = std::time::Instant::now();
             let fetched = fetch(node, request).await;
-            crate::metrics::node(node.id()).fetch_answered(started.elapsed());
+            crate::metrics::node(node.node_id()).fetch_answered(started.elapsed());
             fetched.map(Body::FetchResponse)
         }
         Body::Metadata(request) => Ok(Body::MetadataResponse(metadata(node, &request))),
@@ -168,8 +168,8 @@ pub async fn handle(node: &Node, body: Body) -> Body {
     result.unwrap_or_else(Body::Error)
 }
 
-async fn fetch(node: &Node, request: FetchRequest) -> Result<FetchResponse, ErrorMessage> {
-    let local = node.local_partition(&request.topic, request.partition)?;
+async fn fetch<S: Service>(node: &S, request: FetchRequest) -> Result<FetchResponse, ErrorMessage> {
+    let local = node.partition(&request.topic, request.partition)?;
     let server = &node.config().server;
     let wait = Duration::from_millis(u64::from(request.max_wait_ms).min(server.fetch_wait_ms_max));
     // A zero budget still returns one batch, as Kafka does, so a consumer always progresses.
@@ -186,7 +186,7 @@ async fn fetch(node: &Node, request: FetchRequest) -> Result<FetchResponse, Erro
         .map(|e| u64::from(e.record_count))
         .sum();
     let bytes = fetched.entries.iter().map(|e| e.payload.len() as u64).sum();
-    crate::metrics::group(node.id(), local.group_id).fetched(records, bytes);
+    crate::metrics::group(node.node_id(), local.group_id).fetched(records, bytes);
     let batches = fetched
         .entries
         .into_iter()
@@ -204,7 +204,7 @@ async fn fetch(node: &Node, request: FetchRequest) -> Result<FetchResponse, Erro
     })
 }
 
-fn metadata(node: &Node, request: &MetadataRequest) -> MetadataResponse {
+fn metadata<S: Service>(node: &S, request: &MetadataRequest) -> MetadataResponse {
     let metadata = node.metadata();
     let nodes = metadata
         .nodes()
@@ -220,7 +220,7 @@ fn metadata(node: &Node, request: &MetadataRequest) -> MetadataResponse {
         .filter(|topic| request.topics.is_empty() || request.topics.contains(&topic.name))
         .map(|topic| describe(node, topic.to_info()))
         .collect();
-    let metadata_status = node.metadata_replica().status();
+    let metadata_status = node.metadata_status();
     MetadataResponse {
         nodes,
         topics,
@@ -232,8 +232,8 @@ fn metadata(node: &Node, request: &MetadataRequest) -> MetadataResponse {
 /// Adds what this node knows live about a topic's partitions: leader, term, offsets, and,
 /// where this node leads, each replica's progress. A partition without a replica here keeps
 /// leader 0 ("ask one of its replicas").
-fn describe(node: &Node, mut info: TopicInfo) -> TopicInfo {
-    let local = node.local_partitions();
+fn describe<S: Service>(node: &S, mut info: TopicInfo) -> TopicInfo {
+    let local = node.partitions();
     for partition in &mut info.partitions {
         if let Some(replica) = local.iter().find(|l| l.group_id == partition.group_id) {
             let status = replica.handle.status();
@@ -241,7 +241,7 @@ fn describe(node: &Node, mut info: TopicInfo) -> TopicInfo {
             partition.term = status.term;
             partition.log_start_offset = status.log_start_offset;
             partition.high_watermark = status.high_watermark;
-            partition.replica_progress = replica_progress(node.id(), &status);
+            partition.replica_progress = replica_progress(node.node_id(), &status);
         }
     }
     info
@@ -269,15 +269,18 @@ fn replica_progress(me: u64, status: &ReplicaStatus) -> Vec<ReplicaProgress> {
     std::iter::once(leader).chain(followers).collect()
 }
 
-fn offset_fetch(
-    node: &Node,
+fn offset_fetch<S: Service>(
+    node: &S,
     request: &OffsetFetchRequest,
 ) -> Result<OffsetFetchResponse, ErrorMessage> {
     let metadata = node.metadata();
     let topic = metadata.topic(&request.topic).ok_or_else(|| {
-        crate::node::error(&crate::metadata::MetadataError::UnknownTopic(
-            request.topic.clone(),
-        ))
+        let refusal = MetadataError::UnknownTopic(request.topic.clone());
+        ErrorMessage {
+            code: refusal.code() as i32,
+            message: refusal.to_string(),
+            ..Default::default()
+        }
     })?;
     let partitions: Vec<u32> = if request.partitions.is_empty() {
         (0..topic.partitions.len() as u32).collect()

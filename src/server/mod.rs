@@ -3,11 +3,15 @@
 //!
 //! It owns connection limits, the handshake on the client port, per-connection pipelining and
 //! ordering, and turning every failure into an error response. It does not own Raft,
-//! storage or metadata rules: it asks the [`Node`].
+//! storage or metadata rules, nor the node: it reaches the node only through the narrow
+//! [`Service`] trait (which the daemon implements for the node), and partitions only through
+//! [`crate::replica`] types. Every task it starts is tracked by the daemon's [`Shutdown`] and
+//! ends once its signal is given.
 
 mod connection;
 mod handlers;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,18 +19,66 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 
-use crate::node::Node;
-use crate::proto::{Error as ErrorMessage, ErrorCode};
+use crate::config::{NodeConfig, NodeId};
+use crate::metadata::{Applied, Metadata};
+use crate::proto::{Error as ErrorMessage, ErrorCode, MetadataCommand};
+use crate::replica::{LocalPartition, ReplicaError, ReplicaStatus};
+use crate::shutdown::Shutdown;
 use crate::wire::{error_envelope, EnvelopeCodec};
 
-/// Accepts client connections until the node shuts down. Connections beyond
+/// What the client server needs from the node it serves. Narrow on purpose: the server
+/// depends on this trait and on [`crate::replica`] types, never on the node itself, so the
+/// node knows nothing of the server and the daemon wires the two together.
+pub trait Service: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+
+    /// The node's configuration: the server's limits, the network's, the cluster id, peers.
+    fn config(&self) -> &NodeConfig;
+
+    /// A consistent copy of the applied cluster metadata.
+    fn metadata(&self) -> Metadata;
+
+    /// The metadata group's latest status (its leader and term).
+    fn metadata_status(&self) -> ReplicaStatus;
+
+    /// The replica of `topic`/`partition` on this node.
+    ///
+    /// # Errors
+    /// `UNKNOWN_TOPIC`, `UNKNOWN_PARTITION`, or `NOT_LEADER` pointing at the preferred leader
+    /// when this node holds no replica of the partition.
+    fn partition(&self, topic: &str, partition: u32) -> Result<LocalPartition, ErrorMessage>;
+
+    /// Every partition replica running on this node.
+    fn partitions(&self) -> Vec<LocalPartition>;
+
+    /// The address where clients reach `node`, if known.
+    fn client_address_of(&self, node: NodeId) -> Option<String>;
+
+    /// The wire error a client receives for a replica's `failure` on `what`.
+    fn replica_error(&self, failure: &ReplicaError, what: &str) -> ErrorMessage;
+
+    /// Proposes a metadata command and waits until it is committed and applied.
+    ///
+    /// # Errors
+    /// `NOT_LEADER` with the metadata leader's address, the command's refusal, or a
+    /// replication error.
+    fn propose_metadata(
+        &self,
+        command: MetadataCommand,
+    ) -> impl Future<Output = Result<Applied, ErrorMessage>> + Send;
+}
+
+/// Accepts client connections until `shutdown` is signalled. Connections beyond
 /// `server.connections_max` get a `RESOURCE_EXHAUSTED` error and are closed, so a flood of
-/// clients cannot exhaust the node's memory or file descriptors.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
-    let connections = Arc::new(Semaphore::new(node.config().server.connections_max));
+/// clients cannot exhaust the node's memory or file descriptors. Every connection's task
+/// (and every request task it starts) is spawned on `shutdown`, so the daemon's shutdown
+/// waits for them.
+pub async fn serve<S: Service>(service: Arc<S>, listener: TcpListener, shutdown: Shutdown) {
+    let connections = Arc::new(Semaphore::new(service.config().server.connections_max));
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown_token().cancelled() => break,
+            _ = shutdown.signalled() => break,
             accepted = listener.accept() => accepted,
         };
         let socket = match accepted {
@@ -40,18 +92,20 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         };
         match connections.clone().try_acquire_owned() {
             Ok(permit) => {
-                let node = node.clone();
-                let metrics = crate::metrics::node(node.id());
-                tokio::spawn(async move {
+                let service = service.clone();
+                let metrics = crate::metrics::node(service.node_id());
+                let tasks = shutdown.clone();
+                shutdown.spawn(async move {
                     metrics.connection_opened();
-                    connection::serve(node, socket).await;
+                    connection::serve(service, socket, tasks).await;
                     metrics.connection_closed();
                     drop(permit);
                 });
             }
             Err(_) => {
-                let limit = node.config().server.connections_max;
-                tokio::spawn(refuse(socket, limit, node.config().network.frame_bytes_max));
+                let config = service.config();
+                let limit = config.server.connections_max;
+                shutdown.spawn(refuse(socket, limit, config.network.frame_bytes_max));
             }
         }
     }

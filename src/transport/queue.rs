@@ -28,9 +28,12 @@ impl PeerQueue {
     }
 
     /// Appends `message` of `bytes` bytes, or gives it back if either bound would be exceeded.
+    /// A leadership hand-off message ([`RaftMessage::is_hand_off`]) is appended even to a
+    /// full queue: there are only a few, and losing one turns a hand-off into an election.
     pub(super) fn push(&mut self, message: RaftMessage, bytes: usize) -> Result<(), RaftMessage> {
         let full = self.messages.len() >= self.messages_max
             || self.bytes.saturating_add(bytes) > self.bytes_max;
+        let full = full && !message.is_hand_off();
         if full {
             return Err(message);
         }
@@ -88,6 +91,31 @@ mod tests {
         assert!(queue.push(message(3), 20).is_ok());
         assert!(queue.push(message(4), 0).is_err(), "message bound");
         assert_eq!((queue.len(), queue.bytes()), (3, 100));
+    }
+
+    #[test]
+    fn a_full_queue_still_takes_a_leadership_hand_off() {
+        use crate::proto::raft_message::Body;
+        let mut queue = PeerQueue::new(1, 100);
+        queue.push(message(1), 100).unwrap();
+        let timeout_now = RaftMessage {
+            body: Some(Body::TimeoutNow(Default::default())),
+            ..message(2)
+        };
+        assert!(queue.push(timeout_now, 10).is_ok());
+        let vote = |leadership_transfer| RaftMessage {
+            body: Some(Body::RequestVote(crate::proto::RequestVote {
+                leadership_transfer,
+                ..Default::default()
+            })),
+            ..message(3)
+        };
+        assert!(
+            queue.push(vote(false), 10).is_err(),
+            "an ordinary vote is bounded"
+        );
+        assert!(queue.push(vote(true), 10).is_ok());
+        assert_eq!((queue.len(), queue.bytes()), (3, 120));
     }
 
     #[test]

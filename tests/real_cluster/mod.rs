@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use raftlog::config::NodeConfig;
-use raftlog::node::{Node, RunningNode};
+use raftlog::daemon::Daemon;
 
 /// A running cluster of real nodes.
 pub struct RealCluster {
     /// The nodes, node 1 first.
-    pub nodes: Vec<RunningNode>,
+    pub nodes: Vec<Daemon>,
     /// Holds the data directories until the cluster is dropped.
     pub dir: tempfile::TempDir,
 }
@@ -27,7 +27,7 @@ async fn try_start(
     dir: &std::path::Path,
     count: u64,
     attempt: u32,
-) -> Result<Vec<RunningNode>, raftlog::node::NodeError> {
+) -> Result<Vec<Daemon>, raftlog::node::NodeError> {
     let clients: Vec<SocketAddr> = (0..count).map(|_| free_address()).collect();
     let peers: Vec<SocketAddr> = (0..count).map(|_| free_address()).collect();
     let peer_map: BTreeMap<u64, String> = (1..=count)
@@ -41,7 +41,7 @@ async fn try_start(
         config.peer_listen = peers[id as usize - 1];
         config.metrics_listen = free_address();
         config.raft.tick_interval_ms = 20;
-        match Node::start(config).await {
+        match Daemon::start(config).await {
             Ok(node) => nodes.push(node),
             Err(error) => {
                 for node in nodes {

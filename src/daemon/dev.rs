@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use crate::config::NodeConfig;
-use crate::node::{Node, NodeError, RunningNode};
+use crate::daemon::Daemon;
+use crate::node::NodeError;
 
 /// The port stride between two dev nodes.
 pub const DEV_PORT_STRIDE: u16 = 10;
@@ -35,14 +36,10 @@ pub fn dev_config(id: u64, nodes: u64, data_dir: &Path, base_port: u16) -> NodeC
 /// # Errors
 /// The first node that fails to start (a port in use, a damaged data directory); the nodes
 /// already started are stopped.
-pub async fn start(
-    nodes: u64,
-    data_dir: &Path,
-    base_port: u16,
-) -> Result<Vec<RunningNode>, NodeError> {
+pub async fn start(nodes: u64, data_dir: &Path, base_port: u16) -> Result<Vec<Daemon>, NodeError> {
     let mut running = Vec::new();
     for id in 1..=nodes {
-        match Node::start(dev_config(id, nodes, data_dir, base_port)).await {
+        match Daemon::start(dev_config(id, nodes, data_dir, base_port)).await {
             Ok(node) => running.push(node),
             Err(failure) => {
                 for node in running {

@@ -68,3 +68,31 @@ impl Shutdown {
         self.tasks.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_completes_only_after_the_last_tracked_task() {
+        let shutdown = Shutdown::new();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let looping = shutdown.clone();
+        shutdown.spawn(async move { looping.signalled().await });
+        // A task that, like a connection's last answer, outlives the signal.
+        shutdown.spawn(async move {
+            let _ = released.await;
+        });
+        shutdown.signal();
+        assert!(shutdown.is_signalled());
+        let mut wait = std::pin::pin!(shutdown.wait());
+        for _ in 0..10 {
+            assert!(futures::poll!(wait.as_mut()).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert!(shutdown.live_tasks() >= 1);
+        release.send(()).unwrap();
+        wait.await;
+        assert_eq!(shutdown.live_tasks(), 0);
+    }
+}

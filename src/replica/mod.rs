@@ -807,3 +807,42 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::raft_message::Body;
+
+    #[test]
+    fn a_full_inbox_does_not_drop_a_leadership_hand_off() {
+        let (events, mut inbox) = mpsc::channel::<Event<()>>(1);
+        let (control, mut controls) = mpsc::unbounded_channel();
+        let (_status, status_rx) = watch::channel(ReplicaStatus::default());
+        let handle = ReplicaHandle {
+            events,
+            control,
+            status: status_rx,
+        };
+        let heartbeat = RaftMessage {
+            body: Some(Body::AppendEntries(Default::default())),
+            ..Default::default()
+        };
+        handle.step(heartbeat.clone());
+        handle.step(heartbeat);
+        handle.step(RaftMessage {
+            body: Some(Body::TimeoutNow(Default::default())),
+            ..Default::default()
+        });
+        assert!(matches!(inbox.try_recv(), Ok(Event::Message(_))));
+        assert!(
+            inbox.try_recv().is_err(),
+            "the second heartbeat found the inbox full"
+        );
+        match controls.try_recv() {
+            Ok(Control::HandOff(message)) => {
+                assert!(matches!(message.body, Some(Body::TimeoutNow(_))))
+            }
+            _ => panic!("the hand-off did not reach the control queue"),
+        }
+    }
+}

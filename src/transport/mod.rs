@@ -18,6 +18,8 @@
 //! Memory is bounded everywhere. [`Transport::send`] never blocks: when a peer's queue is full
 //! (in messages or bytes) the message is dropped and counted, because Raft retransmits
 //! whatever is lost (heartbeats repeat, appends are resent from the follower's match index).
+//! The one exception is a leadership hand-off's messages ([`RaftMessage::is_hand_off`]), which
+//! are queued even beyond the bounds: Raft does not resend them, and there are only a few.
 //! On the receiving side each connection's reader task hands every message straight to the
 //! [`Deliver`] sink given to [`Transport::start`], which must not block: the receiver bounds
 //! its own queues and drops what does not fit, for the same reason (see [`deliver`]). So a

@@ -736,6 +736,7 @@ impl RaftConfig {
             id: node_id,
             group_id,
             voters,
+            learners: Vec::new(),
             election_timeout_ticks: self.election_timeout_ticks,
             heartbeat_interval_ticks: self.heartbeat_interval_ticks,
             inflight_msgs_max: self.append_in_flight_messages_max as u32,

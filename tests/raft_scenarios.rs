@@ -7,8 +7,9 @@ mod raft_harness;
 /// Wrapped in `mod raft` so that `cargo test raft` selects them.
 mod raft {
     use bytes::Bytes;
+    use raftlog::config::RaftConfig;
     use raftlog::proto::raft_message::Body;
-    use raftlog::proto::{AppendEntries, Entry, EntryKind, RaftMessage};
+    use raftlog::proto::{AppendEntries, Entry, EntryKind, RaftMessage, RequestVote};
     use raftlog::raft::{
         Config, DropReason, Dropped, ProgressState, ProposeError, Raft, Role, TransferError,
     };
@@ -1363,7 +1364,7 @@ mod raft {
             from: 9,
             ..to2(from_stranger)
         };
-        assert_dropped(&mut c, 2, from_stranger, DropReason::NotAVoter);
+        assert_dropped(&mut c, 2, from_stranger, DropReason::NotAMember);
         let other_group = RaftMessage {
             group_id: 7,
             ..to2(append(term + 1, (last, term), vec![], 0))
@@ -1622,5 +1623,111 @@ mod raft {
             superseded >= 2,
             "stale proposals at or below the commit index are superseded"
         );
+    }
+
+    // ------------------------------------------------------------------ learners
+
+    /// Dissertation §4.2.1: a learner receives the log and learns the commit index, but
+    /// its copy never counts: with both other voters cut off, nothing commits.
+    #[test]
+    fn learner_receives_the_log_but_never_counts_toward_commit() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        let index = c.propose(1, b"a");
+        assert_eq!(
+            c.raft(4).commit_index(),
+            index,
+            "the learner learns commits"
+        );
+        assert_eq!(c.log_terms(4), c.log_terms(1), "the learner holds the log");
+        assert!(
+            c.raft(1).progress(4).is_some(),
+            "the leader replicates to it"
+        );
+        c.partition(1, 2);
+        c.partition(1, 3);
+        c.propose_with(1, Bytes::from_static(b"b"), 1, Acks::All, 99);
+        c.stabilize();
+        assert_eq!(
+            c.raft(4).last_index(),
+            index + 1,
+            "the learner has the entry"
+        );
+        assert!(c.log(4).durable_index() > index, "durably");
+        assert_eq!(
+            c.raft(1).commit_index(),
+            index,
+            "a learner's copy plus the leader's is not a majority of three voters"
+        );
+    }
+
+    /// Dissertation §6.2 with learners: a leader heard only by a learner has lost its
+    /// quorum and steps down.
+    #[test]
+    fn leader_heard_only_by_a_learner_steps_down() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        c.partition(1, 2);
+        c.partition(1, 3);
+        c.ticks(3 * RaftConfig::default().election_timeout_ticks);
+        assert_ne!(
+            c.raft(1).role(),
+            Role::Leader,
+            "check-quorum ignores learners"
+        );
+    }
+
+    /// A learner never campaigns, however long it hears nothing, so it never raises terms.
+    #[test]
+    fn learner_never_campaigns() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        let term = c.raft(4).term();
+        c.isolate(4);
+        c.ticks(10 * RaftConfig::default().election_timeout_ticks);
+        assert_eq!(c.raft(4).role(), Role::Follower);
+        assert_eq!(c.raft(4).term(), term, "a learner does not campaign");
+        assert_eq!(c.leader(), Some(1), "nor disturbs the leader");
+    }
+
+    /// A learner's vote request is dropped, a learner is no transfer target, and a learner
+    /// asked for a vote refuses it: learners never elect.
+    #[test]
+    fn learners_take_no_part_in_elections() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        let request = RaftMessage {
+            group_id: 1,
+            from: 4,
+            to: 2,
+            body: Some(Body::RequestVote(RequestVote {
+                term: 9,
+                candidate_id: 4,
+                last_log_index: 50,
+                last_log_term: 8,
+                pre_vote: false,
+                leadership_transfer: true,
+            })),
+        };
+        assert_dropped(&mut c, 2, request, DropReason::NotAVoter);
+        assert_eq!(
+            c.raft_mut(1).transfer_leader(4),
+            Err(TransferError::NotAVoter)
+        );
+        let ask = RaftMessage {
+            group_id: 1,
+            from: 2,
+            to: 4,
+            body: Some(Body::RequestVote(RequestVote {
+                term: 9,
+                candidate_id: 2,
+                last_log_index: 50,
+                last_log_term: 8,
+                pre_vote: false,
+                leadership_transfer: true,
+            })),
+        };
+        c.raft_mut(4).step(ask);
+        assert_eq!(c.raft(4).voted_for(), None, "a learner casts no vote");
     }
 }

@@ -378,9 +378,12 @@ impl Sim {
         let one_entry_messages = profile == Profile::Figure8 || chance(&mut streams.config, 300);
         let small_cache = chance(&mut streams.config, 500);
         let config_seed = streams.config.next_u64();
+        // Some groups carry a learner: it must follow every fault the voters see without
+        // ever voting, campaigning or counting toward a commit.
+        let learners = u64::from(chance(&mut streams.config, 300));
         // A node's defaults (timeouts, the replica's limits), but for the windows and sizes
         // the simulator shrinks so that its small entries fill them.
-        let mut c = Cluster::with_core_config(n, |config| {
+        let mut c = Cluster::with_members(n, learners, |config| {
             let cfg = &mut config.raft;
             cfg.seed ^= config_seed;
             cfg.pre_vote = !bare;
@@ -392,7 +395,7 @@ impl Sim {
             cfg.entry_cache_bytes_max = if small_cache { 300 } else { 1 << 20 };
         });
         c.record_delivered = false;
-        let ids: Vec<u64> = (1..=n).collect();
+        let ids: Vec<u64> = (1..=n + learners).collect();
         for node in c.nodes.values_mut() {
             node.auto_persist = false;
         }

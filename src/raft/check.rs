@@ -27,7 +27,10 @@ pub enum DropReason {
     WrongGroup,
     /// `to` is not this member, or `from` is this member.
     WrongRecipient,
-    /// `from` is not a voter of this group: it could otherwise be counted as a vote or copy.
+    /// `from` is not a member of this group: it could otherwise be counted as a vote or copy.
+    NotAMember,
+    /// `from` is a learner and sent something other than a replication answer: learners
+    /// never campaign, vote or lead.
     NotAVoter,
     /// The message has no body.
     NoBody,

@@ -20,8 +20,12 @@ pub struct Config {
     pub id: u64,
     /// The Raft group this member belongs to; stamped on every outgoing message.
     pub group_id: u64,
-    /// Ids of all voting members, this member included. Fixed for now (no membership change).
+    /// Ids of the voting members the group starts with. Fixed for now (no membership change).
     pub voters: Vec<u64>,
+    /// Ids of the members that receive the log but never vote, campaign or count toward a
+    /// quorum (dissertation §4.2.1): how a new replica catches up before it is made a voter.
+    /// Disjoint from `voters`; this member is in exactly one of the two.
+    pub learners: Vec<u64>,
     /// Ticks without hearing from a leader before a follower campaigns. The actual timeout is
     /// drawn in `[election_timeout_ticks, 2 * election_timeout_ticks)` after every reset so
     /// that candidates rarely collide (§5.2). Also the check-quorum period of a leader and the
@@ -65,17 +69,23 @@ impl Config {
         if self.id == 0 {
             return fail("id", "0 is reserved for \"nobody\"");
         }
-        if !self.voters.contains(&self.id) {
-            return fail("voters", "must contain this member's id");
+        if !self.voters.contains(&self.id) && !self.learners.contains(&self.id) {
+            return fail("voters", "must contain this member's id (or learners must)");
         }
-        if self.voters.contains(&0) {
+        if self.voters.is_empty() {
+            return fail("voters", "a group needs at least one voter");
+        }
+        let mut members: Vec<u64> = self.voters.iter().chain(&self.learners).copied().collect();
+        if members.contains(&0) {
             return fail("voters", "0 is reserved for \"nobody\"");
         }
-        let mut sorted = self.voters.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != self.voters.len() {
-            return fail("voters", "must not contain duplicates");
+        members.sort_unstable();
+        members.dedup();
+        if members.len() != self.voters.len() + self.learners.len() {
+            return fail(
+                "voters",
+                "must not contain duplicates, nor ids that are also learners",
+            );
         }
         if self.heartbeat_interval_ticks == 0 {
             return fail("heartbeat_interval_ticks", "must be at least 1");
@@ -129,6 +139,7 @@ mod tests {
             id,
             group_id: 1,
             voters,
+            learners: Vec::new(),
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 1,
             inflight_msgs_max: 4,
@@ -156,6 +167,12 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "voters");
         let c = member(1, vec![1, 1]);
         assert_eq!(c.validate().unwrap_err().field, "voters");
+        let mut c = member(1, vec![1, 2]);
+        c.learners = vec![2];
+        assert_eq!(c.validate().unwrap_err().field, "voters");
+        let mut c = member(4, vec![1, 2, 3]);
+        c.learners = vec![4];
+        c.validate().unwrap();
         let mut c = member(1, vec![1]);
         c.inflight_bytes_max = c.message_bytes_max - 1;
         assert_eq!(c.validate().unwrap_err().field, "inflight_bytes_max");

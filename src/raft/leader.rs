@@ -282,14 +282,20 @@ impl Raft {
         self.append_wanted.insert(from);
     }
 
-    /// Advances the commit index to the highest index durable on a quorum (the leader's own
-    /// copy counts only once its write is durable), but only if that entry is from the
+    /// Advances the commit index to the highest index durable on a quorum of every voter
+    /// set (the leader's own copy counts only once its write is durable; learners never), but only if that entry is from the
     /// current term: counting replicas of older-term entries is unsafe (§5.4.2, Figure 8).
     pub(crate) fn maybe_commit(&mut self) {
-        let mut durable: Vec<u64> = self.progress.values().map(|p| p.durable_index).collect();
-        durable.push(self.log.persisted_index);
-        durable.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = durable[self.quorum() - 1];
+        let me = self.config.id;
+        let persisted = self.log.persisted_index;
+        let progress = &self.progress;
+        let candidate = self.membership.committed_index(|id| {
+            if id == me {
+                persisted
+            } else {
+                progress.get(&id).map_or(0, |p| p.durable_index)
+            }
+        });
         if candidate <= self.log.commit_index || self.log.term_at(candidate) != Some(self.term) {
             return;
         }

@@ -56,6 +56,7 @@ mod check;
 mod config;
 mod leader;
 mod log;
+mod membership;
 mod node;
 mod progress;
 mod replication;
@@ -64,6 +65,7 @@ mod rng;
 pub use check::{message_term, Diagnostics, DropReason, Dropped, TERM_MAX};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
+pub use membership::{Membership, VoteResult};
 pub use node::{
     ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role, TransferError,
 };

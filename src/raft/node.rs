@@ -16,6 +16,7 @@ use crate::proto::{
 use super::check::{check_body, message_term, Diagnostics, DropReason};
 use super::config::{Config, ConfigError};
 use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
+use super::membership::{Membership, VoteResult};
 use super::progress::{Progress, ProgressState};
 use super::rng::SplitMix64;
 
@@ -206,6 +207,8 @@ impl Default for RestoredState {
 pub struct Raft {
     /// Validated configuration.
     pub(crate) config: Config,
+    /// Who votes and who only learns; every quorum is asked of it.
+    pub(crate) membership: Membership,
     /// Election timeout generator.
     rng: SplitMix64,
     /// Current term (§5.1); persisted before any message that depends on it.
@@ -333,8 +336,13 @@ impl Raft {
         let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
         log.set_cache_bytes_max(config.entry_cache_bytes_max);
         log.commit_index = state.commit_index.clamp(start.index, state.last_index);
+        let membership = Membership::new(
+            config.voters.iter().copied(),
+            config.learners.iter().copied(),
+        );
         let mut raft = Self {
             rng: SplitMix64::new(config.seed),
+            membership,
             config,
             term: hs.current_term,
             voted_for: hs.voted_for,
@@ -364,7 +372,7 @@ impl Raft {
             catch_up: None,
         };
         if let Some(lost_term) = state.voting_withheld {
-            if raft.config.voters.len() > 1 {
+            if raft.membership.all_voters().len() > 1 {
                 raft.withhold_voting(lost_term);
             }
         }
@@ -419,6 +427,11 @@ impl Raft {
             self.voted_for = 0;
             self.hard_state_dirty = true;
         }
+    }
+
+    /// The group's voters and learners as this member knows them.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// The vote cast in the current term, if any.
@@ -597,7 +610,10 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(TransferError::NotLeader);
         }
-        if to == self.config.id || !self.progress.contains_key(&to) {
+        if to == self.config.id
+            || !self.membership.voters.contains(&to)
+            || !self.progress.contains_key(&to)
+        {
             return Err(TransferError::NotAVoter);
         }
         self.transferee = Some(to);
@@ -658,7 +674,8 @@ impl Raft {
     // ---------------------------------------------------------------- step
 
     /// Feeds one message from a peer. Never panics on what the message says: messages for
-    /// another group or member, from a non-voter, without a body, or claiming something no
+    /// another group or member, from a non-member, a learner's anything but a replication
+    /// answer, without a body, or claiming something no
     /// honest member could (see [`DropReason`]) are dropped and counted in
     /// [`diagnostics`](Self::diagnostics).
     pub fn step(&mut self, m: RaftMessage) {
@@ -700,11 +717,19 @@ impl Raft {
         if m.to != self.config.id || m.from == self.config.id {
             return Err(DropReason::WrongRecipient);
         }
-        // Only voters take part; anything else would be counted as a vote or a replica.
-        if !self.config.voters.contains(&m.from) {
-            return Err(DropReason::NotAVoter);
+        // Only members take part; anything else would be counted as a vote or a replica.
+        if !self.membership.is_member(m.from) {
+            return Err(DropReason::NotAMember);
         }
         let body = m.body.as_ref().ok_or(DropReason::NoBody)?;
+        // A learner only ever answers replication: it never campaigns, votes or leads.
+        let replication_answer = matches!(
+            body,
+            Body::AppendEntriesResponse(_) | Body::InstallSnapshotResponse(_)
+        );
+        if !replication_answer && !self.membership.is_voter(m.from) {
+            return Err(DropReason::NotAVoter);
+        }
         check_body(body)
     }
 
@@ -786,6 +811,7 @@ impl Raft {
         };
         // A member that lost entries it may have acknowledged cannot judge "up to date".
         let granted = can_vote
+            && self.membership.is_voter(self.config.id)
             && !self.voting_withheld()
             && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if granted && !rv.pre_vote {
@@ -817,16 +843,11 @@ impl Raft {
             return;
         }
         self.votes.entry(from).or_insert(r.vote_granted);
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self.votes.len() - granted;
-        if granted >= self.quorum() {
-            if self.role == Role::PreCandidate {
-                self.campaign(false, false);
-            } else {
-                self.become_leader();
-            }
-        } else if rejected >= self.quorum() {
-            self.become_follower(self.term, 0);
+        match self.membership.vote_result(&self.votes) {
+            VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, 0),
+            VoteResult::Pending => {}
         }
     }
 
@@ -892,17 +913,22 @@ impl Raft {
     /// Check-quorum: true if a quorum (this leader included) was heard from since the last
     /// round; resets the marks for the next round.
     fn quorum_recently_active(&mut self) -> bool {
-        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        let me = self.config.id;
+        let progress = &self.progress;
+        let active = self
+            .membership
+            .has_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.recent_active));
         for pr in self.progress.values_mut() {
             pr.recent_active = false;
         }
-        active >= self.quorum()
+        active
     }
 
     /// Starts a (pre-)election. `transfer` marks a campaign asked for by the old leader.
     pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
-        if self.voting_withheld() {
-            // Its own log could miss committed entries; it waits for a leader instead.
+        // A learner only follows; a member whose log could miss committed entries waits for
+        // a leader instead.
+        if !self.membership.is_voter(self.config.id) || self.voting_withheld() {
             self.election_elapsed_ticks = 0;
             return;
         }
@@ -915,7 +941,7 @@ impl Raft {
         };
         // Our own vote, then maybe we already have a quorum (single-member group).
         self.votes.insert(self.config.id, true);
-        if self.votes.len() >= self.quorum() {
+        if self.membership.vote_result(&self.votes) == VoteResult::Won {
             if pre_vote {
                 self.campaign(false, transfer);
             } else {
@@ -931,7 +957,7 @@ impl Raft {
             pre_vote,
             leadership_transfer: transfer,
         };
-        for peer in self.peers() {
+        for peer in self.voting_peers() {
             self.send(peer, Body::RequestVote(request));
         }
     }
@@ -1068,18 +1094,23 @@ impl Raft {
         });
     }
 
-    /// Number of votes (or durable copies) that make a majority.
-    pub(crate) fn quorum(&self) -> usize {
-        self.config.voters.len() / 2 + 1
+    /// The other members (voters and learners), in id order: whom a leader replicates to.
+    pub(crate) fn peers(&self) -> Vec<u64> {
+        let me = self.config.id;
+        self.membership
+            .members()
+            .into_iter()
+            .filter(|&id| id != me)
+            .collect()
     }
 
-    /// The other voters, in id order.
-    pub(crate) fn peers(&self) -> Vec<u64> {
-        self.config
-            .voters
-            .iter()
-            .copied()
-            .filter(|&v| v != self.config.id)
+    /// The other voters of either side, in id order: whom a candidate asks for votes.
+    fn voting_peers(&self) -> Vec<u64> {
+        let me = self.config.id;
+        self.membership
+            .all_voters()
+            .into_iter()
+            .filter(|&id| id != me)
             .collect()
     }
 

@@ -986,12 +986,12 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
     pub fn status(&self) -> ReplicaStatus {
         let follower_match = if self.raft.role() == Role::Leader {
             let me = self.raft.id();
-            self.config
-                .raft
-                .voters
-                .iter()
-                .filter(|&&id| id != me)
-                .filter_map(|&id| self.raft.progress(id).map(|p| (id, p.match_index)))
+            self.raft
+                .membership()
+                .members()
+                .into_iter()
+                .filter(|&id| id != me)
+                .filter_map(|id| self.raft.progress(id).map(|p| (id, p.match_index)))
                 .collect()
         } else {
             Vec::new()

@@ -223,6 +223,8 @@ pub struct Cluster {
     /// ever written must agree; by induction two logs sharing an (index, term) then share
     /// the whole prefix (§5.3).
     pub entry_ids: HashMap<(u64, u64), (u64, Entry)>,
+    /// The voters: only their copies count toward the durability checks (learners never do).
+    pub voters: BTreeSet<u64>,
     /// Leader seen per term (election safety check).
     pub leaders: BTreeMap<u64, u64>,
     /// Committed (index -> term) as first seen anywhere (state machine safety check).
@@ -289,15 +291,25 @@ impl Cluster {
 
     /// A cluster whose replica configs are adjusted by `f` before start.
     pub fn with_core_config(n: u64, f: impl Fn(&mut CoreConfig)) -> Self {
-        let voters: Vec<u64> = (1..=n).collect();
+        Self::with_members(n, 0, f)
+    }
+
+    /// A cluster of `voters` voters (ids `1..=voters`) and `learners` learners (the ids
+    /// after them), whose replica configs are adjusted by `f` before start.
+    pub fn with_members(voters: u64, learners: u64, f: impl Fn(&mut CoreConfig)) -> Self {
+        let voter_ids: Vec<u64> = (1..=voters).collect();
+        let learner_ids: Vec<u64> = (voters + 1..=voters + learners).collect();
         let mut nodes = BTreeMap::new();
-        for id in 1..=n {
-            let mut config = core_config(config(id, &voters));
+        for id in 1..=voters + learners {
+            let mut raft = config(id, &voter_ids);
+            raft.learners = learner_ids.clone();
+            let mut config = core_config(raft);
             f(&mut config);
             nodes.insert(id, Node::start(config, MemLog::new()));
         }
         Self {
             nodes,
+            voters: voter_ids.into_iter().collect(),
             net: VecDeque::new(),
             cut: BTreeSet::new(),
             delivered: Vec::new(),
@@ -708,6 +720,14 @@ impl Cluster {
             .any(|n| n.raft().voting_withheld() || n.log().voting_withheld().is_some())
     }
 
+    /// How many voters hold `index@term` durably.
+    fn durable_voters(&self, index: u64, term: u64) -> usize {
+        self.voters
+            .iter()
+            .filter(|id| Self::durable_on(&self.nodes[id], index, term))
+            .count()
+    }
+
     /// Whether node `n` holds `index@term` durably (or compacted it away, which only ever
     /// happens to committed entries).
     fn durable_on(n: &Node, index: u64, term: u64) -> bool {
@@ -722,17 +742,13 @@ impl Cluster {
         if self.some_vote_withheld() {
             return;
         }
-        let quorum = self.nodes.len() / 2 + 1;
+        let quorum = self.voters.len() / 2 + 1;
         for node in self.nodes.values() {
             let index = node.commit_index;
             let Some(&term) = self.committed.get(&index) else {
                 continue;
             };
-            let durable = self
-                .nodes
-                .values()
-                .filter(|n| Self::durable_on(n, index, term))
-                .count();
+            let durable = self.durable_voters(index, term);
             assert!(
                 durable >= quorum,
                 "index {index} committed on {} but durable on {durable} nodes",
@@ -778,13 +794,9 @@ impl Cluster {
                     entry.term
                 );
                 if !self.some_vote_withheld() {
-                    let durable = self
-                        .nodes
-                        .values()
-                        .filter(|n| Self::durable_on(n, index, entry.term))
-                        .count();
+                    let durable = self.durable_voters(index, entry.term);
                     assert!(
-                        durable > self.nodes.len() / 2,
+                        durable > self.voters.len() / 2,
                         "node {id} acknowledged {index}@{} durable on only {durable} nodes",
                         entry.term
                     );

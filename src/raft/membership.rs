@@ -1,0 +1,234 @@
+//! Who takes part in a Raft group, and what counts as a majority (dissertation ch. 4).
+//!
+//! A [`Membership`] has voters, which elect leaders and whose durable copies commit entries,
+//! and learners, which receive the log but are never asked for a vote, never campaign and
+//! never count. While a change of voters is under way the membership is *joint*
+//! (dissertation §4.3): it holds the voters being entered (`voters`) and the voters being
+//! left (`voters_outgoing`), and every decision needs a majority of **each**. Any majority
+//! of the joint configuration therefore intersects any majority of either side, which is
+//! what lets a group move between two voter sets that share no majority (even no member)
+//! without two leaders ever being elected in one term.
+//!
+//! The functions here are the only place that says what a quorum is: elections
+//! ([`Membership::vote_result`]), the commit rule ([`Membership::committed_index`]) and
+//! check-quorum ([`Membership::has_quorum`]) all ask it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The voters and learners of one Raft group, possibly in a joint configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The voters; while joint, the voters of the configuration being entered.
+    pub voters: BTreeSet<u64>,
+    /// While joint, the voters of the configuration being left; empty otherwise.
+    pub voters_outgoing: BTreeSet<u64>,
+    /// Members that receive the log but neither vote nor count toward any quorum.
+    pub learners: BTreeSet<u64>,
+}
+
+/// Where an election stands once some votes are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    /// Majorities of every voter set granted: the candidate wins.
+    Won,
+    /// A majority of some voter set refused: the candidate cannot win this round.
+    Lost,
+    /// Neither yet.
+    Pending,
+}
+
+impl Membership {
+    /// A simple (not joint) membership of `voters` and `learners`.
+    pub fn new(
+        voters: impl IntoIterator<Item = u64>,
+        learners: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        Self {
+            voters: voters.into_iter().collect(),
+            voters_outgoing: BTreeSet::new(),
+            learners: learners.into_iter().collect(),
+        }
+    }
+
+    /// Whether a change of voters is under way (two voter sets decide together).
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` votes, on either side of a joint configuration.
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    /// Whether `id` takes part at all (voter or learner).
+    pub fn is_member(&self, id: u64) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
+    /// Every voter of either side, in id order, each once.
+    pub fn all_voters(&self) -> BTreeSet<u64> {
+        self.voters.union(&self.voters_outgoing).copied().collect()
+    }
+
+    /// Every member (voters of both sides and learners), in id order, each once.
+    pub fn members(&self) -> BTreeSet<u64> {
+        let mut members = self.all_voters();
+        members.extend(self.learners.iter().copied());
+        members
+    }
+
+    /// The election's outcome given the votes received so far (`true` = granted). Votes of
+    /// non-voters are ignored: a learner or a stranger can neither elect nor block.
+    pub fn vote_result(&self, votes: &BTreeMap<u64, bool>) -> VoteResult {
+        let incoming = majority_vote(&self.voters, votes);
+        if !self.is_joint() {
+            return incoming;
+        }
+        match (incoming, majority_vote(&self.voters_outgoing, votes)) {
+            (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+            (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+            _ => VoteResult::Pending,
+        }
+    }
+
+    /// The highest index durable on a majority of every voter set, given each member's
+    /// durable index (`durable(id)`; 0 for a member never heard from). Learners never count.
+    pub fn committed_index(&self, durable: impl Fn(u64) -> u64) -> u64 {
+        let incoming = majority_index(&self.voters, &durable);
+        if self.is_joint() {
+            incoming.min(majority_index(&self.voters_outgoing, &durable))
+        } else {
+            incoming
+        }
+    }
+
+    /// Whether the members for which `active(id)` holds include a majority of every voter
+    /// set (check-quorum: is a leader still heard by enough of its group).
+    pub fn has_quorum(&self, active: impl Fn(u64) -> bool) -> bool {
+        let majority = |set: &BTreeSet<u64>| {
+            set.iter().filter(|&&id| active(id)).count() >= majority_of(set.len())
+        };
+        majority(&self.voters) && (!self.is_joint() || majority(&self.voters_outgoing))
+    }
+}
+
+/// The number of members that makes a majority of `n`. An empty set has no majority to
+/// reach, so it asks for none (only reached for the outgoing side of a simple config,
+/// which callers skip anyway).
+fn majority_of(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        n / 2 + 1
+    }
+}
+
+/// The outcome of a vote among `voters` alone.
+fn majority_vote(voters: &BTreeSet<u64>, votes: &BTreeMap<u64, bool>) -> VoteResult {
+    let (mut granted, mut refused) = (0, 0);
+    for voter in voters {
+        match votes.get(voter) {
+            Some(true) => granted += 1,
+            Some(false) => refused += 1,
+            None => {}
+        }
+    }
+    let majority = majority_of(voters.len());
+    if granted >= majority {
+        VoteResult::Won
+    } else if refused >= majority {
+        VoteResult::Lost
+    } else {
+        VoteResult::Pending
+    }
+}
+
+/// The highest index durable on a majority of `voters`: sorted from high to low, the
+/// majority-th value is held by that many voters or more.
+fn majority_index(voters: &BTreeSet<u64>, durable: &impl Fn(u64) -> u64) -> u64 {
+    if voters.is_empty() {
+        return u64::MAX;
+    }
+    let mut indexes: Vec<u64> = voters.iter().map(|&id| durable(id)).collect();
+    indexes.sort_unstable_by(|a, b| b.cmp(a));
+    indexes[majority_of(indexes.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joint(incoming: &[u64], outgoing: &[u64]) -> Membership {
+        Membership {
+            voters: incoming.iter().copied().collect(),
+            voters_outgoing: outgoing.iter().copied().collect(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    fn votes(granted: &[u64], refused: &[u64]) -> BTreeMap<u64, bool> {
+        let mut votes: BTreeMap<u64, bool> = granted.iter().map(|&id| (id, true)).collect();
+        votes.extend(refused.iter().map(|&id| (id, false)));
+        votes
+    }
+
+    #[test]
+    fn a_simple_majority_elects_and_commits() {
+        let m = Membership::new([1, 2, 3], []);
+        assert_eq!(m.vote_result(&votes(&[1], &[])), VoteResult::Pending);
+        assert_eq!(m.vote_result(&votes(&[1, 3], &[])), VoteResult::Won);
+        assert_eq!(m.vote_result(&votes(&[1], &[2, 3])), VoteResult::Lost);
+        let durable = BTreeMap::from([(1, 10), (2, 7), (3, 4)]);
+        assert_eq!(m.committed_index(|id| durable[&id]), 7);
+        assert!(m.has_quorum(|id| id != 3));
+        assert!(!m.has_quorum(|id| id == 1));
+    }
+
+    #[test]
+    fn learners_neither_vote_nor_count() {
+        let m = Membership::new([1, 2, 3], [4, 5]);
+        assert_eq!(m.vote_result(&votes(&[1, 4, 5], &[])), VoteResult::Pending);
+        let durable = BTreeMap::from([(1, 9), (2, 1), (3, 1), (4, 9), (5, 9)]);
+        assert_eq!(m.committed_index(|id| durable[&id]), 1);
+        assert!(!m.has_quorum(|id| [1, 4, 5].contains(&id)));
+        assert!(m.is_member(4) && !m.is_voter(4));
+    }
+
+    #[test]
+    fn a_joint_configuration_needs_both_majorities() {
+        // Moving {1,2,3} to {4,5,6}: no member in common, so only joint consensus keeps
+        // every decision overlapping both sides.
+        let m = joint(&[4, 5, 6], &[1, 2, 3]);
+        assert_eq!(m.vote_result(&votes(&[1, 2, 3], &[])), VoteResult::Pending);
+        assert_eq!(m.vote_result(&votes(&[4, 5, 1, 2], &[])), VoteResult::Won);
+        assert_eq!(m.vote_result(&votes(&[4, 5, 6], &[2, 3])), VoteResult::Lost);
+        let durable = BTreeMap::from([(1, 20), (2, 20), (3, 20), (4, 5), (5, 8), (6, 2)]);
+        assert_eq!(m.committed_index(|id| durable[&id]), 5);
+        assert!(!m.has_quorum(|id| id <= 3));
+        assert!(m.has_quorum(|id| id != 3 && id != 6));
+    }
+
+    #[test]
+    fn any_two_joint_quorums_intersect_on_each_side() {
+        // Exhaustive over every subset of six members: two sets that are quorums of the
+        // same joint configuration share a member of each side.
+        let m = joint(&[3, 4, 5], &[1, 2, 3]);
+        let ids = [1u64, 2, 3, 4, 5, 6];
+        let quorums: Vec<BTreeSet<u64>> = (0u32..1 << ids.len())
+            .map(|bits| {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(i, _)| bits & (1 << i) != 0)
+                    .map(|(_, &id)| id)
+                    .collect::<BTreeSet<u64>>()
+            })
+            .filter(|set| m.has_quorum(|id| set.contains(&id)))
+            .collect();
+        for a in &quorums {
+            for b in &quorums {
+                assert!(a.intersection(b).any(|id| m.voters.contains(id)));
+                assert!(a.intersection(b).any(|id| m.voters_outgoing.contains(id)));
+            }
+        }
+    }
+}

@@ -553,6 +553,14 @@ fn encode_record_body(
     }
 }
 
+/// Milliseconds since the Unix epoch: the clock of record timestamps (set by producers) and
+/// of entry append times (set by leaders). A clock before 1970 reads as 0.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,12 @@
 //! producer_rebuild_entries_max = 100000
 //! full_disk_retry_ms_min = 100
 //! full_disk_retry_ms_max = 2000
+//!
+//! [ops]
+//! ready_lag_entries_max = 1000
+//! collect_interval_ms = 1000
+//! http_request_timeout_ms = 5000
+//! http_request_bytes_max = 8192
 //! ```
 //!
 //! The consensus core's configuration ([`crate::raft::Config`]) and the replica's limits are
@@ -127,6 +133,9 @@ pub struct NodeConfig {
     /// On-disk layout and durability.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The ops listener (`/metrics`, `/health`, `/ready`) and its collectors.
+    #[serde(default)]
+    pub ops: OpsConfig,
 }
 
 /// Limits of the two listeners' framing and of the peer transport.
@@ -275,6 +284,27 @@ pub struct StorageConfig {
     pub full_disk_retry_ms_max: u64,
 }
 
+/// The ops listener on `metrics_listen` and what `/ready` means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// How far (in entries) a follower's commit index may trail the leader's last announced
+    /// commit index and still count as caught up for `/ready`. 1 000: a few heartbeats' worth
+    /// of writes under load, while a replica recovering from an outage or a snapshot is far
+    /// beyond it.
+    pub ready_lag_entries_max: u64,
+    /// How often the collectors refresh consumer-group lag, peer links, readiness and disk
+    /// space. 1 s: Prometheus scrapes every 10–15 s, so this keeps them fresh at negligible
+    /// cost.
+    pub collect_interval_ms: u64,
+    /// Longest a client of the ops listener may take to send its request head. 5 s: probes
+    /// and scrapers send theirs at once, and a stuck one must not hold a task for long.
+    pub http_request_timeout_ms: u64,
+    /// Largest request head the ops listener reads. 8 KiB: scrapers and probes send a few
+    /// hundred bytes.
+    pub http_request_bytes_max: usize,
+}
+
 /// When the log is synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -406,6 +436,17 @@ impl Default for StorageConfig {
     }
 }
 
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            ready_lag_entries_max: 1_000,
+            collect_interval_ms: 1_000,
+            http_request_timeout_ms: 5_000,
+            http_request_bytes_max: 8 * KIB,
+        }
+    }
+}
+
 impl NodeConfig {
     /// A configuration with the given identity and every other setting at its default.
     pub fn new(node_id: NodeId, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> Self {
@@ -421,6 +462,7 @@ impl NodeConfig {
             server: ServerConfig::default(),
             raft: RaftConfig::default(),
             storage: StorageConfig::default(),
+            ops: OpsConfig::default(),
         }
     }
 
@@ -467,7 +509,8 @@ impl NodeConfig {
         self.network.validate(self.peers.len())?;
         self.server.validate(&self.network)?;
         self.raft.validate(&self.network, &self.server)?;
-        self.storage.validate(&self.server)
+        self.storage.validate(&self.server)?;
+        self.ops.validate()
     }
 
     fn validate_identity(&self) -> Result<(), ConfigError> {
@@ -641,6 +684,21 @@ impl RaftConfig {
                      proposed",
                     self.uncommitted_bytes_max, server.batch_bytes_max
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl OpsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("ops.collect_interval_ms", self.collect_interval_ms)?;
+        positive("ops.http_request_timeout_ms", self.http_request_timeout_ms)?;
+        // A request line and a Host header need more than this.
+        if self.http_request_bytes_max < 64 {
+            return Err(invalid(
+                "ops.http_request_bytes_max",
+                format!("{} cannot hold a request head", self.http_request_bytes_max),
             ));
         }
         Ok(())

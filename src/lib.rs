@@ -23,6 +23,7 @@
 //! | [`config`] | node configuration: identity, addresses, every limit and timeout with its reason |
 //! | [`batch`] | the record batch format: builder, server-side validation, consumer-side decoding |
 //! | [`metrics`] | every metric's name, type, labels and buckets in one place; per-node registries; the Prometheus exporter |
+//! | [`backoff`], [`rng`] | retry delays with jitter (peer reconnects, client retries); the seeded SplitMix64 generator the core, the backoff and the tests share |
 //! | [`transport`] | peer connections: one per peer, coalesced writes, bounded queues, reconnects |
 //!
 //! Read `README.md` first, then this map, then `proto/raftlog.proto`: the schema explains how
@@ -30,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod batch;
 pub mod cli;
 pub mod client;
@@ -41,6 +43,7 @@ pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod replica;
+pub mod rng;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use raftlog::batch::RecordBatchBuilder;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
+use raftlog::rng::SplitMix64;
 use raftlog::storage::frame;
 use support::client::{Client, Outcome};
 use support::cluster::{ClusterOptions, PeerNetwork, ProcessCluster};
@@ -87,22 +88,21 @@ const PEER_WRITE_TIMEOUT_MS: u64 = 2_000;
 // Seeded randomness: SplitMix64, one stream per source.
 // ---------------------------------------------------------------------------------------------
 
-struct Rng(u64);
+/// One named stream of a seed's randomness.
+struct Rng(SplitMix64);
 
 impl Rng {
     /// The stream `source` of `seed`; streams of one seed are independent.
     fn new(seed: u64, source: u64) -> Rng {
-        let mut rng = Rng(seed ^ source.wrapping_mul(0xA076_1D64_78BD_642F));
+        let mut rng = Rng(SplitMix64::new(
+            seed ^ source.wrapping_mul(0xA076_1D64_78BD_642F),
+        ));
         rng.next();
         rng
     }
 
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, n)`.
@@ -588,7 +588,7 @@ async fn leader_of(cluster: &ProcessCluster, client: &mut Client, partition: u32
 /// The nodes other than `not`, in a seeded order.
 fn others(nodes: u64, not: u64, pick: u64) -> Vec<u64> {
     let mut rest: Vec<u64> = (1..=nodes).filter(|&n| n != not).collect();
-    let mut rng = Rng(pick);
+    let mut rng = Rng(SplitMix64::new(pick));
     for i in (1..rest.len()).rev() {
         rest.swap(i, rng.below(i as u64 + 1) as usize);
     }

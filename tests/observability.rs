@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use raftlog::batch::RecordBatchBuilder;
 use raftlog::client::{ClientError, ConnectOptions, Connection};
 use raftlog::config::NodeConfig;
-use raftlog::daemon::{Daemon as Node, Daemon as RunningNode};
+use raftlog::daemon::Daemon;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
 use serde::Deserialize;
@@ -630,7 +630,7 @@ async fn health_and_readiness_answer_on_the_metrics_port() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster_configs(dir.path());
     // One node alone has no quorum: alive, but not ready.
-    let lonely = Node::start(configs[0].clone()).await.unwrap();
+    let lonely = Daemon::start(configs[0].clone()).await.unwrap();
     let address = configs[0].metrics_listen;
     let (status, body) = http_get(address, "/health").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -641,7 +641,7 @@ async fn health_and_readiness_answer_on_the_metrics_port() {
     assert_eq!(status, 404);
     let mut running = vec![lonely];
     for config in &configs[1..] {
-        running.push(Node::start(config.clone()).await.unwrap());
+        running.push(Daemon::start(config.clone()).await.unwrap());
     }
     let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen).collect();
     wait_ready(&metrics).await;
@@ -675,7 +675,7 @@ async fn long_polls_that_end_on_an_idle_partition_leave_nothing_parked() {
     let configs = cluster_configs(dir.path());
     let mut running = Vec::new();
     for config in &configs {
-        running.push(Node::start(config.clone()).await.unwrap());
+        running.push(Daemon::start(config.clone()).await.unwrap());
     }
     let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen).collect();
     wait_ready(&metrics).await;
@@ -760,9 +760,9 @@ async fn every_dashboard_query_and_alert_rule_works_against_a_real_prometheus() 
 async fn verify_dashboard_and_alerts() {
     let dir = tempfile::tempdir().unwrap();
     let configs = cluster_configs(dir.path());
-    let mut cluster: Vec<RunningNode> = Vec::new();
+    let mut cluster: Vec<Daemon> = Vec::new();
     for config in &configs {
-        cluster.push(Node::start(config.clone()).await.unwrap());
+        cluster.push(Daemon::start(config.clone()).await.unwrap());
     }
     let metrics: Vec<SocketAddr> = configs.iter().map(|c| c.metrics_listen).collect();
     let prometheus_dir = dir.path().join("prometheus");

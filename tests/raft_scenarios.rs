@@ -1457,7 +1457,7 @@ mod raft {
             AppendEntriesResponse, InstallSnapshot, InstallSnapshotResponse, RequestVote,
             RequestVoteResponse, TimeoutNow,
         };
-        use raftlog::raft::SplitMix64;
+        use raftlog::rng::SplitMix64;
         let mut rng = SplitMix64::new(4);
         let (mut dropped, mut moved_terms) = (0, 0);
         for round in 0..40 {

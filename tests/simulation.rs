@@ -52,8 +52,9 @@ use bytes::Bytes;
 use raftlog::batch::{decode_records, RecordBatchBuilder};
 use raftlog::proto::raft_message::Body;
 use raftlog::proto::{EntryKind, RaftMessage, RecordBatch};
-use raftlog::raft::{Role, SplitMix64};
+use raftlog::raft::Role;
 use raftlog::replica::{Acks, ReplicaError, ReplicaLog};
+use raftlog::rng::SplitMix64;
 
 use raft_harness::{Answer, Cluster, FetchTicket};
 

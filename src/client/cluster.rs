@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::connection::{ClientError, ConnectOptions, Connection};
+use crate::backoff::Backoff;
 use crate::proto::envelope::Body;
 use crate::proto::{
     ErrorCode, MetadataRequest, MetadataResponse, NodeInfo, PartitionInfo, TopicInfo,
@@ -53,7 +54,8 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// Longest time [`Cluster::connect`] keeps trying the bootstrap addresses.
     pub bootstrap_timeout: Duration,
-    /// First wait between retries; it doubles after each failed attempt.
+    /// Shortest wait between retries; the ceiling doubles after each failed attempt and each
+    /// wait is drawn between half the ceiling and the ceiling (jitter).
     pub retry_backoff_min: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
@@ -136,28 +138,6 @@ fn verdict(error: &ClientError, retry: Retry) -> Verdict {
     }
 }
 
-/// Exponential backoff between `min` and `max`.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            next: min.max(Duration::from_millis(1)),
-            max: max.max(min),
-        }
-    }
-
-    fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-}
-
 /// Shared state behind a [`Cluster`] handle.
 #[derive(Debug)]
 struct Inner {
@@ -209,7 +189,7 @@ impl Cluster {
             match cluster.refresh_metadata().await {
                 Ok(_) => return Ok(cluster),
                 Err(error) => {
-                    let wait = backoff.next_wait();
+                    let wait = backoff.next_delay();
                     if Instant::now() + wait >= deadline {
                         let list = cluster.inner.options.bootstrap.join(",");
                         return Err(ClientError::Timeout {
@@ -446,11 +426,16 @@ impl Cluster {
         }
     }
 
+    /// A fresh retry backoff. Its seed differs per call and per process, so clients that
+    /// lost the same leader at the same moment do not retry in step.
     fn backoff(&self) -> Backoff {
-        Backoff::new(
-            self.inner.options.retry_backoff_min,
-            self.inner.options.retry_backoff_max,
-        )
+        let options = &self.inner.options;
+        let min = options.retry_backoff_min.max(Duration::from_millis(1));
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            self.inner.refreshes.load(Ordering::Relaxed),
+        );
+        Backoff::new(min, options.retry_backoff_max.max(min), seed)
     }
 
     /// A topic's metadata from the cache, refreshed once if the topic is not in it.
@@ -588,7 +573,7 @@ impl Cluster {
                 continue;
             }
             followed_hint = false;
-            let wait = backoff.next_wait();
+            let wait = backoff.next_delay();
             if Instant::now() + wait >= deadline {
                 return Err(timeout());
             }
@@ -838,12 +823,5 @@ mod tests {
             (2, 3, 9)
         );
         assert!(merge_metadata(Vec::new()).is_none());
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_maximum() {
-        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(35));
-        let waits: Vec<u128> = (0..4).map(|_| backoff.next_wait().as_millis()).collect();
-        assert_eq!(waits, [10, 20, 35, 35]);
     }
 }

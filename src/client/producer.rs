@@ -45,7 +45,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
 use super::partitioner::Partitioner;
-use crate::batch::{BatchError, RecordBatchBuilder};
+use crate::batch::{unix_now_ms, BatchError, RecordBatchBuilder};
 use crate::proto::envelope::Body;
 use crate::proto::{Acks, ErrorCode, InitProducerIdRequest, ProduceRequest, RecordBatch};
 
@@ -301,7 +301,7 @@ impl Producer {
         let queue = self.queue(&record.topic, partition);
         let (reply, delivery) = oneshot::channel();
         let pending = Pending {
-            timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
+            timestamp_ms: record.timestamp_ms.unwrap_or_else(unix_now_ms),
             key: record.key,
             value: record.value,
             headers: record.headers,
@@ -883,11 +883,4 @@ fn duplicate(error: &ClientError) -> ClientError {
         },
         ClientError::Wire(_) | ClientError::Invalid(_) => ClientError::Invalid(error.to_string()),
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }

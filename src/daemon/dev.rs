@@ -9,8 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use crate::config::NodeConfig;
-use crate::daemon::Daemon;
-use crate::node::NodeError;
+use crate::daemon::{Daemon, DaemonError};
 
 /// The port stride between two dev nodes.
 pub const DEV_PORT_STRIDE: u16 = 10;
@@ -36,7 +35,11 @@ pub fn dev_config(id: u64, nodes: u64, data_dir: &Path, base_port: u16) -> NodeC
 /// # Errors
 /// The first node that fails to start (a port in use, a damaged data directory); the nodes
 /// already started are stopped.
-pub async fn start(nodes: u64, data_dir: &Path, base_port: u16) -> Result<Vec<Daemon>, NodeError> {
+pub async fn start(
+    nodes: u64,
+    data_dir: &Path,
+    base_port: u16,
+) -> Result<Vec<Daemon>, DaemonError> {
     let mut running = Vec::new();
     for id in 1..=nodes {
         match Daemon::start(dev_config(id, nodes, data_dir, base_port)).await {

@@ -39,6 +39,23 @@ use crate::replica::{LocalPartition, ReplicaError, ReplicaStatus};
 use crate::server::{self, Service};
 use crate::shutdown::Shutdown;
 
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A listener could not be bound (a port in use, an address not on this host).
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node could not start: an invalid configuration, a transport or a log that
+    /// cannot open.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
 /// A running node with its listeners and tasks; what `raftlog serve` runs, one per node.
 pub struct Daemon {
     /// The node.
@@ -61,8 +78,8 @@ impl Daemon {
     /// # Errors
     /// An invalid configuration, a listener that cannot bind, or a node that cannot start
     /// (a log that cannot open).
-    pub async fn start(config: NodeConfig) -> Result<Daemon, NodeError> {
-        config.validate()?;
+    pub async fn start(config: NodeConfig) -> Result<Daemon, DaemonError> {
+        config.validate().map_err(NodeError::from)?;
         let (client_listener, client_address) = bind(config.client_listen).await?;
         let (peer_listener, peer_address) = bind(config.peer_listen).await?;
         let (ops_listener, ops_address) = bind(config.metrics_listen).await?;
@@ -119,8 +136,8 @@ impl Daemon {
     }
 }
 
-async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), NodeError> {
-    let failed = |source| NodeError::Bind { address, source };
+async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), DaemonError> {
+    let failed = |source| DaemonError::Bind { address, source };
     let listener = TcpListener::bind(address).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))

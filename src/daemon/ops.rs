@@ -12,24 +12,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::OpsConfig;
 use crate::node::{ops, Node};
 use crate::shutdown::Shutdown;
 
-/// How often the collectors refresh consumer-group lag, peer links, readiness and disk
-/// space. Prometheus scrapes every 10–15 s; a second keeps them fresh at negligible cost.
-const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Longest a client of the ops listener may take to send its request head.
-const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Largest request head the ops listener reads; scrapers and probes send a few hundred.
-const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
-
 /// Serves `/metrics`, `/health` and `/ready` on `listener` and runs the collectors every
-/// [`COLLECT_INTERVAL`], until `shutdown` is signalled. Each request's task is spawned on
+/// `ops.collect_interval_ms`, until `shutdown` is signalled. Each request's task is spawned on
 /// `shutdown`.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Shutdown) {
-    let mut collect = tokio::time::interval(COLLECT_INTERVAL);
+    let limits = node.config().ops.clone();
+    let mut collect = tokio::time::interval(Duration::from_millis(limits.collect_interval_ms));
     collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -37,8 +29,8 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Shutdown) {
             _ = collect.tick() => ops::collect(&node),
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
-                    let (node, signal) = (node.clone(), shutdown.clone());
-                    shutdown.spawn(async move { answer(&node, &signal, socket).await });
+                    let (node, signal, limits) = (node.clone(), shutdown.clone(), limits.clone());
+                    shutdown.spawn(async move { answer(&node, &signal, &limits, socket).await });
                 }
                 Err(failure) => {
                     tracing::warn!(%failure, "accepting an ops connection failed");
@@ -50,8 +42,13 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Shutdown) {
 }
 
 /// Answers one HTTP request, then closes the connection.
-async fn answer(node: &Node, shutdown: &Shutdown, mut socket: TcpStream) {
-    let head = tokio::time::timeout(HTTP_REQUEST_TIMEOUT, read_head(&mut socket)).await;
+async fn answer(node: &Node, shutdown: &Shutdown, limits: &OpsConfig, mut socket: TcpStream) {
+    let timeout = Duration::from_millis(limits.http_request_timeout_ms);
+    let head = tokio::time::timeout(
+        timeout,
+        read_head(&mut socket, limits.http_request_bytes_max),
+    )
+    .await;
     let (status, content_type, body) = match head {
         Ok(Some(head)) => route(node, shutdown, &head),
         _ => (400, "text/plain", "bad request\n".to_owned()),
@@ -62,13 +59,14 @@ async fn answer(node: &Node, shutdown: &Shutdown, mut socket: TcpStream) {
     let _ = socket.shutdown().await;
 }
 
-/// Reads a request head (up to the blank line), or `None` if it is too long or cut short.
-async fn read_head(socket: &mut TcpStream) -> Option<String> {
+/// Reads a request head (up to the blank line), or `None` if it is longer than `bytes_max`
+/// or cut short.
+async fn read_head(socket: &mut TcpStream, bytes_max: usize) -> Option<String> {
     let mut buffer = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
         let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 || buffer.len() + read > HTTP_REQUEST_BYTES_MAX {
+        if read == 0 || buffer.len() + read > bytes_max {
             return None;
         }
         buffer.extend_from_slice(&chunk[..read]);

@@ -61,14 +61,6 @@ pub enum NodeError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
-    /// A listener could not be bound.
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        /// The address.
-        address: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The peer transport could not start.
     #[error("peer transport: {0}")]
     Transport(#[from] crate::transport::TransportError),

@@ -16,22 +16,18 @@ use crate::replica::ReplicaStatus;
 
 use super::Node;
 
-/// How far (in entries) a follower's commit index may trail the leader's last announced
-/// commit index and still count as caught up for `/ready`. A few heartbeats' worth of writes
-/// under load; a replica recovering from an outage or a snapshot is far beyond it.
-pub const READY_LAG_ENTRIES_MAX: u64 = 1_000;
-
 /// Whether the node is ready to serve: `Ok` when the metadata group has a leader and every
-/// local replica knows a leader and is within [`READY_LAG_ENTRIES_MAX`] entries of its
-/// announced commit index; otherwise the first reason it is not.
+/// local replica knows a leader and is within `ops.ready_lag_entries_max`
+/// ([`crate::config::OpsConfig`]) entries of its announced commit index; otherwise the first reason it is not.
 ///
 /// # Errors
 /// The reason, as a sentence for the `/ready` body.
 pub fn readiness(node: &Node) -> Result<(), String> {
     let registry = metrics::node(node.id());
+    let lag_max = node.config().ops.ready_lag_entries_max;
     let status = node.metadata_replica().status();
     let metadata = registry.group(METADATA_GROUP_ID);
-    if let Some(reason) = lag_reason(&metadata, "cluster metadata", &status) {
+    if let Some(reason) = lag_reason(&metadata, "cluster metadata", &status, lag_max) {
         return Err(reason);
     }
     let mut partitions = node.local_partitions();
@@ -39,7 +35,7 @@ pub fn readiness(node: &Node) -> Result<(), String> {
     for local in partitions {
         let what = format!("{}/{}", local.topic, local.partition);
         let status = local.handle.status();
-        if let Some(reason) = lag_reason(&registry.group(local.group_id), &what, &status) {
+        if let Some(reason) = lag_reason(&registry.group(local.group_id), &what, &status, lag_max) {
             return Err(reason);
         }
     }
@@ -69,9 +65,14 @@ pub fn collect(node: &Node) {
     registry.upkeep();
 }
 
-/// Why a replica is not caught up with its leader, or `None` if it is. `metrics` holds how
-/// far the leader's commit index has been seen to get.
-fn lag_reason(metrics: &GroupMetrics, what: &str, status: &ReplicaStatus) -> Option<String> {
+/// Why a replica is not caught up with its leader (more than `lag_max` entries behind), or
+/// `None` if it is. `metrics` holds how far the leader's commit index has been seen to get.
+fn lag_reason(
+    metrics: &GroupMetrics,
+    what: &str,
+    status: &ReplicaStatus,
+    lag_max: u64,
+) -> Option<String> {
     if let Some(failure) = &status.failed {
         return Some(format!("{what}: replica failed: {failure}"));
     }
@@ -83,7 +84,7 @@ fn lag_reason(metrics: &GroupMetrics, what: &str, status: &ReplicaStatus) -> Opt
     }
     let seen = metrics.leader_commit_seen();
     let behind = seen.saturating_sub(status.commit_index);
-    (behind > READY_LAG_ENTRIES_MAX)
+    (behind > lag_max)
         .then(|| format!("{what}: {behind} entries behind the leader's commit index {seen}"))
 }
 
@@ -134,6 +135,7 @@ mod tests {
     fn a_follower_far_behind_its_leader_is_not_caught_up() {
         // A node id no other test uses, so this registry holds only what this test records.
         let group = metrics::node(9_002).group(11);
+        let lag_max = 1_000;
         let follower = ReplicaStatus {
             role: Some(Role::Follower),
             leader_id: 1,
@@ -143,25 +145,25 @@ mod tests {
         group.received(&RaftMessage {
             body: Some(proto::raft_message::Body::AppendEntries(
                 proto::AppendEntries {
-                    leader_commit: 10 + READY_LAG_ENTRIES_MAX + 1,
+                    leader_commit: 10 + lag_max + 1,
                     ..Default::default()
                 },
             )),
             ..Default::default()
         });
-        assert!(lag_reason(&group, "t/0", &follower)
+        assert!(lag_reason(&group, "t/0", &follower, lag_max)
             .unwrap()
             .contains("behind"));
         let caught_up = ReplicaStatus {
             commit_index: 11,
             ..follower.clone()
         };
-        assert_eq!(lag_reason(&group, "t/0", &caught_up), None);
+        assert_eq!(lag_reason(&group, "t/0", &caught_up, lag_max), None);
         let leaderless = ReplicaStatus {
             leader_id: 0,
             ..caught_up
         };
-        assert!(lag_reason(&group, "t/0", &leaderless)
+        assert!(lag_reason(&group, "t/0", &leaderless, lag_max)
             .unwrap()
             .contains("no leader"));
     }

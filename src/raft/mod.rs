@@ -60,7 +60,6 @@ mod membership;
 mod node;
 mod progress;
 mod replication;
-mod rng;
 
 pub use check::{message_term, Diagnostics, DropReason, Dropped, TERM_MAX};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
@@ -70,4 +69,3 @@ pub use node::{
     ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role, TransferError,
 };
 pub use progress::{Progress, ProgressState};
-pub use rng::SplitMix64;

@@ -18,7 +18,7 @@ use super::config::{Config, ConfigError};
 use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
 use super::membership::{Membership, VoteResult};
 use super::progress::{Progress, ProgressState};
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// The role of a member in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub struct Raft {
     /// entry of a term `> t`, whichever leader created that entry held every entry committed
     /// in earlier terms (leader completeness), below it, so this log holds them too. That
     /// entry must also be durable here: a plain crash must not lose the prefix again.
-    pub(crate) catch_up: Option<u64>,
+    pub(crate) voting_withheld_term: Option<u64>,
 }
 
 impl Raft {
@@ -369,11 +369,11 @@ impl Raft {
             append_wanted: BTreeSet::new(),
             commit_changed: false,
             diagnostics: Diagnostics::default(),
-            catch_up: None,
+            voting_withheld_term: None,
         };
         if let Some(lost_term) = state.voting_withheld {
             if raft.membership.all_voters().len() > 1 {
-                raft.withhold_voting(lost_term);
+                raft.start_voting_withheld(lost_term);
             }
         }
         raft.commit_reported_index = raft.log.commit_index;
@@ -407,21 +407,21 @@ impl Raft {
     /// with entries lost ([`RestoredState::voting_withheld`]) and has not caught up with a
     /// leader since.
     pub fn voting_withheld(&self) -> bool {
-        self.catch_up.is_some()
+        self.voting_withheld_term.is_some()
     }
 
     /// The term in which this member lost entries while its vote is withheld, for a caller
     /// that rebuilds the core ([`RestoredState::voting_withheld`]).
     pub fn voting_withheld_term(&self) -> Option<u64> {
-        self.catch_up
+        self.voting_withheld_term
     }
 
     /// Withholds the vote after entries of term `lost_term` or earlier were lost, and moves
     /// past that term: leaders of `lost_term` (which may have counted a lost entry without
     /// this member's log showing it) are then refused as stale, and the leader that takes
-    /// over creates entries of a later term, which end the catch-up.
-    fn withhold_voting(&mut self, lost_term: u64) {
-        self.catch_up = Some(lost_term);
+    /// over creates entries of a later term, which lift it.
+    fn start_voting_withheld(&mut self, lost_term: u64) {
+        self.voting_withheld_term = Some(lost_term);
         if self.term <= lost_term {
             self.term = lost_term + 1;
             self.voted_for = 0;
@@ -595,7 +595,7 @@ impl Raft {
         match self.role {
             Role::Leader => self.maybe_commit(),
             _ => {
-                self.maybe_end_catch_up();
+                self.maybe_lift_voting_withheld();
                 self.report_durable();
             }
         }

@@ -111,21 +111,21 @@ impl Raft {
         self.durable_reported_index = self
             .durable_reported_index
             .max(self.durable_matching_index());
-        self.maybe_end_catch_up();
+        self.maybe_lift_voting_withheld();
         let reply = self.append_response(true, last_new_index, 0, 0);
         self.send(from, Body::AppendEntriesResponse(reply));
     }
 
     /// Gives back the vote of a member that restarted with lost entries once its durable,
-    /// committed prefix ends in an entry of a term after the loss (see `Raft::catch_up` for
-    /// why that suffices).
-    pub(crate) fn maybe_end_catch_up(&mut self) {
-        let Some(lost_term) = self.catch_up else {
+    /// committed prefix ends in an entry of a term after the loss (the field
+    /// `Raft::voting_withheld_term` says why that suffices).
+    pub(crate) fn maybe_lift_voting_withheld(&mut self) {
+        let Some(lost_term) = self.voting_withheld_term else {
             return;
         };
         let index = self.log.commit_index.min(self.log.persisted_index);
         if self.log.term_at(index) > Some(lost_term) {
-            self.catch_up = None;
+            self.voting_withheld_term = None;
         }
     }
 

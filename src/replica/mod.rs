@@ -29,12 +29,13 @@ pub mod mem_log;
 pub mod producers;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
+use crate::batch::unix_now_ms;
 use crate::proto::{Entry, RaftMessage};
 use crate::raft::{self, ProposeError};
 use crate::storage::{Log, LogConfig, StorageError, SyncDone};
@@ -637,7 +638,7 @@ impl<S: StateMachine> Replica<S> {
                 Some(control) = controls.recv() => self.on_control(control),
                 Some(done) = self.sync_done.1.recv() => self.core.sync_done(done),
                 _ = ticker.tick() => self.core.tick(),
-                _ = retention.tick(), if retains => self.core.apply_retention(now_ms()),
+                _ = retention.tick(), if retains => self.core.apply_retention(unix_now_ms()),
                 event = inbox.recv() => {
                     let Some(event) = event else { break };
                     self.on_event(event);
@@ -685,7 +686,7 @@ impl<S: StateMachine> Replica<S> {
                 reply,
             } => self
                 .core
-                .propose(payload, record_count, acks, now_ms(), reply),
+                .propose(payload, record_count, acks, unix_now_ms(), reply),
             Event::Fetch {
                 offset,
                 bytes_max,
@@ -736,7 +737,7 @@ impl<S: StateMachine> Replica<S> {
     /// a large share of a lone record's latency, while nothing could run in parallel anyway.
     /// Under load the inbox is rarely empty and the fsync overlaps the next appends.
     fn start_sync(&mut self, idle: bool) {
-        let Some(job) = self.core.poll_sync(now_ms()) else {
+        let Some(job) = self.core.poll_sync(unix_now_ms()) else {
             return;
         };
         let done = self.sync_done.0.clone();
@@ -799,13 +800,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-/// Milliseconds since the Unix epoch: the log append time of entries.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -58,7 +58,9 @@ use crate::proto::HardState;
 /// Marker file written (durably, holding the hard state's current term in decimal) before
 /// row 11 clears entries that may have been acknowledged, so that a crash right after the
 /// repair cannot hide the loss. Storage never removes it: the replica driver does, once this
-/// replica has caught up again (`docs/RAFT.md`, "Voting after lost durable entries").
+/// replica has caught up again (`docs/RAFT.md`, "Voting after lost durable entries"). The
+/// file keeps the name it had on disk from the first release, `lost_entries`: renaming it
+/// would make an upgraded node forget a loss it recorded before the upgrade.
 pub const VOTING_WITHHELD_FILE: &str = "lost_entries";
 
 /// What recovery found at the end of the active segment (rows 1 and 7 to 11).

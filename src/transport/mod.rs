@@ -31,7 +31,6 @@
 //! it; [`Transport::shutdown`] returns once the last task has exited.
 
 mod acceptor;
-mod backoff;
 pub mod deliver;
 mod queue;
 mod tasks;
@@ -52,7 +51,6 @@ use crate::config::{NetworkConfig, NodeConfig, NodeId};
 use crate::proto::RaftMessage;
 use crate::wire::WireError;
 
-pub use backoff::Backoff;
 pub use deliver::Deliver;
 
 use queue::PeerQueue;

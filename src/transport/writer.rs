@@ -8,7 +8,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use super::{Backoff, PeerLink, Shared, TransportConfig, TransportError};
+use super::{PeerLink, Shared, TransportConfig, TransportError};
+use crate::backoff::Backoff;
 use crate::proto::envelope::Body;
 use crate::proto::{Envelope, RaftBatch};
 use crate::wire::{handshake, EnvelopeCodec, WireError};

@@ -27,7 +27,7 @@ async fn try_start(
     dir: &std::path::Path,
     count: u64,
     attempt: u32,
-) -> Result<Vec<Daemon>, raftlog::node::NodeError> {
+) -> Result<Vec<Daemon>, raftlog::daemon::DaemonError> {
     let clients: Vec<SocketAddr> = (0..count).map(|_| free_address()).collect();
     let peers: Vec<SocketAddr> = (0..count).map(|_| free_address()).collect();
     let peer_map: BTreeMap<u64, String> = (1..=count)

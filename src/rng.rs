@@ -1,7 +1,9 @@
-//! A tiny seeded pseudo-random generator (SplitMix64) for election timeouts.
+//! A tiny seeded pseudo-random generator (SplitMix64): election timeouts, reconnection jitter,
+//! the simulator's and the fault suite's fault streams.
 //!
-//! The core must be deterministic: same seed and same inputs give the same outputs. So it owns
-//! its generator instead of asking the operating system or a global random source.
+//! The Raft core must be deterministic: same seed and same inputs give the same outputs. So it
+//! owns a generator instead of asking the operating system or a global random source, and the
+//! rest of the crate uses the same one rather than a second copy or a random-number crate.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): one `u64` of state, good enough statistical quality
 /// for spreading election timeouts, and trivially reproducible from a seed.

@@ -1,10 +1,13 @@
-//! Reconnection delays: exponential backoff with jitter, from a seeded generator.
+//! Retry delays: exponential backoff with jitter, from a seeded generator.
 //!
-//! Jitter keeps the nodes of a cluster from reconnecting to a restarted peer in lockstep. The
-//! generator is a seeded SplitMix64, so a test or a simulation replays the same delays, and no
-//! random-number crate is needed for something this small.
+//! One backoff for every retry loop: peer reconnects (`transport`) and client retries
+//! (`client`). Jitter keeps the nodes of a cluster from reconnecting to a restarted peer in
+//! lockstep, and keeps many clients from retrying against a new leader in the same instant.
+//! The generator is a seeded [`SplitMix64`], so a test replays the same delays.
 
 use std::time::Duration;
+
+use crate::rng::SplitMix64;
 
 /// Delays between reconnection attempts: attempt `n` (from 0) waits a uniformly drawn time in
 /// `[max(min, c/2), c]` with ceiling `c = min(max, min × 2^(n+1))`, so delays double until they
@@ -14,7 +17,7 @@ pub struct Backoff {
     min_ms: u64,
     max_ms: u64,
     attempt: u32,
-    rng_state: u64,
+    rng: SplitMix64,
 }
 
 impl Backoff {
@@ -34,7 +37,7 @@ impl Backoff {
             min_ms,
             max_ms,
             attempt: 0,
-            rng_state: seed,
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -49,7 +52,7 @@ impl Backoff {
             .min(self.max_ms);
         let floor = (ceiling / 2).max(self.min_ms);
         let span = ceiling - floor + 1;
-        let delay = floor + self.next_random() % span;
+        let delay = floor + self.rng.next_u64() % span;
         self.attempt = self.attempt.saturating_add(1);
         Duration::from_millis(delay)
     }
@@ -57,15 +60,6 @@ impl Backoff {
     /// Starts over from the shortest delays, after a successful connection.
     pub fn reset(&mut self) {
         self.attempt = 0;
-    }
-
-    /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough for jitter.
-    fn next_random(&mut self) -> u64 {
-        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

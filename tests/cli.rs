@@ -9,7 +9,7 @@ mod real_cluster;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cli_support::{json_field, raftlog, spawn, terminate};
+use cli_support::{json_field, raftlog, read_lines, spawn, terminate};
 use real_cluster::RealCluster;
 
 const RECORDS: usize = 100_000;
@@ -180,11 +180,18 @@ async fn groups_follow_and_errors_on_a_real_cluster() {
     assert_eq!(seen.len(), 30);
 
     // --follow tails new commits until SIGTERM, then exits 0.
-    let follower = spawn(
+    let mut follower = spawn(
         &bootstrap,
         &["consume", "jobs", "--from", "latest", "--follow"],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A parked fetch means the consumer has resolved `latest` on every partition (it does
+    // so before its first fetch), so what is produced next is after its start.
+    nodes
+        .wait_until("the follower's first parked fetch", |c| {
+            c.fetch_waiters("jobs") > 0
+        })
+        .await;
+    let mut stdout = tokio::io::BufReader::new(follower.stdout.take().unwrap());
     assert_eq!(
         raftlog(
             &bootstrap,
@@ -195,11 +202,15 @@ async fn groups_follow_and_errors_on_a_real_cluster() {
         .code,
         0
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tailed = read_lines(&mut stdout, 2).await;
     let followed = terminate(follower).await;
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
+        .await
+        .unwrap();
     assert_eq!(
-        (followed.code, followed.stdout.as_str()),
-        (0, "late-1\nlate-2\n"),
+        (followed.code, tailed.as_str(), rest.as_str()),
+        (0, "late-1\nlate-2\n", ""),
         "{followed:?}"
     );
 

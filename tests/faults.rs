@@ -1051,6 +1051,59 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
     verdict
 }
 
+/// A history as a run would record it: `log` is what both consumers of partition 0 read
+/// (offset = position), `acknowledged` the (value, offset) pairs the producers were told.
+fn synthetic_history(log: &[Value], acknowledged: &[(Value, u64)]) -> History {
+    let mut history = History::default();
+    for &value in log
+        .iter()
+        .chain(acknowledged.iter().map(|(value, _)| value))
+    {
+        history.sent.insert(value, 0);
+    }
+    for &(value, offset) in acknowledged {
+        history.acknowledged.insert(value, (0, offset));
+    }
+    let records: Records = log
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(i, v)| (i as u64, v))
+        .collect();
+    for node in [1, 2] {
+        history.consumed.insert((0, node), records.clone());
+    }
+    history
+}
+
+/// The checker is what makes the fault runs mean anything: a clean history passes, and one
+/// with exactly one lost, one duplicated and one reordered record fails with those counts.
+#[test]
+fn the_checker_counts_one_lost_one_duplicated_and_one_reordered_record() {
+    let v: Vec<Value> = (0..6).map(|count| value_id(0, count)).collect();
+    let targets = vec![6; PARTITIONS as usize];
+    let every_ack: Vec<(Value, u64)> = v.iter().copied().zip(0..).collect();
+    let clean = check(&synthetic_history(&v, &every_ack), &targets);
+    assert!(clean.ok(), "{clean:?}");
+
+    // v[2] acknowledged at 2 but stored at 3 (v[3], never acknowledged, took its place);
+    // v[4] (an indeterminate attempt and its resend) stored twice; v[5] acknowledged at 5
+    // and gone.
+    let log = [v[0], v[1], v[3], v[2], v[4], v[4]];
+    let acks = [(v[0], 0), (v[1], 1), (v[2], 2), (v[5], 5)];
+    let broken = check(&synthetic_history(&log, &acks), &targets);
+    assert_eq!(
+        (broken.lost, broken.duplicated, broken.reordered),
+        (1, 1, 1),
+        "{broken:?}"
+    );
+    assert_eq!(
+        (broken.phantom, broken.failed_but_written, broken.incomplete),
+        (0, 0, 0)
+    );
+    assert!(!broken.ok());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run.
 // ---------------------------------------------------------------------------------------------

@@ -716,13 +716,24 @@ async fn long_polls_that_end_on_an_idle_partition_leave_nothing_parked() {
     }
     let waiters = |text: &str| sample(text, "raftlog_fetch_waiters", "topic=\"idle\"");
 
-    let polls = futures::future::join_all((0..POLLS).map(|_| connections[0].request(poll(2_000))));
+    // The polls wait 5 s; the gauge must show all of them well before that, since the
+    // replica publishes it each time it parks one.
+    const POLL_WAIT_MS: u32 = 5_000;
+    let polls =
+        futures::future::join_all((0..POLLS).map(|_| connections[0].request(poll(POLL_WAIT_MS))));
     let while_waiting = async {
-        sleep(Duration::from_millis(500)).await;
-        http_get(metrics[0], "/metrics").await.unwrap().1
+        let deadline = Instant::now() + Duration::from_millis(u64::from(POLL_WAIT_MS) * 4 / 5);
+        loop {
+            let text = http_get(metrics[0], "/metrics").await.unwrap().1;
+            let seen = waiters(&text);
+            if seen == Some(POLLS as f64) || Instant::now() >= deadline {
+                return seen;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
     };
-    let (answers, text) = tokio::join!(polls, while_waiting);
-    assert_eq!(waiters(&text), Some(POLLS as f64), "while the polls wait");
+    let (answers, seen) = tokio::join!(polls, while_waiting);
+    assert_eq!(seen, Some(POLLS as f64), "while the polls wait");
     for answer in answers {
         match answer.unwrap() {
             Body::FetchResponse(fetched) => assert!(fetched.batches.is_empty()),

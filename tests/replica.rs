@@ -134,7 +134,9 @@ async fn single_node_group_commits_fetches_and_survives_restart() {
         let leader = leader.clone();
         async move { leader.fetch(30, 1 << 20, Duration::from_secs(10)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Propose only once the fetch is parked: this is the wake-up path, not a fetch that
+    // happens to arrive after the commit.
+    wait_until(|| leader.status().fetch_waiters == 1).await;
     leader
         .propose(Bytes::from("late"), 1, Acks::All)
         .await
@@ -143,8 +145,12 @@ async fn single_node_group_commits_fetches_and_survives_restart() {
     assert_eq!(woken.entries.len(), 1);
     assert_eq!(woken.entries[0].payload, Bytes::from("late"));
 
+    // The task ends once its last handle is gone; its status channel closes then.
+    let mut status = handle.watch_status();
     drop((handle, leader));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    timeout(BOUND, async { while status.changed().await.is_ok() {} })
+        .await
+        .expect("the replica's task ends after its last handle is dropped");
 
     let reopened = Replica::start(config(dir.path(), 1, vec![1]), LogIsTheState, sink).unwrap();
     let leader = wait_for_leader(std::slice::from_ref(&reopened)).await;

@@ -65,6 +65,25 @@ pub fn spawn(bootstrap: &str, args: &[&str]) -> tokio::process::Child {
         .expect("the raftlog binary starts")
 }
 
+/// Reads `count` lines from a spawned child's stdout (bounded by [`BOUND`]), for tests that
+/// wait for output to appear before they go on; what is read is no longer in the child's
+/// [`terminate`] output.
+pub async fn read_lines(
+    stdout: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+    count: usize,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut text = String::new();
+    for _ in 0..count {
+        let read = tokio::time::timeout(BOUND, stdout.read_line(&mut text))
+            .await
+            .expect("the child printed in time")
+            .unwrap();
+        assert!(read > 0, "stdout closed after {text:?}");
+    }
+    text
+}
+
 /// Sends SIGTERM to a running child by its PID and waits (bounded) for its output.
 pub async fn terminate(child: tokio::process::Child) -> Run {
     let pid = child.id().expect("still running") as libc::pid_t;

@@ -85,6 +85,30 @@ impl RealCluster {
         addresses.join(",")
     }
 
+    /// Fetches parked at the high watermark of `topic`'s partitions, over every node: a
+    /// consumer that is tailing the topic has one parked on each partition's leader most of
+    /// the time.
+    pub fn fetch_waiters(&self, topic: &str) -> u64 {
+        self.nodes
+            .iter()
+            .flat_map(|daemon| daemon.node.local_partitions())
+            .filter(|local| local.topic == topic)
+            .map(|local| local.handle.status().fetch_waiters)
+            .sum()
+    }
+
+    /// Waits (bounded) until `ready` holds, polling every 10 ms.
+    pub async fn wait_until(&self, what: &str, ready: impl Fn(&RealCluster) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ready(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops every node gracefully.
     pub async fn shutdown(self) {
         for node in self.nodes {

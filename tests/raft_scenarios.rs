@@ -53,6 +53,14 @@ mod raft {
         }
     }
 
+    /// The configuration of the three-voter groups most scenarios run.
+    fn three_voters() -> raftlog::proto::GroupConfig {
+        raftlog::proto::GroupConfig {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        }
+    }
+
     fn follower() -> Raft {
         let mut c = super::raft_harness::config(2, &[1, 2, 3]);
         plain(&mut c);
@@ -1052,6 +1060,7 @@ mod raft {
             last_included_term: 2,
             next_offset: 70,
             data: Bytes::new(),
+            config: Some(Box::new(three_voters())),
         };
         r.step(RaftMessage {
             group_id: 1,
@@ -1341,6 +1350,20 @@ mod raft {
                 last_included_term: snap_term,
                 next_offset: 0,
                 data: Bytes::new(),
+                config: Some(Box::new(three_voters())),
+            });
+            assert_dropped(&mut c, 2, msg(1, 2, snap), DropReason::MalformedSnapshot);
+        }
+        // A snapshot must say which configuration is in force at its position.
+        for config in [None, Some(Box::default())] {
+            let snap = Body::InstallSnapshot(raftlog::proto::InstallSnapshot {
+                term,
+                leader_id: 1,
+                last_included_index: 1,
+                last_included_term: 1,
+                next_offset: 0,
+                data: Bytes::new(),
+                config,
             });
             assert_dropped(&mut c, 2, msg(1, 2, snap), DropReason::MalformedSnapshot);
         }
@@ -1359,12 +1382,40 @@ mod raft {
             leadership_transfer: false,
         });
         assert_dropped(&mut c, 2, msg(3, 2, vote), DropReason::MalformedVoteRequest);
-        let from_stranger = append(term + 1, (last, term), vec![], 0);
-        let from_stranger = RaftMessage {
-            from: 9,
-            ..to2(from_stranger)
+        // A configuration entry holds a configuration a group can run with, and no records.
+        let config_entry = |payload: Vec<u8>, record_count: u32| Entry {
+            kind: EntryKind::Config as i32,
+            payload: Bytes::from(payload),
+            record_count,
+            ..entry(last + 1, term)
         };
-        assert_dropped(&mut c, 2, from_stranger, DropReason::NotAMember);
+        let encode = |config: raftlog::proto::GroupConfig| {
+            use prost::Message as _;
+            config.encode_to_vec()
+        };
+        let no_voter = raftlog::proto::GroupConfig {
+            learners: vec![4],
+            ..Default::default()
+        };
+        let voter_and_learner = raftlog::proto::GroupConfig {
+            voters: vec![1, 2, 3],
+            learners: vec![3],
+            ..Default::default()
+        };
+        for bad in [
+            config_entry(vec![0xff, 0xff], 0),
+            config_entry(encode(no_voter), 0),
+            config_entry(encode(voter_and_learner), 0),
+            config_entry(encode(three_voters()), 1),
+        ] {
+            let message = append(term, (last, term), vec![bad], 0);
+            assert_dropped(&mut c, 2, to2(message), DropReason::MalformedEntries);
+        }
+        let from_nobody = RaftMessage {
+            from: 0,
+            ..to2(append(term + 1, (last, term), vec![], 0))
+        };
+        assert_dropped(&mut c, 2, from_nobody, DropReason::WrongRecipient);
         let other_group = RaftMessage {
             group_id: 7,
             ..to2(append(term + 1, (last, term), vec![], 0))
@@ -1533,6 +1584,7 @@ mod raft {
                         last_included_term: draw(&[0, 1, t, t + 1]),
                         next_offset: other,
                         data: Bytes::new(),
+                        config: (draw(&[0, 1]) == 1).then(|| Box::new(three_voters())),
                     }),
                     5 => Body::InstallSnapshotResponse(InstallSnapshotResponse {
                         term,
@@ -1690,26 +1742,13 @@ mod raft {
         assert_eq!(c.leader(), Some(1), "nor disturbs the leader");
     }
 
-    /// A learner's vote request is dropped, a learner is no transfer target, and a learner
-    /// asked for a vote refuses it: learners never elect.
+    /// A learner is no transfer target, and a learner asked for a vote refuses it: learners
+    /// never elect. (A vote request *from* a member known as a learner is processed: it may
+    /// have been made a voter by an entry this member has not received yet.)
     #[test]
     fn learners_take_no_part_in_elections() {
         let mut c = Cluster::with_members(3, 1, |_| {});
         c.elect(1);
-        let request = RaftMessage {
-            group_id: 1,
-            from: 4,
-            to: 2,
-            body: Some(Body::RequestVote(RequestVote {
-                term: 9,
-                candidate_id: 4,
-                last_log_index: 50,
-                last_log_term: 8,
-                pre_vote: false,
-                leadership_transfer: true,
-            })),
-        };
-        assert_dropped(&mut c, 2, request, DropReason::NotAVoter);
         assert_eq!(
             c.raft_mut(1).transfer_leader(4),
             Err(TransferError::NotAVoter)
@@ -1729,5 +1768,283 @@ mod raft {
         };
         c.raft_mut(4).step(ask);
         assert_eq!(c.raft(4).voted_for(), None, "a learner casts no vote");
+    }
+}
+
+/// Membership change (dissertation ch. 4): learners, joint consensus, configurations in
+/// force from their append, and the leader's rules for proposing them.
+mod membership {
+    use raftlog::config::RaftConfig;
+    use raftlog::proto::raft_message::Body;
+    use raftlog::proto::EntryKind;
+    use raftlog::raft::{Membership, MembershipChange, MembershipError, Role};
+
+    use super::raft_harness::Cluster;
+
+    /// Proposes `change` on `leader` and lets the cluster settle.
+    fn change(c: &mut Cluster, leader: u64, change: MembershipChange) -> u64 {
+        let proposed = c
+            .raft_mut(leader)
+            .propose_membership(&change, 0)
+            .unwrap_or_else(|e| panic!("{change:?} refused: {e}"));
+        c.stabilize();
+        proposed.index
+    }
+
+    fn assert_everywhere(c: &Cluster, members: &[u64], expected: &Membership) {
+        for &id in members {
+            assert_eq!(c.raft(id).membership(), expected, "membership on node {id}");
+        }
+    }
+
+    /// The whole path of a new replica: added as a learner, it receives the log without
+    /// voting; made a voter, the group passes through the joint configuration and the
+    /// leader leaves it by itself. Configuration entries carry no records, so offsets stay
+    /// dense and consumers never see them.
+    #[test]
+    fn a_learner_catches_up_then_is_promoted_through_the_joint_configuration() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"before");
+        c.add_node(4);
+        let added = change(&mut c, 1, MembershipChange::AddLearners(vec![4]));
+        assert_everywhere(&c, &[1, 2, 3, 4], &Membership::new([1, 2, 3], [4]));
+        assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
+        assert!(c.raft(1).commit_index() >= added);
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![1, 2, 3, 4]));
+        assert_everywhere(&c, &[1, 2, 3, 4], &Membership::new([1, 2, 3, 4], []));
+        let configs: Vec<_> = c
+            .log(4)
+            .written()
+            .iter()
+            .filter(|e| e.kind() == EntryKind::Config)
+            .map(|e| (e.record_count, e.base_offset))
+            .collect();
+        assert_eq!(configs.len(), 3, "learner, joint and leave entries");
+        assert!(configs
+            .iter()
+            .all(|&(count, offset)| count == 0 && offset == 1));
+        c.propose(1, b"after");
+        let after = c.log(1).written().last().expect("entry").base_offset;
+        assert_eq!(after, 1, "offsets stay dense");
+        assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
+    }
+
+    /// A leader proposes a configuration only once it has committed an entry of its own
+    /// term (a configuration left uncommitted by an earlier leader may still be in force
+    /// somewhere), and only one at a time: until the previous one is committed, and never
+    /// while joint.
+    #[test]
+    fn one_change_at_a_time_and_only_after_committing_in_its_term() {
+        let mut c = Cluster::new(3);
+        c.core_mut(1).campaign();
+        c.stabilize_dropping(|m| {
+            m.to == 1 && matches!(m.body, Some(Body::AppendEntriesResponse(_)))
+        });
+        assert_eq!(c.raft(1).role(), Role::Leader);
+        assert_eq!(
+            c.raft_mut(1)
+                .propose_membership(&MembershipChange::AddLearners(vec![4]), 0),
+            Err(MembershipError::TermNotCommitted),
+            "the no-op of its term is not committed yet"
+        );
+        c.heal();
+        c.tick_all();
+        c.stabilize();
+        assert!(c.raft(1).commit_index() >= 1);
+        assert_eq!(
+            c.raft_mut(2)
+                .propose_membership(&MembershipChange::AddLearners(vec![4]), 0),
+            Err(MembershipError::NotLeader {
+                leader_hint: Some(1)
+            })
+        );
+        c.add_node(4);
+        c.add_node(5);
+        let first = c
+            .raft_mut(1)
+            .propose_membership(&MembershipChange::AddLearners(vec![4]), 0)
+            .unwrap();
+        assert_eq!(
+            c.raft_mut(1)
+                .propose_membership(&MembershipChange::AddLearners(vec![5]), 0),
+            Err(MembershipError::ChangePending { index: first.index })
+        );
+        c.stabilize();
+        let joint = c
+            .raft_mut(1)
+            .propose_membership(&MembershipChange::ReplaceVoters(vec![1, 2, 3, 4]), 0)
+            .unwrap();
+        assert!(c.raft(1).membership().is_joint());
+        assert_eq!(
+            c.raft_mut(1)
+                .propose_membership(&MembershipChange::AddLearners(vec![5]), 0),
+            Err(MembershipError::ChangePending { index: joint.index })
+        );
+        for (invalid, why) in [
+            (MembershipChange::AddLearners(vec![2]), "already a member"),
+            (MembershipChange::RemoveLearners(vec![2]), "not a learner"),
+            (
+                MembershipChange::ReplaceVoters(vec![1, 2, 5]),
+                "first be a learner",
+            ),
+            (
+                MembershipChange::ReplaceVoters(vec![]),
+                "at least one voter",
+            ),
+        ] {
+            c.stabilize();
+            let refused = c.raft_mut(1).propose_membership(&invalid, 0);
+            assert!(
+                matches!(refused, Err(MembershipError::Invalid(message)) if message.contains(why)),
+                "{invalid:?}: {refused:?}"
+            );
+        }
+    }
+
+    /// §4.1: a member uses the latest configuration in its log, committed or not, and the
+    /// one before it again once that entry is truncated.
+    #[test]
+    fn a_configuration_is_in_force_from_its_append_and_gone_with_its_truncation() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        c.isolate(1);
+        c.raft_mut(1)
+            .propose_membership(&MembershipChange::AddLearners(vec![4]), 0)
+            .unwrap();
+        c.stabilize();
+        assert_eq!(
+            c.raft(1).membership(),
+            &Membership::new([1, 2, 3], [4]),
+            "in force on the leader as soon as it is appended"
+        );
+        assert!(c.raft(1).commit_index() < c.raft(1).last_index());
+        c.ticks(3 * RaftConfig::default().election_timeout_ticks);
+        let leader = c.leader().expect("2 or 3 took over");
+        assert_ne!(leader, 1);
+        c.heal();
+        c.stabilize();
+        c.tick_all();
+        c.stabilize();
+        assert_eq!(c.raft(1).role(), Role::Follower);
+        assert_eq!(
+            c.raft(1).membership(),
+            &Membership::new([1, 2, 3], []),
+            "the truncated entry's configuration is gone"
+        );
+        assert!(c.raft(1).membership_history().logged.is_empty());
+    }
+
+    /// A follower uses a configuration it has appended before it hears that it committed.
+    #[test]
+    fn a_follower_uses_a_configuration_before_it_commits() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        c.raft_mut(1)
+            .propose_membership(&MembershipChange::AddLearners(vec![4]), 0)
+            .unwrap();
+        // Deliver the leader's AppendEntries to 2 but let no answer back to the leader.
+        c.stabilize_dropping(|m| m.to == 1);
+        assert_eq!(c.raft(2).membership(), &Membership::new([1, 2, 3], [4]));
+        assert!(c.raft(2).commit_index() < c.raft(2).last_index());
+    }
+
+    /// A leader elected while the group is joint finishes the change: once its no-op
+    /// commits, so has the joint entry, and it appends the entry that leaves it.
+    #[test]
+    fn a_new_leader_that_finds_the_group_joint_leaves_the_joint_configuration() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        c.raft_mut(1)
+            .propose_membership(&MembershipChange::ReplaceVoters(vec![1, 2, 3, 4]), 0)
+            .unwrap();
+        // Everyone appends the joint entry; the leader never hears back.
+        c.stabilize_dropping(|m| m.to == 1);
+        assert!(c.raft(2).membership().is_joint());
+        c.isolate(1);
+        c.ticks(3 * RaftConfig::default().election_timeout_ticks);
+        let leader = c.leader().expect("a new leader");
+        assert!([2, 3, 4].contains(&leader), "{leader}");
+        assert_everywhere(&c, &[2, 3, 4], &Membership::new([1, 2, 3, 4], []));
+        c.heal();
+        c.tick_all();
+        c.stabilize();
+        assert_everywhere(&c, &[1, 2, 3, 4], &Membership::new([1, 2, 3, 4], []));
+    }
+
+    /// §4.2.2: a leader that is not a voter of the configuration it commits hands
+    /// leadership to a caught-up voter and stops leading; it never campaigns again.
+    #[test]
+    fn a_leader_removed_by_the_change_hands_over_and_steps_down() {
+        let mut c = Cluster::with_members(3, 1, |_| {});
+        c.elect(1);
+        c.propose(1, b"x");
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![2, 3, 4]));
+        assert_eq!(c.raft(1).role(), Role::Follower);
+        let leader = c.leader().expect("a voter took over");
+        assert!([2, 3, 4].contains(&leader), "{leader}");
+        let term = c.raft(leader).term();
+        assert_everywhere(&c, &[2, 3, 4], &Membership::new([2, 3, 4], []));
+        assert_eq!(c.raft(1).membership(), &Membership::new([2, 3, 4], []));
+        c.isolate(1);
+        c.ticks(5 * RaftConfig::default().election_timeout_ticks);
+        assert_eq!(
+            c.raft(1).role(),
+            Role::Follower,
+            "a removed member never campaigns"
+        );
+        c.heal();
+        c.stabilize();
+        assert_eq!(c.raft(leader).term(), term, "nor disturbs the new leader");
+        c.propose(leader, b"y");
+    }
+
+    /// Joint consensus moves a group between voter sets that share no member: no single
+    /// step could (the majorities of {1,2,3} and {4,5,6} do not intersect).
+    #[test]
+    fn a_group_moves_to_voters_it_shares_no_member_with() {
+        let mut c = Cluster::with_members(3, 3, |_| {});
+        c.elect(1);
+        c.propose(1, b"a");
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![4, 5, 6]));
+        c.tick_all();
+        c.stabilize();
+        let leader = c.leader().expect("leader");
+        assert!([4, 5, 6].contains(&leader), "{leader}");
+        assert_everywhere(&c, &[4, 5, 6], &Membership::new([4, 5, 6], []));
+        c.propose(leader, b"b");
+        for id in [4, 5, 6] {
+            assert_eq!(c.raft(id).commit_index(), c.raft(leader).commit_index());
+        }
+    }
+
+    /// §4.4: a member that joins after the log was compacted gets the configuration in
+    /// force at the snapshot's position with it, then the entries after it.
+    #[test]
+    fn a_snapshot_carries_the_configuration_in_force_at_its_position() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        change(&mut c, 1, MembershipChange::AddLearners(vec![4]));
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![1, 2, 3, 4]));
+        c.propose(1, b"a");
+        for id in 1..=4 {
+            let commit = c.raft(id).commit_index();
+            c.compact(id, commit);
+        }
+        assert!(
+            c.raft(1).membership_history().logged.is_empty(),
+            "all folded"
+        );
+        c.add_node(5);
+        change(&mut c, 1, MembershipChange::AddLearners(vec![5]));
+        assert!(c.snapshots_count > 0, "node 5 started from a snapshot");
+        assert_eq!(c.raft(5).membership(), &Membership::new([1, 2, 3, 4], [5]));
+        assert_eq!(
+            c.raft(5).membership_history().at_log_start,
+            Membership::new([1, 2, 3, 4], [])
+        );
     }
 }

@@ -86,6 +86,11 @@ fn raft_messages() -> Vec<RaftMessage> {
             last_included_term: 4,
             next_offset: 1000,
             data: Bytes::from_static(b"meta"),
+            config: Some(Box::new(GroupConfig {
+                voters: vec![1, 2, 4],
+                learners: vec![5],
+                voters_outgoing: vec![1, 2, 3],
+            })),
         }),
         RaftBody::InstallSnapshotResponse(InstallSnapshotResponse {
             term: 5,

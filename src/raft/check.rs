@@ -12,7 +12,10 @@
 use std::fmt;
 
 use crate::proto::raft_message::Body;
-use crate::proto::{AppendEntries, InstallSnapshot};
+use crate::proto::{AppendEntries, EntryKind, InstallSnapshot};
+
+use super::membership::Membership;
+use super::node::decode_config;
 
 /// The highest term a peer message may carry: 2^62. Terms grow by one per election round,
 /// so no group ever gets near it (at a million elections a second, it would take over
@@ -27,11 +30,6 @@ pub enum DropReason {
     WrongGroup,
     /// `to` is not this member, or `from` is this member.
     WrongRecipient,
-    /// `from` is not a member of this group: it could otherwise be counted as a vote or copy.
-    NotAMember,
-    /// `from` is a learner and sent something other than a replication answer: learners
-    /// never campaign, vote or lead.
-    NotAVoter,
     /// The message has no body.
     NoBody,
     /// The term is 0 (only a fresh member's vote rejection may carry it) or above
@@ -39,14 +37,15 @@ pub enum DropReason {
     /// campaign's term).
     BadTerm,
     /// AppendEntries entries are not contiguous from `prev_log_index + 1`, their terms
-    /// decrease, fall below `prev_log_term` or exceed the message's term, or an entry at an
-    /// index above 0 has term 0.
+    /// decrease, fall below `prev_log_term` or exceed the message's term, an entry at an
+    /// index above 0 has term 0, or a configuration entry carries records or a
+    /// configuration no member could run with.
     MalformedEntries,
     /// A RequestVote whose last log entry is impossible: a term above the candidate's, or
     /// term 0 at an index above 0 (and the reverse).
     MalformedVoteRequest,
-    /// An InstallSnapshot whose position is impossible: a term above the message's term, or
-    /// term 0 at an index above 0 (and the reverse).
+    /// An InstallSnapshot whose position is impossible (a term above the message's term, or
+    /// term 0 at an index above 0 and the reverse), or without a valid configuration.
     MalformedSnapshot,
     /// A follower claims to have appended, made durable or installed an index beyond this
     /// leader's last index; within one term a leader's log only grows, so this cannot be an
@@ -136,6 +135,11 @@ fn check_entries(m: &AppendEntries) -> Result<(), DropReason> {
         {
             return Err(DropReason::MalformedEntries);
         }
+        if entry.kind == EntryKind::Config as i32
+            && (entry.record_count != 0 || decode_config(&entry.payload).is_none())
+        {
+            return Err(DropReason::MalformedEntries);
+        }
         previous_term = entry.term;
     }
     Ok(())
@@ -150,6 +154,9 @@ fn check_snapshot(m: &InstallSnapshot) -> Result<(), DropReason> {
     if m.last_included_term > m.term
         || (m.last_included_index == 0) != (m.last_included_term == 0)
         || m.last_included_index > SNAPSHOT_INDEX_MAX
+        || m.config
+            .as_ref()
+            .is_none_or(|config| Membership::from_proto(config).is_err())
     {
         return Err(DropReason::MalformedSnapshot);
     }

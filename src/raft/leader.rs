@@ -130,6 +130,7 @@ impl Raft {
             last_included_term: start.term,
             next_offset: start.next_offset,
             data: bytes::Bytes::new(),
+            config: Some(Box::new(self.membership_history().at_log_start.to_proto())),
         };
         self.send(peer, Body::InstallSnapshot(message));
         self.progress
@@ -283,8 +284,9 @@ impl Raft {
     }
 
     /// Advances the commit index to the highest index durable on a quorum of every voter
-    /// set (the leader's own copy counts only once its write is durable; learners never), but only if that entry is from the
-    /// current term: counting replicas of older-term entries is unsafe (§5.4.2, Figure 8).
+    /// set (the leader's own copy counts only once its write is durable; learners never), but
+    /// only if that entry is from the current term: counting replicas of older-term entries
+    /// is unsafe (§5.4.2, Figure 8).
     pub(crate) fn maybe_commit(&mut self) {
         let me = self.config.id;
         let persisted = self.log.persisted_index;
@@ -303,5 +305,6 @@ impl Raft {
         self.release_uncommitted();
         self.commit_changed = true;
         self.append_wanted.extend(self.progress.keys().copied());
+        self.finish_membership_change();
     }
 }

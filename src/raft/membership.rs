@@ -14,6 +14,9 @@
 //! check-quorum ([`Membership::has_quorum`]) all ask it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::proto::GroupConfig;
 
 /// The voters and learners of one Raft group, possibly in a joint configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,6 +112,269 @@ impl Membership {
             set.iter().filter(|&&id| active(id)).count() >= majority_of(set.len())
         };
         majority(&self.voters) && (!self.is_joint() || majority(&self.voters_outgoing))
+    }
+}
+
+impl Membership {
+    /// The schema form, carried by configuration entries and snapshots.
+    pub fn to_proto(&self) -> GroupConfig {
+        GroupConfig {
+            voters: self.voters.iter().copied().collect(),
+            learners: self.learners.iter().copied().collect(),
+            voters_outgoing: self.voters_outgoing.iter().copied().collect(),
+        }
+    }
+
+    /// Reads a configuration from its schema form, refusing one no member could run with.
+    ///
+    /// # Errors
+    /// Why the configuration is impossible: no voter, member id 0, an id twice in a list,
+    /// or a learner that is also a voter.
+    pub fn from_proto(config: &GroupConfig) -> Result<Membership, &'static str> {
+        let set = |ids: &[u64]| -> Result<BTreeSet<u64>, &'static str> {
+            let set: BTreeSet<u64> = ids.iter().copied().collect();
+            if set.len() != ids.len() {
+                return Err("a member is listed twice");
+            }
+            if set.contains(&0) {
+                return Err("0 is not a member id");
+            }
+            Ok(set)
+        };
+        let membership = Membership {
+            voters: set(&config.voters)?,
+            voters_outgoing: set(&config.voters_outgoing)?,
+            learners: set(&config.learners)?,
+        };
+        if membership.voters.is_empty() {
+            return Err("a configuration needs at least one voter");
+        }
+        if membership
+            .learners
+            .iter()
+            .any(|&id| membership.is_voter(id))
+        {
+            return Err("a learner cannot also be a voter");
+        }
+        Ok(membership)
+    }
+
+    /// The configuration `change` leads to from this one: a new simple configuration for
+    /// learner changes, the joint configuration for a change of voters.
+    ///
+    /// # Errors
+    /// Why the change cannot be made from here (see [`MembershipChange`]).
+    pub fn apply(&self, change: &MembershipChange) -> Result<Membership, &'static str> {
+        if self.is_joint() {
+            return Err("a change of voters is still under way");
+        }
+        let mut next = self.clone();
+        match change {
+            MembershipChange::AddLearners(ids) => {
+                if ids.is_empty() {
+                    return Err("no learner to add");
+                }
+                for &id in ids {
+                    if id == 0 {
+                        return Err("0 is not a member id");
+                    }
+                    if !next.learners.insert(id) || self.is_voter(id) {
+                        return Err("a learner to add is already a member");
+                    }
+                }
+            }
+            MembershipChange::RemoveLearners(ids) => {
+                if ids.is_empty() {
+                    return Err("no learner to remove");
+                }
+                for id in ids {
+                    if !next.learners.remove(id) {
+                        return Err("a learner to remove is not a learner");
+                    }
+                }
+            }
+            MembershipChange::ReplaceVoters(ids) => {
+                let voters: BTreeSet<u64> = ids.iter().copied().collect();
+                if voters.is_empty() {
+                    return Err("a configuration needs at least one voter");
+                }
+                if voters.len() != ids.len() {
+                    return Err("a voter is listed twice");
+                }
+                // A new voter must already hold the log as a learner: a voter that starts
+                // empty could make the new majority one that lacks committed entries'
+                // copies until it catches up, and stall every commit meanwhile.
+                if voters.iter().any(|id| !self.is_member(*id)) {
+                    return Err("a new voter must first be a learner");
+                }
+                if voters == self.voters {
+                    return Err("the voters would not change");
+                }
+                next.learners = self.learners.difference(&voters).copied().collect();
+                next.voters_outgoing = self.voters.clone();
+                next.voters = voters;
+            }
+        }
+        Ok(next)
+    }
+
+    /// The simple configuration that ends a joint one: the incoming voters alone.
+    pub fn leave_joint(&self) -> Membership {
+        Membership {
+            voters: self.voters.clone(),
+            voters_outgoing: BTreeSet::new(),
+            learners: self.learners.clone(),
+        }
+    }
+}
+
+/// A change a leader can be asked to make to its group's membership
+/// ([`super::Raft::propose_membership`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// New members that receive the log without voting, to catch up before they are
+    /// made voters. Each must not be a member yet.
+    AddLearners(Vec<u64>),
+    /// Learners to drop (a cancelled move, a replica given up).
+    RemoveLearners(Vec<u64>),
+    /// The voters the group should have. Every one must already be a voter or a learner.
+    /// The group enters the joint configuration (both voter sets decide together) and the
+    /// leader leaves it by itself once that entry is committed; voters not kept are then
+    /// gone, learners made voters are no longer learners.
+    ReplaceVoters(Vec<u64>),
+}
+
+/// Why a leader refused a membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipError {
+    /// Only the leader changes the membership.
+    NotLeader {
+        /// The leader, if known.
+        leader_hint: Option<u64>,
+    },
+    /// A leadership transfer is under way.
+    Transferring {
+        /// Its target.
+        transferee: u64,
+    },
+    /// This leader has not committed an entry of its own term yet. Until it has, an
+    /// uncommitted configuration of an earlier leader may still be in some logs, and a
+    /// new one on top of it could form majorities that do not intersect (Ongaro's 2015
+    /// correction to single-server changes).
+    TermNotCommitted,
+    /// A configuration entry is not committed yet (or the group is still joint): at most
+    /// one change is in flight.
+    ChangePending {
+        /// The index of the configuration entry that must commit first.
+        index: u64,
+    },
+    /// The change makes no sense from the current configuration.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotLeader { leader_hint } => write!(f, "not the leader (hint: {leader_hint:?})"),
+            Self::Transferring { transferee } => {
+                write!(f, "leadership is being transferred to {transferee}")
+            }
+            Self::TermNotCommitted => write!(f, "the leader has not committed in its term yet"),
+            Self::ChangePending { index } => {
+                write!(
+                    f,
+                    "the configuration change at index {index} is not finished"
+                )
+            }
+            Self::Invalid(why) => write!(f, "invalid membership change: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for MembershipError {}
+
+/// A configuration entry in the log: where it is and the configuration it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedMembership {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's term.
+    pub term: u64,
+    /// The configuration it holds.
+    pub membership: Membership,
+}
+
+/// Every configuration a member must remember: the one in force at the log start and one
+/// per configuration entry after it, in index order. The last one is in force (a
+/// configuration takes effect when its entry is appended, committed or not, dissertation
+/// §4.1); truncating its entry brings the one before it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipHistory {
+    /// The configuration in force at the log start (what a snapshot carries).
+    pub at_log_start: Membership,
+    /// The configuration entries after the log start, in index order.
+    pub logged: Vec<LoggedMembership>,
+}
+
+impl MembershipHistory {
+    /// A history with one configuration, in force from the log start.
+    pub fn new(at_log_start: Membership) -> Self {
+        Self {
+            at_log_start,
+            logged: Vec::new(),
+        }
+    }
+
+    /// The configuration in force: the last one appended.
+    pub fn effective(&self) -> &Membership {
+        self.logged
+            .last()
+            .map_or(&self.at_log_start, |logged| &logged.membership)
+    }
+
+    /// The index of the last configuration entry, if any is after the log start.
+    pub fn last_index(&self) -> Option<u64> {
+        self.logged.last().map(|logged| logged.index)
+    }
+
+    /// The configuration in force at `index` (its entry at or before `index`).
+    pub fn at(&self, index: u64) -> &Membership {
+        self.logged
+            .iter()
+            .rev()
+            .find(|logged| logged.index <= index)
+            .map_or(&self.at_log_start, |logged| &logged.membership)
+    }
+
+    /// Records a configuration entry just appended.
+    pub fn push(&mut self, logged: LoggedMembership) {
+        debug_assert!(self.last_index().is_none_or(|last| last < logged.index));
+        self.logged.push(logged);
+    }
+
+    /// Forgets the configuration entries at `index` and after (their entries were
+    /// truncated); returns them.
+    pub fn truncate_from(&mut self, index: u64) -> Vec<LoggedMembership> {
+        let keep = self.logged.partition_point(|logged| logged.index < index);
+        self.logged.split_off(keep)
+    }
+
+    /// The log start moved to `index` (compaction or a snapshot that kept the suffix): the
+    /// configuration in force there becomes the one at the log start.
+    pub fn compact(&mut self, index: u64) {
+        let folded = self.logged.partition_point(|logged| logged.index <= index);
+        if let Some(last) = self.logged.drain(..folded).next_back() {
+            self.at_log_start = last.membership;
+        }
+    }
+
+    /// Every member of any configuration remembered, in id order.
+    pub fn all_members(&self) -> BTreeSet<u64> {
+        let mut members = self.at_log_start.members();
+        for logged in &self.logged {
+            members.extend(logged.membership.members());
+        }
+        members
     }
 }
 

@@ -64,7 +64,9 @@ mod replication;
 pub use check::{message_term, Diagnostics, DropReason, Dropped, TERM_MAX};
 pub use config::{Config, ConfigError, ENTRY_OVERHEAD_BYTES};
 pub use log::{entry_size_bytes, LogPosition, LogReader, NoLog, ReadError, TermRun};
-pub use membership::{Membership, VoteResult};
+pub use membership::{
+    LoggedMembership, Membership, MembershipChange, MembershipError, MembershipHistory, VoteResult,
+};
 pub use node::{
     ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role, TransferError,
 };

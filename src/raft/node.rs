@@ -7,16 +7,20 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use bytes::Bytes;
+use prost::Message as _;
 
 use crate::proto::raft_message::Body;
 use crate::proto::{
-    Entry, EntryKind, HardState, RaftMessage, RequestVote, RequestVoteResponse, TimeoutNow,
+    Entry, EntryKind, GroupConfig, HardState, RaftMessage, RequestVote, RequestVoteResponse,
+    TimeoutNow,
 };
 
 use super::check::{check_body, message_term, Diagnostics, DropReason};
 use super::config::{Config, ConfigError};
 use super::log::{entry_size_bytes, LogPosition, LogReader, RaftLog, ReadError, TermRun};
-use super::membership::{Membership, VoteResult};
+use super::membership::{
+    LoggedMembership, Membership, MembershipChange, MembershipError, MembershipHistory, VoteResult,
+};
 use super::progress::{Progress, ProgressState};
 use crate::rng::SplitMix64;
 
@@ -53,6 +57,12 @@ pub struct Ready {
     pub messages: Vec<RaftMessage>,
     /// The new commit index, if it advanced: entries up to it may be exposed to consumers.
     pub commit_index: Option<u64>,
+    /// The configurations to remember, when they changed (a configuration entry appended or
+    /// truncated, the log start moved). Persist with `hard_state`, **before** `entries`: a
+    /// configuration entry must never be durable without its record. The list may still
+    /// hold entries this Ready truncates (until the next one); a restart keeps only those
+    /// whose (index, term) is in the durable log.
+    pub membership: Option<MembershipHistory>,
 }
 
 impl Ready {
@@ -183,6 +193,9 @@ pub struct RestoredState {
     /// `term + 1` (persisted with the next Ready) so that only such leaders are followed.
     /// Ignored in a single-voter group, where no other member could hold the lost entries.
     pub voting_withheld: Option<u64>,
+    /// The configurations last persisted from [`Ready::membership`]; `None` for a member that
+    /// never persisted one, which starts from its [`Config`]'s voters and learners.
+    pub membership: Option<MembershipHistory>,
 }
 
 impl Default for RestoredState {
@@ -195,6 +208,7 @@ impl Default for RestoredState {
             last_index: 0,
             commit_index: 0,
             voting_withheld: None,
+            membership: None,
         }
     }
 }
@@ -207,8 +221,16 @@ impl Default for RestoredState {
 pub struct Raft {
     /// Validated configuration.
     pub(crate) config: Config,
-    /// Who votes and who only learns; every quorum is asked of it.
+    /// Who votes and who only learns (the configuration in force, the last of
+    /// `memberships`); every quorum is asked of it.
     pub(crate) membership: Membership,
+    /// The configuration at the log start and every configuration entry after it.
+    memberships: MembershipHistory,
+    /// `memberships` changed since the last Ready.
+    membership_dirty: bool,
+    /// Configuration entries truncated since the last Ready, still listed in the next
+    /// [`Ready::membership`] (see there).
+    memberships_truncated: Vec<LoggedMembership>,
     /// Election timeout generator.
     rng: SplitMix64,
     /// Current term (§5.1); persisted before any message that depends on it.
@@ -336,13 +358,31 @@ impl Raft {
         let mut log = RaftLog::new(start, runs, state.last_index, next_offset);
         log.set_cache_bytes_max(config.entry_cache_bytes_max);
         log.commit_index = state.commit_index.clamp(start.index, state.last_index);
-        let membership = Membership::new(
-            config.voters.iter().copied(),
-            config.learners.iter().copied(),
-        );
+        let memberships = match state.membership {
+            Some(mut history) => {
+                // Keep only entries this durable log holds: a record written before its
+                // entry (or before a truncation took the entry away) names an entry that is
+                // not, or no longer, there.
+                let runs_log = &log;
+                history.logged.retain(|logged| {
+                    logged.index > start.index
+                        && logged.index <= state.last_index
+                        && runs_log.term_at(logged.index) == Some(logged.term)
+                });
+                history.logged.dedup_by_key(|logged| logged.index);
+                history
+            }
+            None => MembershipHistory::new(Membership::new(
+                config.voters.iter().copied(),
+                config.learners.iter().copied(),
+            )),
+        };
         let mut raft = Self {
             rng: SplitMix64::new(config.seed),
-            membership,
+            membership: memberships.effective().clone(),
+            memberships,
+            membership_dirty: false,
+            memberships_truncated: Vec::new(),
             config,
             term: hs.current_term,
             voted_for: hs.voted_for,
@@ -429,9 +469,15 @@ impl Raft {
         }
     }
 
-    /// The group's voters and learners as this member knows them.
+    /// The group's voters and learners as this member knows them: the configuration of
+    /// the last configuration entry in its log, committed or not.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The configuration at the log start and every configuration entry after it.
+    pub fn membership_history(&self) -> &MembershipHistory {
+        &self.memberships
     }
 
     /// The vote cast in the current term, if any.
@@ -586,6 +632,62 @@ impl Raft {
         Ok(proposed)
     }
 
+    /// Proposes a change of the group's membership (dissertation ch. 4). The leader appends
+    /// a configuration entry, which takes effect on each member as soon as it is in that
+    /// member's log. A change of voters goes through the joint configuration; the leader
+    /// appends the entry that leaves it by itself once the joint one is committed.
+    ///
+    /// # Errors
+    /// [`MembershipError`]: not the leader, transferring, no entry of this term committed
+    /// yet, another change not finished, or a change that is invalid from here.
+    pub fn propose_membership(
+        &mut self,
+        change: &MembershipChange,
+        timestamp_ms: i64,
+    ) -> Result<Proposed, MembershipError> {
+        if self.role != Role::Leader {
+            return Err(MembershipError::NotLeader {
+                leader_hint: self.leader_id(),
+            });
+        }
+        if let Some(transferee) = self.transferee {
+            return Err(MembershipError::Transferring { transferee });
+        }
+        if self.log.term_at(self.log.commit_index) != Some(self.term) {
+            return Err(MembershipError::TermNotCommitted);
+        }
+        if let Some(index) = self.memberships.last_index() {
+            if index > self.log.commit_index || self.membership.is_joint() {
+                return Err(MembershipError::ChangePending { index });
+            }
+        }
+        let next = self
+            .membership
+            .apply(change)
+            .map_err(MembershipError::Invalid)?;
+        Ok(self.append_config_as_leader(&next, timestamp_ms))
+    }
+
+    /// Appends a configuration entry on the leader; it takes effect at once.
+    fn append_config_as_leader(&mut self, membership: &Membership, timestamp_ms: i64) -> Proposed {
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index + 1,
+            kind: EntryKind::Config as i32,
+            base_offset: self.log.next_offset,
+            record_count: 0,
+            timestamp_ms,
+            payload: Bytes::from(membership.to_proto().encode_to_vec()),
+        };
+        let proposed = Proposed {
+            index: entry.index,
+            term: entry.term,
+            base_offset: entry.base_offset,
+        };
+        self.append_as_leader(entry);
+        proposed
+    }
+
     /// Reports that storage made the log durable up to (`index`, `term`). Stale reports (the
     /// entry at `index` has another term now, or was truncated) are dropped.
     pub fn persisted(&mut self, index: u64, term: u64) {
@@ -646,6 +748,8 @@ impl Raft {
             term,
             next_offset,
         });
+        self.memberships.compact(index);
+        self.membership_dirty = true;
         self.hard_state_dirty = true;
     }
 
@@ -661,7 +765,16 @@ impl Raft {
             (self.log.commit_index > self.commit_reported_index).then_some(self.log.commit_index);
         self.commit_reported_index = self.log.commit_index;
         let hard_state = std::mem::take(&mut self.hard_state_dirty).then(|| self.hard_state());
+        let membership = std::mem::take(&mut self.membership_dirty).then(|| {
+            let mut history = self.memberships.clone();
+            history.logged.append(&mut self.memberships_truncated);
+            history
+                .logged
+                .sort_by_key(|logged| (logged.index, logged.term));
+            history
+        });
         Ready {
+            membership,
             hard_state,
             snapshot: self.pending_snapshot.take(),
             truncate_from: self.pending_truncate.take(),
@@ -714,22 +827,15 @@ impl Raft {
         if m.group_id != self.config.group_id {
             return Err(DropReason::WrongGroup);
         }
-        if m.to != self.config.id || m.from == self.config.id {
+        if m.to != self.config.id || m.from == 0 || m.from == self.config.id {
             return Err(DropReason::WrongRecipient);
         }
-        // Only members take part; anything else would be counted as a vote or a replica.
-        if !self.membership.is_member(m.from) {
-            return Err(DropReason::NotAMember);
-        }
+        // Messages from members this member does not know as voters are processed: a member
+        // that lags a configuration change must follow, and vote for, a leader or candidate
+        // added by an entry it has not received yet. Nothing from them is ever counted: votes
+        // count only from voters of the candidate's own configuration, replication answers
+        // only from members the leader tracks.
         let body = m.body.as_ref().ok_or(DropReason::NoBody)?;
-        // A learner only ever answers replication: it never campaigns, votes or leads.
-        let replication_answer = matches!(
-            body,
-            Body::AppendEntriesResponse(_) | Body::InstallSnapshotResponse(_)
-        );
-        if !replication_answer && !self.membership.is_voter(m.from) {
-            return Err(DropReason::NotAVoter);
-        }
         check_body(body)
     }
 
@@ -1052,8 +1158,121 @@ impl Raft {
     /// follower's queue. The leader's own write then runs in parallel with sending.
     fn append_as_leader(&mut self, entry: Entry) {
         self.log.append(std::slice::from_ref(&entry));
+        self.note_config_entries(std::slice::from_ref(&entry));
         self.pending_entries.push(entry);
         self.append_wanted.extend(self.progress.keys().copied());
+    }
+
+    /// Puts the configurations of just-appended entries in force (dissertation §4.1: a
+    /// member uses the latest configuration in its log, committed or not).
+    pub(crate) fn note_config_entries(&mut self, entries: &[Entry]) {
+        let mut changed = false;
+        for entry in entries {
+            if entry.kind != EntryKind::Config as i32 {
+                continue;
+            }
+            // check_body refused peer entries whose configuration does not decode.
+            let Some(membership) = decode_config(&entry.payload) else {
+                continue;
+            };
+            self.memberships.push(LoggedMembership {
+                index: entry.index,
+                term: entry.term,
+                membership,
+            });
+            changed = true;
+        }
+        if changed {
+            self.membership_changed();
+        }
+    }
+
+    /// Forgets the configurations of entries from `index` on, which are being truncated.
+    pub(crate) fn forget_config_entries_from(&mut self, index: u64) {
+        let truncated = self.memberships.truncate_from(index);
+        if !truncated.is_empty() {
+            self.memberships_truncated.extend(truncated);
+            self.membership_changed();
+        }
+    }
+
+    /// Replaces every configuration with the one a snapshot carries (its log is gone).
+    pub(crate) fn reset_memberships(&mut self, at_log_start: Membership) {
+        let truncated = std::mem::take(&mut self.memberships.logged);
+        self.memberships_truncated.extend(truncated);
+        self.memberships = MembershipHistory::new(at_log_start);
+        self.membership_changed();
+    }
+
+    /// The log start moved to `index` without losing the suffix.
+    pub(crate) fn compact_memberships(&mut self, index: u64) {
+        self.memberships.compact(index);
+        self.membership_dirty = true;
+    }
+
+    /// The configuration in force changed: a leader starts or stops replicating to the
+    /// members that came or went, and a transfer to a member no longer voting is dropped.
+    fn membership_changed(&mut self) {
+        self.membership = self.memberships.effective().clone();
+        self.membership_dirty = true;
+        if self.role != Role::Leader {
+            return;
+        }
+        let members = self.peers();
+        self.progress.retain(|id, _| members.contains(id));
+        let last_index = self.log.last_index;
+        for peer in members {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.progress.entry(peer) {
+                slot.insert(Progress::new(last_index));
+                self.append_wanted.insert(peer);
+            }
+        }
+        self.append_wanted
+            .retain(|id| self.progress.contains_key(id));
+        if self
+            .transferee
+            .is_some_and(|to| !self.membership.voters.contains(&to))
+        {
+            self.transferee = None;
+        }
+    }
+
+    /// After the commit index advanced on a leader: leave a joint configuration once its
+    /// entry is committed, and step down once a committed configuration no longer has this
+    /// leader as a voter (dissertation §4.2.2), handing leadership to the most caught-up
+    /// voter on the way.
+    pub(crate) fn finish_membership_change(&mut self) {
+        let Some(index) = self.memberships.last_index() else {
+            return;
+        };
+        if index > self.log.commit_index {
+            return;
+        }
+        if self.membership.is_joint() {
+            // Timestamp 0, as for the no-op: the core has no clock, and an entry without
+            // records must not move a segment's newest timestamp for retention.
+            let simple = self.membership.leave_joint();
+            self.append_config_as_leader(&simple, 0);
+        } else if !self.membership.is_voter(self.config.id) {
+            let last_index = self.log.last_index;
+            let successor = self
+                .progress
+                .iter()
+                .filter(|(id, _)| self.membership.voters.contains(id))
+                .max_by_key(|(_, pr)| pr.match_index)
+                .filter(|(_, pr)| pr.match_index == last_index)
+                .map(|(&id, _)| id);
+            if let Some(to) = successor {
+                self.send(
+                    to,
+                    Body::TimeoutNow(TimeoutNow {
+                        term: self.term,
+                        leader_id: self.config.id,
+                    }),
+                );
+            }
+            self.become_follower(self.term, 0);
+        }
     }
 
     /// Frees the uncommitted-bytes budget of entries up to the new commit index.
@@ -1118,6 +1337,12 @@ impl Raft {
     pub(crate) fn mark_hard_state_dirty(&mut self) {
         self.hard_state_dirty = true;
     }
+}
+
+/// The configuration a configuration entry's payload holds, if it is a valid one.
+pub(crate) fn decode_config(payload: &[u8]) -> Option<Membership> {
+    let config = GroupConfig::decode(payload).ok()?;
+    Membership::from_proto(&config).ok()
 }
 
 /// Rebuilds the term index of `(start, last]` with O(runs · log n) `term_at` reads: terms are

@@ -8,6 +8,7 @@ use crate::proto::{
 
 use super::check::DropReason;
 use super::log::LogPosition;
+use super::membership::Membership;
 use super::node::{Raft, Role};
 
 impl Raft {
@@ -166,12 +167,14 @@ impl Raft {
         }
         let new = &entries[first_new..];
         self.log.append(new);
+        self.note_config_entries(new);
         self.pending_entries.extend_from_slice(new);
     }
 
     /// Truncates the log view and folds the truncation into the pending Ready.
     fn truncate_from(&mut self, index: u64) {
         self.log.truncate_from(index);
+        self.forget_config_entries_from(index);
         let pending_first = self.pending_entries.first().map(|e| e.index);
         match pending_first {
             // Only entries the storage has not seen yet are affected: drop them from the Ready.
@@ -190,12 +193,20 @@ impl Raft {
             term: m.last_included_term,
             next_offset: m.next_offset,
         };
+        // check_body refused a snapshot without a valid configuration.
+        let Some(membership) = m
+            .config
+            .as_ref()
+            .and_then(|c| Membership::from_proto(c).ok())
+        else {
+            return;
+        };
         let verified = if position.index <= self.log.commit_index {
             // Already have it (a duplicate or a snapshot overtaken by commits): our committed
             // prefix matches the leader's.
             self.log.commit_index
         } else {
-            self.install_snapshot(position);
+            self.install_snapshot(position, membership);
             position.index
         };
         self.verified_index = self.verified_index.max(verified);
@@ -209,14 +220,18 @@ impl Raft {
     /// Moves our log start to `position`. The suffix after it is kept only if our entry at
     /// `position.index` matches and is durable: durable entries after it may have been
     /// counted toward a commit, so they must not be thrown away (Figure 13, step 6).
-    fn install_snapshot(&mut self, position: LogPosition) {
+    /// The snapshot's configuration, the one in force at `position`, replaces this member's
+    /// when the log is replaced; a kept suffix keeps its own configuration entries.
+    fn install_snapshot(&mut self, position: LogPosition, membership: Membership) {
         let keep_suffix = self.log.term_at(position.index) == Some(position.term)
             && self.log.persisted_index >= position.index;
         if keep_suffix {
             self.log.compact(position);
+            self.compact_memberships(position.index);
             self.pending_entries.retain(|e| e.index > position.index);
         } else {
             self.log.reset(position);
+            self.reset_memberships(membership);
             self.pending_entries.clear();
             self.pending_truncate = Some(position.index + 1);
         }

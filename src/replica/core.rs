@@ -1023,5 +1023,6 @@ fn restored_state<L: ReplicaLog>(log: &L) -> RestoredState {
         last_index: log.last_index(),
         commit_index: 0,
         voting_withheld: None,
+        membership: None,
     }
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use raftlog::config::{RaftConfig, StorageConfig};
 use raftlog::proto::raft_message::Body;
 use raftlog::proto::{Entry, RaftMessage};
-use raftlog::raft::{message_term, Config, LogPosition, Raft, Role};
+use raftlog::raft::{message_term, Config, LogPosition, Membership, Raft, Role};
 use raftlog::replica::mem_log::data_entry;
 use raftlog::replica::{
     Acks, Action, Appended, CoreConfig, FetchWaiter, Fetched, LogEvent, LogIsTheState, MemLog,
@@ -481,6 +481,11 @@ impl Cluster {
         if check {
             self.check_safety();
             self.check_committed_on_quorum();
+            if let Some(commit) = processed.commit_index {
+                if self.nodes[&id].raft().role() == Role::Leader {
+                    self.check_commit_durable(id, commit);
+                }
+            }
             for answer in &answers {
                 self.check_answer(answer);
             }
@@ -707,6 +712,16 @@ impl Cluster {
         self.net.retain(|m| m.to != id && m.from != id);
     }
 
+    /// Starts node `id`, not yet a member of the group: it knows the group's first voters
+    /// and itself as a learner, and waits for a leader that adds it to replicate to it.
+    pub fn add_node(&mut self, id: u64) {
+        let voters: Vec<u64> = self.voters.iter().copied().collect();
+        let mut raft = config(id, &voters);
+        raft.learners = vec![id];
+        let node = Node::start(core_config(raft), MemLog::new());
+        assert!(self.nodes.insert(id, node).is_none(), "node {id} exists");
+    }
+
     /// Removes every in-flight message.
     pub fn drop_all(&mut self) {
         self.net.clear();
@@ -720,12 +735,32 @@ impl Cluster {
             .any(|n| n.raft().voting_withheld() || n.log().voting_withheld().is_some())
     }
 
-    /// How many voters hold `index@term` durably.
-    fn durable_voters(&self, index: u64, term: u64) -> usize {
-        self.voters
-            .iter()
-            .filter(|id| Self::durable_on(&self.nodes[id], index, term))
-            .count()
+    /// The voter sets of `membership` (both sides while joint) that do not hold
+    /// `index@term` durably on a majority, with how many of each do.
+    fn short_majorities(
+        &self,
+        index: u64,
+        term: u64,
+        membership: &Membership,
+    ) -> Vec<(BTreeSet<u64>, usize)> {
+        let mut sets = vec![membership.voters.clone()];
+        if membership.is_joint() {
+            sets.push(membership.voters_outgoing.clone());
+        }
+        sets.into_iter()
+            .map(|set| {
+                let durable = set
+                    .iter()
+                    .filter(|id| {
+                        self.nodes
+                            .get(id)
+                            .is_some_and(|n| Self::durable_on(n, index, term))
+                    })
+                    .count();
+                (set, durable)
+            })
+            .filter(|(set, durable)| *durable <= set.len() / 2)
+            .collect()
     }
 
     /// Whether node `n` holds `index@term` durably (or compacted it away, which only ever
@@ -736,25 +771,50 @@ impl Cluster {
             || (log.durable_index() >= index && log.term_at(index) == Some(term))
     }
 
-    /// Asserts that the highest committed index of every node is durable on a quorum: a
-    /// committed entry must survive any minority of crashes.
+    /// Asserts that the highest committed index of every node is durable on a majority of
+    /// the group's voters: a committed entry must survive any minority of crashes. Checked
+    /// while the configuration never changed; across changes, the commit itself is checked
+    /// against the configuration the leader committed it in ([`Self::check_commit_durable`]),
+    /// and leader completeness covers what follows.
     pub fn check_committed_on_quorum(&self) {
         if self.some_vote_withheld() {
             return;
         }
-        let quorum = self.voters.len() / 2 + 1;
+        let initial = Membership::new(self.voters.iter().copied(), []);
         for node in self.nodes.values() {
+            let history = node.raft().membership_history();
+            if !history.logged.is_empty() || history.at_log_start.voters != initial.voters {
+                continue;
+            }
             let index = node.commit_index;
             let Some(&term) = self.committed.get(&index) else {
                 continue;
             };
-            let durable = self.durable_voters(index, term);
+            let short = self.short_majorities(index, term, &initial);
             assert!(
-                durable >= quorum,
-                "index {index} committed on {} but durable on {durable} nodes",
+                short.is_empty(),
+                "index {index} committed on {} but durable only on (voters, count) {short:?}",
                 node.raft().id()
             );
         }
+    }
+
+    /// Asserts that a leader's new commit index is durable on a majority of every voter set
+    /// of the configuration it is in force with (both sides while joint; never learners).
+    fn check_commit_durable(&self, id: u64, index: u64) {
+        if self.some_vote_withheld() {
+            return;
+        }
+        let raft = self.nodes[&id].raft();
+        let Some(term) = raft.term_at(index) else {
+            return; // compacted: committed long ago
+        };
+        let short = self.short_majorities(index, term, raft.membership());
+        assert!(
+            short.is_empty(),
+            "leader {id} committed {index}@{term} with {:?}, durable only on (voters, count) {short:?}",
+            raft.membership()
+        );
     }
 
     /// The replica's promises about its answers: a produce acknowledged with `Acks::All` is
@@ -794,10 +854,10 @@ impl Cluster {
                     entry.term
                 );
                 if !self.some_vote_withheld() {
-                    let durable = self.durable_voters(index, entry.term);
+                    let short = self.short_majorities(index, entry.term, node.raft().membership());
                     assert!(
-                        durable > self.voters.len() / 2,
-                        "node {id} acknowledged {index}@{} durable on only {durable} nodes",
+                        short.is_empty(),
+                        "node {id} acknowledged {index}@{} durable only on (voters, count) {short:?}",
                         entry.term
                     );
                 }

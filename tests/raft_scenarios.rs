@@ -1778,6 +1778,7 @@ mod membership {
     use raftlog::proto::raft_message::Body;
     use raftlog::proto::EntryKind;
     use raftlog::raft::{Membership, MembershipChange, MembershipError, Role};
+    use raftlog::replica::ReplicaLog;
 
     use super::raft_harness::Cluster;
 
@@ -2018,6 +2019,54 @@ mod membership {
         for id in [4, 5, 6] {
             assert_eq!(c.raft(id).commit_index(), c.raft(leader).commit_index());
         }
+    }
+
+    /// Configurations outlive restarts: each member comes back with the configuration of
+    /// the last configuration entry in its durable log, not the one it was started with.
+    #[test]
+    fn configurations_survive_restarts() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        change(&mut c, 1, MembershipChange::AddLearners(vec![4]));
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![1, 2, 3, 4]));
+        for id in [4, 2, 1] {
+            c.restart(id);
+            assert_eq!(
+                c.raft(id).membership(),
+                &Membership::new([1, 2, 3, 4], []),
+                "node {id} after a restart"
+            );
+        }
+        c.tick_all();
+        c.ticks(3 * RaftConfig::default().election_timeout_ticks);
+        let leader = c.leader().expect("a leader after the restarts");
+        c.propose(leader, b"after");
+    }
+
+    /// A configuration entry that was appended but never made durable is gone after a
+    /// crash, and so is its configuration, though its record was written first.
+    #[test]
+    fn a_configuration_whose_entry_was_lost_in_a_crash_is_not_restored() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        c.nodes.get_mut(&1).unwrap().auto_persist = false;
+        c.isolate(1);
+        c.raft_mut(1)
+            .propose_membership(&MembershipChange::AddLearners(vec![4]), 0)
+            .unwrap();
+        c.process(1);
+        assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 3], [4]));
+        let record = c
+            .log(1)
+            .membership()
+            .unwrap()
+            .expect("written before the entry");
+        assert_eq!(record.logged.len(), 1);
+        assert!(c.log(1).durable_index() < record.logged[0].index);
+        c.restart(1);
+        assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 3], []));
     }
 
     /// §4.4: a member that joins after the log was compacted gets the configuration in

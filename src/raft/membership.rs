@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::proto::GroupConfig;
+use crate::proto::{GroupConfig, LoggedConfig, MembershipState};
 
 /// The voters and learners of one Raft group, possibly in a joint configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -366,6 +366,48 @@ impl MembershipHistory {
         if let Some(last) = self.logged.drain(..folded).next_back() {
             self.at_log_start = last.membership;
         }
+    }
+
+    /// The schema form, as a replica persists it.
+    pub fn to_proto(&self) -> MembershipState {
+        MembershipState {
+            at_log_start: Some(self.at_log_start.to_proto()),
+            logged: self
+                .logged
+                .iter()
+                .map(|logged| LoggedConfig {
+                    index: logged.index,
+                    term: logged.term,
+                    config: Some(logged.membership.to_proto()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads a persisted history.
+    ///
+    /// # Errors
+    /// Why one of its configurations is impossible, or the list is not in index order.
+    pub fn from_proto(state: &MembershipState) -> Result<Self, &'static str> {
+        let config = |config: &Option<GroupConfig>| {
+            Membership::from_proto(config.as_ref().ok_or("a configuration is missing")?)
+        };
+        let mut history = MembershipHistory::new(config(&state.at_log_start)?);
+        for logged in &state.logged {
+            if history
+                .logged
+                .last()
+                .is_some_and(|last| (last.index, last.term) >= (logged.index, logged.term))
+            {
+                return Err("configuration entries out of order");
+            }
+            history.logged.push(LoggedMembership {
+                index: logged.index,
+                term: logged.term,
+                membership: config(&logged.config)?,
+            });
+        }
+        Ok(history)
     }
 
     /// Every member of any configuration remembered, in id order.

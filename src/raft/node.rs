@@ -59,9 +59,10 @@ pub struct Ready {
     pub commit_index: Option<u64>,
     /// The configurations to remember, when they changed (a configuration entry appended or
     /// truncated, the log start moved). Persist with `hard_state`, **before** `entries`: a
-    /// configuration entry must never be durable without its record. The list may still
-    /// hold entries this Ready truncates (until the next one); a restart keeps only those
-    /// whose (index, term) is in the durable log.
+    /// configuration entry must never be durable without its record. The list still holds
+    /// the entries this Ready truncates; once the truncation is done, persist
+    /// [`Raft::membership_history`] again, without them. A restart keeps only the listed
+    /// entries whose (index, term) the durable log holds.
     pub membership: Option<MembershipHistory>,
 }
 
@@ -360,16 +361,23 @@ impl Raft {
         log.commit_index = state.commit_index.clamp(start.index, state.last_index);
         let memberships = match state.membership {
             Some(mut history) => {
-                // Keep only entries this durable log holds: a record written before its
-                // entry (or before a truncation took the entry away) names an entry that is
+                // Entries at or below the log start were compacted after they committed
+                // (retention ran, the record was not rewritten yet): fold them. Above it, keep
+                // only entries this durable log holds: a record is written before its entry
+                // (or before a truncation takes one away), so it may name an entry that is
                 // not, or no longer, there.
-                let runs_log = &log;
+                let entries_log = &log;
                 history.logged.retain(|logged| {
-                    logged.index > start.index
-                        && logged.index <= state.last_index
-                        && runs_log.term_at(logged.index) == Some(logged.term)
+                    logged.index <= start.index
+                        || (logged.index <= state.last_index
+                            && entries_log.term_at(logged.index) == Some(logged.term))
                 });
+                // Of two entries at one index, the later leader's (higher term) replaced the
+                // other.
+                history.logged.reverse();
                 history.logged.dedup_by_key(|logged| logged.index);
+                history.logged.reverse();
+                history.compact(start.index);
                 history
             }
             None => MembershipHistory::new(Membership::new(

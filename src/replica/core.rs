@@ -24,8 +24,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::proto::{Entry, HardState, RaftMessage};
-use crate::raft::{self, LogReader, Raft, ReadError, RestoredState, Role};
+use crate::proto::{Entry, HardState, MembershipState, RaftMessage};
+use crate::raft::{self, LogReader, MembershipHistory, Raft, ReadError, RestoredState, Role};
 use crate::storage::StorageError;
 
 use crate::config::{RaftConfig, StorageConfig};
@@ -120,6 +120,17 @@ pub trait ReplicaLog {
         retention_ms: u64,
         commit_index: u64,
     ) -> Result<u64, StorageError>;
+    /// The configurations last stored with [`ReplicaLog::set_membership`], `None` if never.
+    ///
+    /// # Errors
+    /// The record cannot be read or fails its checks.
+    fn membership(&self) -> Result<Option<MembershipState>, StorageError>;
+    /// Stores the configurations the consensus core hands out ([`raft::Ready::membership`]),
+    /// durably before it returns.
+    ///
+    /// # Errors
+    /// A full disk or another storage failure.
+    fn set_membership(&mut self, state: &MembershipState) -> Result<(), StorageError>;
     /// The term recorded by the voting-withheld marker, if this log lost entries it may
     /// have acknowledged and has not caught up with a leader since.
     fn voting_withheld(&self) -> Option<u64>;
@@ -296,7 +307,7 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
         let voting_withheld = log.voting_withheld();
         let restored = RestoredState {
             voting_withheld,
-            ..restored_state(&log)
+            ..restored_state(&log).map_err(|e| ReplicaError::from_storage(&e))?
         };
         let raft = Raft::restore(config.raft.clone(), restored, &CoreReader(&log))
             .map_err(|e| ReplicaError::Storage(format!("cannot restore the raft core: {e}")))?;
@@ -648,6 +659,10 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             self.log
                 .set_hard_state(hard_state.current_term, hard_state.voted_for)?;
         }
+        // Before the entries: a configuration entry is never durable without its record.
+        if let Some(membership) = &ready.membership {
+            self.log.set_membership(&membership.to_proto())?;
+        }
         if let Some(position) = ready.snapshot {
             self.log
                 .install_snapshot(position.index, position.term, position.next_offset)?;
@@ -660,6 +675,12 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
         }
         if !ready.entries.is_empty() {
             self.log.append(&ready.entries)?;
+        }
+        // The record written above still listed the entries this Ready took away.
+        if ready.membership.is_some() && (ready.snapshot.is_some() || ready.truncate_from.is_some())
+        {
+            self.log
+                .set_membership(&self.raft.membership_history().to_proto())?;
         }
         if ready.snapshot.is_some() || ready.truncate_from.is_some() {
             self.rebuild_producers()
@@ -929,7 +950,7 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
         let restored = RestoredState {
             commit_index: self.committed_index,
             voting_withheld: self.raft.voting_withheld_term(),
-            ..restored_state(&self.log)
+            ..restored_state(&self.log)?
         };
         let reader = CoreReader(&self.log);
         self.raft = Raft::restore(self.config.raft.clone(), restored, &reader).map_err(|e| {
@@ -1017,12 +1038,26 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
 /// The consensus core's view of a reopened log: its durable hard state (whose
 /// `log_start_index` is the first index still in the log, as the schema defines it) and its
 /// last index.
-fn restored_state<L: ReplicaLog>(log: &L) -> RestoredState {
-    RestoredState {
+///
+/// # Errors
+/// The stored configurations cannot be read or are not ones a group could run with.
+fn restored_state<L: ReplicaLog>(log: &L) -> Result<RestoredState, StorageError> {
+    let membership =
+        match log.membership()? {
+            Some(state) => Some(MembershipHistory::from_proto(&state).map_err(|reason| {
+                StorageError::Corrupt {
+                    path: "membership".into(),
+                    position: 0,
+                    reason: reason.to_owned(),
+                }
+            })?),
+            None => None,
+        };
+    Ok(RestoredState {
         hard_state: *log.hard_state(),
         last_index: log.last_index(),
         commit_index: 0,
         voting_withheld: None,
-        membership: None,
-    }
+        membership,
+    })
 }

@@ -5,7 +5,7 @@
 //! waiting for its disk never stalls the other tasks of its worker thread. This is the only
 //! place where the replica's storage calls meet tokio; the core itself knows nothing of it.
 
-use crate::proto::{Entry, HardState};
+use crate::proto::{Entry, HardState, MembershipState};
 use crate::storage::{Log, StorageError, SyncDone, SyncJob};
 
 use super::core::ReplicaLog;
@@ -100,6 +100,14 @@ impl ReplicaLog for Log {
         commit_index: u64,
     ) -> Result<u64, StorageError> {
         blocking(|| Log::apply_retention(self, now_ms, retention_bytes, retention_ms, commit_index))
+    }
+
+    fn membership(&self) -> Result<Option<MembershipState>, StorageError> {
+        Log::membership(self)
+    }
+
+    fn set_membership(&mut self, state: &MembershipState) -> Result<(), StorageError> {
+        blocking(|| Log::set_membership(self, state))
     }
 
     fn voting_withheld(&self) -> Option<u64> {

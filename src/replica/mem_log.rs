@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use std::cell::Cell;
 
-use crate::proto::{Entry, EntryKind, HardState};
+use crate::proto::{Entry, EntryKind, HardState, MembershipState};
 use crate::raft::{entry_size_bytes, LogPosition};
 use crate::storage::StorageError;
 
@@ -70,6 +70,8 @@ pub struct MemLog {
     /// Bumped by every truncation and snapshot: syncs started before are stale.
     epoch: u64,
     voting_withheld: Option<u64>,
+    /// The stored configurations: durable at once, as the file is.
+    membership: Option<MembershipState>,
     full: bool,
     retain_up_to: Option<u64>,
     journal: Option<Vec<LogEvent>>,
@@ -89,6 +91,7 @@ impl Default for MemLog {
             durable_index: 0,
             epoch: 0,
             voting_withheld: None,
+            membership: None,
             full: false,
             retain_up_to: None,
             journal: None,
@@ -419,6 +422,22 @@ impl ReplicaLog for MemLog {
             next_offset: entry.base_offset + u64::from(entry.record_count),
         });
         Ok(self.first_index())
+    }
+
+    fn membership(&self) -> Result<Option<MembershipState>, StorageError> {
+        Ok(self.membership.clone())
+    }
+
+    fn set_membership(&mut self, state: &MembershipState) -> Result<(), StorageError> {
+        // Replaced whole, as the file is: a full disk has no room for the new version.
+        if self.full {
+            return Err(StorageError::StorageFull {
+                path: "membership".into(),
+                bytes: 0,
+            });
+        }
+        self.membership = Some(state.clone());
+        Ok(())
     }
 
     fn voting_withheld(&self) -> Option<u64> {

@@ -616,6 +616,25 @@ impl Log {
         }
     }
 
+    /// The configurations last stored with [`Self::set_membership`], `None` if never.
+    ///
+    /// # Errors
+    /// `Io`, or `Corrupt` when the record fails its checks.
+    pub fn membership(&self) -> Result<Option<crate::proto::MembershipState>, StorageError> {
+        super::membership::load(&self.dir)
+    }
+
+    /// Replaces the stored configurations, durably before it returns.
+    ///
+    /// # Errors
+    /// `Io`, or `StorageFull`.
+    pub fn set_membership(
+        &mut self,
+        state: &crate::proto::MembershipState,
+    ) -> Result<(), StorageError> {
+        super::membership::store(&self.dir, state)
+    }
+
     /// Removes the voting-withheld marker durably: the replica has caught up with a leader.
     ///
     /// # Errors

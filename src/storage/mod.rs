@@ -13,6 +13,7 @@
 //! | `<first index, 20 digits>.log` | a segment: preallocated, memory-mapped frames (see [`frame`]) |
 //! | `<first index, 20 digits>.index` | its summary and sparse index (see [`index`]), a hint rebuilt when missing or damaged |
 //! | `hard_state` | current term, vote and log start: two fixed 4 KiB slots updated in place (see [`hard_state`]) |
+//! | `membership` | the group configurations the replica must remember: the one at the log start and every configuration entry after it (see [`membership`]); absent until the first change |
 //! | `*.tmp` | half-made files of an interrupted replace; deleted at open |
 //!
 //! # Map of the module
@@ -23,6 +24,7 @@
 //! | [`index`] | the per-segment summary, term runs and sparse positions (pure) |
 //! | `segment` | one segment file: fallocate, map, write, scan, shared `Bytes` views |
 //! | [`hard_state`] | the hard state file, updated in place without new blocks |
+//! | [`membership`] | the membership file, replaced whole |
 //! | [`recovery`] | the decision table applied at open |
 //! | [`log`] | [`Log`]: append, reads, truncation, retention, snapshots |
 //! | [`sync`] | the two-phase sync that runs off the log's thread |
@@ -37,6 +39,7 @@ pub mod frame;
 pub mod hard_state;
 pub mod index;
 pub mod log;
+pub mod membership;
 pub mod recovery;
 mod segment;
 pub mod sync;

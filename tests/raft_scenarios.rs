@@ -1742,9 +1742,9 @@ mod raft {
         assert_eq!(c.leader(), Some(1), "nor disturbs the leader");
     }
 
-    /// A learner is no transfer target, and a learner asked for a vote refuses it: learners
-    /// never elect. (A vote request *from* a member known as a learner is processed: it may
-    /// have been made a voter by an entry this member has not received yet.)
+    /// A learner is no transfer target, and its vote elects nobody: learners never elect.
+    /// (Vote requests from and to members known as learners are processed: one may have
+    /// been made a voter by an entry the other has not received yet.)
     #[test]
     fn learners_take_no_part_in_elections() {
         let mut c = Cluster::with_members(3, 1, |_| {});
@@ -1767,7 +1767,15 @@ mod raft {
             })),
         };
         c.raft_mut(4).step(ask);
-        assert_eq!(c.raft(4).voted_for(), None, "a learner casts no vote");
+        // It answers like anyone (it may be a voter of the candidate's newer configuration),
+        // but the candidate's own configuration decides whether the vote counts.
+        assert_eq!(c.raft(4).voted_for(), Some(2));
+        let votes = std::collections::BTreeMap::from([(2, true), (4, true)]);
+        assert_eq!(
+            c.raft(2).membership().vote_result(&votes),
+            raftlog::raft::VoteResult::Pending,
+            "a learner's vote elects nobody"
+        );
     }
 }
 

@@ -22,14 +22,22 @@
 //! - a parked fetch is answered as soon as records commit past its offset, and a fetch that
 //!   does not park is answered at once;
 //! - a producer's batch, however often retried (to whichever leader), is stored once in the
-//!   committed log, and every acknowledgement of it names that one offset.
+//!   committed log, and every acknowledgement of it names that one offset;
+//! - membership: a leader's commit is durable on a majority of every voter set of its
+//!   configuration (learners never count); a leader has at most one configuration entry
+//!   above its commit index; the configurations in force on the members holding the last
+//!   committed configuration entry have pairwise intersecting quorums; after healing, every
+//!   change completes (the group leaves any joint configuration).
 //!
 //! Fault sources, each drawing from its own seeded stream (so changing one does not perturb
 //! the others): message loss, delay (and so reordering), duplication, symmetric and one-way
 //! partitions, crashes that lose un-synced writes (also between persisting and sending, with
 //! part of the messages out), restarts that lose durable entries (voting withheld), slow
 //! disks, full disks, leadership transfers, compaction, producers (idempotent, short-lived,
-//! retrying on errors and timeouts), consumers (parking, giving up). Seeds cycle through
+//! retrying on errors and timeouts), consumers (parking, giving up), and on about half the
+//! seeds membership changes (spare members added as learners, promoted, voters removed or
+//! replaced, the leader among them, learners given up, leaders crashed while joint, members
+//! no configuration names wiped and replaced by fresh ones under new ids). Seeds cycle through
 //! profiles, one of which aims at Figure 8 (leaders crashing right after sending an entry to
 //! a minority, quick re-elections, one entry per message).
 //!
@@ -52,7 +60,7 @@ use bytes::Bytes;
 use raftlog::batch::{decode_records, RecordBatchBuilder};
 use raftlog::proto::raft_message::Body;
 use raftlog::proto::{EntryKind, RaftMessage, RecordBatch};
-use raftlog::raft::Role;
+use raftlog::raft::{Membership, MembershipChange, Role};
 use raftlog::replica::{Acks, ReplicaError, ReplicaLog};
 use raftlog::rng::SplitMix64;
 
@@ -146,6 +154,11 @@ struct Rates {
     /// Per tick: a member restarts with the end of its *durable* log gone (a damaged disk:
     /// storage recovery's `CorruptMiddle`) and voting withheld, while no other member is.
     lose_durable_per_mille: u32,
+    /// Per tick, on seeds that change membership: a leader is asked for a change.
+    membership_per_mille: u32,
+    /// Per tick, on seeds that change membership: a leader whose group is joint crashes
+    /// (between entering and leaving the joint configuration).
+    crash_joint_leader_per_mille: u32,
 }
 
 impl Profile {
@@ -178,6 +191,8 @@ impl Profile {
             duplicate_per_mille: 20,
             loss_levels_per_mille: &[0, 10, 50],
             lose_durable_per_mille: 3,
+            membership_per_mille: 40,
+            crash_joint_leader_per_mille: 100,
         };
         match self {
             Self::Mixed => base,
@@ -236,6 +251,7 @@ struct Streams {
     lose_durable: SplitMix64,
     fetch: SplitMix64,
     full_disk: SplitMix64,
+    membership: SplitMix64,
 }
 
 impl Streams {
@@ -260,8 +276,25 @@ impl Streams {
             lose_durable: stream(12),
             fetch: stream(13),
             full_disk: stream(14),
+            membership: stream(15),
         }
     }
+}
+
+/// Whether every quorum of `a` shares a member with every quorum of `b`, by trying every
+/// set of their voters: no quorum of `a` may leave a quorum of `b` among the others.
+fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
+    let universe: Vec<u64> = a.all_voters().union(&b.all_voters()).copied().collect();
+    assert!(universe.len() < 20, "too many voters to enumerate");
+    (0u32..1 << universe.len()).all(|bits| {
+        let chosen = |id: u64| {
+            universe
+                .iter()
+                .position(|&u| u == id)
+                .is_some_and(|i| bits & (1 << i) != 0)
+        };
+        !(a.has_quorum(chosen) && b.has_quorum(|id| !chosen(id) && universe.contains(&id)))
+    })
 }
 
 /// True with probability `per_mille / 1000`.
@@ -360,6 +393,17 @@ struct Sim {
     refusals_count: u64,
     fetches_answered_count: u64,
     parked_answered_count: u64,
+    /// Whether this seed changes membership.
+    membership_changes: bool,
+    /// The id the next fresh member gets.
+    next_member_id: u64,
+    /// Configurations last checked for intersecting quorums (skipped while unchanged).
+    configs_checked: Vec<Membership>,
+    membership_proposed_count: u64,
+    membership_refused_count: u64,
+    wipes_count: u64,
+    leader_removals_count: u64,
+    joint_crashes_count: u64,
     steps: u64,
     trace: bool,
 }
@@ -382,6 +426,9 @@ impl Sim {
         // Some groups carry a learner: it must follow every fault the voters see without
         // ever voting, campaigning or counting toward a commit.
         let learners = u64::from(chance(&mut streams.config, 300));
+        // About half the seeds change membership, with two spare members to add.
+        let membership_changes = chance(&mut streams.membership, 500);
+        let spares = if membership_changes { 2 } else { 0 };
         // A node's defaults (timeouts, the replica's limits), but for the windows and sizes
         // the simulator shrinks so that its small entries fill them.
         let mut c = Cluster::with_members(n, learners, |config| {
@@ -396,7 +443,11 @@ impl Sim {
             cfg.entry_cache_bytes_max = if small_cache { 300 } else { 1 << 20 };
         });
         c.record_delivered = false;
-        let ids: Vec<u64> = (1..=n + learners).collect();
+        for id in n + learners + 1..=n + learners + spares {
+            c.add_node(id);
+        }
+        let ids: Vec<u64> = (1..=n + learners + spares).collect();
+        let next_member_id = n + learners + spares + 1;
         for node in c.nodes.values_mut() {
             node.auto_persist = false;
         }
@@ -433,6 +484,14 @@ impl Sim {
             refusals_count: 0,
             fetches_answered_count: 0,
             parked_answered_count: 0,
+            membership_changes,
+            next_member_id,
+            configs_checked: Vec::new(),
+            membership_proposed_count: 0,
+            membership_refused_count: 0,
+            wipes_count: 0,
+            leader_removals_count: 0,
+            joint_crashes_count: 0,
             steps: 0,
             trace: std::env::var("RAFTLOG_SIM_TRACE").is_ok(),
         }
@@ -497,6 +556,7 @@ impl Sim {
         self.c.check_safety();
         self.c.check_committed_on_quorum();
         self.check_fetches_answered();
+        self.check_memberships();
         self.now += 1;
         self.steps += 1;
     }
@@ -570,6 +630,204 @@ impl Sim {
             let keep = u64::from(self.streams.compaction.range_u32(0, 6));
             self.compact(id, keep);
         }
+        if self.membership_changes {
+            if chance(&mut self.streams.membership, rates.membership_per_mille) {
+                self.change_membership();
+            }
+            let joint_leaders: Vec<u64> = self
+                .leaders()
+                .into_iter()
+                .filter(|&id| self.c.raft(id).membership().is_joint())
+                .collect();
+            if !joint_leaders.is_empty()
+                && chance(
+                    &mut self.streams.membership,
+                    rates.crash_joint_leader_per_mille,
+                )
+            {
+                let id = pick(&mut self.streams.membership, &joint_leaders);
+                self.crash(id);
+                self.joint_crashes_count += 1;
+            }
+        }
+    }
+
+    /// Asks a leader for a random membership change, or wipes a member no configuration
+    /// anywhere names and puts a fresh one (a new id, an empty disk) in its place.
+    fn change_membership(&mut self) {
+        if self.streams.membership.range_u32(0, 10) == 0 {
+            self.wipe_unused_member();
+            return;
+        }
+        let leaders = self.leaders();
+        if leaders.is_empty() {
+            return;
+        }
+        let rng = &mut self.streams.membership;
+        let leader = pick(rng, &leaders);
+        let m = self.c.raft(leader).membership().clone();
+        let outsiders: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| !m.is_member(id))
+            .collect();
+        let learners: Vec<u64> = m.learners.iter().copied().collect();
+        let voters: Vec<u64> = m.voters.iter().copied().collect();
+        let change = match rng.range_u32(0, 5) {
+            0 | 1 if !outsiders.is_empty() => {
+                MembershipChange::AddLearners(vec![pick(rng, &outsiders)])
+            }
+            2 if !learners.is_empty() => {
+                // Promote a learner, sometimes in place of a voter (the leader included).
+                let learner = pick(rng, &learners);
+                let mut next = voters.clone();
+                if rng.range_u32(0, 2) == 0 {
+                    let out = pick(rng, &voters);
+                    next.retain(|&v| v != out);
+                }
+                next.push(learner);
+                MembershipChange::ReplaceVoters(next)
+            }
+            // Never below three voters: with two, one damaged disk (whose member withholds
+            // its vote until a leader brings it up to date) leaves no majority to elect
+            // that leader, which no protocol can get out of.
+            3 if voters.len() > 3 => {
+                let out = pick(rng, &voters);
+                MembershipChange::ReplaceVoters(
+                    voters.iter().copied().filter(|&v| v != out).collect(),
+                )
+            }
+            4 if !learners.is_empty() => {
+                // A move given up: the learner is dropped before it became a voter.
+                MembershipChange::RemoveLearners(vec![pick(rng, &learners)])
+            }
+            _ => return,
+        };
+        self.timestamp += 1;
+        match self
+            .c
+            .raft_mut(leader)
+            .propose_membership(&change, self.timestamp)
+        {
+            Ok(_) => {
+                self.membership_proposed_count += 1;
+                if matches!(&change, MembershipChange::ReplaceVoters(next) if !next.contains(&leader))
+                {
+                    self.leader_removals_count += 1;
+                }
+            }
+            Err(_) => self.membership_refused_count += 1,
+        }
+    }
+
+    /// Replaces a member that no configuration in any log names (never added, or removed
+    /// and forgotten) by a fresh one under a new id: a node whose disk died comes back as a
+    /// new member, never under its old id.
+    fn wipe_unused_member(&mut self) {
+        // Its own log goes with it: only the others' configurations matter.
+        let named_by_others = |id: u64| {
+            self.c.nodes.iter().any(|(&other, n)| {
+                other != id && n.raft().membership_history().all_members().contains(&id)
+            })
+        };
+        let unused: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| !named_by_others(id))
+            .collect();
+        if unused.is_empty() {
+            return;
+        }
+        let old = pick(&mut self.streams.membership, &unused);
+        self.c.nodes.remove(&old);
+        self.c.net.retain(|m| m.to != old && m.from != old);
+        self.net.retain(|_, m| m.to != old && m.from != old);
+        self.ids.retain(|&id| id != old);
+        self.disk_slow.remove(&old);
+        self.sync_due.remove(&old);
+        self.down_until.remove(&old);
+        self.full_until.remove(&old);
+        self.fetches.retain(|_, f| f.node != old);
+        let new = self.next_member_id;
+        self.next_member_id += 1;
+        self.c.add_node(new);
+        self.c.nodes.get_mut(&new).expect("added").auto_persist = false;
+        self.ids.push(new);
+        self.disk_slow.insert(new, false);
+        self.wipes_count += 1;
+    }
+
+    /// The membership invariants of the module doc that are checked every step.
+    fn check_memberships(&mut self) {
+        if !self.membership_changes {
+            return;
+        }
+        for &id in &self.ids {
+            let raft = self.c.raft(id);
+            if raft.role() != Role::Leader {
+                continue;
+            }
+            // Committed as far as anyone knows: a new leader learns it only with its no-op.
+            let uncommitted: Vec<u64> = raft
+                .membership_history()
+                .logged
+                .iter()
+                .filter(|logged| self.c.committed.get(&logged.index) != Some(&logged.term))
+                .map(|logged| logged.index)
+                .collect();
+            assert!(
+                uncommitted.len() <= 1,
+                "leader {id} holds uncommitted configuration entries at {uncommitted:?}"
+            );
+        }
+        // The last committed configuration entry anywhere: configurations of logs that lack
+        // it can never be a leader's again (a leader holds every committed entry).
+        let committed = &self.c.committed;
+        let mut last_committed: Option<(u64, u64, Membership)> = None;
+        for node in self.c.nodes.values() {
+            let raft = node.raft();
+            let history = raft.membership_history();
+            let start = raft.log_start();
+            let mut candidates = vec![(start.index, start.term, &history.at_log_start)];
+            candidates.extend(
+                history
+                    .logged
+                    .iter()
+                    .filter(|logged| committed.get(&logged.index) == Some(&logged.term))
+                    .map(|logged| (logged.index, logged.term, &logged.membership)),
+            );
+            for (index, term, membership) in candidates {
+                if last_committed.as_ref().is_none_or(|(i, _, _)| index > *i) {
+                    last_committed = Some((index, term, membership.clone()));
+                }
+            }
+        }
+        let Some((index, term, membership)) = last_committed else {
+            return;
+        };
+        let mut in_force = vec![membership];
+        for node in self.c.nodes.values() {
+            let raft = node.raft();
+            let holds = raft.log_start().index >= index || raft.term_at(index) == Some(term);
+            if holds && !in_force.contains(raft.membership()) {
+                in_force.push(raft.membership().clone());
+            }
+        }
+        in_force.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        if in_force == self.configs_checked {
+            return;
+        }
+        for (i, a) in in_force.iter().enumerate() {
+            for b in &in_force[i + 1..] {
+                assert!(
+                    quorums_intersect(a, b),
+                    "configurations {a:?} and {b:?} can both be in force but have disjoint quorums"
+                );
+            }
+        }
+        self.configs_checked = in_force;
     }
 
     /// Symmetric splits, one-way cuts, an isolated leader, or healing.
@@ -1166,7 +1424,7 @@ impl Sim {
         for tick in 1..=LIVENESS_TICKS_MAX {
             self.run_tick();
             if let Some((_, Some(index))) = self.final_proposal {
-                if self.c.nodes.values().all(|n| n.commit_index >= index) {
+                if self.change_complete(index) {
                     self.check_batches_stored_once();
                     return tick;
                 }
@@ -1186,14 +1444,19 @@ impl Sim {
                 }
             }
         }
-        let nodes: Vec<(Role, u64, u64, Option<String>)> = self
+        let nodes: Vec<(Role, u64, u64, Option<String>, String)> = self
             .c
             .nodes
             .values()
             .map(|n| {
                 let r = n.raft();
                 let full = n.core.storage_full().map(str::to_owned);
-                (r.role(), r.term(), r.commit_index(), full)
+                let m = r.membership();
+                let members = format!(
+                    "voters {:?} outgoing {:?} learners {:?}",
+                    m.voters, m.voters_outgoing, m.learners
+                );
+                (r.role(), r.term(), r.commit_index(), full, members)
             })
             .collect();
         let progress: Vec<String> = self.c.leader().map_or(Vec::new(), |l| {
@@ -1203,9 +1466,30 @@ impl Sim {
                 .collect()
         });
         panic!(
-            "liveness: no new produce acknowledged and committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {:?}; role, term, commit, disk full: {nodes:?}; leader's progress: {progress:?})",
+            "liveness: no new produce acknowledged and committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {:?}; role, term, commit, disk full, membership: {nodes:?}; leader's progress: {progress:?})",
             self.final_proposal
         );
+    }
+
+    /// Whether the healed group has made progress: the final produce is committed on every
+    /// member of the leader's configuration, which is simple (not joint) with its last
+    /// configuration entry committed.
+    fn change_complete(&self, index: u64) -> bool {
+        let Some(leader) = self.c.leader() else {
+            return false;
+        };
+        let raft = self.c.raft(leader);
+        let membership = raft.membership();
+        let settled = !membership.is_joint()
+            && raft
+                .membership_history()
+                .last_index()
+                .is_none_or(|last| last <= raft.commit_index());
+        settled
+            && membership
+                .members()
+                .iter()
+                .all(|id| self.c.nodes[id].commit_index >= index)
     }
 
     /// Every producer batch in the committed log is there once, and every acknowledged one
@@ -1334,6 +1618,12 @@ struct Summary {
     full_disks_count: u64,
     fetches_answered_count: u64,
     parked_answered_count: u64,
+    membership_seeds: u64,
+    membership_proposed_count: u64,
+    membership_refused_count: u64,
+    wipes_count: u64,
+    leader_removals_count: u64,
+    joint_crashes_count: u64,
 }
 
 /// Runs `seeds`, each caught separately; prints every violation with its replay command.
@@ -1360,6 +1650,12 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
         summary.full_disks_count += sim.full_disks_count;
         summary.fetches_answered_count += sim.fetches_answered_count;
         summary.parked_answered_count += sim.parked_answered_count;
+        summary.membership_seeds += u64::from(sim.membership_changes);
+        summary.membership_proposed_count += sim.membership_proposed_count;
+        summary.membership_refused_count += sim.membership_refused_count;
+        summary.wipes_count += sim.wipes_count;
+        summary.leader_removals_count += sim.leader_removals_count;
+        summary.joint_crashes_count += sim.joint_crashes_count;
         match result {
             Ok(ticks) => summary.liveness_ticks_max = summary.liveness_ticks_max.max(ticks),
             Err(_) => {
@@ -1431,6 +1727,15 @@ fn simulation() {
         summary.full_disks_count,
         summary.fetches_answered_count,
         summary.parked_answered_count
+    ));
+    report(format_args!(
+        "membership: {} seeds changing it, {} changes accepted ({} removing the leader), {} refused, {} leaders crashed while joint, {} members wiped and replaced by new ids",
+        summary.membership_seeds,
+        summary.membership_proposed_count,
+        summary.leader_removals_count,
+        summary.membership_refused_count,
+        summary.joint_crashes_count,
+        summary.wipes_count
     ));
     report(format_args!(
         "simulation: {} seeds, {} steps, {} violations",

@@ -924,8 +924,10 @@ impl Raft {
             self.voted_for == from || (self.voted_for == 0 && self.leader_id == 0)
         };
         // A member that lost entries it may have acknowledged cannot judge "up to date".
+        // Whether this member votes in its own configuration does not matter (§4.1: requests
+        // are processed without consulting the configuration): a learner may already be a
+        // voter in the candidate's newer one, and a candidate counts only its own voters.
         let granted = can_vote
-            && self.membership.is_voter(self.config.id)
             && !self.voting_withheld()
             && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if granted && !rv.pre_vote {

@@ -52,6 +52,8 @@
 //! append_message_bytes_max = 2097152
 //! uncommitted_bytes_max = 67108864
 //! entry_cache_bytes_max = 16777216
+//! learner_lag_entries_max = 1000
+//! learner_caught_up_ms = 2000
 //!
 //! [storage]
 //! segment_bytes = 67108864
@@ -244,6 +246,14 @@ pub struct RaftConfig {
     /// covers a follower a few hundred milliseconds behind a busy partition; one further
     /// behind is served from the log.
     pub entry_cache_bytes_max: usize,
+    /// How far (in entries) a new replica may trail its leader's log and still count as
+    /// caught up during a partition move. 1 000: a few heartbeats' worth of writes under
+    /// load; a replica that is still copying the log is far beyond it.
+    pub learner_lag_entries_max: u64,
+    /// How long a new replica must stay caught up before a move makes it a voter. 2 s: a
+    /// learner that only just touched the bound under steady load would make the new
+    /// majority wait for it.
+    pub learner_caught_up_ms: u64,
 }
 
 /// On-disk layout and durability.
@@ -416,6 +426,8 @@ impl Default for RaftConfig {
             append_message_bytes_max: 2 * MIB,
             uncommitted_bytes_max: 64 * MIB,
             entry_cache_bytes_max: 16 * MIB,
+            learner_lag_entries_max: 1_000,
+            learner_caught_up_ms: 2_000,
         }
     }
 }

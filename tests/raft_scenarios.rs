@@ -1786,7 +1786,7 @@ mod membership {
     use raftlog::proto::raft_message::Body;
     use raftlog::proto::EntryKind;
     use raftlog::raft::{Membership, MembershipChange, MembershipError, Role};
-    use raftlog::replica::ReplicaLog;
+    use raftlog::replica::{MovePhase, ReplicaLog};
 
     use super::raft_harness::Cluster;
 
@@ -2010,6 +2010,33 @@ mod membership {
         c.propose(leader, b"y");
     }
 
+    /// §4.2.3: a removed member never hears of its removal (nobody replicates to it) and
+    /// campaigns on; even on the paper's bare protocol (no pre-vote, no lease) its raised
+    /// terms depose nobody, since it could not win a vote of the members that removed it.
+    #[test]
+    fn a_removed_member_campaigning_on_deposes_nobody() {
+        let mut c = Cluster::with_members(3, 1, |config| {
+            config.raft.pre_vote = false;
+            config.raft.check_quorum = false;
+        });
+        c.elect(1);
+        // Node 3 misses everything from here on: it never learns it was removed.
+        c.isolate(3);
+        change(&mut c, 1, MembershipChange::ReplaceVoters(vec![1, 2, 4]));
+        assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 4], []));
+        assert!(c.raft(3).membership().is_voter(3), "3 still thinks it votes");
+        let term = c.raft(1).term();
+        c.heal();
+        for _ in 0..5 {
+            c.core_mut(3).campaign();
+            c.stabilize();
+        }
+        assert!(c.raft(3).term() > term, "3 campaigned in higher terms");
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.raft(1).term(), term, "nobody followed 3's terms");
+        c.propose(1, b"still leading");
+    }
+
     /// Joint consensus moves a group between voter sets that share no member: no single
     /// step could (the majorities of {1,2,3} and {4,5,6} do not intersect).
     #[test]
@@ -2075,6 +2102,120 @@ mod membership {
         assert!(c.log(1).durable_index() < record.logged[0].index);
         c.restart(1);
         assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 3], []));
+    }
+
+    /// Tells every member the voters the group should move to, as the cluster metadata
+    /// does; only the leader acts on it.
+    fn move_to(c: &mut Cluster, target: &[u64]) {
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.core_mut(id).set_move_target(Some(target.to_vec()));
+        }
+    }
+
+    /// Ticks until the leader reports the move done, collecting the phases it went through.
+    fn run_move(c: &mut Cluster, ticks_max: u32) -> Vec<MovePhase> {
+        let mut phases: Vec<MovePhase> = Vec::new();
+        for _ in 0..ticks_max {
+            c.tick_all();
+            let Some(leader) = c.leader() else { continue };
+            let Some(phase) = c.core(leader).move_phase().cloned() else {
+                continue;
+            };
+            let kind = std::mem::discriminant(&phase);
+            if phases.last().map(std::mem::discriminant) != Some(kind) {
+                phases.push(phase.clone());
+            }
+            if phase == MovePhase::Done {
+                return phases;
+            }
+        }
+        panic!("the move did not finish in {ticks_max} ticks: {phases:?}");
+    }
+
+    /// A move driven by the leader: the new replica is added as a learner, must stay caught
+    /// up for a while, then the voters are replaced through the joint configuration; the
+    /// old leader, no longer a voter, hands over.
+    #[test]
+    fn a_move_adds_a_learner_waits_for_it_then_replaces_the_voters() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"a");
+        c.add_node(4);
+        move_to(&mut c, &[2, 3, 4]);
+        let phases = run_move(&mut c, 200);
+        let kinds: Vec<&str> = phases
+            .iter()
+            .map(|p| match p {
+                MovePhase::AddingLearners => "adding",
+                MovePhase::CatchingUp { .. } => "catching up",
+                MovePhase::Joint => "joint",
+                MovePhase::RemovingLearners => "removing",
+                MovePhase::Done => "done",
+            })
+            .collect();
+        // The joint configuration may come and go within one tick of a healthy cluster.
+        let expected: &[&[&str]] = &[
+            &["adding", "catching up", "done"],
+            &["adding", "catching up", "joint", "done"],
+        ];
+        assert!(expected.contains(&kinds.as_slice()), "{phases:?}");
+        let joint_entries = c
+            .log(2)
+            .written()
+            .iter()
+            .filter(|e| e.kind() == EntryKind::Config)
+            .count();
+        assert_eq!(joint_entries, 3, "learner, joint and leave entries");
+        let leader = c.leader().expect("leader");
+        assert!([2, 3, 4].contains(&leader));
+        assert_everywhere(&c, &[2, 3, 4], &Membership::new([2, 3, 4], []));
+        c.propose(leader, b"b");
+    }
+
+    /// A move continues under a new leader: each leader goes on from the configuration its
+    /// log holds.
+    #[test]
+    fn a_move_survives_a_change_of_leader() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        move_to(&mut c, &[1, 2, 3, 4]);
+        c.tick_all();
+        assert!(c.raft(1).membership().is_member(4), "the learner is added");
+        c.isolate(1);
+        c.ticks(3 * RaftConfig::default().election_timeout_ticks);
+        c.heal();
+        let phases = run_move(&mut c, 300);
+        assert_eq!(phases.last(), Some(&MovePhase::Done));
+        assert_ne!(c.leader(), Some(1), "another leader finished it");
+        assert_everywhere(&c, &[1, 2, 3, 4], &Membership::new([1, 2, 3, 4], []));
+    }
+
+    /// Cancelling a move before the learner was promoted is moving back: the learner is
+    /// removed and the voters never changed.
+    #[test]
+    fn cancelling_a_move_before_promotion_removes_the_learner() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.add_node(4);
+        move_to(&mut c, &[1, 2, 4]);
+        c.tick_all();
+        c.tick_all();
+        assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 3], [4]));
+        assert!(matches!(
+            c.core(1).move_phase(),
+            Some(MovePhase::CatchingUp { .. })
+        ));
+        move_to(&mut c, &[1, 2, 3]);
+        let phases = run_move(&mut c, 50);
+        assert_eq!(
+            phases.first(),
+            Some(&MovePhase::RemovingLearners),
+            "{phases:?}"
+        );
+        // Node 4 is told nothing more once removed: its replica is deleted by its node.
+        assert_everywhere(&c, &[1, 2, 3], &Membership::new([1, 2, 3], []));
     }
 
     /// §4.4: a member that joins after the log was compacted gets the configuration in

@@ -404,6 +404,9 @@ struct Sim {
     wipes_count: u64,
     leader_removals_count: u64,
     joint_crashes_count: u64,
+    /// The voters the last move ordered, told to every member.
+    move_target: Option<Vec<u64>>,
+    moves_count: u64,
     steps: u64,
     trace: bool,
 }
@@ -492,6 +495,8 @@ impl Sim {
             wipes_count: 0,
             leader_removals_count: 0,
             joint_crashes_count: 0,
+            move_target: None,
+            moves_count: 0,
             steps: 0,
             trace: std::env::var("RAFTLOG_SIM_TRACE").is_ok(),
         }
@@ -674,6 +679,29 @@ impl Sim {
             .collect();
         let learners: Vec<u64> = m.learners.iter().copied().collect();
         let voters: Vec<u64> = m.voters.iter().copied().collect();
+        if rng.range_u32(0, 4) == 0 {
+            // A partition move, as the cluster metadata orders one: every member is told the
+            // target voters, and whoever leads drives the group there.
+            let mut target = voters.clone();
+            let candidates: Vec<u64> = learners.iter().chain(&outsiders).copied().collect();
+            if !candidates.is_empty() {
+                let incoming = pick(rng, &candidates);
+                if rng.range_u32(0, 2) == 0 || target.len() <= 3 {
+                    target.push(incoming);
+                } else {
+                    let out = pick(rng, &voters);
+                    target.retain(|&v| v != out);
+                    target.push(incoming);
+                }
+            }
+            target.sort_unstable();
+            for &id in &self.ids {
+                self.c.core_mut(id).set_move_target(Some(target.clone()));
+            }
+            self.move_target = Some(target);
+            self.moves_count += 1;
+            return;
+        }
         let change = match rng.range_u32(0, 5) {
             0 | 1 if !outsiders.is_empty() => {
                 MembershipChange::AddLearners(vec![pick(rng, &outsiders)])
@@ -731,11 +759,12 @@ impl Sim {
                 other != id && n.raft().membership_history().all_members().contains(&id)
             })
         };
+        let targeted = |id: u64| self.move_target.as_ref().is_some_and(|t| t.contains(&id));
         let unused: Vec<u64> = self
             .ids
             .iter()
             .copied()
-            .filter(|&id| !named_by_others(id))
+            .filter(|&id| !named_by_others(id) && !targeted(id))
             .collect();
         if unused.is_empty() {
             return;
@@ -754,6 +783,8 @@ impl Sim {
         self.next_member_id += 1;
         self.c.add_node(new);
         self.c.nodes.get_mut(&new).expect("added").auto_persist = false;
+        let target = self.move_target.clone();
+        self.c.core_mut(new).set_move_target(target);
         self.ids.push(new);
         self.disk_slow.insert(new, false);
         self.wipes_count += 1;
@@ -1177,6 +1208,7 @@ impl Sim {
         let (low, high) = self.rates.down_ticks;
         let down_ticks = u64::from(self.streams.crash.range_u32(low, high));
         self.c.restart(id);
+        self.retell_move_target(id);
         self.crashes_count += 1;
         self.sync_due.remove(&id);
         self.down_until
@@ -1203,10 +1235,17 @@ impl Sim {
         let (low, high) = self.rates.down_ticks;
         let down_ticks = u64::from(self.streams.lose_durable.range_u32(low, high));
         self.c.restart_losing(id, last_index);
+        self.retell_move_target(id);
         self.durable_losses_count += 1;
         self.sync_due.remove(&id);
         self.down_until
             .insert(id, self.now + down_ticks * UNITS_PER_TICK);
+    }
+
+    /// A restarted member hears of the move again, as a node reapplies the metadata.
+    fn retell_move_target(&mut self, id: u64) {
+        let target = self.move_target.clone();
+        self.c.core_mut(id).set_move_target(target);
     }
 
     fn restart_due(&mut self) {
@@ -1453,8 +1492,17 @@ impl Sim {
                 let full = n.core.storage_full().map(str::to_owned);
                 let m = r.membership();
                 let members = format!(
-                    "voters {:?} outgoing {:?} learners {:?}",
-                    m.voters, m.voters_outgoing, m.learners
+                    "voters {:?} outgoing {:?} learners {:?}, last {}@{}{}",
+                    m.voters,
+                    m.voters_outgoing,
+                    m.learners,
+                    r.last_index(),
+                    r.last_term(),
+                    if r.voting_withheld() {
+                        ", vote withheld"
+                    } else {
+                        ""
+                    }
                 );
                 (r.role(), r.term(), r.commit_index(), full, members)
             })
@@ -1465,9 +1513,13 @@ impl Sim {
                 .filter_map(|&id| Some(format!("{id}: {:?}", self.c.raft(l).progress(id)?)))
                 .collect()
         });
+        let phase = self
+            .c
+            .leader()
+            .map(|leader| self.c.core(leader).move_phase().cloned());
         panic!(
-            "liveness: no new produce acknowledged and committed everywhere {LIVENESS_TICKS_MAX} ticks after healing (proposal {:?}; role, term, commit, disk full, membership: {nodes:?}; leader's progress: {progress:?})",
-            self.final_proposal
+            "liveness: no new produce acknowledged and committed everywhere {LIVENESS_TICKS_MAX} ticks after healing, or a change unfinished (proposal {:?}; move to {:?}, leader's phase {phase:?}; role, term, commit, disk full, membership: {nodes:?}; leader's progress: {progress:?})",
+            self.final_proposal, self.move_target
         );
     }
 
@@ -1485,7 +1537,12 @@ impl Sim {
                 .membership_history()
                 .last_index()
                 .is_none_or(|last| last <= raft.commit_index());
+        let moved = self.move_target.as_ref().is_none_or(|target| {
+            self.c.core(leader).move_phase() == Some(&raftlog::replica::MovePhase::Done)
+                && membership.voters.iter().copied().eq(target.iter().copied())
+        });
         settled
+            && moved
             && membership
                 .members()
                 .iter()
@@ -1624,6 +1681,7 @@ struct Summary {
     wipes_count: u64,
     leader_removals_count: u64,
     joint_crashes_count: u64,
+    moves_count: u64,
 }
 
 /// Runs `seeds`, each caught separately; prints every violation with its replay command.
@@ -1656,6 +1714,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Summary {
         summary.wipes_count += sim.wipes_count;
         summary.leader_removals_count += sim.leader_removals_count;
         summary.joint_crashes_count += sim.joint_crashes_count;
+        summary.moves_count += sim.moves_count;
         match result {
             Ok(ticks) => summary.liveness_ticks_max = summary.liveness_ticks_max.max(ticks),
             Err(_) => {
@@ -1729,8 +1788,9 @@ fn simulation() {
         summary.parked_answered_count
     ));
     report(format_args!(
-        "membership: {} seeds changing it, {} changes accepted ({} removing the leader), {} refused, {} leaders crashed while joint, {} members wiped and replaced by new ids",
+        "membership: {} seeds changing it, {} moves ordered, {} direct changes accepted ({} removing the leader), {} refused, {} leaders crashed while joint, {} members wiped and replaced by new ids",
         summary.membership_seeds,
+        summary.moves_count,
         summary.membership_proposed_count,
         summary.leader_removals_count,
         summary.membership_refused_count,

@@ -862,6 +862,17 @@ impl Raft {
                 if !rv.leadership_transfer && self.in_lease() {
                     return false;
                 }
+                // A candidate this member does not know as a voter is heard only if it could
+                // win this member's vote: a voter added by an entry this member lacks has a
+                // log at least as up to date, while a member removed from the group (which
+                // never learns it, and campaigns on) has not, and must not depose a leader
+                // by raising terms (dissertation §4.2.3; without a lease this is what
+                // protects the group).
+                if !self.membership.is_voter(from)
+                    && !self.log.is_up_to_date(rv.last_log_index, rv.last_log_term)
+                {
+                    return false;
+                }
                 // Pre-votes never change the receiver's term.
                 if !rv.pre_vote {
                     self.become_follower(rv.term, 0);
@@ -971,11 +982,18 @@ impl Raft {
 
     /// A follower or candidate lets its election timer run; on expiry it campaigns.
     fn tick_election(&mut self) {
-        self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
-            self.election_elapsed_ticks = 0;
-            self.campaign(self.config.pre_vote, false);
+        self.election_elapsed_ticks = self.election_elapsed_ticks.saturating_add(1);
+        if self.election_elapsed_ticks < self.randomized_election_timeout_ticks {
+            return;
         }
+        // A member that may not campaign keeps counting instead of starting over: the leader
+        // it last heard has been silent for an election timeout, so its lease is over and
+        // this member must grant (pre-)votes to whoever can bring the group back.
+        if !self.membership.is_voter(self.config.id) || self.voting_withheld() {
+            return;
+        }
+        self.election_elapsed_ticks = 0;
+        self.campaign(self.config.pre_vote, false);
     }
 
     /// A leader sends heartbeats, checks its quorum and abandons a stuck transfer.

@@ -30,6 +30,7 @@ use crate::storage::StorageError;
 
 use crate::config::{RaftConfig, StorageConfig};
 
+use super::moves::{MoveDriver, MovePhase};
 use super::producers::{ProducerBatch, ProducerTable, StoredBatch, Verdict};
 use super::{Acks, Appended, Fetched, ReplicaError, ReplicaStatus, StateMachine};
 
@@ -194,6 +195,11 @@ pub struct ReplicaLimits {
     /// Bytes read per storage call when applying committed entries or rebuilding the
     /// producer table: bounds the memory one such read pins.
     pub read_bytes_max: u64,
+    /// During a move: how far a new learner may trail the leader's log and count as caught
+    /// up, in entries.
+    pub learner_lag_entries_max: u64,
+    /// During a move: how long, in ticks, a learner must stay caught up to become a voter.
+    pub learner_caught_up_ticks: u64,
 }
 
 impl ReplicaLimits {
@@ -206,6 +212,8 @@ impl ReplicaLimits {
             storage_full_retry_ticks_max: storage.full_disk_retry_ms_max.div_ceil(tick_ms),
             producer_rebuild_entries_max: storage.producer_rebuild_entries_max,
             read_bytes_max: storage.read_bytes_max as u64,
+            learner_lag_entries_max: raft.learner_lag_entries_max,
+            learner_caught_up_ticks: raft.learner_caught_up_ms.div_ceil(tick_ms),
         }
     }
 }
@@ -292,6 +300,10 @@ pub struct ReplicaCore<L: ReplicaLog, M: StateMachine, P, F> {
     deferred_error: Option<StorageError>,
     /// Set once the replica stopped on a storage error: it no longer serves or votes.
     failed: Option<String>,
+    /// The move this group is asked to make (from the cluster metadata), if any.
+    move_driver: Option<MoveDriver>,
+    /// Where that move stood at the last tick.
+    move_phase: Option<MovePhase>,
 }
 
 impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> {
@@ -332,6 +344,8 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             ticks: 0,
             deferred_error: None,
             failed: None,
+            move_driver: None,
+            move_phase: None,
         };
         core.rebuild_producers()
             .map_err(|e| ReplicaError::from_storage(&e))?;
@@ -418,6 +432,49 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             self.stall = None;
         }
         self.raft.tick();
+        self.drive_move();
+    }
+
+    /// Asks this group to move to `target` voters (`None`: no move). Every member is told;
+    /// whichever leads drives the move ([`super::moves`]). Telling the same target again
+    /// keeps the move's progress.
+    pub fn set_move_target(&mut self, target: Option<Vec<u64>>) {
+        let Some(target) = target else {
+            self.move_driver = None;
+            self.move_phase = None;
+            return;
+        };
+        let next = MoveDriver::new(target);
+        if self.move_driver.as_ref().map(MoveDriver::target) != Some(next.target()) {
+            self.move_driver = Some(next);
+        }
+    }
+
+    /// Where the move stands, if one is under way.
+    pub fn move_phase(&self) -> Option<&MovePhase> {
+        self.move_phase.as_ref()
+    }
+
+    /// One tick of the move: the leader proposes the next change; a refusal (a change still
+    /// pending, nothing committed in this term yet) is retried at the next tick.
+    fn drive_move(&mut self) {
+        let Some(driver) = self.move_driver.as_mut() else {
+            return;
+        };
+        let limits = &self.config.limits;
+        let (phase, change) = driver.tick(
+            &self.raft,
+            limits.learner_lag_entries_max,
+            limits.learner_caught_up_ticks,
+        );
+        if let Some(change) = change {
+            // Timestamp 0, as for the core's own entries: a configuration entry holds no
+            // records and must not move a segment's newest timestamp.
+            if let Err(refused) = self.raft.propose_membership(&change, 0) {
+                tracing::debug!(group = self.config.raft.group_id, %refused, ?change, "move step deferred");
+            }
+        }
+        self.move_phase = Some(phase);
     }
 
     /// A peer's message. A stalled replica drops it unanswered (to the leader it looks
@@ -1005,6 +1062,7 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
 
     /// The replica's state as [`ReplicaStatus`] reports it.
     pub fn status(&self) -> ReplicaStatus {
+        let membership = self.raft.membership();
         let follower_match = if self.raft.role() == Role::Leader {
             let me = self.raft.id();
             self.raft
@@ -1031,6 +1089,10 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             failed: self.failed.clone(),
             storage_full: self.storage_full().map(str::to_owned),
             fetch_waiters: self.parked.len() as u64,
+            voters: membership.voters.iter().copied().collect(),
+            voters_outgoing: membership.voters_outgoing.iter().copied().collect(),
+            learners: membership.learners.iter().copied().collect(),
+            move_phase: self.move_phase.clone(),
         }
     }
 }

@@ -26,6 +26,7 @@
 pub mod core;
 mod disk;
 pub mod mem_log;
+pub mod moves;
 pub mod producers;
 
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub use self::core::{
 };
 pub use crate::raft::Role;
 pub use mem_log::{LogEvent, MemLog, MemSync};
+pub use moves::MovePhase;
 
 /// Where outgoing Raft messages go: the peer transport in a node.
 pub trait MessageSink: Send + Sync + 'static {
@@ -295,6 +297,14 @@ pub struct ReplicaStatus {
     pub storage_full: Option<String>,
     /// Fetches parked at the high watermark (consumers' long polls).
     pub fetch_waiters: u64,
+    /// The group's voters as this member knows them (while joint: those being entered).
+    pub voters: Vec<u64>,
+    /// While joint: the voters being left.
+    pub voters_outgoing: Vec<u64>,
+    /// Members that receive the log without voting (new replicas catching up).
+    pub learners: Vec<u64>,
+    /// Where this group's move stands, if it has been asked to move.
+    pub move_phase: Option<MovePhase>,
 }
 
 type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;

@@ -609,12 +609,14 @@ impl Cluster {
         assert_eq!(self.raft(id).role(), Role::Leader, "node {id} did not win");
     }
 
-    /// The current leader, if exactly one node believes it leads in the highest term.
+    /// The current leader: of the nodes that believe they lead, the one in the highest term
+    /// (a deposed leader may not have heard yet). Terms of other nodes do not matter: a
+    /// member removed from the group campaigns on in terms nobody follows.
     pub fn leader(&self) -> Option<u64> {
-        let max_term = self.nodes.values().map(|n| n.raft().term()).max()?;
         self.nodes
             .values()
-            .find(|n| n.raft().role() == Role::Leader && n.raft().term() == max_term)
+            .filter(|n| n.raft().role() == Role::Leader)
+            .max_by_key(|n| n.raft().term())
             .map(|n| n.raft().id())
     }
 

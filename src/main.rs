@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raftlog::cli::node_commands::{self, DevArgs, ServeArgs};
-use raftlog::cli::{self, bench, cluster, consume, produce, topic};
+use raftlog::cli::{self, bench, cluster, consume, partition, produce, topic};
 
 /// raftlog: a Raft-replicated, Kafka-like append-only log service.
 ///
@@ -33,6 +33,8 @@ enum Command {
     Topic(topic::TopicArgs),
     /// Show the cluster's nodes, leaders, terms and replication lag
     Cluster(cluster::ClusterArgs),
+    /// Move partitions between nodes, list and cancel moves
+    Partition(partition::PartitionArgs),
     /// Append stdin lines to a topic, one record per line
     Produce(produce::ProduceArgs),
     /// Print a topic's committed records, one per line
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => run_node(node_commands::dev(args)),
         Command::Topic(args) => cli::run(topic::run(args)),
         Command::Cluster(args) => cli::run(cluster::run(args)),
+        Command::Partition(args) => cli::run(partition::run(args)),
         Command::Produce(args) => cli::run(produce::run(args)),
         Command::Consume(args) => cli::run(consume::run(args)),
         Command::Bench(args) => cli::run(bench::run(args)),

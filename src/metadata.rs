@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use crate::proto::metadata_command::Command;
 use crate::proto::{
-    CreateTopicRequest, ErrorCode, MetadataCommand, OffsetCommitRequest, PartitionInfo,
-    PartitionOffset, TopicInfo,
+    CreateTopicRequest, ErrorCode, MetadataCommand, MovePartitionRequest, OffsetCommitRequest,
+    PartitionInfo, PartitionOffset, TopicInfo,
 };
 
 /// A node id; 0 means none.
@@ -78,6 +78,28 @@ pub struct PartitionAssignment {
     pub group_id: u64,
     /// Nodes holding a replica; the first is the preferred leader.
     pub replicas: Vec<NodeId>,
+    /// While the partition is being moved: the replicas it moves to (the group's leader
+    /// drives the move, see `replica::moves`); empty otherwise.
+    pub target_replicas: Vec<NodeId>,
+}
+
+impl PartitionAssignment {
+    /// Every node that holds, or is to hold, a replica: the current ones and a move's new
+    /// ones. A node keeps its copy until the move is recorded complete.
+    pub fn all_replicas(&self) -> Vec<NodeId> {
+        let mut all = self.replicas.clone();
+        all.extend(
+            self.target_replicas
+                .iter()
+                .filter(|n| !self.replicas.contains(n)),
+        );
+        all
+    }
+
+    /// Whether a move is under way.
+    pub fn is_moving(&self) -> bool {
+        !self.target_replicas.is_empty()
+    }
 }
 
 /// A topic as the metadata records it.
@@ -105,6 +127,7 @@ impl Topic {
                 partition: p.partition,
                 group_id: p.group_id,
                 replicas: p.replicas.clone(),
+                target_replicas: p.target_replicas.clone(),
                 ..Default::default()
             })
             .collect();
@@ -127,6 +150,10 @@ pub enum Applied {
     TopicDeleted(Topic),
     /// Offsets were stored.
     OffsetsCommitted,
+    /// A partition move was started, changed or cancelled (it runs on).
+    MoveStarted,
+    /// A partition move finished: the metadata now names its new replicas.
+    MoveCompleted,
     /// A producer id was allocated.
     ProducerIdAllocated {
         /// The new id, from 1.
@@ -208,7 +235,7 @@ impl Metadata {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-            .filter(move |(_, p)| p.replicas.contains(&node))
+            .filter(move |(_, p)| p.all_replicas().contains(&node))
     }
 
     /// A consumer group's committed position in one partition, if any.
@@ -235,6 +262,17 @@ impl Metadata {
             Some(Command::DeleteTopic(request)) => self.topic_named(&request.name).map(drop),
             Some(Command::CommitOffsets(request)) => self.check_commit(request),
             Some(Command::AllocateProducerId(_)) => Ok(()),
+            Some(Command::MovePartition(request)) => self.check_move(request),
+            Some(Command::CompletePartitionMove(request)) => {
+                let assignment = self.assignment(&request.topic, request.partition)?;
+                if !assignment.is_moving() || assignment.target_replicas != request.replicas {
+                    return Err(MetadataError::Invalid(format!(
+                        "{}/{} is not moving to {:?}",
+                        request.topic, request.partition, request.replicas
+                    )));
+                }
+                Ok(())
+            }
             None => Err(MetadataError::Invalid(
                 "metadata command without a body".into(),
             )),
@@ -279,6 +317,22 @@ impl Metadata {
                 }
                 Ok(Applied::OffsetsCommitted)
             }
+            Some(Command::MovePartition(request)) => {
+                let assignment = self.assignment_mut(&request.topic, request.partition);
+                // Asking for the replicas it has ends a move; the group goes back to them.
+                assignment.target_replicas =
+                    if request.replicas == assignment.replicas && !assignment.is_moving() {
+                        Vec::new()
+                    } else {
+                        request.replicas.clone()
+                    };
+                Ok(Applied::MoveStarted)
+            }
+            Some(Command::CompletePartitionMove(request)) => {
+                let assignment = self.assignment_mut(&request.topic, request.partition);
+                assignment.replicas = std::mem::take(&mut assignment.target_replicas);
+                Ok(Applied::MoveCompleted)
+            }
             Some(Command::AllocateProducerId(_)) => {
                 let producer_id = self.next_producer_id;
                 self.next_producer_id += 1;
@@ -306,6 +360,51 @@ impl Metadata {
         self.topics
             .get(name)
             .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))
+    }
+
+    fn assignment(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<&PartitionAssignment, MetadataError> {
+        let found = self.topic_named(topic)?;
+        found
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| MetadataError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: found.partitions.len() as u32,
+            })
+    }
+
+    /// The assignment of a partition that [`Self::check`] found.
+    fn assignment_mut(&mut self, topic: &str, partition: u32) -> &mut PartitionAssignment {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .expect("checked before")
+    }
+
+    /// A move names distinct nodes of the cluster, at least one.
+    fn check_move(&self, request: &MovePartitionRequest) -> Result<(), MetadataError> {
+        self.assignment(&request.topic, request.partition)?;
+        let mut seen = request.replicas.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if request.replicas.is_empty() || seen.len() != request.replicas.len() {
+            return Err(MetadataError::Invalid(format!(
+                "replicas must be distinct node ids, at least one, got {:?}",
+                request.replicas
+            )));
+        }
+        if let Some(unknown) = request.replicas.iter().find(|n| !self.nodes.contains(n)) {
+            return Err(MetadataError::Invalid(format!(
+                "node {unknown} is not a node of this cluster (nodes {:?})",
+                self.nodes
+            )));
+        }
+        Ok(())
     }
 
     fn check_create(&self, request: &CreateTopicRequest) -> Result<(), MetadataError> {
@@ -362,6 +461,7 @@ impl Metadata {
                     partition,
                     group_id,
                     replicas,
+                    target_replicas: Vec::new(),
                 }
             })
             .collect();
@@ -474,6 +574,86 @@ mod tests {
         MetadataCommand {
             command: Some(Command::CreateTopic(request)),
         }
+    }
+
+    fn move_to(topic: &str, replicas: &[u64]) -> MetadataCommand {
+        MetadataCommand {
+            command: Some(Command::MovePartition(MovePartitionRequest {
+                topic: topic.into(),
+                partition: 0,
+                replicas: replicas.to_vec(),
+            })),
+        }
+    }
+
+    fn complete(topic: &str, replicas: &[u64]) -> MetadataCommand {
+        MetadataCommand {
+            command: Some(Command::CompletePartitionMove(
+                crate::proto::CompletePartitionMove {
+                    topic: topic.into(),
+                    partition: 0,
+                    replicas: replicas.to_vec(),
+                },
+            )),
+        }
+    }
+
+    /// A move is recorded as a target; the nodes of both sets hold a replica until it is
+    /// completed with exactly that target; asking for the current replicas cancels it.
+    #[test]
+    fn a_partition_move_is_recorded_completed_or_cancelled() {
+        let mut m = Metadata::new(vec![1, 2, 3, 4]);
+        m.apply(1, &create("t", 1, 3)).unwrap();
+        let old = m.topic("t").unwrap().partitions[0].replicas.clone();
+        assert_eq!(old, [1, 2, 3]);
+        assert_eq!(
+            m.apply(2, &move_to("t", &[2, 3, 4])),
+            Ok(Applied::MoveStarted)
+        );
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert_eq!(
+            (p.replicas.clone(), p.all_replicas()),
+            (old.clone(), vec![1, 2, 3, 4])
+        );
+        assert_eq!(
+            m.partitions_on(4).count(),
+            1,
+            "the new node starts its replica"
+        );
+        assert!(
+            m.apply(3, &complete("t", &[1, 2, 4])).is_err(),
+            "not the target"
+        );
+        assert_eq!(
+            m.apply(4, &complete("t", &[2, 3, 4])),
+            Ok(Applied::MoveCompleted)
+        );
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert_eq!((p.replicas.clone(), p.is_moving()), (vec![2, 3, 4], false));
+        assert_eq!(
+            m.partitions_on(1).count(),
+            0,
+            "the node left deletes its replica"
+        );
+        // Cancelled: the target becomes the replicas it had, and completes as a no-op.
+        m.apply(5, &move_to("t", &[1, 2, 3])).unwrap();
+        m.apply(6, &move_to("t", &[2, 3, 4])).unwrap();
+        assert_eq!(
+            m.topic("t").unwrap().partitions[0].target_replicas,
+            [2, 3, 4]
+        );
+        m.apply(7, &complete("t", &[2, 3, 4])).unwrap();
+        for (index, bad) in [(8, &[][..]), (9, &[1, 1][..]), (10, &[1, 9][..])] {
+            let refused = m.apply(index, &move_to("t", bad));
+            assert!(
+                matches!(refused, Err(MetadataError::Invalid(_))),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        assert!(matches!(
+            m.apply(11, &move_to("nope", &[1])),
+            Err(MetadataError::UnknownTopic(_))
+        ));
     }
 
     fn commit(group: &str, topic: &str, partition: u32, offset: u64) -> MetadataCommand {

@@ -355,3 +355,142 @@ async fn cluster_status_shows_leaders_high_watermarks_and_lag() {
     assert!(run.stderr.contains("reaching the cluster"), "{run:?}");
     assert!(!run.stderr.contains("panicked"), "{run:?}");
 }
+
+/// `partition move --wait` on four real nodes: the partition ends on the new replicas with
+/// every record, exactly once and in order, served by the node that joined it; the node
+/// that left has deleted its copy; the errors are the documented ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_moves_to_another_node_with_every_record() {
+    let nodes = RealCluster::start(4).await;
+    let bootstrap = nodes.bootstrap();
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "moving", "--replication-factor", "3"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let before: String = (0..50).map(|i| format!("before-{i}\n")).collect();
+    let run = raftlog(&bootstrap, &["produce", "moving"], &before).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let replicas_of = |nodes: &RealCluster| -> Vec<u64> {
+        let mut on: Vec<u64> = nodes
+            .nodes
+            .iter()
+            .filter(|d| {
+                d.node
+                    .local_partitions()
+                    .iter()
+                    .any(|p| p.topic == "moving")
+            })
+            .map(|d| d.node.id())
+            .collect();
+        on.sort_unstable();
+        on
+    };
+    let old = replicas_of(&nodes);
+    assert_eq!(old.len(), 3, "{old:?}");
+    let joining = (1..=4).find(|id| !old.contains(id)).unwrap();
+    let leaving = old[0];
+    let new: Vec<u64> = old[1..].iter().copied().chain([joining]).collect();
+    let list = new.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "partition",
+            "move",
+            "moving",
+            "0",
+            "--replicas",
+            &list,
+            "--wait",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.ends_with(&format!("moved moving/0 to {list}\n")),
+        "{run:?}"
+    );
+    nodes
+        .wait_until("the node left deletes its replica", |c| {
+            let mut on = replicas_of(c);
+            on.sort_unstable();
+            let mut wanted = new.clone();
+            wanted.sort_unstable();
+            on == wanted
+        })
+        .await;
+    let left = &nodes.nodes[leaving as usize - 1];
+    let dir = left.node.config().data_dir.clone();
+    let leftover: Vec<String> = walk(&dir)
+        .into_iter()
+        .filter(|path| path.contains("moving"))
+        .collect();
+    assert!(leftover.is_empty(), "node {leaving} kept {leftover:?}");
+    let run = raftlog(&bootstrap, &["partition", "moves"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 1, "only the header: {run:?}");
+
+    // The joined node holds every record; more are produced and read back once, in order.
+    let joined = &nodes.nodes[joining as usize - 1];
+    let local = joined.node.local_partitions();
+    let status = local
+        .iter()
+        .find(|p| p.topic == "moving")
+        .unwrap()
+        .handle
+        .status();
+    assert!(status.voters.contains(&joining) && !status.voters.contains(&leaving));
+    let after: String = (0..50).map(|i| format!("after-{i}\n")).collect();
+    let run = raftlog(&bootstrap, &["produce", "moving"], &after).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = raftlog(
+        &joined.client_address.to_string(),
+        &["consume", "moving"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, format!("{before}{after}"));
+
+    // Errors: a message, a documented exit code.
+    let cases: [(&[&str], i32, &str); 3] = [
+        (
+            &["partition", "move", "moving", "0", "--replicas", "1,9"],
+            2,
+            "node 9",
+        ),
+        (
+            &["partition", "move", "missing", "0", "--replicas", "1"],
+            3,
+            "unknown topic",
+        ),
+        (
+            &["partition", "move-cancel", "moving", "0"],
+            2,
+            "is not moving",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let run = raftlog(&bootstrap, args, "").await;
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(message), "{args:?}: {run:?}");
+    }
+    nodes.shutdown().await;
+}
+
+/// Every path under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        out.push(path.display().to_string());
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+    }
+    out
+}

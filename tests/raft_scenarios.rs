@@ -2024,7 +2024,10 @@ mod membership {
         c.isolate(3);
         change(&mut c, 1, MembershipChange::ReplaceVoters(vec![1, 2, 4]));
         assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 4], []));
-        assert!(c.raft(3).membership().is_voter(3), "3 still thinks it votes");
+        assert!(
+            c.raft(3).membership().is_voter(3),
+            "3 still thinks it votes"
+        );
         let term = c.raft(1).term();
         c.heal();
         for _ in 0..5 {

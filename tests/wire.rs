@@ -39,6 +39,9 @@ fn topic_info() -> TopicInfo {
                 match_index: 41,
                 lag_entries: 2,
             }],
+            target_replicas: vec![2, 3, 4],
+            move_phase: "catching_up".into(),
+            move_waiting_for: vec![4],
         }],
         replication_factor: 3,
         retention_bytes: 1 << 30,
@@ -223,6 +226,17 @@ fn every_envelope() -> Vec<Envelope> {
             producer_id: 11,
             producer_epoch: 1,
         }),
+        Body::MovePartition(MovePartitionRequest {
+            topic: "orders".into(),
+            partition: 1,
+            replicas: vec![2, 3, 4],
+        }),
+        Body::MovePartitionResponse(MovePartitionResponse {}),
+        Body::CompletePartitionMove(CompletePartitionMove {
+            topic: "orders".into(),
+            partition: 1,
+            replicas: vec![2, 3, 4],
+        }),
         Body::Raft(RaftBatch {
             messages: raft_messages(),
         }),
@@ -263,6 +277,9 @@ fn variant_number(body: &Body) -> usize {
         Body::InitProducerId(_) => 19,
         Body::InitProducerIdResponse(_) => 20,
         Body::Raft(_) => 21,
+        Body::MovePartition(_) => 22,
+        Body::MovePartitionResponse(_) => 23,
+        Body::CompletePartitionMove(_) => 24,
     }
 }
 
@@ -276,7 +293,7 @@ fn every_envelope_type_round_trips_through_the_codec() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..22).collect::<Vec<_>>(),
+        (0..25).collect::<Vec<_>>(),
         "every Envelope body variant has a sample"
     );
 

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod node_commands;
+pub mod partition;
 pub mod produce;
 pub mod topic;
 

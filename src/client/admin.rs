@@ -14,8 +14,9 @@ use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
 use crate::proto::envelope::Body;
 use crate::proto::{
-    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse, NodeInfo,
-    OffsetCommitRequest, OffsetFetchRequest, PartitionOffset, TopicInfo,
+    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse,
+    MovePartitionRequest, NodeInfo, OffsetCommitRequest, OffsetFetchRequest, PartitionOffset,
+    TopicInfo,
 };
 
 /// What a new topic looks like.
@@ -253,6 +254,38 @@ impl Admin {
                 Ok(())
             }
             other => Err(unexpected("DeleteTopicResponse", &other)),
+        }
+    }
+
+    /// Orders partition `partition` of `topic` moved to `replicas` (asking for the replicas
+    /// it has cancels a move under way). Returns once the move is recorded; the partition's
+    /// leader carries it out, and [`Self::describe_topic`] shows how far it got
+    /// (`target_replicas`, `move_phase`, and `replicas` once it is done).
+    ///
+    /// # Errors
+    /// UNKNOWN_TOPIC, UNKNOWN_PARTITION, or INVALID_REQUEST (replicas not distinct nodes of
+    /// the cluster) from the server, or a routing error.
+    pub async fn move_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[u64],
+    ) -> Result<(), ClientError> {
+        let body = Body::MovePartition(MovePartitionRequest {
+            topic: topic.into(),
+            partition,
+            replicas: replicas.to_vec(),
+        });
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::MovePartitionResponse(_) => {
+                let _ = self.cluster.refresh_metadata().await;
+                Ok(())
+            }
+            other => Err(unexpected("MovePartitionResponse", &other)),
         }
     }
 

@@ -249,14 +249,107 @@ impl Node {
 
     /// Starts and stops partition replicas to match the applied metadata, now and after
     /// every change, until `shutdown` is signalled.
+    /// Also reports the partition moves this node's replicas have finished leading.
     pub async fn reconcile_until(&self, shutdown: &Shutdown) {
         let mut changes = self.metadata_changes.clone();
+        let mut moves = tokio::time::interval(Duration::from_millis(
+            self.config.raft.tick_interval_ms.max(1) * 2,
+        ));
+        moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.reconcile();
             tokio::select! {
                 _ = shutdown.signalled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
+                _ = moves.tick() => self.report_finished_moves().await,
             }
+        }
+    }
+
+    /// For every partition moving whose replica here leads and reports the move done (its
+    /// voters are the target, nothing pending), records the move complete in the metadata;
+    /// the nodes left then stop and delete their copies.
+    async fn report_finished_moves(&self) {
+        let finished: Vec<(String, u32, Vec<NodeId>)> = {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let partitions = self
+                .partitions
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            metadata
+                .topics()
+                .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+                .filter(|(_, p)| p.is_moving())
+                .filter_map(|(topic, p)| {
+                    let status = partitions.get(&p.group_id)?.handle.status();
+                    let mut target = p.target_replicas.clone();
+                    target.sort_unstable();
+                    let done = status.role == Some(crate::replica::Role::Leader)
+                        && status.move_phase == Some(crate::replica::MovePhase::Done)
+                        && status.voters == target;
+                    done.then(|| (topic.name.clone(), p.partition, p.target_replicas.clone()))
+                })
+                .collect()
+        };
+        for (topic, partition, replicas) in finished {
+            let complete = proto::CompletePartitionMove {
+                topic: topic.clone(),
+                partition,
+                replicas,
+            };
+            match self.record_move_complete(complete).await {
+                Ok(()) => tracing::info!(%topic, partition, "partition move complete"),
+                // Tried again at the next round: the metadata leader may be changing.
+                Err(refused) => {
+                    tracing::debug!(%topic, partition, %refused, "recording a finished move")
+                }
+            }
+        }
+    }
+
+    /// Records a finished move through the metadata leader: proposed here when this node
+    /// leads the metadata, else sent to the leader's client port as any client would.
+    async fn record_move_complete(
+        &self,
+        complete: proto::CompletePartitionMove,
+    ) -> Result<(), String> {
+        let leader = self.metadata.status().leader_id;
+        if leader == self.id() {
+            let command = MetadataCommand {
+                command: Some(proto::metadata_command::Command::CompletePartitionMove(
+                    complete,
+                )),
+            };
+            return self
+                .propose_metadata(command)
+                .await
+                .map(drop)
+                .map_err(|e| e.message);
+        }
+        let address = self
+            .client_address_of(leader)
+            .ok_or_else(|| format!("the metadata leader (node {leader}) is not known yet"))?;
+        let options = crate::client::ConnectOptions {
+            cluster_id: self.config.cluster_id.clone(),
+            client_id: format!("node-{}", self.id()),
+            ..Default::default()
+        };
+        let connection = crate::client::Connection::connect(&address, &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        match connection
+            .request(proto::envelope::Body::CompletePartitionMove(complete))
+            .await
+        {
+            Ok(proto::envelope::Body::MovePartitionResponse(_)) => Ok(()),
+            Ok(other) => Err(format!(
+                "unexpected answer {}",
+                crate::wire::error::body_name(Some(&other))
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -478,6 +571,17 @@ impl Node {
             let assignment = topic.partitions[partition as usize].clone();
             keep.insert(assignment.group_id);
             if running.contains(&assignment.group_id) {
+                if let Some(local) = self
+                    .partitions
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get(&assignment.group_id)
+                {
+                    let target = assignment
+                        .is_moving()
+                        .then(|| assignment.target_replicas.clone());
+                    local.handle.set_move_target(target);
+                }
                 continue;
             }
             let mut partitions = self
@@ -523,7 +627,7 @@ impl Node {
         assignment: &crate::metadata::PartitionAssignment,
     ) -> Result<LocalPartition, ReplicaError> {
         let dir = self.partition_dir(&topic.name, assignment.partition, assignment.group_id);
-        let config = replica_config(
+        let mut config = replica_config(
             &self.config,
             assignment.group_id,
             assignment.replicas.clone(),
@@ -531,6 +635,11 @@ impl Node {
             topic.retention_bytes,
             topic.retention_ms,
         );
+        // A replica a move adds starts as a learner; the configurations in the leader's log
+        // (or its snapshot) replace this one as soon as they arrive.
+        if !assignment.replicas.contains(&self.id()) {
+            config.raft.learners = vec![self.id()];
+        }
         let sink: Arc<dyn MessageSink> = Arc::new(TransportSink(self.transport.clone()));
         crate::metrics::name_group(
             self.id(),
@@ -539,6 +648,9 @@ impl Node {
             assignment.partition,
         );
         let handle = Replica::start(config, crate::replica::LogIsTheState, sink)?;
+        if assignment.is_moving() {
+            handle.set_move_target(Some(assignment.target_replicas.clone()));
+        }
         let fresh = handle.status().last_index == 0;
         if fresh && assignment.replicas.first() == Some(&self.id()) {
             handle.campaign();

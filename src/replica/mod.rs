@@ -343,6 +343,7 @@ enum Control {
         to: u64,
     },
     Campaign,
+    MoveTarget(Option<Vec<u64>>),
     Stop {
         drain: Duration,
     },
@@ -505,6 +506,13 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// unresolved then get [`ReplicaError::Stopped`]. Never dropped for a full queue.
     pub fn stop(&self, drain: Duration) {
         let _ = self.control.send(Control::Stop { drain });
+    }
+
+    /// Tells this member the voters its group is to move to (`None`: no move), as the
+    /// cluster metadata orders; whichever member leads drives the move. Never dropped for a
+    /// full queue.
+    pub fn set_move_target(&self, target: Option<Vec<u64>>) {
+        let _ = self.control.send(Control::MoveTarget(target));
     }
 
     /// Asks this member to start an election now (used to place initial leaders evenly).
@@ -710,6 +718,7 @@ impl<S: StateMachine> Replica<S> {
         match control {
             Control::TransferLeader { to } => self.core.transfer_leader(to),
             Control::Campaign => self.core.campaign(),
+            Control::MoveTarget(target) => self.core.set_move_target(target),
             Control::HandOff(message) => {
                 self.metrics.received(&message);
                 self.core.step(message);

@@ -10,11 +10,11 @@ use crate::proto::metadata_command::Command;
 use crate::proto::{
     Acks as WireAcks, CreateTopicResponse, DeleteTopicResponse, Error as ErrorMessage, ErrorCode,
     FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
-    MetadataCommand, MetadataRequest, MetadataResponse, NodeInfo, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest, ProduceResponse,
-    ReplicaProgress, TopicInfo,
+    MetadataCommand, MetadataRequest, MetadataResponse, MovePartitionResponse, NodeInfo,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest,
+    ProduceResponse, ReplicaProgress, TopicInfo,
 };
-use crate::replica::{Acks, LocalPartition, PendingAppend, ReplicaStatus, Role};
+use crate::replica::{Acks, LocalPartition, MovePhase, PendingAppend, ReplicaStatus, Role};
 use crate::server::Service;
 
 /// A produce request queued to its replica, waiting for its acknowledgement.
@@ -131,6 +131,22 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
                 .await
                 .map(|_| Body::DeleteTopicResponse(DeleteTopicResponse {}))
         }
+        Body::CompletePartitionMove(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::CompletePartitionMove(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| Body::MovePartitionResponse(MovePartitionResponse {}))
+        }
+        Body::MovePartition(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::MovePartition(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| Body::MovePartitionResponse(MovePartitionResponse {}))
+        }
         Body::OffsetCommit(request) => {
             let command = MetadataCommand {
                 command: Some(Command::CommitOffsets(request)),
@@ -242,9 +258,26 @@ fn describe<S: Service>(node: &S, mut info: TopicInfo) -> TopicInfo {
             partition.log_start_offset = status.log_start_offset;
             partition.high_watermark = status.high_watermark;
             partition.replica_progress = replica_progress(node.node_id(), &status);
+            if status.role == Some(Role::Leader) && !partition.target_replicas.is_empty() {
+                if let Some(phase) = &status.move_phase {
+                    (partition.move_phase, partition.move_waiting_for) = move_phase(phase);
+                }
+            }
         }
     }
     info
+}
+
+/// A move's phase as the schema names it, and the replicas it waits for.
+fn move_phase(phase: &MovePhase) -> (String, Vec<u64>) {
+    let (name, waiting_for) = match phase {
+        MovePhase::AddingLearners => ("adding_learners", Vec::new()),
+        MovePhase::CatchingUp { waiting_for } => ("catching_up", waiting_for.clone()),
+        MovePhase::Joint => ("joint", Vec::new()),
+        MovePhase::RemovingLearners => ("removing_learners", Vec::new()),
+        MovePhase::Done => ("done", Vec::new()),
+    };
+    (name.to_owned(), waiting_for)
 }
 
 /// The leader's view of every replica, itself first with lag 0; empty on a non-leader, whose

@@ -123,6 +123,9 @@ pub fn body_name(body: Option<&Body>) -> &'static str {
         Body::OffsetFetchResponse(_) => "OffsetFetchResponse",
         Body::InitProducerId(_) => "InitProducerIdRequest",
         Body::InitProducerIdResponse(_) => "InitProducerIdResponse",
+        Body::MovePartition(_) => "MovePartitionRequest",
+        Body::MovePartitionResponse(_) => "MovePartitionResponse",
+        Body::CompletePartitionMove(_) => "CompletePartitionMove",
         Body::Raft(_) => "RaftBatch",
     }
 }

@@ -145,6 +145,10 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_replica_failed", Gauge, PARTITION, "1 if this replica stopped (a storage error, or a panic: a bug) and no longer serves or votes."),
     metric!("raftlog_replica_storage_full", Gauge, PARTITION, "1 while this replica refuses writes because its disk is full (it retries by itself and resumes once space is freed)."),
     metric!("raftlog_fetch_waiters", Gauge, PARTITION, "Fetches parked at this replica's high watermark, waiting for new records (consumers' long polls)."),
+    metric!("raftlog_group_voters", Gauge, PARTITION, "Voters of the partition's configuration as this replica knows it (both sides counted once while joint)."),
+    metric!("raftlog_group_learners", Gauge, PARTITION, "Learners of the partition's configuration as this replica knows it: new replicas catching up before a move makes them voters."),
+    metric!("raftlog_group_joint", Gauge, PARTITION, "1 while the partition's configuration is joint (a change of voters under way: old and new majorities decide together), else 0."),
+    metric!("raftlog_partition_moving", Gauge, PARTITION, "1 while this replica's partition is asked to move and the move is not done, else 0."),
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
@@ -506,6 +510,10 @@ pub struct GroupMetrics {
     failed: Gauge,
     storage_full: Gauge,
     fetch_waiters: Gauge,
+    group_voters: Gauge,
+    group_learners: Gauge,
+    group_joint: Gauge,
+    partition_moving: Gauge,
     log_size: Gauge,
     log_segments: Gauge,
     /// Follower lag gauges by peer id; registered when the replica first leads.
@@ -546,6 +554,10 @@ impl GroupMetrics {
             failed: gauge("raftlog_replica_failed"),
             storage_full: gauge("raftlog_replica_storage_full"),
             fetch_waiters: gauge("raftlog_fetch_waiters"),
+            group_voters: gauge("raftlog_group_voters"),
+            group_learners: gauge("raftlog_group_learners"),
+            group_joint: gauge("raftlog_group_joint"),
+            partition_moving: gauge("raftlog_partition_moving"),
             log_size: gauge("raftlog_log_size_bytes"),
             log_segments: gauge("raftlog_log_segments"),
             follower_lag: Mutex::new(Vec::new()),
@@ -569,6 +581,15 @@ impl GroupMetrics {
     /// Sets how many fetches are parked at the high watermark.
     pub fn fetch_waiters(&self, count: usize) {
         self.fetch_waiters.set(count as f64);
+    }
+
+    /// Sets the configuration this replica knows (voters of either side, learners, whether
+    /// joint) and whether its partition is in a move that is not done.
+    pub fn membership(&self, voters: usize, learners: usize, joint: bool, moving: bool) {
+        self.group_voters.set(voters as f64);
+        self.group_learners.set(learners as f64);
+        self.group_joint.set(f64::from(u8::from(joint)));
+        self.partition_moving.set(f64::from(u8::from(moving)));
     }
 
     /// Counts one produce request of `records` records and `bytes` batch bytes.

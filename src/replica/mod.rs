@@ -781,6 +781,22 @@ impl<S: StateMachine> Replica<S> {
     fn publish_status(&mut self) {
         let status = self.core.status();
         self.metrics.fetch_waiters(self.core.parked_fetch_count());
+        let voters: std::collections::BTreeSet<u64> = status
+            .voters
+            .iter()
+            .chain(&status.voters_outgoing)
+            .copied()
+            .collect();
+        let moving = status
+            .move_phase
+            .as_ref()
+            .is_some_and(|phase| *phase != MovePhase::Done);
+        self.metrics.membership(
+            voters.len(),
+            status.learners.len(),
+            !status.voters_outgoing.is_empty(),
+            moving,
+        );
         self.metrics.status(
             &metrics_sample(&self.status.borrow()),
             &metrics_sample(&status),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use crate::proto::metadata_command::Command;
 use crate::proto::{
     CreateTopicRequest, ErrorCode, MetadataCommand, MovePartitionRequest, OffsetCommitRequest,
-    PartitionInfo, PartitionOffset, TopicInfo,
+    PartitionInfo, PartitionOffset, RegisterNodeRequest, TopicInfo,
 };
 
 /// A node id; 0 means none.
@@ -31,6 +31,9 @@ pub const TOPIC_PARTITIONS_MAX: u32 = 1024;
 
 /// Longest consumer-group name.
 pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
+/// Longest address a node may register ("host:port").
+pub const NODE_ADDRESS_BYTES_MAX: usize = 255;
 
 /// Why a metadata command was refused. Refusals are part of the replicated result: every node
 /// refuses the same command the same way.
@@ -141,6 +144,33 @@ impl Topic {
     }
 }
 
+/// What the cluster may do with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// A member: replicas may be placed on it.
+    Active,
+}
+
+impl NodeState {
+    /// The name clients see (`NodeInfo.state`, `raftlog cluster nodes`).
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+        }
+    }
+}
+
+/// A node as the metadata records it once it has registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Where clients reach it.
+    pub client_address: String,
+    /// Where peers reach it.
+    pub peer_address: String,
+    /// What the cluster may do with it.
+    pub state: NodeState,
+}
+
 /// What applying a command produced, for the client that proposed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -154,6 +184,8 @@ pub enum Applied {
     MoveStarted,
     /// A partition move finished: the metadata now names its new replicas.
     MoveCompleted,
+    /// A node was recorded (or its addresses updated).
+    NodeRegistered,
     /// A producer id was allocated.
     ProducerIdAllocated {
         /// The new id, from 1.
@@ -166,9 +198,12 @@ pub enum Applied {
 /// The replicated cluster metadata: the state every node rebuilds from the metadata log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {
-    /// Every node of the cluster, sorted. Fixed by configuration (membership change is a later
-    /// feature), so placement never depends on which nodes happen to be up.
-    nodes: Vec<NodeId>,
+    /// The cluster's first voters (its `--peers`), sorted: members from the start, and the
+    /// metadata group's configuration at index 0. Nodes that join later are in `registry`.
+    founders: Vec<NodeId>,
+    /// Every node that has registered its addresses, founders included once they have.
+    /// Placement uses founders and registered nodes, never which nodes happen to be up.
+    registry: BTreeMap<NodeId, NodeRecord>,
     /// Topics by name.
     topics: BTreeMap<String, Topic>,
     /// The next partition Raft group id to hand out; ids are never reused, so a deleted
@@ -183,7 +218,7 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Empty metadata for a cluster of `nodes`.
+    /// Empty metadata for a cluster whose first voters are `nodes`.
     ///
     /// # Panics
     /// If `nodes` is empty or contains 0 or duplicates: that is a configuration the caller
@@ -198,7 +233,8 @@ impl Metadata {
         );
         assert!(!nodes.contains(&0), "node id 0 means none");
         Metadata {
-            nodes,
+            founders: nodes,
+            registry: BTreeMap::new(),
             topics: BTreeMap::new(),
             next_group_id: METADATA_GROUP_ID + 1,
             next_producer_id: 1,
@@ -207,9 +243,27 @@ impl Metadata {
         }
     }
 
-    /// The cluster's nodes, sorted.
-    pub fn nodes(&self) -> &[NodeId] {
-        &self.nodes
+    /// The cluster's nodes, sorted: the first voters and every node that joined.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .founders
+            .iter()
+            .chain(self.registry.keys())
+            .copied()
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The cluster's first voters, sorted: the metadata group's configuration at index 0.
+    pub fn founders(&self) -> &[NodeId] {
+        &self.founders
+    }
+
+    /// What the metadata records about `node`, once it has registered.
+    pub fn node(&self, node: NodeId) -> Option<&NodeRecord> {
+        self.registry.get(&node)
     }
 
     /// Index of the last applied metadata entry.
@@ -262,6 +316,7 @@ impl Metadata {
             Some(Command::DeleteTopic(request)) => self.topic_named(&request.name).map(drop),
             Some(Command::CommitOffsets(request)) => self.check_commit(request),
             Some(Command::AllocateProducerId(_)) => Ok(()),
+            Some(Command::RegisterNode(request)) => check_registration(request),
             Some(Command::MovePartition(request)) => self.check_move(request),
             Some(Command::CompletePartitionMove(request)) => {
                 let assignment = self.assignment(&request.topic, request.partition)?;
@@ -333,6 +388,15 @@ impl Metadata {
                 assignment.replicas = std::mem::take(&mut assignment.target_replicas);
                 Ok(Applied::MoveCompleted)
             }
+            Some(Command::RegisterNode(request)) => {
+                let record = NodeRecord {
+                    client_address: request.client_address.clone(),
+                    peer_address: request.peer_address.clone(),
+                    state: NodeState::Active,
+                };
+                self.registry.insert(request.node_id, record);
+                Ok(Applied::NodeRegistered)
+            }
             Some(Command::AllocateProducerId(_)) => {
                 let producer_id = self.next_producer_id;
                 self.next_producer_id += 1;
@@ -398,10 +462,10 @@ impl Metadata {
                 request.replicas
             )));
         }
-        if let Some(unknown) = request.replicas.iter().find(|n| !self.nodes.contains(n)) {
+        let nodes = self.nodes();
+        if let Some(unknown) = request.replicas.iter().find(|n| !nodes.contains(n)) {
             return Err(MetadataError::Invalid(format!(
-                "node {unknown} is not a node of this cluster (nodes {:?})",
-                self.nodes
+                "node {unknown} is not a node of this cluster (nodes {nodes:?})"
             )));
         }
         Ok(())
@@ -418,7 +482,7 @@ impl Metadata {
                 request.partitions
             )));
         }
-        let nodes = self.nodes.len() as u32;
+        let nodes = self.nodes().len() as u32;
         if request.replication_factor == 0 || request.replication_factor > nodes {
             return Err(MetadataError::Invalid(format!(
                 "replication factor must be between 1 and the number of nodes ({nodes}), got {}",
@@ -485,9 +549,9 @@ impl Metadata {
 
     fn load_per_node(&self) -> BTreeMap<NodeId, NodeLoad> {
         let mut load: BTreeMap<NodeId, NodeLoad> = self
-            .nodes
-            .iter()
-            .map(|&n| (n, NodeLoad::default()))
+            .nodes()
+            .into_iter()
+            .map(|n| (n, NodeLoad::default()))
             .collect();
         for topic in self.topics.values() {
             for assignment in &topic.partitions {
@@ -536,6 +600,25 @@ fn place_replicas(load: &mut BTreeMap<NodeId, NodeLoad>, count: usize) -> Vec<No
         entry.preferred_leaders += u64::from(position == 0);
     }
     replicas
+}
+
+/// A registration names a node (id from 1) and both its addresses.
+fn check_registration(request: &RegisterNodeRequest) -> Result<(), MetadataError> {
+    if request.node_id == 0 {
+        return Err(MetadataError::Invalid("node id 0 means none".into()));
+    }
+    for (what, address) in [
+        ("client", &request.client_address),
+        ("peer", &request.peer_address),
+    ] {
+        if address.is_empty() || address.len() > NODE_ADDRESS_BYTES_MAX {
+            return Err(MetadataError::Invalid(format!(
+                "a node's {what} address must be 1 to {NODE_ADDRESS_BYTES_MAX} bytes, got {}",
+                address.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a topic name: 1 to [`TOPIC_NAME_BYTES_MAX`] characters of `[a-zA-Z0-9._-]`, and not
@@ -595,6 +678,66 @@ mod tests {
                     replicas: replicas.to_vec(),
                 },
             )),
+        }
+    }
+
+    fn register(node_id: u64, client: &str, peer: &str) -> MetadataCommand {
+        MetadataCommand {
+            command: Some(Command::RegisterNode(RegisterNodeRequest {
+                node_id,
+                client_address: client.into(),
+                peer_address: peer.into(),
+            })),
+        }
+    }
+
+    /// A node that registers becomes a node of the cluster: new topics are placed on it and
+    /// partitions can move to it; registering again updates its addresses; the first voters
+    /// stay the founders. Bad registrations are refused.
+    #[test]
+    fn a_registered_node_joins_placement_and_keeps_its_latest_addresses() {
+        let mut m = Metadata::new(vec![1, 2, 3]);
+        assert!(
+            m.apply(1, &move_to("t", &[4])).is_err(),
+            "no topic yet, no node 4"
+        );
+        m.apply(2, &create("t", 1, 3)).unwrap();
+        assert!(m.check(&move_to("t", &[2, 3, 4])).is_err(), "4 unknown");
+        assert_eq!(
+            m.apply(3, &register(4, "h:9430", "h:9431")),
+            Ok(Applied::NodeRegistered)
+        );
+        assert_eq!(
+            (m.nodes(), m.founders()),
+            (vec![1, 2, 3, 4], &[1, 2, 3][..])
+        );
+        assert!(m.check(&move_to("t", &[2, 3, 4])).is_ok());
+        assert!(m.check(&create("four", 1, 4)).is_ok(), "RF 4 now fits");
+        m.apply(4, &register(4, "h2:9430", "h2:9431")).unwrap();
+        let record = m.node(4).unwrap();
+        assert_eq!(
+            (
+                record.client_address.as_str(),
+                record.peer_address.as_str(),
+                record.state
+            ),
+            ("h2:9430", "h2:9431", NodeState::Active)
+        );
+        m.apply(5, &create("u", 4, 1)).unwrap();
+        assert_eq!(
+            m.partitions_on(4).count(),
+            1,
+            "placement spreads onto the new node"
+        );
+        for bad in [
+            register(0, "a:1", "a:2"),
+            register(5, "", "a:2"),
+            register(5, "a:1", ""),
+        ] {
+            assert_eq!(
+                m.check(&bad).map_err(|e| e.code()),
+                Err(ErrorCode::InvalidRequest)
+            );
         }
     }
 

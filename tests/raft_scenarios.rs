@@ -2176,6 +2176,32 @@ mod membership {
         c.propose(leader, b"b");
     }
 
+    /// The metadata group's target: its voters stay, and each node that joined is added as
+    /// a learner and kept (never removed as left over from a move), while a learner the
+    /// target no longer names is dropped.
+    #[test]
+    fn kept_learners_are_added_and_stay_while_unnamed_ones_go() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"a");
+        c.add_node(4);
+        c.add_node(5);
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for &id in &ids {
+            c.core_mut(id)
+                .set_membership_target(vec![1, 2, 3], vec![4, 5]);
+        }
+        run_move(&mut c, 200);
+        assert_everywhere(&c, &[1, 2, 3, 4, 5], &Membership::new([1, 2, 3], [4, 5]));
+        c.ticks(20);
+        assert_eq!(c.raft(1).membership(), &Membership::new([1, 2, 3], [4, 5]));
+        for &id in &ids {
+            c.core_mut(id).set_membership_target(vec![1, 2, 3], vec![4]);
+        }
+        run_move(&mut c, 200);
+        assert_everywhere(&c, &[1, 2, 3, 4], &Membership::new([1, 2, 3], [4]));
+    }
+
     /// A move continues under a new leader: each leader goes on from the configuration its
     /// log holds.
     #[test]

@@ -536,6 +536,46 @@ async fn a_wrong_cluster_id_is_refused() {
     within("shutdown", b.shutdown()).await;
 }
 
+/// A node that joins later: the others refuse it until they add it as a peer (as a node does
+/// once the metadata records the new node), then messages flow both ways.
+#[tokio::test]
+async fn a_peer_added_at_runtime_is_refused_before_and_reached_after() {
+    let mut nodes = cluster(2).await;
+    let listener = bind().await;
+    let joiner_address = listener.local_addr().unwrap().to_string();
+    let mut joiner_peers: BTreeMap<NodeId, String> = (1..)
+        .zip([nodes[0].0.local_addr(), nodes[1].0.local_addr()])
+        .map(|(id, address)| (id, address.to_string()))
+        .collect();
+    joiner_peers.insert(3, joiner_address.clone());
+    let (joiner, mut joiner_inbound) = start(config(3, &joiner_peers), listener);
+
+    let (mut framed, refused) = raw_peer(nodes[0].0.local_addr(), CLUSTER, 3).await;
+    assert!(matches!(refused, Err(WireError::Remote(_))), "{refused:?}");
+    assert_closed(&mut framed).await;
+    assert!(matches!(
+        nodes[0].0.send(vote(7, 1, 3, 0)),
+        Err(TransportError::UnknownPeer { node_id: 3 })
+    ));
+
+    for (transport, _) in &nodes {
+        transport.add_peer(3, &joiner_address);
+        transport.add_peer(3, &joiner_address);
+        assert!(transport.knows_peer(3));
+    }
+    for seq in 0..10 {
+        nodes[0].0.send(vote(7, 1, 3, seq)).unwrap();
+        joiner.send(vote(7, 3, 2, seq)).unwrap();
+    }
+    let received = receive(&mut joiner_inbound, 10).await;
+    assert_in_order(&received);
+    assert!(received.iter().all(|m| m.from == 1));
+    let received = receive(&mut nodes[1].1, 10).await;
+    assert!(received.iter().all(|m| m.from == 3));
+    joiner.shutdown().await;
+    shutdown_all(nodes).await;
+}
+
 #[tokio::test]
 async fn a_node_outside_the_peers_map_is_refused() {
     let nodes = cluster(2).await;

@@ -186,6 +186,7 @@ fn every_envelope() -> Vec<Envelope> {
                 node_id: 1,
                 client_address: "127.0.0.1:9400".into(),
                 peer_address: "127.0.0.1:9401".into(),
+                state: "active".into(),
             }],
             topics: vec![topic_info()],
             metadata_leader_id: 1,
@@ -237,6 +238,20 @@ fn every_envelope() -> Vec<Envelope> {
             partition: 1,
             replicas: vec![2, 3, 4],
         }),
+        Body::RegisterNode(RegisterNodeRequest {
+            node_id: 4,
+            client_address: "127.0.0.1:9430".into(),
+            peer_address: "127.0.0.1:9431".into(),
+        }),
+        Body::RegisterNodeResponse(RegisterNodeResponse {
+            nodes: vec![NodeInfo {
+                node_id: 4,
+                client_address: "127.0.0.1:9430".into(),
+                peer_address: "127.0.0.1:9431".into(),
+                state: "active".into(),
+            }],
+            founding_voters: vec![1, 2, 3],
+        }),
         Body::Raft(RaftBatch {
             messages: raft_messages(),
         }),
@@ -280,6 +295,8 @@ fn variant_number(body: &Body) -> usize {
         Body::MovePartition(_) => 22,
         Body::MovePartitionResponse(_) => 23,
         Body::CompletePartitionMove(_) => 24,
+        Body::RegisterNode(_) => 25,
+        Body::RegisterNodeResponse(_) => 26,
     }
 }
 
@@ -293,7 +310,7 @@ fn every_envelope_type_round_trips_through_the_codec() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..25).collect::<Vec<_>>(),
+        (0..27).collect::<Vec<_>>(),
         "every Envelope body variant has a sample"
     );
 

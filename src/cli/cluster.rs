@@ -225,6 +225,7 @@ mod tests {
                 node_id: id,
                 client_address: format!("127.0.0.1:94{id}0"),
                 peer_address: format!("127.0.0.1:94{id}1"),
+                state: "active".into(),
             },
             error: error.map(str::to_owned),
         };

@@ -391,13 +391,19 @@ impl Node {
             .collect()
     }
 
-    /// The address where clients reach `node`, if known: this node's own, or what the peer
-    /// advertised in its handshake.
+    /// The address where clients reach `node`, if known: this node's own, the one `node`
+    /// registered in the metadata, or what the peer advertised in its handshake.
     pub fn client_address_of(&self, node: NodeId) -> Option<String> {
         if node == self.id() {
             return Some(self.client_address.to_string());
         }
-        self.transport.peer_client_address(node)
+        let registered = self
+            .metadata_view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .node(node)
+            .map(|record| record.client_address.clone());
+        registered.or_else(|| self.transport.peer_client_address(node))
     }
 
     /// The `NOT_LEADER` error for a leader hint, with the leader's client address when known.
@@ -549,6 +555,7 @@ impl Node {
     /// stall them all. Only this task changes the map, so what it read stays true until it
     /// writes.
     fn reconcile(&self) {
+        self.reconcile_nodes();
         let wanted: Vec<(Topic, u32)> = {
             let metadata = self
                 .metadata_view
@@ -618,6 +625,35 @@ impl Node {
             if let Err(failure) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
             }
+        }
+    }
+
+    /// Makes every registered node a peer of the transport (a node that joined, or one that
+    /// registered a new address), and keeps the nodes that joined as learners of the
+    /// metadata group, so each receives the metadata log without voting on it.
+    fn reconcile_nodes(&self) {
+        let (registered, founders, joined) = {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let founders = metadata.founders().to_vec();
+            let nodes = metadata.nodes();
+            let registered: Vec<(NodeId, String)> = nodes
+                .iter()
+                .filter_map(|&id| metadata.node(id).map(|r| (id, r.peer_address.clone())))
+                .collect();
+            let joined: Vec<NodeId> = nodes
+                .into_iter()
+                .filter(|id| !founders.contains(id))
+                .collect();
+            (registered, founders, joined)
+        };
+        for (id, peer_address) in registered {
+            self.transport.add_peer(id, &peer_address);
+        }
+        if !joined.is_empty() {
+            self.metadata.set_membership_target(founders, joined);
         }
     }
 

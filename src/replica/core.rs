@@ -439,13 +439,23 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
     /// whichever leads drives the move ([`super::moves`]). Telling the same target again
     /// keeps the move's progress.
     pub fn set_move_target(&mut self, target: Option<Vec<u64>>) {
-        let Some(target) = target else {
-            self.move_driver = None;
-            self.move_phase = None;
-            return;
-        };
-        let next = MoveDriver::new(target);
-        if self.move_driver.as_ref().map(MoveDriver::target) != Some(next.target()) {
+        match target {
+            Some(target) => self.set_membership_target(target, Vec::new()),
+            None => {
+                self.move_driver = None;
+                self.move_phase = None;
+            }
+        }
+    }
+
+    /// Asks this group to end with `voters` and keep `learners` (the metadata group keeps
+    /// every node that joined as a learner); driven like a move.
+    pub fn set_membership_target(&mut self, voters: Vec<u64>, learners: Vec<u64>) {
+        let next = MoveDriver::with_learners(voters, learners);
+        let same = self.move_driver.as_ref().is_some_and(|driver| {
+            driver.target() == next.target() && driver.kept_learners() == next.kept_learners()
+        });
+        if !same {
             self.move_driver = Some(next);
         }
     }

@@ -344,6 +344,10 @@ enum Control {
     },
     Campaign,
     MoveTarget(Option<Vec<u64>>),
+    MembershipTarget {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
     Stop {
         drain: Duration,
     },
@@ -513,6 +517,15 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// full queue.
     pub fn set_move_target(&self, target: Option<Vec<u64>>) {
         let _ = self.control.send(Control::MoveTarget(target));
+    }
+
+    /// Tells this member the voters and learners its group is to end with (the metadata
+    /// group's: every node that joined is kept as a learner); driven like a move. Never
+    /// dropped for a full queue.
+    pub fn set_membership_target(&self, voters: Vec<u64>, learners: Vec<u64>) {
+        let _ = self
+            .control
+            .send(Control::MembershipTarget { voters, learners });
     }
 
     /// Asks this member to start an election now (used to place initial leaders evenly).
@@ -719,6 +732,9 @@ impl<S: StateMachine> Replica<S> {
             Control::TransferLeader { to } => self.core.transfer_leader(to),
             Control::Campaign => self.core.campaign(),
             Control::MoveTarget(target) => self.core.set_move_target(target),
+            Control::MembershipTarget { voters, learners } => {
+                self.core.set_membership_target(voters, learners);
+            }
             Control::HandOff(message) => {
                 self.metrics.received(&message);
                 self.core.step(message);

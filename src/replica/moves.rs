@@ -47,14 +47,32 @@ pub enum MovePhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoveDriver {
     target: BTreeSet<u64>,
+    /// Learners the group keeps once the move is done (the metadata group's: every node
+    /// that joined receives the metadata log without voting on it).
+    kept_learners: BTreeSet<u64>,
     caught_up_ticks: BTreeMap<u64, u64>,
 }
 
 impl MoveDriver {
     /// A move to `target` voters.
     pub fn new(target: impl IntoIterator<Item = u64>) -> Self {
+        Self::with_learners(target, [])
+    }
+
+    /// A move to `target` voters that also ends with `learners` (those the target names as
+    /// voters are voters, not learners).
+    pub fn with_learners(
+        target: impl IntoIterator<Item = u64>,
+        learners: impl IntoIterator<Item = u64>,
+    ) -> Self {
+        let target: BTreeSet<u64> = target.into_iter().collect();
+        let kept_learners = learners
+            .into_iter()
+            .filter(|id| !target.contains(id))
+            .collect();
         Self {
-            target: target.into_iter().collect(),
+            target,
+            kept_learners,
             caught_up_ticks: BTreeMap::new(),
         }
     }
@@ -62,6 +80,11 @@ impl MoveDriver {
     /// The voters the move ends with.
     pub fn target(&self) -> &BTreeSet<u64> {
         &self.target
+    }
+
+    /// The learners the move ends with.
+    pub fn kept_learners(&self) -> &BTreeSet<u64> {
+        &self.kept_learners
     }
 
     /// Called once per tick on the leader: the phase, and the change to propose now if any.
@@ -85,11 +108,22 @@ impl MoveDriver {
             let stale: Vec<u64> = membership
                 .learners
                 .difference(&self.target)
+                .filter(|id| !self.kept_learners.contains(id))
                 .copied()
                 .collect();
             if !stale.is_empty() {
                 let change = leader.then_some(MembershipChange::RemoveLearners(stale));
                 return (MovePhase::RemovingLearners, change);
+            }
+            let absent: Vec<u64> = self
+                .kept_learners
+                .iter()
+                .copied()
+                .filter(|&id| !membership.is_member(id))
+                .collect();
+            if !absent.is_empty() {
+                let change = leader.then_some(MembershipChange::AddLearners(absent));
+                return (MovePhase::AddingLearners, change);
             }
             let phase = if committed {
                 MovePhase::Done

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::batch;
-use crate::metadata::{Applied, MetadataError};
+use crate::metadata::{Applied, Metadata, MetadataError, NodeState};
 use crate::proto::envelope::Body;
 use crate::proto::metadata_command::Command;
 use crate::proto::{
@@ -12,7 +12,7 @@ use crate::proto::{
     FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
     MetadataCommand, MetadataRequest, MetadataResponse, MovePartitionResponse, NodeInfo,
     OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest,
-    ProduceResponse, ReplicaProgress, TopicInfo,
+    ProduceResponse, RegisterNodeResponse, ReplicaProgress, TopicInfo,
 };
 use crate::replica::{Acks, LocalPartition, MovePhase, PendingAppend, ReplicaStatus, Role};
 use crate::server::Service;
@@ -139,6 +139,18 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
                 .await
                 .map(|_| Body::MovePartitionResponse(MovePartitionResponse {}))
         }
+        Body::RegisterNode(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::RegisterNode(request)),
+            };
+            node.propose_metadata(command).await.map(|_| {
+                let metadata = node.metadata();
+                Body::RegisterNodeResponse(RegisterNodeResponse {
+                    nodes: node_infos(node, &metadata),
+                    founding_voters: metadata.founders().to_vec(),
+                })
+            })
+        }
         Body::MovePartition(request) => {
             let command = MetadataCommand {
                 command: Some(Command::MovePartition(request)),
@@ -220,17 +232,32 @@ async fn fetch<S: Service>(node: &S, request: FetchRequest) -> Result<FetchRespo
     })
 }
 
+/// Every node of the cluster with its addresses: as registered, else (a first voter that has
+/// not registered yet) as this node knows them.
+fn node_infos<S: Service>(node: &S, metadata: &Metadata) -> Vec<NodeInfo> {
+    metadata
+        .nodes()
+        .into_iter()
+        .map(|id| match metadata.node(id) {
+            Some(record) => NodeInfo {
+                node_id: id,
+                client_address: record.client_address.clone(),
+                peer_address: record.peer_address.clone(),
+                state: record.state.name().to_owned(),
+            },
+            None => NodeInfo {
+                node_id: id,
+                client_address: node.client_address_of(id).unwrap_or_default(),
+                peer_address: node.config().peers.get(&id).cloned().unwrap_or_default(),
+                state: NodeState::Active.name().to_owned(),
+            },
+        })
+        .collect()
+}
+
 fn metadata<S: Service>(node: &S, request: &MetadataRequest) -> MetadataResponse {
     let metadata = node.metadata();
-    let nodes = metadata
-        .nodes()
-        .iter()
-        .map(|&id| NodeInfo {
-            node_id: id,
-            client_address: node.client_address_of(id).unwrap_or_default(),
-            peer_address: node.config().peers.get(&id).cloned().unwrap_or_default(),
-        })
-        .collect();
+    let nodes = node_infos(node, &metadata);
     let topics = metadata
         .topics()
         .filter(|topic| request.topics.is_empty() || request.topics.contains(&topic.name))

@@ -75,7 +75,7 @@ async fn serve(
     let token = &shared.token;
     let accepted = tokio::select! {
         _ = token.cancelled() => return Ok(()),
-        accepted = tokio::time::timeout(config.handshake_timeout(), accept(&mut connection, config)) => accepted,
+        accepted = tokio::time::timeout(config.handshake_timeout(), accept(&mut connection, shared)) => accepted,
     };
     let (peer, client_address) = accepted.map_err(|_| TransportError::Timeout)??;
     if !client_address.is_empty() {
@@ -162,8 +162,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// an error before the connection closes, so the other node's operator sees why.
 async fn accept(
     connection: &mut PeerConnection,
-    config: &TransportConfig,
+    shared: &Shared,
 ) -> Result<(NodeId, String), TransportError> {
+    let config = &shared.config;
     let first = connection.next().await.ok_or(WireError::Closed)?;
     let checked = first
         .and_then(|envelope| {
@@ -171,7 +172,7 @@ async fn accept(
         })
         .map_err(TransportError::from)
         .and_then(|handshake| {
-            check_member(handshake.node_id, config).map(|peer| (peer, handshake.client_address))
+            check_member(handshake.node_id, shared).map(|peer| (peer, handshake.client_address))
         });
     match checked {
         Ok((peer, client_address)) => {
@@ -202,8 +203,8 @@ async fn accept(
     }
 }
 
-fn check_member(node_id: NodeId, config: &TransportConfig) -> Result<NodeId, TransportError> {
-    if node_id == config.node_id || !config.peers.contains_key(&node_id) {
+fn check_member(node_id: NodeId, shared: &Shared) -> Result<NodeId, TransportError> {
+    if !shared.is_peer(node_id) {
         return Err(TransportError::UnknownPeer { node_id });
     }
     Ok(node_id)

@@ -39,7 +39,7 @@ mod writer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -202,8 +202,12 @@ pub struct Transport {
 struct Shared {
     node_id: NodeId,
     local_addr: SocketAddr,
-    /// Every peer but this node.
-    links: BTreeMap<NodeId, Arc<PeerLink>>,
+    /// Every peer but this node: the configured ones, and those added since
+    /// ([`Transport::add_peer`]: nodes that joined). Read on every send, written only when a
+    /// node joins or moves.
+    links: RwLock<BTreeMap<NodeId, Arc<PeerLink>>>,
+    /// What a writer task added later needs.
+    config: Arc<TransportConfig>,
     /// The most message bytes one frame can carry.
     frame_budget_bytes: usize,
     received_messages: AtomicU64,
@@ -223,7 +227,8 @@ struct Shared {
 #[derive(Debug)]
 struct PeerLink {
     node_id: NodeId,
-    address: String,
+    /// Where to dial; replaced when the node registers another address.
+    address: Mutex<String>,
     queue: Mutex<PeerQueue>,
     /// Woken by `send`; a wake-up with no waiter is kept, so none is lost.
     queued: Notify,
@@ -269,11 +274,14 @@ impl Transport {
                 (id, Arc::new(PeerLink::new(id, address.clone(), queue)))
             })
             .collect();
+        let config = Arc::new(config);
         let shared = Arc::new(Shared {
             node_id: config.node_id,
             local_addr: listener.local_addr()?,
-            links,
-            frame_budget_bytes: network
+            links: RwLock::new(links),
+            config: config.clone(),
+            frame_budget_bytes: config
+                .network
                 .frame_bytes_max
                 .saturating_sub(ENVELOPE_OVERHEAD_BYTES),
             received_messages: AtomicU64::new(0),
@@ -284,14 +292,55 @@ impl Transport {
             token: shutdown.child_token(),
             tasks: TaskTracker::default(),
         });
-        let config = Arc::new(config);
-        for link in shared.links.values() {
+        for link in shared.read_links().values() {
             let task = writer::run(shared.clone(), link.clone(), config.clone());
             shared.tasks.spawn(task);
         }
         let task = acceptor::run(listener, shared.clone(), config, deliver);
         shared.tasks.spawn(task);
         Ok(Transport { shared })
+    }
+
+    /// Makes `peer` reachable at `address`: a node that joined (or that registered another
+    /// address) gets a link and a writer task, and its connections are accepted. Adding a
+    /// peer already known at that address changes nothing.
+    pub fn add_peer(&self, peer: NodeId, address: &str) {
+        let shared = &self.shared;
+        if peer == shared.node_id || shared.token.is_cancelled() {
+            return;
+        }
+        if let Some(link) = shared.read_links().get(&peer) {
+            let mut known = lock(&link.address);
+            if *known != address {
+                tracing::info!(peer, from = %known, to = %address, "peer address changed");
+                address.clone_into(&mut known);
+            }
+            return;
+        }
+        let network = &shared.config.network;
+        let queue = PeerQueue::new(
+            network.peer_queue_messages_max,
+            network.peer_queue_bytes_max,
+        );
+        let link = Arc::new(PeerLink::new(peer, address.to_owned(), queue));
+        {
+            let mut links = shared
+                .links
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if links.contains_key(&peer) {
+                return;
+            }
+            links.insert(peer, link.clone());
+        }
+        tracing::info!(peer, %address, "peer added");
+        let task = writer::run(shared.clone(), link, shared.config.clone());
+        shared.tasks.spawn(task);
+    }
+
+    /// Whether `peer` is a node this transport exchanges messages with.
+    pub fn knows_peer(&self, peer: NodeId) -> bool {
+        self.shared.read_links().contains_key(&peer)
     }
 
     /// The client address `peer` advertised in its latest handshake, once it has connected.
@@ -316,12 +365,14 @@ impl Transport {
                 node_id: message.to,
             });
         }
-        let link = shared
-            .links
-            .get(&message.to)
-            .ok_or(TransportError::UnknownPeer {
-                node_id: message.to,
-            })?;
+        let link =
+            shared
+                .read_links()
+                .get(&message.to)
+                .cloned()
+                .ok_or(TransportError::UnknownPeer {
+                    node_id: message.to,
+                })?;
         if shared.token.is_cancelled() {
             return Err(TransportError::ShutDown);
         }
@@ -359,7 +410,7 @@ impl Transport {
 
     /// Counters of the link to `peer`, or `None` if it is not a peer (or is this node).
     pub fn stats(&self, peer: NodeId) -> Option<PeerStats> {
-        self.shared.links.get(&peer).map(|link| link.stats())
+        self.shared.read_links().get(&peer).map(|link| link.stats())
     }
 
     /// Messages written to all peers.
@@ -390,18 +441,45 @@ impl Transport {
 
     fn sum(&self, field: impl Fn(&PeerStats) -> u64) -> u64 {
         self.shared
-            .links
+            .read_links()
             .values()
             .map(|link| field(&link.stats()))
             .sum()
     }
 }
 
+impl Shared {
+    /// The links; the lock is held only to look one up or copy one out, never across an
+    /// await, so a poisoned lock still holds a consistent map.
+    fn read_links(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Arc<PeerLink>>> {
+        self.links
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `node` is a peer (not this node) whose connections are accepted.
+    fn is_peer(&self, node: NodeId) -> bool {
+        node != self.node_id && self.read_links().contains_key(&node)
+    }
+}
+
+/// Locks a mutex held only in short, panic-free sections.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl PeerLink {
+    /// Where to dial now.
+    fn address(&self) -> String {
+        lock(&self.address).clone()
+    }
+
     fn new(node_id: NodeId, address: String, queue: PeerQueue) -> Self {
         Self {
             node_id,
-            address,
+            address: Mutex::new(address),
             queue: Mutex::new(queue),
             queued: Notify::new(),
             sent_messages: AtomicU64::new(0),

@@ -65,7 +65,7 @@ async fn connect(
     link: &PeerLink,
 ) -> Result<PeerConnection, TransportError> {
     let attempt = async {
-        let stream = TcpStream::connect(link.address.as_str()).await?;
+        let stream = TcpStream::connect(link.address()).await?;
         // Raft messages are latency-bound and already coalesced here; Nagle would only
         // delay heartbeats.
         stream.set_nodelay(true)?;

@@ -126,6 +126,8 @@ pub fn body_name(body: Option<&Body>) -> &'static str {
         Body::MovePartition(_) => "MovePartitionRequest",
         Body::MovePartitionResponse(_) => "MovePartitionResponse",
         Body::CompletePartitionMove(_) => "CompletePartitionMove",
+        Body::RegisterNode(_) => "RegisterNodeRequest",
+        Body::RegisterNodeResponse(_) => "RegisterNodeResponse",
         Body::Raft(_) => "RaftBatch",
     }
 }

@@ -458,6 +458,25 @@ impl Raft {
         self.voting_withheld_term.is_some()
     }
 
+    /// Whether this member may start an election: it is a voter of the configuration in
+    /// force, or of the one before it while the newest configuration entry is not known to
+    /// be committed. The second case is a leader removed by C_new that crashed before C_new
+    /// committed: its log may be the only complete one, the others still count it in the
+    /// joint configuration, and it must be able to lead again to finish the change (it counts
+    /// only C_new's votes, never its own, so this is as safe as any candidate; §4.2.2).
+    fn may_campaign(&self) -> bool {
+        if self.voting_withheld() {
+            return false;
+        }
+        if self.membership.is_voter(self.config.id) {
+            return true;
+        }
+        self.memberships
+            .last_index()
+            .filter(|&index| index > self.log.commit_index)
+            .is_some_and(|index| self.memberships.at(index - 1).is_voter(self.config.id))
+    }
+
     /// The term in which this member lost entries while its vote is withheld, for a caller
     /// that rebuilds the core ([`RestoredState::voting_withheld`]).
     pub fn voting_withheld_term(&self) -> Option<u64> {
@@ -989,7 +1008,7 @@ impl Raft {
         // A member that may not campaign keeps counting instead of starting over: the leader
         // it last heard has been silent for an election timeout, so its lease is over and
         // this member must grant (pre-)votes to whoever can bring the group back.
-        if !self.membership.is_voter(self.config.id) || self.voting_withheld() {
+        if !self.may_campaign() {
             return;
         }
         self.election_elapsed_ticks = 0;
@@ -1062,7 +1081,7 @@ impl Raft {
     pub(crate) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         // A learner only follows; a member whose log could miss committed entries waits for
         // a leader instead.
-        if !self.membership.is_voter(self.config.id) || self.voting_withheld() {
+        if !self.may_campaign() {
             self.election_elapsed_ticks = 0;
             return;
         }

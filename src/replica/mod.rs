@@ -797,18 +797,17 @@ impl<S: StateMachine> Replica<S> {
     fn publish_status(&mut self) {
         let status = self.core.status();
         self.metrics.fetch_waiters(self.core.parked_fetch_count());
-        let voters: std::collections::BTreeSet<u64> = status
-            .voters
+        let outgoing_only = status
+            .voters_outgoing
             .iter()
-            .chain(&status.voters_outgoing)
-            .copied()
-            .collect();
+            .filter(|id| !status.voters.contains(id))
+            .count();
         let moving = status
             .move_phase
             .as_ref()
             .is_some_and(|phase| *phase != MovePhase::Done);
         self.metrics.membership(
-            voters.len(),
+            status.voters.len() + outgoing_only,
             status.learners.len(),
             !status.voters_outgoing.is_empty(),
             moving,

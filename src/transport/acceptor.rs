@@ -1,7 +1,7 @@
 //! The acceptor task: takes the other nodes' connections and delivers what they carry.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::{Deliver, Shared, TransportConfig, TransportError};
+use super::{lock, Deliver, Shared, TransportConfig, TransportError};
 use crate::config::NodeId;
 use crate::proto::envelope::Body;
 use crate::proto::{ConnectionRole, Envelope, ErrorCode, HandshakeResponse, RaftBatch};
@@ -147,14 +147,6 @@ impl Drop for Registration<'_> {
             incoming.remove(&self.peer);
         }
     }
-}
-
-/// The map is only touched in these short, panic-free critical sections, so a poisoned lock
-/// still holds a consistent map.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The acceptor's side of the handshake, with the peer-port checks on top of the wire's:

@@ -365,14 +365,12 @@ impl Transport {
                 node_id: message.to,
             });
         }
-        let link =
-            shared
-                .read_links()
-                .get(&message.to)
-                .cloned()
-                .ok_or(TransportError::UnknownPeer {
-                    node_id: message.to,
-                })?;
+        // The read guard is held through the enqueue (no await in between): the hot path
+        // takes no reference count.
+        let links = shared.read_links();
+        let link = links.get(&message.to).ok_or(TransportError::UnknownPeer {
+            node_id: message.to,
+        })?;
         if shared.token.is_cancelled() {
             return Err(TransportError::ShutDown);
         }
@@ -463,7 +461,8 @@ impl Shared {
     }
 }
 
-/// Locks a mutex held only in short, panic-free sections.
+/// Locks a mutex held only in short, panic-free critical sections, so a poisoned lock still
+/// guards a consistent value.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

@@ -18,8 +18,10 @@
 //! client_listen = "127.0.0.1:9400"
 //! peer_listen = "127.0.0.1:9401"
 //! metrics_listen = "127.0.0.1:9402"
+//! # join = ["127.0.0.1:9400"]   # a node joining a running cluster: members' client
+//! #                             # addresses, instead of [peers]
 //!
-//! [peers]            # every voter's *peer* address, this node included
+//! [peers]            # every first voter's *peer* address, this node included
 //! 1 = "127.0.0.1:9401"
 //! 2 = "127.0.0.1:9411"
 //! 3 = "127.0.0.1:9421"
@@ -120,9 +122,16 @@ pub struct NodeConfig {
     /// Where Prometheus scrapes (`127.0.0.1:9402` by default, as node 1 of `raftlog dev`).
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: SocketAddr,
-    /// Every voter's peer address (`HOST:PORT`), this node included, by node id.
-    #[serde(with = "peers_table")]
+    /// Every first voter's peer address (`HOST:PORT`), this node included, by node id. A
+    /// node that joins a running cluster leaves it empty and names `join` instead.
+    #[serde(default, with = "peers_table")]
     pub peers: BTreeMap<NodeId, String>,
+    /// Client addresses (`HOST:PORT`) of running members, for a node that joins a cluster
+    /// instead of being one of its first voters (`raftlog serve --join`). Any one that
+    /// answers will do; the node registers there, learns the cluster's nodes, and keeps
+    /// what it learned in its data directory for its restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<String>,
     /// Connection, framing and peer-queue limits.
     #[serde(default)]
     pub network: NetworkConfig,
@@ -470,6 +479,7 @@ impl NodeConfig {
             peer_listen: default_peer_listen(),
             metrics_listen: default_metrics_listen(),
             peers,
+            join: Vec::new(),
             network: NetworkConfig::default(),
             server: ServerConfig::default(),
             raft: RaftConfig::default(),
@@ -555,11 +565,34 @@ impl NodeConfig {
                 "must differ from client_listen and peer_listen",
             ));
         }
+        for address in &self.join {
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(
+                    "join",
+                    format!("{address:?} is not a HOST:PORT client address"),
+                ));
+            }
+        }
+        if !self.join.is_empty() {
+            // The daemon fills `peers` from the cluster it joined; nothing else may.
+            if self.peer_listen.ip().is_unspecified() || self.client_listen.ip().is_unspecified() {
+                return Err(invalid(
+                    "join",
+                    "a joining node registers its listen addresses, so client_listen and \
+                     peer_listen must be addresses other nodes can reach, not 0.0.0.0",
+                ));
+            }
+            return Ok(());
+        }
         if !self.peers.contains_key(&self.node_id) {
             return Err(invalid(
                 "peers",
                 format!(
-                    "must list this node (node_id {}) with its own peer address",
+                    "must list this node (node_id {}) with its own peer address, or `join` \
+                     must name running members",
                     self.node_id
                 ),
             ));
@@ -1073,6 +1106,40 @@ mod tests {
         .to_toml_string()
         .unwrap();
         assert!(!written.contains("peer_inbound_bytes_max"), "{written}");
+    }
+
+    /// A joining node names members instead of peers; its join list must be addresses, and
+    /// it must listen where others can reach it, because it registers those addresses.
+    #[test]
+    fn a_joining_node_needs_no_peers_but_reachable_listeners() {
+        let text = "node_id = 4\ndata_dir = \"d\"\njoin = [\"127.0.0.1:9400\"]\n\
+                    client_listen = \"127.0.0.1:9430\"\npeer_listen = \"127.0.0.1:9431\"\n\
+                    metrics_listen = \"127.0.0.1:9432\"\n";
+        let config = NodeConfig::from_toml_str(text).unwrap();
+        config.validate().unwrap();
+        assert!(config.peers.is_empty());
+        let again = NodeConfig::from_toml_str(&config.to_toml_string().unwrap()).unwrap();
+        assert_eq!(again, config);
+        for (what, broken) in [
+            ("bad address", text.replace("127.0.0.1:9400", "nowhere")),
+            ("no port", text.replace("127.0.0.1:9400", "host:")),
+            (
+                "unspecified",
+                text.replace("127.0.0.1:9431", "0.0.0.0:9431"),
+            ),
+        ] {
+            let err = NodeConfig::from_toml_str(&broken)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains("join"), "{what}: {err}");
+        }
+        let neither = "node_id = 4\ndata_dir = \"d\"\n";
+        let err = NodeConfig::from_toml_str(neither)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("join"), "{err}");
     }
 
     #[test]

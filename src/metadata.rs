@@ -149,6 +149,10 @@ impl Topic {
 pub enum NodeState {
     /// A member: replicas may be placed on it.
     Active,
+    /// Being decommissioned: no new replicas, its replicas and leaderships move away.
+    Draining,
+    /// Decommissioned: it holds nothing, and its id is never used again.
+    Removed,
 }
 
 impl NodeState {
@@ -156,6 +160,8 @@ impl NodeState {
     pub fn name(self) -> &'static str {
         match self {
             NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Removed => "removed",
         }
     }
 }
@@ -167,8 +173,8 @@ pub struct NodeRecord {
     pub client_address: String,
     /// Where peers reach it.
     pub peer_address: String,
-    /// What the cluster may do with it.
-    pub state: NodeState,
+    /// Which life of the node id registered (0 for a first voter); another is refused.
+    pub incarnation: u64,
 }
 
 /// What applying a command produced, for the client that proposed it.
@@ -186,6 +192,8 @@ pub enum Applied {
     MoveCompleted,
     /// A node was recorded (or its addresses updated).
     NodeRegistered,
+    /// A node's state changed (decommissioned, recommissioned, removed).
+    NodeStateChanged,
     /// A producer id was allocated.
     ProducerIdAllocated {
         /// The new id, from 1.
@@ -204,6 +212,8 @@ pub struct Metadata {
     /// Every node that has registered its addresses, founders included once they have.
     /// Placement uses founders and registered nodes, never which nodes happen to be up.
     registry: BTreeMap<NodeId, NodeRecord>,
+    /// Nodes that are not [`NodeState::Active`] (being decommissioned, or removed).
+    node_states: BTreeMap<NodeId, NodeState>,
     /// Topics by name.
     topics: BTreeMap<String, Topic>,
     /// The next partition Raft group id to hand out; ids are never reused, so a deleted
@@ -235,6 +245,7 @@ impl Metadata {
         Metadata {
             founders: nodes,
             registry: BTreeMap::new(),
+            node_states: BTreeMap::new(),
             topics: BTreeMap::new(),
             next_group_id: METADATA_GROUP_ID + 1,
             next_producer_id: 1,
@@ -264,6 +275,56 @@ impl Metadata {
     /// What the metadata records about `node`, once it has registered.
     pub fn node(&self, node: NodeId) -> Option<&NodeRecord> {
         self.registry.get(&node)
+    }
+
+    /// What the cluster may do with `node` (a node never decommissioned is active).
+    pub fn node_state(&self, node: NodeId) -> NodeState {
+        self.node_states
+            .get(&node)
+            .copied()
+            .unwrap_or(NodeState::Active)
+    }
+
+    /// The nodes new replicas may be placed on, sorted.
+    pub fn active_nodes(&self) -> Vec<NodeId> {
+        let mut nodes = self.nodes();
+        nodes.retain(|&n| self.node_state(n) == NodeState::Active);
+        nodes
+    }
+
+    /// The metadata group's membership to aim for, given its voters now: as many voters as
+    /// the cluster had first voters (or every active node, if fewer are left), keeping the
+    /// current active voters and filling up with active nodes by id; every other node not
+    /// removed is a learner, so it keeps receiving the metadata log. A draining voter loses
+    /// its seat only once a replacement can take it.
+    pub fn metadata_membership_target(&self, voters_now: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
+        let active = self.active_nodes();
+        let seats = self.founders.len().min(active.len()).max(1);
+        let mut voters: Vec<NodeId> = voters_now
+            .iter()
+            .copied()
+            .filter(|n| active.contains(n))
+            .collect();
+        voters.sort_unstable();
+        voters.truncate(seats);
+        for &candidate in &active {
+            if voters.len() >= seats {
+                break;
+            }
+            if !voters.contains(&candidate) {
+                voters.push(candidate);
+            }
+        }
+        if voters.is_empty() {
+            voters = voters_now.to_vec();
+        }
+        voters.sort_unstable();
+        let learners = self
+            .nodes()
+            .into_iter()
+            .filter(|n| !voters.contains(n) && self.node_state(*n) != NodeState::Removed)
+            .collect();
+        (voters, learners)
     }
 
     /// Index of the last applied metadata entry.
@@ -316,7 +377,19 @@ impl Metadata {
             Some(Command::DeleteTopic(request)) => self.topic_named(&request.name).map(drop),
             Some(Command::CommitOffsets(request)) => self.check_commit(request),
             Some(Command::AllocateProducerId(_)) => Ok(()),
-            Some(Command::RegisterNode(request)) => check_registration(request),
+            Some(Command::RegisterNode(request)) => self.check_registration(request),
+            Some(Command::DecommissionNode(request)) => self.check_decommission(request.node_id),
+            Some(Command::RecommissionNode(request)) => {
+                match self.known_node_state(request.node_id)? {
+                    NodeState::Removed => Err(MetadataError::Invalid(format!(
+                        "node {} was removed; a removed node cannot come back (ids are never \
+                         reused)",
+                        request.node_id
+                    ))),
+                    NodeState::Active | NodeState::Draining => Ok(()),
+                }
+            }
+            Some(Command::RemoveNode(request)) => self.check_removal(request.node_id),
             Some(Command::MovePartition(request)) => self.check_move(request),
             Some(Command::CompletePartitionMove(request)) => {
                 let assignment = self.assignment(&request.topic, request.partition)?;
@@ -392,10 +465,23 @@ impl Metadata {
                 let record = NodeRecord {
                     client_address: request.client_address.clone(),
                     peer_address: request.peer_address.clone(),
-                    state: NodeState::Active,
+                    incarnation: request.incarnation,
                 };
                 self.registry.insert(request.node_id, record);
                 Ok(Applied::NodeRegistered)
+            }
+            Some(Command::DecommissionNode(request)) => {
+                self.node_states
+                    .insert(request.node_id, NodeState::Draining);
+                Ok(Applied::NodeStateChanged)
+            }
+            Some(Command::RecommissionNode(request)) => {
+                self.node_states.remove(&request.node_id);
+                Ok(Applied::NodeStateChanged)
+            }
+            Some(Command::RemoveNode(request)) => {
+                self.node_states.insert(request.node_id, NodeState::Removed);
+                Ok(Applied::NodeStateChanged)
             }
             Some(Command::AllocateProducerId(_)) => {
                 let producer_id = self.next_producer_id;
@@ -468,6 +554,100 @@ impl Metadata {
                 "node {unknown} is not a node of this cluster (nodes {nodes:?})"
             )));
         }
+        let current = self.assignment(&request.topic, request.partition)?;
+        let added = request.replicas.iter().find(|n| {
+            !current.all_replicas().contains(n) && self.node_state(**n) != NodeState::Active
+        });
+        if let Some(&node) = added {
+            return Err(MetadataError::Invalid(format!(
+                "node {node} is {}: replicas move only to active nodes",
+                self.node_state(node).name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The state of a node of the cluster.
+    fn known_node_state(&self, node: NodeId) -> Result<NodeState, MetadataError> {
+        if !self.nodes().contains(&node) {
+            return Err(MetadataError::Invalid(format!(
+                "node {node} is not a node of this cluster (nodes {:?})",
+                self.nodes()
+            )));
+        }
+        Ok(self.node_state(node))
+    }
+
+    /// A node may be decommissioned while it is active (again, while it drains) and the
+    /// nodes left can hold every partition's replicas.
+    fn check_decommission(&self, node: NodeId) -> Result<(), MetadataError> {
+        match self.known_node_state(node)? {
+            NodeState::Removed => Err(MetadataError::Invalid(format!(
+                "node {node} is already removed"
+            ))),
+            NodeState::Draining => Ok(()),
+            NodeState::Active => {
+                let left = self.active_nodes().len() - 1;
+                let needed = self
+                    .topics
+                    .values()
+                    .map(|t| t.replication_factor as usize)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
+                if left < needed {
+                    return Err(MetadataError::Invalid(format!(
+                        "decommissioning node {node} would leave {left} active nodes, and a \
+                         topic needs {needed} replicas: add a node first"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A draining node is removed once no partition names it.
+    fn check_removal(&self, node: NodeId) -> Result<(), MetadataError> {
+        if self.known_node_state(node)? != NodeState::Draining {
+            return Err(MetadataError::Invalid(format!(
+                "node {node} is not draining"
+            )));
+        }
+        if let Some((topic, p)) = self.partitions_on(node).next() {
+            return Err(MetadataError::Invalid(format!(
+                "node {node} still holds {}/{}",
+                topic.name, p.partition
+            )));
+        }
+        Ok(())
+    }
+
+    /// A registration names a node (id from 1) and both its addresses; a removed id, a
+    /// first voter's id claimed by a joining node, or another incarnation of a registered id
+    /// is refused.
+    fn check_registration(&self, request: &RegisterNodeRequest) -> Result<(), MetadataError> {
+        check_registration(request)?;
+        let id = request.node_id;
+        if self.node_state(id) == NodeState::Removed {
+            return Err(MetadataError::Invalid(format!(
+                "node {id} was removed from this cluster and node ids are never reused: start \
+                 the node with a new --id"
+            )));
+        }
+        if self.founders.contains(&id) && request.incarnation != 0 {
+            return Err(MetadataError::Invalid(format!(
+                "node {id} is a first voter of this cluster: it starts with --peers, and a new \
+                 node joins with an id no node has had"
+            )));
+        }
+        if let Some(record) = self.registry.get(&id) {
+            if record.incarnation != request.incarnation {
+                return Err(MetadataError::Invalid(format!(
+                    "node id {id} belongs to a node that joined before (another data \
+                     directory); node ids are never reused: join with a new --id"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -482,10 +662,10 @@ impl Metadata {
                 request.partitions
             )));
         }
-        let nodes = self.nodes().len() as u32;
+        let nodes = self.active_nodes().len() as u32;
         if request.replication_factor == 0 || request.replication_factor > nodes {
             return Err(MetadataError::Invalid(format!(
-                "replication factor must be between 1 and the number of nodes ({nodes}), got {}",
+                "replication factor must be between 1 and the number of active nodes ({nodes}), got {}",
                 request.replication_factor
             )));
         }
@@ -516,6 +696,7 @@ impl Metadata {
 
     fn create_topic(&mut self, request: &CreateTopicRequest) -> Topic {
         let mut load = self.load_per_node();
+        load.retain(|&node, _| self.node_state(node) == NodeState::Active);
         let partitions = (0..request.partitions)
             .map(|partition| {
                 let replicas = place_replicas(&mut load, request.replication_factor as usize);
@@ -682,13 +863,162 @@ mod tests {
     }
 
     fn register(node_id: u64, client: &str, peer: &str) -> MetadataCommand {
+        register_as(node_id, client, peer, u64::from(node_id > 3) * 7)
+    }
+
+    fn register_as(node_id: u64, client: &str, peer: &str, incarnation: u64) -> MetadataCommand {
         MetadataCommand {
             command: Some(Command::RegisterNode(RegisterNodeRequest {
                 node_id,
                 client_address: client.into(),
                 peer_address: peer.into(),
+                incarnation,
             })),
         }
+    }
+
+    fn node_command(command: Command) -> MetadataCommand {
+        MetadataCommand {
+            command: Some(command),
+        }
+    }
+
+    fn decommission(node_id: u64) -> MetadataCommand {
+        node_command(Command::DecommissionNode(
+            crate::proto::DecommissionNodeRequest { node_id },
+        ))
+    }
+
+    fn recommission(node_id: u64) -> MetadataCommand {
+        node_command(Command::RecommissionNode(
+            crate::proto::RecommissionNodeRequest { node_id },
+        ))
+    }
+
+    fn remove(node_id: u64) -> MetadataCommand {
+        node_command(Command::RemoveNode(crate::proto::RemoveNode { node_id }))
+    }
+
+    /// A node id has one life: a first voter's id cannot be joined, another incarnation of
+    /// a joined id is refused, and a removed id never registers again.
+    #[test]
+    fn node_ids_are_never_reused() {
+        let mut m = Metadata::new(vec![1, 2, 3]);
+        let refused = |m: &Metadata, command: &MetadataCommand| {
+            m.check(command).map_err(|e| e.code()) == Err(ErrorCode::InvalidRequest)
+        };
+        assert!(
+            refused(&m, &register_as(2, "a:1", "a:2", 5)),
+            "a founder's id"
+        );
+        assert!(
+            m.check(&register_as(2, "a:1", "a:2", 0)).is_ok(),
+            "the founder itself"
+        );
+        m.apply(1, &register_as(4, "d:1", "d:2", 5)).unwrap();
+        assert!(
+            refused(&m, &register_as(4, "d:1", "d:2", 6)),
+            "another life of 4"
+        );
+        assert!(m.check(&register_as(4, "e:1", "e:2", 5)).is_ok(), "4 moved");
+        m.apply(2, &decommission(4)).unwrap();
+        m.apply(3, &remove(4)).unwrap();
+        assert_eq!(m.node_state(4), NodeState::Removed);
+        assert!(refused(&m, &register_as(4, "d:1", "d:2", 5)), "removed");
+        assert!(refused(&m, &recommission(4)), "removed for good");
+        assert!(refused(&m, &decommission(4)), "already removed");
+    }
+
+    /// Decommissioning: refused when the nodes left could not hold a topic's replicas; a
+    /// draining node takes no new replicas and is removed only once it holds none; a
+    /// recommission makes it active again.
+    #[test]
+    fn a_node_drains_before_it_is_removed() {
+        let mut m = Metadata::new(vec![1, 2, 3]);
+        m.apply(1, &create("t", 2, 3)).unwrap();
+        assert!(
+            m.check(&decommission(1)).is_err(),
+            "only 2 would be left for RF 3"
+        );
+        assert!(m.check(&decommission(9)).is_err(), "not a node");
+        m.apply(2, &register(4, "d:1", "d:2")).unwrap();
+        m.apply(3, &decommission(1)).unwrap();
+        assert_eq!(m.node_state(1), NodeState::Draining);
+        assert_eq!(m.active_nodes(), vec![2, 3, 4]);
+        assert!(m.check(&decommission(1)).is_ok(), "again is harmless");
+        assert!(
+            m.check(&decommission(2)).is_err(),
+            "RF 3 needs three active nodes"
+        );
+        assert!(m.check(&remove(1)).is_err(), "1 still holds t");
+        assert!(m.check(&create("rf4", 1, 4)).is_err(), "three active nodes");
+        m.apply(4, &create("u", 3, 3)).unwrap();
+        assert_eq!(m.partitions_on(1).filter(|(t, _)| t.name == "u").count(), 0);
+        assert!(
+            m.check(&move_to("u", &[1, 2, 3])).is_err(),
+            "no moves onto 1"
+        );
+        assert!(
+            m.check(&move_to("t", &[1, 2, 4])).is_ok(),
+            "a draining node may stay where it is"
+        );
+        for (index, partition) in [(5, 0), (7, 1)] {
+            let replicas = [2, 3, 4];
+            let mut command = move_to("t", &replicas);
+            if let Some(Command::MovePartition(request)) = command.command.as_mut() {
+                request.partition = partition;
+            }
+            m.apply(index, &command).unwrap();
+            let mut done = complete("t", &replicas);
+            if let Some(Command::CompletePartitionMove(request)) = done.command.as_mut() {
+                request.partition = partition;
+            }
+            m.apply(index + 1, &done).unwrap();
+        }
+        assert_eq!(m.partitions_on(1).count(), 0);
+        m.apply(9, &recommission(1)).unwrap();
+        assert_eq!(m.node_state(1), NodeState::Active);
+        assert!(
+            m.check(&remove(1)).is_err(),
+            "only a draining node is removed"
+        );
+        m.apply(10, &decommission(1)).unwrap();
+        assert_eq!(m.apply(11, &remove(1)), Ok(Applied::NodeStateChanged));
+        assert_eq!(m.node_state(1), NodeState::Removed);
+    }
+
+    /// The metadata group keeps as many voters as it had first voters, from the active nodes,
+    /// keeping the voters it has; every other node that is not removed is a learner.
+    #[test]
+    fn the_metadata_group_keeps_its_size_with_active_voters() {
+        let mut m = Metadata::new(vec![1, 2, 3]);
+        assert_eq!(
+            m.metadata_membership_target(&[1, 2, 3]),
+            (vec![1, 2, 3], vec![])
+        );
+        m.apply(1, &register(5, "e:1", "e:2")).unwrap();
+        m.apply(2, &register(4, "d:1", "d:2")).unwrap();
+        assert_eq!(
+            m.metadata_membership_target(&[1, 2, 3]),
+            (vec![1, 2, 3], vec![4, 5])
+        );
+        m.apply(3, &decommission(2)).unwrap();
+        assert_eq!(
+            m.metadata_membership_target(&[1, 2, 3]),
+            (vec![1, 3, 4], vec![2, 5]),
+            "the lowest active learner takes the draining voter's seat"
+        );
+        assert_eq!(
+            m.metadata_membership_target(&[1, 3, 5]),
+            (vec![1, 3, 5], vec![2, 4]),
+            "voters that are active keep their seats"
+        );
+        m.apply(4, &remove(2)).unwrap();
+        assert_eq!(
+            m.metadata_membership_target(&[1, 3, 4]),
+            (vec![1, 3, 4], vec![5]),
+            "a removed node leaves the group"
+        );
     }
 
     /// A node that registers becomes a node of the cluster: new topics are placed on it and
@@ -719,7 +1049,7 @@ mod tests {
             (
                 record.client_address.as_str(),
                 record.peer_address.as_str(),
-                record.state
+                m.node_state(4)
             ),
             ("h2:9430", "h2:9431", NodeState::Active)
         );

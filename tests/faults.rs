@@ -1284,6 +1284,7 @@ async fn start_cluster(
         nodes: plan.nodes,
         network,
         extra_config: NODE_CONFIG.into(),
+        ..ClusterOptions::default()
     });
     let mut disk = None;
     if plan.kinds.contains(&FaultKind::DiskFull) {

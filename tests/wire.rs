@@ -242,6 +242,17 @@ fn every_envelope() -> Vec<Envelope> {
             node_id: 4,
             client_address: "127.0.0.1:9430".into(),
             peer_address: "127.0.0.1:9431".into(),
+            incarnation: 81_234_567,
+        }),
+        Body::DecommissionNode(DecommissionNodeRequest { node_id: 1 }),
+        Body::RecommissionNode(RecommissionNodeRequest { node_id: 1 }),
+        Body::NodeStateResponse(NodeStateResponse {
+            node: Some(NodeInfo {
+                node_id: 1,
+                client_address: "127.0.0.1:9400".into(),
+                peer_address: "127.0.0.1:9401".into(),
+                state: "draining".into(),
+            }),
         }),
         Body::RegisterNodeResponse(RegisterNodeResponse {
             nodes: vec![NodeInfo {
@@ -297,6 +308,9 @@ fn variant_number(body: &Body) -> usize {
         Body::CompletePartitionMove(_) => 24,
         Body::RegisterNode(_) => 25,
         Body::RegisterNodeResponse(_) => 26,
+        Body::DecommissionNode(_) => 27,
+        Body::RecommissionNode(_) => 28,
+        Body::NodeStateResponse(_) => 29,
     }
 }
 
@@ -310,7 +324,7 @@ fn every_envelope_type_round_trips_through_the_codec() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..27).collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>(),
         "every Envelope body variant has a sample"
     );
 

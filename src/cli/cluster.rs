@@ -1,9 +1,19 @@
 //! `raftlog cluster status`: nodes, the metadata leader, and per partition its leader, term,
-//! offsets and how far each follower lags behind the leader.
+//! offsets and how far each follower lags behind the leader. `raftlog cluster nodes`: every
+//! node with its state and how many replicas and leaderships it holds; `decommission` and
+//! `recommission` change a node's state.
+
+use std::time::Duration;
 
 use super::{consume::json_string, table, write_stdout, CliError, ClientArgs};
 use crate::client::{Admin, Cluster, ClusterStatus};
-use crate::proto::PartitionInfo;
+use crate::proto::{MetadataResponse, PartitionInfo};
+
+/// How long `decommission --wait` allows the node it asks to catch up with the decommission.
+const STALE_METADATA_GRACE: Duration = Duration::from_secs(5);
+
+/// How often `decommission --wait` looks at the node.
+const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// `raftlog cluster ...`: flags shared by every cluster command, then the command.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -33,6 +43,33 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List every node: id, addresses, state (active, draining, removed), and how many
+    /// partition replicas and leaderships it holds
+    Nodes {
+        /// Print one JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every replica (and the metadata seat) off NODE, its leaderships first, then
+    /// record it removed; its id is never used again
+    ///
+    /// The metadata leader orders the moves (a few at a time) to the active nodes holding
+    /// the fewest replicas; `cluster nodes` and `partition moves` show the progress. Refused
+    /// (exit 2) when the nodes left could not hold every partition's replicas.
+    #[command(verbatim_doc_comment)]
+    Decommission {
+        /// The node id
+        node: u64,
+        /// Block until the node is removed; exit 0, or non-zero with the reason
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a decommission in progress: the node is active again (the moves already
+    /// finished stay)
+    Recommission {
+        /// The node id
+        node: u64,
+    },
 }
 
 /// Runs a cluster command.
@@ -51,6 +88,160 @@ pub async fn run(args: ClusterArgs) -> Result<(), CliError> {
             };
             write_stdout(text.as_bytes())
         }
+        ClusterCommand::Nodes { json } => {
+            let metadata = Admin::new(cluster).describe_cluster().await?;
+            let rows = node_rows(&metadata);
+            let text = if json {
+                nodes_json(&rows)
+            } else {
+                nodes_text(&rows)
+            };
+            write_stdout(text.as_bytes())
+        }
+        ClusterCommand::Decommission { node, wait } => {
+            let admin = Admin::new(cluster);
+            let info = admin.decommission_node(node).await?;
+            write_stdout(format!("node {node}: {}\n", info.state).as_bytes())?;
+            if wait {
+                wait_until_removed(&admin, node).await?;
+                write_stdout(format!("node {node}: removed\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Recommission { node } => {
+            let info = Admin::new(cluster).recommission_node(node).await?;
+            write_stdout(format!("node {node}: {}\n", info.state).as_bytes())
+        }
+    }
+}
+
+/// One line of `cluster nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Node id.
+    pub id: u64,
+    /// Where clients reach it.
+    pub client_address: String,
+    /// Where peers reach it.
+    pub peer_address: String,
+    /// active, draining or removed.
+    pub state: String,
+    /// Partition replicas placed on it (a move's target included).
+    pub replicas: usize,
+    /// Partitions it leads now.
+    pub leaders: usize,
+}
+
+/// Every node of `metadata` with what it holds.
+pub fn node_rows(metadata: &MetadataResponse) -> Vec<NodeRow> {
+    let partitions = || metadata.topics.iter().flat_map(|t| t.partitions.iter());
+    metadata
+        .nodes
+        .iter()
+        .map(|n| NodeRow {
+            id: n.node_id,
+            client_address: n.client_address.clone(),
+            peer_address: n.peer_address.clone(),
+            state: if n.state.is_empty() {
+                "active".into()
+            } else {
+                n.state.clone()
+            },
+            replicas: partitions()
+                .filter(|p| {
+                    p.replicas.contains(&n.node_id) || p.target_replicas.contains(&n.node_id)
+                })
+                .count(),
+            leaders: partitions().filter(|p| p.leader_id == n.node_id).count(),
+        })
+        .collect()
+}
+
+/// The `cluster nodes` table.
+pub fn nodes_text(rows: &[NodeRow]) -> String {
+    let mut table_rows = vec![vec![
+        "ID".to_string(),
+        "CLIENT_ADDRESS".into(),
+        "PEER_ADDRESS".into(),
+        "STATE".into(),
+        "REPLICAS".into(),
+        "LEADERS".into(),
+    ]];
+    for row in rows {
+        table_rows.push(vec![
+            row.id.to_string(),
+            row.client_address.clone(),
+            row.peer_address.clone(),
+            row.state.clone(),
+            row.replicas.to_string(),
+            row.leaders.to_string(),
+        ]);
+    }
+    table(&table_rows)
+}
+
+/// `cluster nodes --json`: one array, one object per node.
+pub fn nodes_json(rows: &[NodeRow]) -> String {
+    let mut out = Vec::new();
+    out.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"id\":{},\"client_address\":", row.id).as_bytes());
+        json_string(&mut out, row.client_address.as_bytes());
+        out.extend_from_slice(b",\"peer_address\":");
+        json_string(&mut out, row.peer_address.as_bytes());
+        out.extend_from_slice(b",\"state\":");
+        json_string(&mut out, row.state.as_bytes());
+        out.extend_from_slice(
+            format!(
+                ",\"replicas\":{},\"leaders\":{}}}",
+                row.replicas, row.leaders
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"]\n");
+    String::from_utf8(out).expect("JSON text is UTF-8")
+}
+
+/// Waits until `node` is recorded removed, printing how many replicas it still holds when
+/// that changes; a recommission ends the wait with an error.
+async fn wait_until_removed(admin: &Admin, node: u64) -> Result<(), CliError> {
+    let mut last_replicas = None;
+    // The node answering may not have applied the decommission yet: "active" means
+    // "recommissioned" only once it was seen draining, or after a grace period.
+    let started = std::time::Instant::now();
+    let mut seen_draining = false;
+    loop {
+        let metadata = admin.describe_cluster().await?;
+        let rows = node_rows(&metadata);
+        let Some(row) = rows.iter().find(|r| r.id == node) else {
+            return Err(CliError::Usage(format!(
+                "node {node} is not in the cluster"
+            )));
+        };
+        match row.state.as_str() {
+            "removed" => return Ok(()),
+            "active" if !seen_draining && started.elapsed() < STALE_METADATA_GRACE => {
+                tokio::time::sleep(WAIT_POLL).await;
+                continue;
+            }
+            "active" => {
+                return Err(CliError::Usage(format!(
+                    "node {node} is active again (recommissioned?): the decommission ended"
+                )))
+            }
+            _ => seen_draining = true,
+        }
+        if last_replicas != Some(row.replicas) {
+            last_replicas = Some(row.replicas);
+            write_stdout(
+                format!("node {node}: draining, {} replicas left\n", row.replicas).as_bytes(),
+            )?;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
     }
 }
 

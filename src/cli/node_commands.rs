@@ -28,9 +28,13 @@ pub struct ServeArgs {
     /// Metrics listener address.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Every voter's peer address, this node included: `1=HOST:PORT,2=HOST:PORT,…`.
-    #[arg(long, value_name = "ID=HOST:PORT,…")]
+    /// Every first voter's peer address, this node included: `1=HOST:PORT,2=HOST:PORT,…`.
+    #[arg(long, value_name = "ID=HOST:PORT,…", conflicts_with = "join")]
     pub peers: Option<String>,
+    /// Join a running cluster instead: client addresses of any of its members. Node ids are
+    /// never reused, so a new node takes an id no node has had.
+    #[arg(long, value_name = "HOST:PORT,…")]
+    pub join: Option<String>,
     /// Cluster id checked in every handshake.
     #[arg(long, value_name = "ID")]
     pub cluster_id: Option<String>,
@@ -61,8 +65,11 @@ pub fn serve_config(args: &ServeArgs) -> Result<NodeConfig, String> {
             let missing = |flag: &str| format!("{flag} is required without --config");
             let id = args.id.ok_or_else(|| missing("--id"))?;
             let data_dir = args.data_dir.clone().ok_or_else(|| missing("--data-dir"))?;
-            let peers = parse_peers(args.peers.as_deref().ok_or_else(|| missing("--peers"))?)
-                .map_err(|e| e.to_string())?;
+            let peers = match (&args.peers, &args.join) {
+                (Some(peers), _) => parse_peers(peers).map_err(|e| e.to_string())?,
+                (None, Some(_)) => Default::default(),
+                (None, None) => return Err(missing("--peers (or --join)")),
+            };
             NodeConfig::new(id, data_dir, peers)
         }
     };
@@ -74,6 +81,19 @@ pub fn serve_config(args: &ServeArgs) -> Result<NodeConfig, String> {
     }
     if let Some(peers) = &args.peers {
         config.peers = parse_peers(peers).map_err(|e| e.to_string())?;
+        config.join.clear();
+    }
+    if let Some(join) = &args.join {
+        config.join = join
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if config.join.is_empty() {
+            return Err("--join needs at least one HOST:PORT".into());
+        }
+        config.peers.clear();
     }
     if let Some(address) = args.listen {
         config.client_listen = address;

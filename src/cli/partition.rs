@@ -11,6 +11,9 @@ use super::{consume::json_string, table, write_stdout, CliError, ClientArgs};
 use crate::client::{Admin, Cluster};
 use crate::proto::{PartitionInfo, TopicInfo};
 
+/// How long `--wait` allows the node it asks to catch up with a move just recorded.
+const STALE_METADATA_GRACE: Duration = Duration::from_secs(5);
+
 /// How often `--wait` looks at the move.
 const WAIT_POLL: Duration = Duration::from_millis(200);
 
@@ -160,6 +163,10 @@ async fn wait_until_moved(
 ) -> Result<(), CliError> {
     let mut wanted = replicas.to_vec();
     wanted.sort_unstable();
+    // The node answering may not have applied the move yet: until it shows the move (or a
+    // grace period passes), an unmoved partition means "not seen yet", not "cancelled".
+    let started = std::time::Instant::now();
+    let mut seen_moving = false;
     loop {
         let info = partition_info(admin, topic, partition).await?;
         let mut now = info.replicas.clone();
@@ -168,11 +175,16 @@ async fn wait_until_moved(
             if now == wanted {
                 return Ok(());
             }
+            if !seen_moving && started.elapsed() < STALE_METADATA_GRACE {
+                tokio::time::sleep(WAIT_POLL).await;
+                continue;
+            }
             return Err(CliError::Usage(format!(
                 "the move of {topic}/{partition} ended elsewhere: replicas {} (cancelled?)",
                 ids(&info.replicas)
             )));
         }
+        seen_moving = true;
         let mut target = info.target_replicas.clone();
         target.sort_unstable();
         if target != wanted {

@@ -14,9 +14,9 @@ use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
 use crate::proto::envelope::Body;
 use crate::proto::{
-    CreateTopicRequest, DeleteTopicRequest, ListTopicsRequest, MetadataResponse,
-    MovePartitionRequest, NodeInfo, OffsetCommitRequest, OffsetFetchRequest, PartitionOffset,
-    TopicInfo,
+    CreateTopicRequest, DecommissionNodeRequest, DeleteTopicRequest, ListTopicsRequest,
+    MetadataResponse, MovePartitionRequest, NodeInfo, OffsetCommitRequest, OffsetFetchRequest,
+    PartitionOffset, RecommissionNodeRequest, RegisterNodeRequest, RegisterNodeResponse, TopicInfo,
 };
 
 /// What a new topic looks like.
@@ -286,6 +286,69 @@ impl Admin {
                 Ok(())
             }
             other => Err(unexpected("MovePartitionResponse", &other)),
+        }
+    }
+
+    /// Records a node and its addresses in the metadata (what a node started with `--join`
+    /// does before it starts, and what every node does when its addresses change). Safe to
+    /// repeat with the same values.
+    ///
+    /// # Errors
+    /// INVALID_REQUEST when the id was removed, is a first voter's, or belongs to another
+    /// incarnation; a routing error.
+    pub async fn register_node(
+        &self,
+        request: RegisterNodeRequest,
+    ) -> Result<RegisterNodeResponse, ClientError> {
+        match self
+            .cluster
+            .request(
+                Route::MetadataLeader,
+                Body::RegisterNode(request),
+                Retry::All,
+            )
+            .await?
+        {
+            Body::RegisterNodeResponse(response) => Ok(response),
+            other => Err(unexpected("RegisterNodeResponse", &other)),
+        }
+    }
+
+    /// Starts decommissioning `node`: the cluster moves its leaderships, replicas and
+    /// metadata seat to the other active nodes, then records it removed. Returns the node as
+    /// recorded once the decommission is (see [`Self::describe_cluster`] for its progress).
+    ///
+    /// # Errors
+    /// INVALID_REQUEST (not a node, already removed, or too few nodes would be left); a
+    /// routing error.
+    pub async fn decommission_node(&self, node: u64) -> Result<NodeInfo, ClientError> {
+        let body = Body::DecommissionNode(DecommissionNodeRequest { node_id: node });
+        self.node_state_change(body).await
+    }
+
+    /// Cancels a decommission in progress: the node is active again (moves already done
+    /// stay done).
+    ///
+    /// # Errors
+    /// INVALID_REQUEST (not a node, or already removed); a routing error.
+    pub async fn recommission_node(&self, node: u64) -> Result<NodeInfo, ClientError> {
+        let body = Body::RecommissionNode(RecommissionNodeRequest { node_id: node });
+        self.node_state_change(body).await
+    }
+
+    async fn node_state_change(&self, body: Body) -> Result<NodeInfo, ClientError> {
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::NodeStateResponse(response) => {
+                let _ = self.cluster.refresh_metadata().await;
+                response
+                    .node
+                    .ok_or_else(|| ClientError::Invalid("the answer names no node".into()))
+            }
+            other => Err(unexpected("NodeStateResponse", &other)),
         }
     }
 

@@ -21,6 +21,7 @@
 //! wait on its replicas, which answer every waiter as they stop.
 
 pub mod dev;
+pub mod join;
 pub mod ops;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub enum DaemonError {
     /// cannot open.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A node started with `--join` could not register with the cluster.
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
 }
 
 /// A running node with its listeners and tasks; what `raftlog serve` runs, one per node.
@@ -78,12 +82,24 @@ impl Daemon {
     /// # Errors
     /// An invalid configuration, a listener that cannot bind, or a node that cannot start
     /// (a log that cannot open).
-    pub async fn start(config: NodeConfig) -> Result<Daemon, DaemonError> {
+    pub async fn start(mut config: NodeConfig) -> Result<Daemon, DaemonError> {
         config.validate().map_err(NodeError::from)?;
         let (client_listener, client_address) = bind(config.client_listen).await?;
         let (peer_listener, peer_address) = bind(config.peer_listen).await?;
         let (ops_listener, ops_address) = bind(config.metrics_listen).await?;
-        let node = Node::start(config, peer_listener, client_address)?;
+        let node = if config.join.is_empty() {
+            Node::start(config, peer_listener, client_address)?
+        } else {
+            let joined = join::join(&config, client_address, peer_address).await?;
+            config.peers = joined.peers;
+            Node::start_member(
+                config,
+                peer_listener,
+                client_address,
+                joined.founders,
+                joined.incarnation,
+            )?
+        };
         let shutdown = Shutdown::new();
         let reconciler = {
             let (node, signal) = (node.clone(), shutdown.clone());

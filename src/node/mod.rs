@@ -24,6 +24,7 @@
 //! deleted topics. A newly created partition's preferred leader (its first replica) starts an
 //! election at once, which spreads initial leaders as evenly as placement does.
 
+mod membership;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -162,6 +163,11 @@ impl StateMachine for MetadataMachine {
 pub struct Node {
     config: NodeConfig,
     client_address: SocketAddr,
+    /// Which life of this node id (0 for a first voter); sent with every registration.
+    incarnation: u64,
+    /// When this node last sent its registration, so a slow metadata does not get one per
+    /// round.
+    last_registration: std::sync::Mutex<Option<std::time::Instant>>,
     transport: Transport,
     metadata: ReplicaHandle<MetadataOutcome>,
     metadata_view: Arc<RwLock<Metadata>>,
@@ -183,6 +189,23 @@ impl Node {
         config: NodeConfig,
         peer_listener: TcpListener,
         client_address: SocketAddr,
+    ) -> Result<Arc<Node>, NodeError> {
+        let founders = config.peers.keys().copied().collect();
+        Node::start_member(config, peer_listener, client_address, founders, 0)
+    }
+
+    /// Like [`Self::start`], for a node of a cluster whose first voters are `founders`: a
+    /// node that joined (it is not one of them, and `incarnation` is the life of its id it
+    /// registered) starts as a learner of the metadata group.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_member(
+        config: NodeConfig,
+        peer_listener: TcpListener,
+        client_address: SocketAddr,
+        founders: Vec<NodeId>,
+        incarnation: u64,
     ) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         if config.network.peer_inbound_bytes_max.is_some() {
@@ -206,7 +229,7 @@ impl Node {
             router.clone(),
         )?;
 
-        let voters: Vec<NodeId> = config.peers.keys().copied().collect();
+        let voters = founders;
         let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
         let (changed, metadata_changes) = watch::channel(0u64);
         let machine = MetadataMachine {
@@ -214,14 +237,19 @@ impl Node {
             changed,
         };
         let sink: Arc<dyn MessageSink> = Arc::new(TransportSink(transport.clone()));
-        let metadata_config = replica_config(
+        let mut metadata_config = replica_config(
             &config,
             METADATA_GROUP_ID,
-            voters,
+            voters.clone(),
             config.data_dir.join("metadata"),
             0,
             0,
         );
+        // A node that joined receives the metadata log but does not vote until the group
+        // makes it a voter; the leader's configurations replace this one once they arrive.
+        if !voters.contains(&config.node_id) {
+            metadata_config.raft.learners = vec![config.node_id];
+        }
         let metadata = Replica::start(metadata_config, machine, sink).map_err(|source| {
             NodeError::Replica {
                 group_id: METADATA_GROUP_ID,
@@ -232,6 +260,8 @@ impl Node {
         let node = Arc::new(Node {
             config,
             client_address,
+            incarnation,
+            last_registration: std::sync::Mutex::new(None),
             transport,
             metadata,
             metadata_view,
@@ -249,7 +279,8 @@ impl Node {
 
     /// Starts and stops partition replicas to match the applied metadata, now and after
     /// every change, until `shutdown` is signalled.
-    /// Also reports the partition moves this node's replicas have finished leading.
+    /// Between changes it keeps the cluster's shape ([`membership`]): finished moves
+    /// reported, this node registered, decommissions carried out.
     pub async fn reconcile_until(&self, shutdown: &Shutdown) {
         let mut changes = self.metadata_changes.clone();
         let mut moves = tokio::time::interval(Duration::from_millis(
@@ -261,95 +292,8 @@ impl Node {
             tokio::select! {
                 _ = shutdown.signalled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
-                _ = moves.tick() => self.report_finished_moves().await,
+                _ = moves.tick() => self.upkeep().await,
             }
-        }
-    }
-
-    /// For every partition moving whose replica here leads and reports the move done (its
-    /// voters are the target, nothing pending), records the move complete in the metadata;
-    /// the nodes left then stop and delete their copies.
-    async fn report_finished_moves(&self) {
-        let finished: Vec<(String, u32, Vec<NodeId>)> = {
-            let metadata = self
-                .metadata_view
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let partitions = self
-                .partitions
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            metadata
-                .topics()
-                .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-                .filter(|(_, p)| p.is_moving())
-                .filter_map(|(topic, p)| {
-                    let status = partitions.get(&p.group_id)?.handle.status();
-                    let mut target = p.target_replicas.clone();
-                    target.sort_unstable();
-                    let done = status.role == Some(crate::replica::Role::Leader)
-                        && status.move_phase == Some(crate::replica::MovePhase::Done)
-                        && status.voters == target;
-                    done.then(|| (topic.name.clone(), p.partition, p.target_replicas.clone()))
-                })
-                .collect()
-        };
-        for (topic, partition, replicas) in finished {
-            let complete = proto::CompletePartitionMove {
-                topic: topic.clone(),
-                partition,
-                replicas,
-            };
-            match self.record_move_complete(complete).await {
-                Ok(()) => tracing::info!(%topic, partition, "partition move complete"),
-                // Tried again at the next round: the metadata leader may be changing.
-                Err(refused) => {
-                    tracing::debug!(%topic, partition, %refused, "recording a finished move")
-                }
-            }
-        }
-    }
-
-    /// Records a finished move through the metadata leader: proposed here when this node
-    /// leads the metadata, else sent to the leader's client port as any client would.
-    async fn record_move_complete(
-        &self,
-        complete: proto::CompletePartitionMove,
-    ) -> Result<(), String> {
-        let leader = self.metadata.status().leader_id;
-        if leader == self.id() {
-            let command = MetadataCommand {
-                command: Some(proto::metadata_command::Command::CompletePartitionMove(
-                    complete,
-                )),
-            };
-            return self
-                .propose_metadata(command)
-                .await
-                .map(drop)
-                .map_err(|e| e.message);
-        }
-        let address = self
-            .client_address_of(leader)
-            .ok_or_else(|| format!("the metadata leader (node {leader}) is not known yet"))?;
-        let options = crate::client::ConnectOptions {
-            cluster_id: self.config.cluster_id.clone(),
-            client_id: format!("node-{}", self.id()),
-            ..Default::default()
-        };
-        let connection = crate::client::Connection::connect(&address, &options)
-            .await
-            .map_err(|e| e.to_string())?;
-        match connection
-            .request(proto::envelope::Body::CompletePartitionMove(complete))
-            .await
-        {
-            Ok(proto::envelope::Body::MovePartitionResponse(_)) => Ok(()),
-            Ok(other) => Err(format!(
-                "unexpected answer {}",
-                crate::wire::error::body_name(Some(&other))
-            )),
-            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -625,35 +569,6 @@ impl Node {
             if let Err(failure) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
             }
-        }
-    }
-
-    /// Makes every registered node a peer of the transport (a node that joined, or one that
-    /// registered a new address), and keeps the nodes that joined as learners of the
-    /// metadata group, so each receives the metadata log without voting on it.
-    fn reconcile_nodes(&self) {
-        let (registered, founders, joined) = {
-            let metadata = self
-                .metadata_view
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let founders = metadata.founders().to_vec();
-            let nodes = metadata.nodes();
-            let registered: Vec<(NodeId, String)> = nodes
-                .iter()
-                .filter_map(|&id| metadata.node(id).map(|r| (id, r.peer_address.clone())))
-                .collect();
-            let joined: Vec<NodeId> = nodes
-                .into_iter()
-                .filter(|id| !founders.contains(id))
-                .collect();
-            (registered, founders, joined)
-        };
-        for (id, peer_address) in registered {
-            self.transport.add_peer(id, &peer_address);
-        }
-        if !joined.is_empty() {
-            self.metadata.set_membership_target(founders, joined);
         }
     }
 

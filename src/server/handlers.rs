@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use crate::batch;
-use crate::metadata::{Applied, Metadata, MetadataError, NodeState};
+use crate::metadata::{Applied, Metadata, MetadataError};
 use crate::proto::envelope::Body;
 use crate::proto::metadata_command::Command;
 use crate::proto::{
     Acks as WireAcks, CreateTopicResponse, DeleteTopicResponse, Error as ErrorMessage, ErrorCode,
     FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
     MetadataCommand, MetadataRequest, MetadataResponse, MovePartitionResponse, NodeInfo,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest,
-    ProduceResponse, RegisterNodeResponse, ReplicaProgress, TopicInfo,
+    NodeStateResponse, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    PartitionOffset, ProduceRequest, ProduceResponse, RegisterNodeResponse, ReplicaProgress,
+    TopicInfo,
 };
 use crate::replica::{Acks, LocalPartition, MovePhase, PendingAppend, ReplicaStatus, Role};
 use crate::server::Service;
@@ -151,6 +152,24 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
                 })
             })
         }
+        Body::DecommissionNode(request) => {
+            let node_id = request.node_id;
+            let command = MetadataCommand {
+                command: Some(Command::DecommissionNode(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| node_state_response(node, node_id))
+        }
+        Body::RecommissionNode(request) => {
+            let node_id = request.node_id;
+            let command = MetadataCommand {
+                command: Some(Command::RecommissionNode(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| node_state_response(node, node_id))
+        }
         Body::MovePartition(request) => {
             let command = MetadataCommand {
                 command: Some(Command::MovePartition(request)),
@@ -232,6 +251,15 @@ async fn fetch<S: Service>(node: &S, request: FetchRequest) -> Result<FetchRespo
     })
 }
 
+/// A node as the metadata records it now.
+fn node_state_response<S: Service>(node: &S, node_id: u64) -> Body {
+    let metadata = node.metadata();
+    let info = node_infos(node, &metadata)
+        .into_iter()
+        .find(|info| info.node_id == node_id);
+    Body::NodeStateResponse(NodeStateResponse { node: info })
+}
+
 /// Every node of the cluster with its addresses: as registered, else (a first voter that has
 /// not registered yet) as this node knows them.
 fn node_infos<S: Service>(node: &S, metadata: &Metadata) -> Vec<NodeInfo> {
@@ -243,13 +271,13 @@ fn node_infos<S: Service>(node: &S, metadata: &Metadata) -> Vec<NodeInfo> {
                 node_id: id,
                 client_address: record.client_address.clone(),
                 peer_address: record.peer_address.clone(),
-                state: record.state.name().to_owned(),
+                state: metadata.node_state(id).name().to_owned(),
             },
             None => NodeInfo {
                 node_id: id,
                 client_address: node.client_address_of(id).unwrap_or_default(),
                 peer_address: node.config().peers.get(&id).cloned().unwrap_or_default(),
-                state: NodeState::Active.name().to_owned(),
+                state: metadata.node_state(id).name().to_owned(),
             },
         })
         .collect()

@@ -128,6 +128,9 @@ pub fn body_name(body: Option<&Body>) -> &'static str {
         Body::CompletePartitionMove(_) => "CompletePartitionMove",
         Body::RegisterNode(_) => "RegisterNodeRequest",
         Body::RegisterNodeResponse(_) => "RegisterNodeResponse",
+        Body::DecommissionNode(_) => "DecommissionNodeRequest",
+        Body::RecommissionNode(_) => "RecommissionNodeRequest",
+        Body::NodeStateResponse(_) => "NodeStateResponse",
         Body::Raft(_) => "RaftBatch",
     }
 }

@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     pub network: PeerNetwork,
     /// TOML appended to every node's configuration file (`[raft]`, `[storage]` sections…).
     pub extra_config: String,
+    /// How many of the nodes are first voters (`[peers]`); the others join (`join`) when
+    /// spawned. All of them when unset.
+    pub founders: Option<u64>,
 }
 
 /// A size-limited tmpfs mounted by the test; unmounted when dropped.
@@ -121,6 +124,7 @@ pub struct ProcessCluster {
     mesh: Option<ProxyMesh>,
     namespaces: Option<NamespaceNet>,
     extra_config: String,
+    founders: u64,
     children: HashMap<u64, Child>,
     paused: HashSet<u64>,
     data_dirs: HashMap<u64, PathBuf>,
@@ -170,6 +174,7 @@ impl ProcessCluster {
             mesh,
             namespaces,
             extra_config: options.extra_config,
+            founders: options.founders.unwrap_or(options.nodes),
             children: HashMap::new(),
             paused: HashSet::new(),
             data_dirs: HashMap::new(),
@@ -312,9 +317,19 @@ impl ProcessCluster {
             self.peers[index],
             self.metrics[index],
         );
+        if id > self.founders {
+            // A node that joins names the first voters' client listeners, nothing else.
+            let members: Vec<String> = self.clients[..self.founders as usize]
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            toml.push_str(&format!("join = [{}]\n", members.join(", ")));
+            toml.push_str(&self.extra_config);
+            return toml;
+        }
         toml.push_str(&self.extra_config);
         toml.push_str("\n[peers]\n");
-        for peer in 1..=self.size() {
+        for peer in 1..=self.founders {
             let address = match &self.mesh {
                 Some(mesh) if peer != id => mesh.address(id, peer),
                 _ => self.peers[peer as usize - 1],

@@ -1,0 +1,344 @@
+//! A cluster that changes shape under load, on real `raftlog serve` processes: three first
+//! voters, a producer writing all along, node 4 joins (`serve --join`) and every partition is
+//! moved to include it, node 1 is decommissioned and then killed; node 5 joins and the
+//! metadata leader is decommissioned and killed. Every acknowledged record must be readable
+//! from the nodes left, exactly once, at its acknowledged offset, in one dense order.
+
+mod cli_support;
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cli_support::raftlog;
+use raftlog::batch::RecordBatchBuilder;
+use raftlog::client::{ConnectOptions, Connection};
+use raftlog::proto::envelope::Body;
+use raftlog::proto::*;
+use support::client::{Client, Outcome};
+use support::cluster::{ClusterOptions, ProcessCluster};
+use tokio::time::{sleep, timeout};
+
+const TOPIC: &str = "shape";
+const PARTITIONS: u32 = 3;
+
+/// Longest any one step (a join, a move, a decommission) may take.
+const STEP_BOUND: Duration = Duration::from_secs(120);
+
+/// What the producer saw: acknowledged (partition, value) → offset, and values whose fate
+/// is unknown (a timeout or a lost connection: they may or may not be stored).
+#[derive(Default)]
+struct History {
+    acknowledged: BTreeMap<(u32, String), u64>,
+    unknown: HashSet<String>,
+}
+
+fn produce(partition: u32, value: &str) -> Body {
+    let mut builder = RecordBatchBuilder::new(1 << 20);
+    builder
+        .push(1_700_000_000_000, None, value.as_bytes(), &[])
+        .unwrap();
+    Body::Produce(ProduceRequest {
+        topic: TOPIC.into(),
+        partition,
+        acks: Acks::All as i32,
+        batch: builder.finish(),
+        timeout_ms: 5_000,
+    })
+}
+
+/// Produces to every partition in turn until `stop`, recording each outcome.
+async fn keep_producing(
+    addresses: Vec<String>,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut client = Client::new(addresses);
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let partition = (i % u64::from(PARTITIONS)) as u32;
+        let value = format!("v{i}");
+        let outcome = client.send_to_any(produce(partition, &value)).await;
+        let mut history = history.lock().unwrap();
+        match outcome {
+            Outcome::Ok(Body::ProduceResponse(response)) => {
+                history
+                    .acknowledged
+                    .insert((partition, value), response.base_offset);
+            }
+            Outcome::Ok(other) => panic!("unexpected answer {other:?}"),
+            Outcome::Indeterminate | Outcome::Refused(_) | Outcome::Failed(_) => {
+                history.unknown.insert(value);
+            }
+        }
+    }
+}
+
+/// Every record of `partition` that `address` serves, as (offset, value), up to its high
+/// watermark.
+async fn read_partition(address: &str, partition: u32) -> Vec<(u64, String)> {
+    let connection = Connection::connect(address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetch = Body::Fetch(FetchRequest {
+            topic: TOPIC.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 10,
+            min_bytes: 1,
+        });
+        let Body::FetchResponse(fetched) = connection.request(fetch).await.unwrap() else {
+            panic!("not a fetch response")
+        };
+        for stored in &fetched.batches {
+            let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
+            for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
+                let value = String::from_utf8(record.unwrap().value.to_vec()).unwrap();
+                records.push((stored.base_offset + i as u64, value));
+            }
+            offset = stored.base_offset + u64::from(stored.record_count);
+        }
+        if offset >= fetched.high_watermark {
+            return records;
+        }
+    }
+}
+
+/// `cluster nodes --json` as (id → (state, replicas)).
+async fn nodes(bootstrap: &str) -> HashMap<u64, (String, u64)> {
+    let run = raftlog(bootstrap, &["cluster", "nodes", "--json"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let state = row["state"].as_str().unwrap().to_owned();
+            let replicas = row["replicas"].as_u64().unwrap();
+            (row["id"].as_u64().unwrap(), (state, replicas))
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !ready().await {
+        assert!(
+            started.elapsed() < STEP_BOUND,
+            "timed out waiting until {what}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The node leading the metadata group, as `cluster status --json` reports it.
+async fn metadata_leader(bootstrap: &str) -> u64 {
+    let run = raftlog(bootstrap, &["cluster", "status", "--json"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    status["metadata_leader"].as_u64().unwrap()
+}
+
+/// Checks that `address` holds every acknowledged record once, at its offset, with dense
+/// offsets; once the producer has stopped (`complete`), also that it holds only values
+/// that were sent.
+async fn assert_holds_every_acknowledged_record(address: &str, history: &History, complete: bool) {
+    let sent = |value: &str| {
+        history.unknown.contains(value)
+            || (0..PARTITIONS).any(|p| history.acknowledged.contains_key(&(p, value.to_owned())))
+    };
+    for partition in 0..PARTITIONS {
+        let wanted = history
+            .acknowledged
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|(_, offset)| offset + 1)
+            .max()
+            .unwrap_or(0);
+        let mut stored = Vec::new();
+        wait_for(
+            &format!("{address} serves partition {partition} to {wanted}"),
+            async || {
+                stored = read_partition(address, partition).await;
+                stored.len() as u64 >= wanted
+            },
+        )
+        .await;
+        let offsets: Vec<u64> = stored.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..stored.len() as u64).collect::<Vec<_>>(),
+            "partition {partition}: offsets are dense"
+        );
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for (offset, value) in &stored {
+            assert!(
+                seen.insert(value, *offset).is_none(),
+                "partition {partition}: {value} stored twice"
+            );
+            assert!(
+                !complete || sent(value),
+                "partition {partition}: {value} was never sent"
+            );
+        }
+        for ((p, value), offset) in &history.acknowledged {
+            if *p == partition {
+                assert_eq!(
+                    seen.get(value.as_str()),
+                    Some(offset),
+                    "partition {partition}: acknowledged {value} is stored at {offset} on {address}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
+    let mut cluster = ProcessCluster::prepare(ClusterOptions {
+        nodes: 5,
+        founders: Some(3),
+        ..ClusterOptions::default()
+    });
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let addresses = cluster.addresses();
+    let founders = addresses[..3].join(",");
+    let partitions = PARTITIONS.to_string();
+    let run = raftlog(
+        &founders,
+        &[
+            "topic",
+            "create",
+            TOPIC,
+            "--partitions",
+            &partitions,
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = tokio::spawn(keep_producing(
+        addresses.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
+    sleep(Duration::from_secs(1)).await;
+
+    // Node 4 joins with only the first voters' client addresses.
+    cluster.spawn(4);
+    wait_for("node 4 is a node of the cluster", async || {
+        nodes(&founders)
+            .await
+            .get(&4)
+            .is_some_and(|(state, _)| state == "active")
+    })
+    .await;
+
+    // Every partition moves to include node 4, each giving up a different first voter.
+    for (partition, replicas) in [(0, "2,3,4"), (1, "1,3,4"), (2, "1,2,4")] {
+        let run = raftlog(
+            &founders,
+            &[
+                "partition",
+                "move",
+                TOPIC,
+                &partition.to_string(),
+                "--replicas",
+                replicas,
+                "--wait",
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    // Node 1 is decommissioned (its two replicas and its metadata seat move), then killed.
+    let run = timeout(
+        STEP_BOUND,
+        raftlog(&founders, &["cluster", "decommission", "1", "--wait"], ""),
+    )
+    .await
+    .expect("decommission finished in time");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.ends_with("node 1: removed\n"), "{run:?}");
+    cluster.kill(1);
+    let survivors = addresses[1..].join(",");
+    let listed = nodes(&survivors).await;
+    assert_eq!(listed[&1], ("removed".to_owned(), 0), "{listed:?}");
+    let snapshot = {
+        let so_far = history.lock().unwrap();
+        History {
+            acknowledged: so_far.acknowledged.clone(),
+            unknown: so_far.unknown.clone(),
+        }
+    };
+    assert_holds_every_acknowledged_record(&addresses[3], &snapshot, false).await;
+
+    // Node 5 joins; the metadata leader is decommissioned and killed.
+    cluster.spawn(5);
+    wait_for("node 5 is a node of the cluster", async || {
+        nodes(&survivors)
+            .await
+            .get(&5)
+            .is_some_and(|(state, _)| state == "active")
+    })
+    .await;
+    let leader = metadata_leader(&survivors).await;
+    assert!((2..=4).contains(&leader), "metadata leader {leader}");
+    let run = timeout(
+        STEP_BOUND,
+        raftlog(
+            &survivors,
+            &["cluster", "decommission", &leader.to_string(), "--wait"],
+            "",
+        ),
+    )
+    .await
+    .expect("decommission finished in time");
+    assert_eq!(run.code, 0, "{run:?}");
+    cluster.kill(leader);
+    let left: Vec<String> = (2..=5)
+        .filter(|&id| id != leader)
+        .map(|id| addresses[id as usize - 1].clone())
+        .collect();
+    let new_leader = metadata_leader(&left.join(",")).await;
+    assert!(
+        new_leader != leader && new_leader != 1,
+        "a remaining node leads the metadata: {new_leader}"
+    );
+
+    sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    timeout(STEP_BOUND, producer).await.unwrap().unwrap();
+    let history = Arc::try_unwrap(history).ok().unwrap().into_inner().unwrap();
+    assert!(
+        history.acknowledged.len() > 100,
+        "the producer kept writing: {} acknowledged",
+        history.acknowledged.len()
+    );
+    for address in &left {
+        assert_holds_every_acknowledged_record(address, &history, true).await;
+    }
+    eprintln!(
+        "membership under load: {} acknowledged, {} unknown, metadata leader {leader} \
+         decommissioned, {new_leader} leads now",
+        history.acknowledged.len(),
+        history.unknown.len()
+    );
+}

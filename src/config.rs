@@ -56,6 +56,7 @@
 //! entry_cache_bytes_max = 16777216
 //! learner_lag_entries_max = 1000
 //! learner_caught_up_ms = 2000
+//! recovery_bytes_per_second = 104857600   # 0: unlimited; re-read on SIGHUP
 //!
 //! [storage]
 //! segment_bytes = 67108864
@@ -263,6 +264,12 @@ pub struct RaftConfig {
     /// learner that only just touched the bound under steady load would make the new
     /// majority wait for it.
     pub learner_caught_up_ms: u64,
+    /// Bytes per second this node's leaders may send to learners (the new replicas of
+    /// moves) all together; 0 means unlimited. 100 MiB/s by default: a move of a large
+    /// partition then takes a fraction of a 10 Gb/s link and of a disk's write bandwidth,
+    /// and producers' commits keep the rest. Voters are never held back. `raftlog serve`
+    /// re-reads it from its configuration file on SIGHUP.
+    pub recovery_bytes_per_second: u64,
 }
 
 /// On-disk layout and durability.
@@ -437,6 +444,7 @@ impl Default for RaftConfig {
             entry_cache_bytes_max: 16 * MIB,
             learner_lag_entries_max: 1_000,
             learner_caught_up_ms: 2_000,
+            recovery_bytes_per_second: 100 * MIB as u64,
         }
     }
 }

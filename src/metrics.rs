@@ -149,6 +149,8 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_group_learners", Gauge, PARTITION, "Learners of the partition's configuration as this replica knows it: new replicas catching up before a move makes them voters."),
     metric!("raftlog_group_joint", Gauge, PARTITION, "1 while the partition's configuration is joint (a change of voters under way: old and new majorities decide together), else 0."),
     metric!("raftlog_partition_moving", Gauge, PARTITION, "1 while this replica's partition is asked to move and the move is not done, else 0."),
+    metric!("raftlog_recovery_bytes_total", Counter, PARTITION, "On the leader: bytes of entries sent to learners (new replicas of a move catching up), within raft.recovery_bytes_per_second across the node."),
+    metric!("raftlog_recovery_throttled_total", Counter, PARTITION, "On the leader: times an AppendEntries to a learner waited because the node's recovery rate was spent (quorum traffic never waits)."),
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
@@ -514,6 +516,8 @@ pub struct GroupMetrics {
     group_learners: Gauge,
     group_joint: Gauge,
     partition_moving: Gauge,
+    recovery_bytes: Counter,
+    recovery_throttled: Counter,
     log_size: Gauge,
     log_segments: Gauge,
     /// Follower lag gauges by peer id; registered when the replica first leads.
@@ -558,6 +562,8 @@ impl GroupMetrics {
             group_learners: gauge("raftlog_group_learners"),
             group_joint: gauge("raftlog_group_joint"),
             partition_moving: gauge("raftlog_partition_moving"),
+            recovery_bytes: counter("raftlog_recovery_bytes_total"),
+            recovery_throttled: counter("raftlog_recovery_throttled_total"),
             log_size: gauge("raftlog_log_size_bytes"),
             log_segments: gauge("raftlog_log_segments"),
             follower_lag: Mutex::new(Vec::new()),
@@ -590,6 +596,13 @@ impl GroupMetrics {
         self.group_learners.set(learners as f64);
         self.group_joint.set(f64::from(u8::from(joint)));
         self.partition_moving.set(f64::from(u8::from(moving)));
+    }
+
+    /// Sets the catch-up totals the replica's consensus core keeps (they only grow): bytes
+    /// sent to learners, and sends that waited for the node's recovery rate.
+    pub fn catch_up(&self, bytes_sent: u64, throttled: u64) {
+        self.recovery_bytes.absolute(bytes_sent);
+        self.recovery_throttled.absolute(throttled);
     }
 
     /// Counts one produce request of `records` records and `bytes` batch bytes.

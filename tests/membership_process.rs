@@ -342,3 +342,121 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
         history.unknown.len()
     );
 }
+
+/// The sum of `metric` over every series on a node's metrics listener.
+async fn metric_sum(address: std::net::SocketAddr, metric: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+        .lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A move's catch-up traffic waits for the node-wide recovery rate while producers keep
+/// committing; raising the rate by SIGHUP (no restart) lets the move finish, with every
+/// record on the new replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_waits_for_the_recovery_rate_and_the_rate_changes_without_a_restart() {
+    let slow = "[raft]\nrecovery_bytes_per_second = 65536\n";
+    let mut cluster = ProcessCluster::prepare(ClusterOptions {
+        nodes: 4,
+        extra_config: slow.into(),
+        ..ClusterOptions::default()
+    });
+    for id in 1..=4 {
+        cluster.spawn(id);
+    }
+    let bootstrap = cluster.addresses().join(",");
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "slow", "--replication-factor", "3"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let record = "x".repeat(1000);
+    let before: String = (0..1000).map(|i| format!("{i}-{record}\n")).collect();
+    let run = raftlog(&bootstrap, &["produce", "slow"], &before).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let status = raftlog(&bootstrap, &["cluster", "status", "--json"], "").await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let replicas: Vec<u64> = status["partitions"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap())
+        .collect();
+    let joining = (1..=4).find(|id| !replicas.contains(id)).unwrap();
+    let target: Vec<String> = replicas[1..]
+        .iter()
+        .chain([&joining])
+        .map(u64::to_string)
+        .collect();
+    let target = target.join(",");
+    let run = raftlog(
+        &bootstrap,
+        &["partition", "move", "slow", "0", "--replicas", &target],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // About a megabyte at 64 KiB/s: the learner is held back, the voters are not.
+    wait_for("a catch-up send waited for the recovery rate", async || {
+        let mut throttled = 0.0;
+        for id in 1..=4 {
+            throttled += metric_sum(
+                cluster.metrics_address(id),
+                "raftlog_recovery_throttled_total",
+            )
+            .await;
+        }
+        throttled > 0.0
+    })
+    .await;
+    let during: String = (0..50).map(|i| format!("during-{i}\n")).collect();
+    let run = raftlog(&bootstrap, &["produce", "slow"], &during).await;
+    assert_eq!(
+        run.code, 0,
+        "producers commit during a throttled move: {run:?}"
+    );
+
+    cluster.set_extra_config("[raft]\nrecovery_bytes_per_second = 0\n");
+    for id in 1..=4 {
+        cluster.reload(id);
+    }
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "partition",
+            "move",
+            "slow",
+            "0",
+            "--replicas",
+            &target,
+            "--wait",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut sent = 0.0;
+    for id in 1..=4 {
+        sent += metric_sum(cluster.metrics_address(id), "raftlog_recovery_bytes_total").await;
+    }
+    assert!(
+        sent >= 1_000_000.0,
+        "the learner was sent the log: {sent} bytes"
+    );
+    let joined = cluster.addresses()[joining as usize - 1].clone();
+    let run = raftlog(&joined, &["consume", "slow"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, format!("{before}{during}"));
+}

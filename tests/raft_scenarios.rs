@@ -1839,6 +1839,43 @@ mod membership {
         assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
     }
 
+    /// Catch-up traffic is throttled, quorum traffic is not: with its learner budget spent,
+    /// a leader sends the learner nothing while the voters go on committing; once granted
+    /// budget, it sends the learner the log, and counts what it sent and what waited.
+    #[test]
+    fn a_spent_catch_up_budget_holds_back_learners_only() {
+        let mut c = Cluster::new(3);
+        c.elect(1);
+        c.propose(1, b"before");
+        c.add_node(4);
+        c.raft_mut(1).set_catch_up_budget(Some(0));
+        c.raft_mut(1)
+            .propose_membership(&MembershipChange::AddLearners(vec![4]), 0)
+            .unwrap();
+        c.stabilize();
+        c.propose(1, b"while throttled");
+        c.tick_all();
+        c.stabilize();
+        let committed = c.raft(1).commit_index();
+        for voter in [2, 3] {
+            assert_eq!(c.raft(voter).commit_index(), committed, "voters commit");
+        }
+        assert!(c.log(4).written().is_empty(), "the learner got nothing");
+        let held = c.raft(1).catch_up_counters();
+        assert!(held.throttled > 0 && held.bytes_sent == 0, "{held:?}");
+
+        c.raft_mut(1).set_catch_up_budget(Some(1 << 20));
+        c.tick_all();
+        c.stabilize();
+        assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
+        let sent = c.raft(1).catch_up_counters();
+        assert!(sent.bytes_sent > 0, "{sent:?}");
+        assert!(
+            c.raft(1).catch_up_budget().unwrap() < 1 << 20,
+            "what was sent came out of the budget"
+        );
+    }
+
     /// A leader proposes a configuration only once it has committed an entry of its own
     /// term (a configuration left uncommitted by an earlier leader may still be in force
     /// somewhere), and only one at a time: until the previous one is committed, and never

@@ -42,6 +42,7 @@ fn config(dir: &std::path::Path, id: u64, voters: Vec<u64>) -> ReplicaConfig {
             },
             &StorageConfig::default(),
         ),
+        recovery: std::sync::Arc::new(raftlog::replica::throttle::RecoveryThrottle::new(0)),
     }
 }
 

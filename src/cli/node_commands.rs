@@ -133,10 +133,46 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         "raftlog node {id}: clients on {}, peers on {}",
         running.client_address, running.peer_address
     );
-    wait_for_signal().await;
+    let reload = async {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return std::future::pending().await;
+        };
+        while hangups.recv().await.is_some() {
+            reload_settings(&args, &running);
+        }
+    };
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = reload => {}
+    }
     eprintln!("raftlog node {id}: shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// On SIGHUP: re-reads the configuration (file and flags) and applies the settings that
+/// can change while the node runs (`raft.recovery_bytes_per_second`). A configuration that
+/// no longer reads or validates is reported and ignored: the node keeps what it runs with.
+fn reload_settings(args: &ServeArgs, running: &Daemon) {
+    let id = running.node.id();
+    match serve_config(args) {
+        Ok(config) => {
+            let rate = config.raft.recovery_bytes_per_second;
+            running.node.set_recovery_rate(rate);
+            tracing::info!(
+                node = id,
+                recovery_bytes_per_second = rate,
+                "settings reloaded"
+            );
+            eprintln!("raftlog node {id}: reloaded; raft.recovery_bytes_per_second = {rate}");
+        }
+        Err(message) => {
+            tracing::warn!(node = id, %message, "reload refused; settings unchanged");
+            eprintln!("raftlog node {id}: reload refused, settings unchanged: {message}");
+        }
+    }
 }
 
 /// Runs a local cluster until SIGINT or SIGTERM.

@@ -165,6 +165,8 @@ pub struct Node {
     client_address: SocketAddr,
     /// Which life of this node id (0 for a first voter); sent with every registration.
     incarnation: u64,
+    /// The rate every replica's catch-up traffic to learners shares.
+    recovery: Arc<crate::replica::throttle::RecoveryThrottle>,
     /// When this node last sent its registration, so a slow metadata does not get one per
     /// round.
     last_registration: std::sync::Mutex<Option<std::time::Instant>>,
@@ -230,6 +232,9 @@ impl Node {
         )?;
 
         let voters = founders;
+        let recovery = Arc::new(crate::replica::throttle::RecoveryThrottle::new(
+            config.raft.recovery_bytes_per_second,
+        ));
         let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
         let (changed, metadata_changes) = watch::channel(0u64);
         let machine = MetadataMachine {
@@ -244,6 +249,7 @@ impl Node {
             config.data_dir.join("metadata"),
             0,
             0,
+            &recovery,
         );
         // A node that joined receives the metadata log but does not vote until the group
         // makes it a voter; the leader's configurations replace this one once they arrive.
@@ -262,6 +268,7 @@ impl Node {
             client_address,
             incarnation,
             last_registration: std::sync::Mutex::new(None),
+            recovery,
             transport,
             metadata,
             metadata_view,
@@ -295,6 +302,12 @@ impl Node {
                 _ = moves.tick() => self.upkeep().await,
             }
         }
+    }
+
+    /// Changes the node-wide rate of catch-up traffic to learners (0: unlimited); every
+    /// replica uses it from its next tick.
+    pub fn set_recovery_rate(&self, bytes_per_second: u64) {
+        self.recovery.set_rate(bytes_per_second);
     }
 
     /// This node's id.
@@ -585,6 +598,7 @@ impl Node {
             dir,
             topic.retention_bytes,
             topic.retention_ms,
+            &self.recovery,
         );
         // A replica a move adds starts as a learner; the configurations in the leader's log
         // (or its snapshot) replace this one as soon as they arrive.
@@ -769,6 +783,7 @@ fn replica_config(
     dir: PathBuf,
     retention_bytes: u64,
     retention_ms: u64,
+    recovery: &Arc<crate::replica::throttle::RecoveryThrottle>,
 ) -> ReplicaConfig {
     let (settings, storage) = (&config.raft, &config.storage);
     ReplicaConfig {
@@ -782,5 +797,6 @@ fn replica_config(
         retention_check_interval: Duration::from_millis(storage.retention_check_interval_ms),
         track_producers: group_id != METADATA_GROUP_ID,
         limits: crate::replica::ReplicaLimits::from_settings(settings, storage),
+        recovery: recovery.clone(),
     }
 }

@@ -43,12 +43,23 @@ impl Raft {
         if pr.is_paused(msgs_max, bytes_max) || pr.next_index > self.log.last_index {
             return false;
         }
+        let learner = !self.membership.is_voter(peer);
+        if learner && self.catch_up_budget == Some(0) {
+            self.catch_up.throttled += 1;
+            return false;
+        }
         let next_index = pr.next_index;
         if next_index <= self.log.start.index {
             self.send_snapshot(peer);
             return false;
         }
-        let entries = match self.entries_for(next_index, reader) {
+        // A learner's message is cut to its budget (at least one entry), so the budget is
+        // overdrawn by one entry at most, never by a whole message.
+        let bytes_max = match self.catch_up_budget {
+            Some(budget) if learner => budget.clamp(1, self.config.message_bytes_max),
+            _ => self.config.message_bytes_max,
+        };
+        let entries = match self.entries_for(next_index, bytes_max, reader) {
             Ok(entries) => entries,
             Err(ReadError::Compacted) => {
                 self.send_snapshot(peer);
@@ -76,15 +87,26 @@ impl Raft {
             leader_commit: self.log.commit_index,
         };
         self.send(peer, Body::AppendEntries(message));
+        if learner {
+            self.catch_up.bytes_sent += bytes;
+            if let Some(budget) = self.catch_up_budget.as_mut() {
+                *budget = budget.saturating_sub(bytes);
+            }
+        }
         let pr = self.progress.get_mut(&peer).expect("peer has progress");
         pr.sent(last_index, bytes);
         pr.state == ProgressState::Replicate
     }
 
-    /// Entries from `lo` for one message, from the cache when possible, else from `reader`.
-    fn entries_for(&self, lo: u64, reader: &dyn LogReader) -> Result<Vec<Entry>, ReadError> {
+    /// Entries from `lo` for one message of at most `bytes_max` (at least one entry), from
+    /// the cache when possible, else from `reader`.
+    fn entries_for(
+        &self,
+        lo: u64,
+        bytes_max: u64,
+        reader: &dyn LogReader,
+    ) -> Result<Vec<Entry>, ReadError> {
         let hi = self.log.last_index + 1;
-        let bytes_max = self.config.message_bytes_max;
         match self.log.cache_first_index() {
             Some(first) if first <= lo => return Ok(self.log.cached(lo, hi, bytes_max)),
             _ => {}

@@ -68,6 +68,7 @@ pub use membership::{
     LoggedMembership, Membership, MembershipChange, MembershipError, MembershipHistory, VoteResult,
 };
 pub use node::{
-    ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role, TransferError,
+    CatchUpCounters, ProposeError, Proposed, Raft, Ready, RestoreError, RestoredState, Role,
+    TransferError,
 };
 pub use progress::{Progress, ProgressState};

@@ -293,6 +293,21 @@ pub struct Raft {
     /// in earlier terms (leader completeness), below it, so this log holds them too. That
     /// entry must also be durable here: a plain crash must not lose the prefix again.
     pub(crate) voting_withheld_term: Option<u64>,
+    /// Leader only: bytes of entries it may still send to learners before the driver grants
+    /// more ([`Self::set_catch_up_budget`]); `None` means no limit. Voters are never held
+    /// back: quorum traffic is not throttled.
+    pub(crate) catch_up_budget: Option<u64>,
+    /// Bytes of entries sent to learners, and sends to learners held back for lack of budget.
+    pub(crate) catch_up: CatchUpCounters,
+}
+
+/// What catch-up replication to learners has cost and waited, since the member started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpCounters {
+    /// Bytes of entries sent to learners (accounted as [`super::entry_size_bytes`]).
+    pub bytes_sent: u64,
+    /// Times an AppendEntries to a learner was held back because the budget was spent.
+    pub throttled: u64,
 }
 
 impl Raft {
@@ -418,6 +433,8 @@ impl Raft {
             commit_changed: false,
             diagnostics: Diagnostics::default(),
             voting_withheld_term: None,
+            catch_up_budget: None,
+            catch_up: CatchUpCounters::default(),
         };
         if let Some(lost_term) = state.voting_withheld {
             if raft.membership.all_voters().len() > 1 {
@@ -842,6 +859,35 @@ impl Raft {
                 Role::Follower => self.step_follower(m.from, body),
             },
         }
+    }
+
+    /// Limits what a leader sends to learners (members catching up before a move makes them
+    /// voters) to `budget` more bytes, or lifts the limit (`None`). The driver tops the
+    /// budget up from a node-wide rate, so many groups catching up at once share one
+    /// bandwidth. A learner's AppendEntries is cut to the budget left, so it is overdrawn by
+    /// one entry at most.
+    pub fn set_catch_up_budget(&mut self, budget: Option<u64>) {
+        self.catch_up_budget = budget;
+        if budget.is_some_and(|b| b > 0) && self.role == Role::Leader {
+            // Learners held back since the budget ran out may be sent to now.
+            let learners: Vec<u64> = self
+                .progress
+                .keys()
+                .copied()
+                .filter(|&p| !self.membership.is_voter(p))
+                .collect();
+            self.append_wanted.extend(learners);
+        }
+    }
+
+    /// The catch-up budget left, `None` when unlimited.
+    pub fn catch_up_budget(&self) -> Option<u64> {
+        self.catch_up_budget
+    }
+
+    /// Catch-up bytes sent and sends held back (see [`CatchUpCounters`]).
+    pub fn catch_up_counters(&self) -> CatchUpCounters {
+        self.catch_up
     }
 
     /// Peer messages this member dropped as malformed or impossible.

@@ -28,6 +28,7 @@ mod disk;
 pub mod mem_log;
 pub mod moves;
 pub mod producers;
+pub mod throttle;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -114,6 +115,8 @@ pub struct ReplicaConfig {
     pub track_producers: bool,
     /// The replica's own limits, counted in ticks of `tick_interval`.
     pub limits: ReplicaLimits,
+    /// The node-wide rate its catch-up traffic to learners shares with every other replica.
+    pub recovery: std::sync::Arc<throttle::RecoveryThrottle>,
 }
 
 /// Why a replica could not do what was asked.
@@ -668,7 +671,10 @@ impl<S: StateMachine> Replica<S> {
                 biased;
                 Some(control) = controls.recv() => self.on_control(control),
                 Some(done) = self.sync_done.1.recv() => self.core.sync_done(done),
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => {
+                    self.core.tick();
+                    self.top_up_catch_up_budget();
+                }
                 _ = retention.tick(), if retains => self.core.apply_retention(unix_now_ms()),
                 event = inbox.recv() => {
                     let Some(event) = event else { break };
@@ -794,8 +800,34 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// Gives the core this tick's share of the node-wide catch-up rate: enough for one
+    /// message, or one tick's worth of the rate if more, and never more than has accrued.
+    fn top_up_catch_up_budget(&mut self) {
+        let raft = self.core.raft_mut();
+        if self.config.recovery.rate() == 0 {
+            if raft.catch_up_budget().is_some() {
+                raft.set_catch_up_budget(None);
+            }
+        } else if raft.role() == crate::raft::Role::Leader && !raft.membership().learners.is_empty()
+        {
+            let tick_share = (self.config.recovery.rate() as f64
+                * self.config.tick_interval.as_secs_f64()) as u64;
+            let cap = self.config.raft.message_bytes_max.max(tick_share);
+            let have = raft.catch_up_budget().unwrap_or(0);
+            if have < cap {
+                let granted = self.config.recovery.take(cap - have).unwrap_or(0);
+                raft.set_catch_up_budget(Some(have + granted));
+            }
+        } else if raft.catch_up_budget().is_none() {
+            raft.set_catch_up_budget(Some(0));
+        }
+    }
+
     fn publish_status(&mut self) {
         let status = self.core.status();
+        let catch_up = self.core.raft().catch_up_counters();
+        self.metrics
+            .catch_up(catch_up.bytes_sent, catch_up.throttled);
         self.metrics.fetch_waiters(self.core.parked_fetch_count());
         let outgoing_only = status
             .voters_outgoing

@@ -385,6 +385,20 @@ impl ProcessCluster {
         self.paused.remove(&id);
     }
 
+    /// Replaces the TOML appended to every node's configuration, for the nodes started or
+    /// reloaded from now on.
+    pub fn set_extra_config(&mut self, extra_config: &str) {
+        extra_config.clone_into(&mut self.extra_config);
+    }
+
+    /// Rewrites node `id`'s configuration file and sends it SIGHUP (it re-reads the
+    /// settings that can change at run time).
+    pub fn reload(&self, id: u64) {
+        let config = self.dir().join(format!("node-{id}.toml"));
+        std::fs::write(&config, self.config_toml(id)).unwrap();
+        self.signal(id, libc::SIGHUP);
+    }
+
     fn signal(&self, id: u64, signal: libc::c_int) {
         let pid = self.children[&id].id() as libc::pid_t;
         // SAFETY: kill(2) on a PID this harness spawned and has not reaped yet.

@@ -382,7 +382,13 @@ async fn catch_up_waits_for_the_recovery_rate_and_the_rate_changes_without_a_res
     assert_eq!(run.code, 0, "{run:?}");
     let record = "x".repeat(1000);
     let before: String = (0..1000).map(|i| format!("{i}-{record}\n")).collect();
-    let run = raftlog(&bootstrap, &["produce", "slow"], &before).await;
+    // Batches of about 4 KiB, so that the log is many entries, as under real traffic.
+    let run = raftlog(
+        &bootstrap,
+        &["produce", "slow", "--batch-bytes-max", "4096"],
+        &before,
+    )
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
 
     let status = raftlog(&bootstrap, &["cluster", "status", "--json"], "").await;
@@ -421,6 +427,19 @@ async fn catch_up_waits_for_the_recovery_rate_and_the_rate_changes_without_a_res
         throttled > 0.0
     })
     .await;
+    // `partition moves` shows the progress the leader estimates: the new replica lacks part
+    // of a log of about a megabyte.
+    let mut progress = serde_json::Value::Null;
+    wait_for("the leader reports the move's progress", async || {
+        let run = raftlog(&bootstrap, &["partition", "moves", "--json"], "").await;
+        assert_eq!(run.code, 0, "{run:?}");
+        progress = serde_json::from_str(run.stdout.lines().next().unwrap_or("null")).unwrap();
+        progress["phase"] == "catching_up" && progress["bytes_remaining"].as_u64() > Some(0)
+    })
+    .await;
+    let total =
+        progress["bytes_moved"].as_u64().unwrap() + progress["bytes_remaining"].as_u64().unwrap();
+    assert!(total >= 1_000_000, "{progress}");
     let during: String = (0..50).map(|i| format!("during-{i}\n")).collect();
     let run = raftlog(&bootstrap, &["produce", "slow"], &during).await;
     assert_eq!(

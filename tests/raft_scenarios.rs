@@ -1865,15 +1865,36 @@ mod membership {
         assert!(held.throttled > 0 && held.bytes_sent == 0, "{held:?}");
 
         c.raft_mut(1).set_catch_up_budget(Some(1 << 20));
+        let granted = 1 << 20;
         c.tick_all();
         c.stabilize();
         assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
         let sent = c.raft(1).catch_up_counters();
         assert!(sent.bytes_sent > 0, "{sent:?}");
         assert!(
-            c.raft(1).catch_up_budget().unwrap() < 1 << 20,
+            c.raft(1).catch_up_budget().unwrap() < granted,
             "what was sent came out of the budget"
         );
+
+        // An entry larger than the budget left still goes (one entry at least), and leaves
+        // a debt: nothing more reaches the learner until grants have repaid it.
+        c.raft_mut(1).set_catch_up_budget(Some(1));
+        c.propose(1, &[7u8; 1000]);
+        c.stabilize();
+        assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
+        let debt = c.raft(1).catch_up_budget().unwrap();
+        assert!(debt < -900, "{debt}");
+        c.propose(1, b"after the debt");
+        c.tick_all();
+        c.stabilize();
+        assert!(
+            c.raft(4).commit_index() < c.raft(1).commit_index(),
+            "held back"
+        );
+        c.raft_mut(1).set_catch_up_budget(Some(debt + 10_000));
+        c.tick_all();
+        c.stabilize();
+        assert_eq!(c.raft(4).commit_index(), c.raft(1).commit_index());
     }
 
     /// A leader proposes a configuration only once it has committed an entry of its own

@@ -221,7 +221,41 @@ fn phase(p: &PartitionInfo) -> &str {
     }
 }
 
-/// The `partition moves` table. Byte counts, rate and ETA are not measured yet and show "-".
+/// Bytes as people read them (binary units, one decimal).
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
+/// Seconds left at the current rate, "-" when nothing is being sent (or nothing is left).
+fn eta(p: &PartitionInfo) -> String {
+    if p.move_bytes_remaining == 0 || p.move_rate_bytes_per_second == 0 {
+        return "-".into();
+    }
+    let seconds = p
+        .move_bytes_remaining
+        .div_ceil(p.move_rate_bytes_per_second);
+    if seconds >= 3600 {
+        format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60)
+    } else if seconds >= 60 {
+        format!("{}m{:02}s", seconds / 60, seconds % 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// The `partition moves` table. Byte counts are the leader's estimate (its log size and the
+/// slowest new replica's match index); RATE is what it sends the new replicas now.
 fn moves_table(moves: &[(String, PartitionInfo)]) -> String {
     let mut rows = vec![[
         "TOPIC",
@@ -244,10 +278,10 @@ fn moves_table(moves: &[(String, PartitionInfo)]) -> String {
             ids(&p.replicas),
             ids(&p.target_replicas),
             phase(p).to_owned(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
+            human_bytes(p.move_bytes_moved),
+            human_bytes(p.move_bytes_remaining),
+            format!("{}/s", human_bytes(p.move_rate_bytes_per_second)),
+            eta(p),
             waiting_for(p),
         ]);
     }
@@ -264,14 +298,38 @@ fn moves_json(moves: &[(String, PartitionInfo)]) -> String {
         .iter()
         .map(|(topic, p)| {
             format!(
-                "{{\"topic\":{},\"partition\":{},\"from\":{:?},\"to\":{:?},\"phase\":{},\"waiting_for\":{:?}}}\n",
+                "{{\"topic\":{},\"partition\":{},\"from\":{:?},\"to\":{:?},\"phase\":{},\
+                 \"bytes_moved\":{},\"bytes_remaining\":{},\"rate_bytes_per_second\":{},\
+                 \"waiting_for\":{:?}}}\n",
                 quoted(topic),
                 p.partition,
                 p.replicas,
                 p.target_replicas,
                 quoted(phase(p)),
+                p.move_bytes_moved,
+                p.move_bytes_remaining,
+                p.move_rate_bytes_per_second,
                 p.move_waiting_for
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reads_in_binary_units_and_eta_needs_a_rate() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(3 << 20), "3.0MiB");
+        let mut p = PartitionInfo {
+            move_bytes_remaining: 90 << 20,
+            move_rate_bytes_per_second: 1 << 20,
+            ..Default::default()
+        };
+        assert_eq!(eta(&p), "1m30s");
+        p.move_rate_bytes_per_second = 0;
+        assert_eq!(eta(&p), "-");
+    }
 }

@@ -44,7 +44,7 @@ impl Raft {
             return false;
         }
         let learner = !self.membership.is_voter(peer);
-        if learner && self.catch_up_budget == Some(0) {
+        if learner && self.catch_up_budget.is_some_and(|budget| budget <= 0) {
             self.catch_up.throttled += 1;
             return false;
         }
@@ -56,7 +56,9 @@ impl Raft {
         // A learner's message is cut to its budget (at least one entry), so the budget is
         // overdrawn by one entry at most, never by a whole message.
         let bytes_max = match self.catch_up_budget {
-            Some(budget) if learner => budget.clamp(1, self.config.message_bytes_max),
+            Some(budget) if learner => budget
+                .unsigned_abs()
+                .clamp(1, self.config.message_bytes_max),
             _ => self.config.message_bytes_max,
         };
         let entries = match self.entries_for(next_index, bytes_max, reader) {
@@ -90,7 +92,7 @@ impl Raft {
         if learner {
             self.catch_up.bytes_sent += bytes;
             if let Some(budget) = self.catch_up_budget.as_mut() {
-                *budget = budget.saturating_sub(bytes);
+                *budget = budget.saturating_sub(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
         }
         let pr = self.progress.get_mut(&peer).expect("peer has progress");

@@ -294,9 +294,10 @@ pub struct Raft {
     /// entry must also be durable here: a plain crash must not lose the prefix again.
     pub(crate) voting_withheld_term: Option<u64>,
     /// Leader only: bytes of entries it may still send to learners before the driver grants
-    /// more ([`Self::set_catch_up_budget`]); `None` means no limit. Voters are never held
+    /// more ([`Self::set_catch_up_budget`]); negative after an entry larger than the budget
+    /// was sent (a debt later grants repay); `None` means no limit. Voters are never held
     /// back: quorum traffic is not throttled.
-    pub(crate) catch_up_budget: Option<u64>,
+    pub(crate) catch_up_budget: Option<i64>,
     /// Bytes of entries sent to learners, and sends to learners held back for lack of budget.
     pub(crate) catch_up: CatchUpCounters,
 }
@@ -864,9 +865,11 @@ impl Raft {
     /// Limits what a leader sends to learners (members catching up before a move makes them
     /// voters) to `budget` more bytes, or lifts the limit (`None`). The driver tops the
     /// budget up from a node-wide rate, so many groups catching up at once share one
-    /// bandwidth. A learner's AppendEntries is cut to the budget left, so it is overdrawn by
-    /// one entry at most.
-    pub fn set_catch_up_budget(&mut self, budget: Option<u64>) {
+    /// bandwidth. A learner's AppendEntries is cut to the budget left (at least one entry
+    /// is sent while any budget is left); an entry larger than the budget leaves it
+    /// negative, a debt the next grants repay before a learner is sent anything again, so
+    /// the rate holds on average whatever the entry sizes.
+    pub fn set_catch_up_budget(&mut self, budget: Option<i64>) {
         self.catch_up_budget = budget;
         if budget.is_some_and(|b| b > 0) && self.role == Role::Leader {
             // Learners held back since the budget ran out may be sent to now.
@@ -880,8 +883,8 @@ impl Raft {
         }
     }
 
-    /// The catch-up budget left, `None` when unlimited.
-    pub fn catch_up_budget(&self) -> Option<u64> {
+    /// The catch-up budget left (negative: owed), `None` when unlimited.
+    pub fn catch_up_budget(&self) -> Option<i64> {
         self.catch_up_budget
     }
 

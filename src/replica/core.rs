@@ -1103,6 +1103,34 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             voters_outgoing: membership.voters_outgoing.iter().copied().collect(),
             learners: membership.learners.iter().copied().collect(),
             move_phase: self.move_phase.clone(),
+            catch_up: self.catch_up_progress(),
+        }
+    }
+
+    /// The learners' catch-up as a leader sees it; zero on a follower or without learners.
+    fn catch_up_progress(&self) -> super::CatchUpProgress {
+        let sent = self.raft.catch_up_counters().bytes_sent;
+        let slowest = self
+            .raft
+            .membership()
+            .learners
+            .iter()
+            .filter_map(|&id| self.raft.progress(id).map(|p| p.match_index))
+            .min();
+        let bytes_remaining = match slowest {
+            Some(matched) if self.raft.role() == Role::Leader => {
+                let (first, last) = (self.log.first_index(), self.log.last_index());
+                let entries = (last + 1).saturating_sub(first).max(1);
+                let lacking = last.saturating_sub(matched.max(first.saturating_sub(1)));
+                (u128::from(self.log.size_bytes()) * u128::from(lacking) / u128::from(entries))
+                    as u64
+            }
+            _ => 0,
+        };
+        super::CatchUpProgress {
+            bytes_remaining,
+            bytes_sent: sent,
+            rate_bytes_per_second: 0,
         }
     }
 }

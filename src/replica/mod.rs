@@ -308,6 +308,20 @@ pub struct ReplicaStatus {
     pub learners: Vec<u64>,
     /// Where this group's move stands, if it has been asked to move.
     pub move_phase: Option<MovePhase>,
+    /// For a leader with learners: how far their catch-up has got.
+    pub catch_up: CatchUpProgress,
+}
+
+/// A leader's estimate of its learners' catch-up (what `partition moves` shows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpProgress {
+    /// Bytes of the leader's log the slowest learner still lacks, estimated from the log's
+    /// size and the share of its entries past that learner's match index.
+    pub bytes_remaining: u64,
+    /// Bytes of entries sent to learners since the replica started.
+    pub bytes_sent: u64,
+    /// Bytes per second sent to learners, smoothed over the last seconds.
+    pub rate_bytes_per_second: u64,
 }
 
 type ProposeReply<O> = oneshot::Sender<Result<Appended<O>, ReplicaError>>;
@@ -577,6 +591,45 @@ pub struct Replica<S: StateMachine> {
     stopping_deadline: Option<tokio::time::Instant>,
     /// This group's metric handles (see [`crate::metrics`]).
     metrics: std::sync::Arc<crate::metrics::GroupMetrics>,
+    /// The rate of catch-up bytes sent, for the status.
+    catch_up_rate: RateMeter,
+}
+
+/// A byte rate smoothed over windows of a second: the core counts bytes, the driver, which
+/// has the clock, turns them into a rate.
+#[derive(Debug)]
+struct RateMeter {
+    window_started: std::time::Instant,
+    bytes_at_start: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        RateMeter {
+            window_started: std::time::Instant::now(),
+            bytes_at_start: 0,
+            rate: 0.0,
+        }
+    }
+
+    /// Notes the running total `bytes` and returns the rate in bytes per second.
+    fn observe(&mut self, bytes: u64) -> u64 {
+        let elapsed = self.window_started.elapsed();
+        if elapsed >= Self::WINDOW {
+            let now = bytes.saturating_sub(self.bytes_at_start) as f64 / elapsed.as_secs_f64();
+            // Half the weight on the last second: steady enough to read, quick to follow.
+            self.rate = (self.rate + now) / 2.0;
+            if self.rate < 1.0 {
+                self.rate = 0.0;
+            }
+            self.window_started = std::time::Instant::now();
+            self.bytes_at_start = bytes;
+        }
+        self.rate as u64
+    }
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -628,6 +681,7 @@ impl<S: StateMachine> Replica<S> {
             status,
             stopping_deadline: None,
             metrics: metrics.clone(),
+            catch_up_rate: RateMeter::new(),
         };
         let status = replica.status.clone();
         tokio::spawn(async move {
@@ -812,11 +866,14 @@ impl<S: StateMachine> Replica<S> {
         {
             let tick_share = (self.config.recovery.rate() as f64
                 * self.config.tick_interval.as_secs_f64()) as u64;
-            let cap = self.config.raft.message_bytes_max.max(tick_share);
+            let cap = i64::try_from(self.config.raft.message_bytes_max.max(tick_share))
+                .unwrap_or(i64::MAX);
             let have = raft.catch_up_budget().unwrap_or(0);
             if have < cap {
-                let granted = self.config.recovery.take(cap - have).unwrap_or(0);
-                raft.set_catch_up_budget(Some(have + granted));
+                let wanted = cap.saturating_sub(have).unsigned_abs();
+                let granted = self.config.recovery.take(wanted).unwrap_or(0);
+                let granted = i64::try_from(granted).unwrap_or(i64::MAX);
+                raft.set_catch_up_budget(Some(have.saturating_add(granted)));
             }
         } else if raft.catch_up_budget().is_none() {
             raft.set_catch_up_budget(Some(0));
@@ -824,7 +881,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn publish_status(&mut self) {
-        let status = self.core.status();
+        let mut status = self.core.status();
+        status.catch_up.rate_bytes_per_second =
+            self.catch_up_rate.observe(status.catch_up.bytes_sent);
         let catch_up = self.core.raft().catch_up_counters();
         self.metrics
             .catch_up(catch_up.bytes_sent, catch_up.throttled);

@@ -317,6 +317,10 @@ fn describe<S: Service>(node: &S, mut info: TopicInfo) -> TopicInfo {
                 if let Some(phase) = &status.move_phase {
                     (partition.move_phase, partition.move_waiting_for) = move_phase(phase);
                 }
+                let remaining = status.catch_up.bytes_remaining;
+                partition.move_bytes_remaining = remaining;
+                partition.move_bytes_moved = status.log_size_bytes.saturating_sub(remaining);
+                partition.move_rate_bytes_per_second = status.catch_up.rate_bytes_per_second;
             }
         }
     }

@@ -335,6 +335,37 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
     for address in &left {
         assert_holds_every_acknowledged_record(address, &history, true).await;
     }
+    // Ids are never reused: a removed node and a first voter cannot join again; `serve`
+    // says why and exits 1.
+    let join = left.join(",");
+    for (id, reason) in [(1, "was removed"), (3, "is a first voter")] {
+        let dir = cluster.dir().join(format!("rejoin-{id}"));
+        let addresses: Vec<String> = (0..3)
+            .map(|_| support::cluster::free_address().to_string())
+            .collect();
+        let run = raftlog(
+            &join,
+            &[
+                "serve",
+                "--id",
+                &id.to_string(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                &addresses[0],
+                "--peer-listen",
+                &addresses[1],
+                "--metrics-listen",
+                &addresses[2],
+                "--join",
+                &join,
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains(reason), "{run:?}");
+    }
     eprintln!(
         "membership under load: {} acknowledged, {} unknown, metadata leader {leader} \
          decommissioned, {new_leader} leads now",

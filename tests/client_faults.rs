@@ -25,10 +25,9 @@ use raftlog::client::*;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::{ErrorCode, InitProducerIdRequest, ProduceRequest};
 use real_cluster::RealCluster;
-use support::client::to_leader;
+use support::client::{scrape_metrics, to_leader};
 use support::client_proxy::ClientProxy;
 use support::cluster::{ClusterOptions, ProcessCluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout};
 
 /// Longest wait for any one phase of a test.
@@ -448,13 +447,9 @@ async fn a_fresh_producer_id_must_start_at_sequence_zero() {
 
 /// `raftlog_errors_total` for `code` on a node's metrics listener.
 async fn errors_counted(address: SocketAddr, code: &str) -> u64 {
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
     let label = format!("code=\"{code}\"");
-    response
+    scrape_metrics(address)
+        .await
         .lines()
         .find(|line| line.starts_with("raftlog_errors_total{") && line.contains(&label))
         .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -7,57 +7,11 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use raftlog::batch::RecordBatchBuilder;
-use raftlog::client::Connection;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
-use support::client::{Client, Outcome, BOUND};
+use support::client::{produce_one, read_partition, Client, Outcome, BOUND};
 use support::cluster::ProcessCluster;
 use tokio::time::{sleep, timeout};
-
-fn produce(value: &str) -> Body {
-    let mut builder = RecordBatchBuilder::new(1 << 20);
-    builder
-        .push(1_700_000_000_000, None, value.as_bytes(), &[])
-        .unwrap();
-    Body::Produce(ProduceRequest {
-        topic: "k".into(),
-        partition: 0,
-        acks: Acks::All as i32,
-        batch: builder.finish(),
-        timeout_ms: 5_000,
-    })
-}
-
-/// Every record of partition 0, read from one node: (offset, value), up to its high watermark.
-async fn read_all(connection: &Connection) -> (Vec<(u64, String)>, u64) {
-    let mut records = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetch = Body::Fetch(FetchRequest {
-            topic: "k".into(),
-            partition: 0,
-            offset,
-            max_bytes: 1 << 20,
-            max_wait_ms: 10,
-            min_bytes: 1,
-        });
-        let Body::FetchResponse(fetched) = connection.request(fetch).await.unwrap() else {
-            panic!()
-        };
-        for stored in &fetched.batches {
-            let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
-            for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
-                let value = String::from_utf8(record.unwrap().value.to_vec()).unwrap();
-                records.push((stored.base_offset + i as u64, value));
-            }
-            offset = stored.base_offset + u64::from(stored.record_count);
-        }
-        if offset >= fetched.high_watermark {
-            return (records, fetched.high_watermark);
-        }
-    }
-}
 
 async fn partition_leader(client: &mut Client) -> Option<u64> {
     for node in 0..client.addresses.len() {
@@ -123,7 +77,7 @@ async fn killing_the_leader_loses_no_acknowledged_record_and_the_node_catches_up
             "producing stalled after the kill ({acknowledged_after_kill} acknowledged since)"
         );
         let value = format!("v{i}");
-        match client.send_to_any(produce(&value)).await {
+        match client.send_to_any(produce_one("k", 0, &value)).await {
             Outcome::Ok(Body::ProduceResponse(response)) => {
                 acknowledged.insert(value, response.base_offset);
                 acknowledged_after_kill += u64::from(killed.is_some());
@@ -154,7 +108,7 @@ async fn killing_the_leader_loses_no_acknowledged_record_and_the_node_catches_up
                     {
                         let target = acknowledged.values().max().copied().unwrap_or(0) + 1;
                         if f.high_watermark >= target {
-                            return read_all(&connection).await;
+                            return read_partition(&connection, "k", 0).await;
                         }
                     }
                 }

@@ -13,11 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cli_support::raftlog;
-use raftlog::batch::RecordBatchBuilder;
 use raftlog::client::{ConnectOptions, Connection};
 use raftlog::proto::envelope::Body;
-use raftlog::proto::*;
-use support::client::{Client, Outcome};
+use support::client::{produce_one, read_partition, scrape_metrics, Client, Outcome};
 use support::cluster::{ClusterOptions, ProcessCluster};
 use tokio::time::{sleep, timeout};
 
@@ -29,24 +27,10 @@ const STEP_BOUND: Duration = Duration::from_secs(120);
 
 /// What the producer saw: acknowledged (partition, value) → offset, and values whose fate
 /// is unknown (a timeout or a lost connection: they may or may not be stored).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct History {
     acknowledged: BTreeMap<(u32, String), u64>,
     unknown: HashSet<String>,
-}
-
-fn produce(partition: u32, value: &str) -> Body {
-    let mut builder = RecordBatchBuilder::new(1 << 20);
-    builder
-        .push(1_700_000_000_000, None, value.as_bytes(), &[])
-        .unwrap();
-    Body::Produce(ProduceRequest {
-        topic: TOPIC.into(),
-        partition,
-        acks: Acks::All as i32,
-        batch: builder.finish(),
-        timeout_ms: 5_000,
-    })
 }
 
 /// Produces to every partition in turn until `stop`, recording each outcome.
@@ -62,7 +46,9 @@ async fn keep_producing(
         }
         let partition = (i % u64::from(PARTITIONS)) as u32;
         let value = format!("v{i}");
-        let outcome = client.send_to_any(produce(partition, &value)).await;
+        let outcome = client
+            .send_to_any(produce_one(TOPIC, partition, &value))
+            .await;
         let mut history = history.lock().unwrap();
         match outcome {
             Outcome::Ok(Body::ProduceResponse(response)) => {
@@ -80,36 +66,11 @@ async fn keep_producing(
 
 /// Every record of `partition` that `address` serves, as (offset, value), up to its high
 /// watermark.
-async fn read_partition(address: &str, partition: u32) -> Vec<(u64, String)> {
+async fn read_from(address: &str, partition: u32) -> Vec<(u64, String)> {
     let connection = Connection::connect(address, &ConnectOptions::default())
         .await
         .unwrap();
-    let mut records = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetch = Body::Fetch(FetchRequest {
-            topic: TOPIC.into(),
-            partition,
-            offset,
-            max_bytes: 1 << 20,
-            max_wait_ms: 10,
-            min_bytes: 1,
-        });
-        let Body::FetchResponse(fetched) = connection.request(fetch).await.unwrap() else {
-            panic!("not a fetch response")
-        };
-        for stored in &fetched.batches {
-            let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
-            for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
-                let value = String::from_utf8(record.unwrap().value.to_vec()).unwrap();
-                records.push((stored.base_offset + i as u64, value));
-            }
-            offset = stored.base_offset + u64::from(stored.record_count);
-        }
-        if offset >= fetched.high_watermark {
-            return records;
-        }
-    }
+    read_partition(&connection, TOPIC, partition).await.0
 }
 
 /// `cluster nodes --json` as (id → (state, replicas)).
@@ -137,6 +98,35 @@ async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) {
         );
         sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Starts node `id` (it joins: its configuration names the first voters) and waits until
+/// `cluster nodes` through `bootstrap` lists it active.
+async fn join(cluster: &mut ProcessCluster, id: u64, bootstrap: &str) {
+    cluster.spawn(id);
+    wait_for(&format!("node {id} is a node of the cluster"), async || {
+        nodes(bootstrap)
+            .await
+            .get(&id)
+            .is_some_and(|(state, _)| state == "active")
+    })
+    .await;
+}
+
+/// `cluster decommission ID --wait`: it must end with the node removed.
+async fn decommission(bootstrap: &str, id: u64) {
+    let id = id.to_string();
+    let run = timeout(
+        STEP_BOUND,
+        raftlog(bootstrap, &["cluster", "decommission", &id, "--wait"], ""),
+    )
+    .await
+    .expect("decommission finished in time");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.ends_with(&format!("node {id}: removed\n")),
+        "{run:?}"
+    );
 }
 
 /// The node leading the metadata group, as `cluster status --json` reports it.
@@ -167,7 +157,7 @@ async fn assert_holds_every_acknowledged_record(address: &str, history: &History
         wait_for(
             &format!("{address} serves partition {partition} to {wanted}"),
             async || {
-                stored = read_partition(address, partition).await;
+                stored = read_from(address, partition).await;
                 stored.len() as u64 >= wanted
             },
         )
@@ -240,14 +230,7 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
     sleep(Duration::from_secs(1)).await;
 
     // Node 4 joins with only the first voters' client addresses.
-    cluster.spawn(4);
-    wait_for("node 4 is a node of the cluster", async || {
-        nodes(&founders)
-            .await
-            .get(&4)
-            .is_some_and(|(state, _)| state == "active")
-    })
-    .await;
+    join(&mut cluster, 4, &founders).await;
 
     // Every partition moves to include node 4, each giving up a different first voter.
     for (partition, replicas) in [(0, "2,3,4"), (1, "1,3,4"), (2, "1,2,4")] {
@@ -269,49 +252,19 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
     }
 
     // Node 1 is decommissioned (its two replicas and its metadata seat move), then killed.
-    let run = timeout(
-        STEP_BOUND,
-        raftlog(&founders, &["cluster", "decommission", "1", "--wait"], ""),
-    )
-    .await
-    .expect("decommission finished in time");
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("node 1: removed\n"), "{run:?}");
+    decommission(&founders, 1).await;
     cluster.kill(1);
     let survivors = addresses[1..].join(",");
     let listed = nodes(&survivors).await;
     assert_eq!(listed[&1], ("removed".to_owned(), 0), "{listed:?}");
-    let snapshot = {
-        let so_far = history.lock().unwrap();
-        History {
-            acknowledged: so_far.acknowledged.clone(),
-            unknown: so_far.unknown.clone(),
-        }
-    };
+    let snapshot = history.lock().unwrap().clone();
     assert_holds_every_acknowledged_record(&addresses[3], &snapshot, false).await;
 
     // Node 5 joins; the metadata leader is decommissioned and killed.
-    cluster.spawn(5);
-    wait_for("node 5 is a node of the cluster", async || {
-        nodes(&survivors)
-            .await
-            .get(&5)
-            .is_some_and(|(state, _)| state == "active")
-    })
-    .await;
+    join(&mut cluster, 5, &survivors).await;
     let leader = metadata_leader(&survivors).await;
     assert!((2..=4).contains(&leader), "metadata leader {leader}");
-    let run = timeout(
-        STEP_BOUND,
-        raftlog(
-            &survivors,
-            &["cluster", "decommission", &leader.to_string(), "--wait"],
-            "",
-        ),
-    )
-    .await
-    .expect("decommission finished in time");
-    assert_eq!(run.code, 0, "{run:?}");
+    decommission(&survivors, leader).await;
     cluster.kill(leader);
     let left: Vec<String> = (2..=5)
         .filter(|&id| id != leader)
@@ -376,13 +329,8 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
 
 /// The sum of `metric` over every series on a node's metrics listener.
 async fn metric_sum(address: std::net::SocketAddr, metric: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    response
+    scrape_metrics(address)
+        .await
         .lines()
         .filter(|line| line.starts_with(&format!("{metric}{{")))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -152,3 +152,64 @@ pub async fn to_leader(connections: &[Connection], body: Body) -> Body {
     .await
     .expect("a leader answers within the bound")
 }
+
+/// A produce of one record with value `value` to `topic`/`partition`, acks=all.
+pub fn produce_one(topic: &str, partition: u32, value: &str) -> Body {
+    let mut builder = raftlog::batch::RecordBatchBuilder::new(1 << 20);
+    builder
+        .push(1_700_000_000_000, None, value.as_bytes(), &[])
+        .unwrap();
+    Body::Produce(ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: Acks::All as i32,
+        batch: builder.finish(),
+        timeout_ms: 5_000,
+    })
+}
+
+/// Every record of `topic`/`partition` that `connection`'s node serves, as (offset, value)
+/// up to its high watermark, with that high watermark.
+pub async fn read_partition(
+    connection: &Connection,
+    topic: &str,
+    partition: u32,
+) -> (Vec<(u64, String)>, u64) {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetch = Body::Fetch(FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 10,
+            min_bytes: 1,
+        });
+        let Body::FetchResponse(fetched) = connection.request(fetch).await.unwrap() else {
+            panic!("not a fetch response")
+        };
+        for stored in &fetched.batches {
+            let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
+            for (i, record) in raftlog::batch::decode_records(&batch).enumerate() {
+                let value = String::from_utf8(record.unwrap().value.to_vec()).unwrap();
+                records.push((stored.base_offset + i as u64, value));
+            }
+            offset = stored.base_offset + u64::from(stored.record_count);
+        }
+        if offset >= fetched.high_watermark {
+            return (records, fetched.high_watermark);
+        }
+    }
+}
+
+/// The text a node's metrics listener serves at `/metrics`.
+pub async fn scrape_metrics(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}

@@ -538,7 +538,7 @@ impl Metadata {
 
     /// A move names distinct nodes of the cluster, at least one.
     fn check_move(&self, request: &MovePartitionRequest) -> Result<(), MetadataError> {
-        self.assignment(&request.topic, request.partition)?;
+        let current = self.assignment(&request.topic, request.partition)?;
         let mut seen = request.replicas.clone();
         seen.sort_unstable();
         seen.dedup();
@@ -554,7 +554,6 @@ impl Metadata {
                 "node {unknown} is not a node of this cluster (nodes {nodes:?})"
             )));
         }
-        let current = self.assignment(&request.topic, request.partition)?;
         let added = request.replicas.iter().find(|n| {
             !current.all_replicas().contains(n) && self.node_state(**n) != NodeState::Active
         });
@@ -569,10 +568,10 @@ impl Metadata {
 
     /// The state of a node of the cluster.
     fn known_node_state(&self, node: NodeId) -> Result<NodeState, MetadataError> {
-        if !self.nodes().contains(&node) {
+        let nodes = self.nodes();
+        if !nodes.contains(&node) {
             return Err(MetadataError::Invalid(format!(
-                "node {node} is not a node of this cluster (nodes {:?})",
-                self.nodes()
+                "node {node} is not a node of this cluster (nodes {nodes:?})"
             )));
         }
         Ok(self.node_state(node))

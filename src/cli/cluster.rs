@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use super::{consume::json_string, table, write_stdout, CliError, ClientArgs};
+use super::{
+    consume::json_string, table, write_stdout, CliError, ClientArgs, STALE_METADATA_GRACE,
+};
 use crate::client::{Admin, Cluster, ClusterStatus};
 use crate::proto::{MetadataResponse, PartitionInfo};
-
-/// How long `decommission --wait` allows the node it asks to catch up with the decommission.
-const STALE_METADATA_GRACE: Duration = Duration::from_secs(5);
 
 /// How often `decommission --wait` looks at the node.
 const WAIT_POLL: Duration = Duration::from_millis(500);

@@ -30,6 +30,10 @@ pub mod topic;
 
 pub use args::ClientArgs;
 
+/// How long a `--wait` allows the node it asks to apply a change just recorded before it
+/// reads "not there" as "undone": the answering node may lag the metadata leader.
+const STALE_METADATA_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Exit code: something else failed.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code: malformed flags, or a request the cluster refused as invalid (clap's own code).

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use super::{consume::json_string, table, write_stdout, CliError, ClientArgs};
+use super::{
+    consume::json_string, table, write_stdout, CliError, ClientArgs, STALE_METADATA_GRACE,
+};
 use crate::client::{Admin, Cluster};
 use crate::proto::{PartitionInfo, TopicInfo};
-
-/// How long `--wait` allows the node it asks to catch up with a move just recorded.
-const STALE_METADATA_GRACE: Duration = Duration::from_secs(5);
 
 /// How often `--wait` looks at the move.
 const WAIT_POLL: Duration = Duration::from_millis(200);

@@ -39,7 +39,6 @@ const REGISTRATION_RETRY: Duration = Duration::from_secs(2);
 impl Node {
     /// One round of upkeep (see the module doc).
     pub(super) async fn upkeep(&self) {
-        self.reconcile_nodes();
         self.report_finished_moves().await;
         self.register_self().await;
         self.hand_off_if_draining();
@@ -223,18 +222,20 @@ impl Node {
     /// While this node is draining, hands every leadership it holds (metadata included) to
     /// another voter, preferring one that stays.
     fn hand_off_if_draining(&self) {
-        let metadata = self
-            .metadata_view
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if metadata.node_state(self.id()) != NodeState::Draining {
-            return;
-        }
+        let active = {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if metadata.node_state(self.id()) != NodeState::Draining {
+                return;
+            }
+            metadata.active_nodes()
+        };
         let successor = |voters: &[NodeId]| {
             let others = || voters.iter().copied().filter(|&v| v != self.id());
             others()
-                .find(|&v| metadata.node_state(v) == NodeState::Active)
+                .find(|v| active.contains(v))
                 .or_else(|| others().next())
         };
         let status = self.metadata.status();
@@ -263,8 +264,14 @@ impl Node {
         if status.role != Some(Role::Leader) {
             return;
         }
-        let metadata = self.metadata();
-        for command in decommission_steps(&metadata, &status.voters) {
+        let steps = {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            decommission_steps(&metadata, &status.voters)
+        };
+        for command in steps {
             let command = MetadataCommand {
                 command: Some(command),
             };

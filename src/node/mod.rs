@@ -231,11 +231,10 @@ impl Node {
             router.clone(),
         )?;
 
-        let voters = founders;
         let recovery = Arc::new(crate::replica::throttle::RecoveryThrottle::new(
             config.raft.recovery_bytes_per_second,
         ));
-        let metadata_view = Arc::new(RwLock::new(Metadata::new(voters.clone())));
+        let metadata_view = Arc::new(RwLock::new(Metadata::new(founders.clone())));
         let (changed, metadata_changes) = watch::channel(0u64);
         let machine = MetadataMachine {
             view: metadata_view.clone(),
@@ -245,7 +244,7 @@ impl Node {
         let mut metadata_config = replica_config(
             &config,
             METADATA_GROUP_ID,
-            voters.clone(),
+            founders.clone(),
             config.data_dir.join("metadata"),
             0,
             0,
@@ -253,7 +252,7 @@ impl Node {
         );
         // A node that joined receives the metadata log but does not vote until the group
         // makes it a voter; the leader's configurations replace this one once they arrive.
-        if !voters.contains(&config.node_id) {
+        if !founders.contains(&config.node_id) {
             metadata_config.raft.learners = vec![config.node_id];
         }
         let metadata = Replica::start(metadata_config, machine, sink).map_err(|source| {

@@ -615,8 +615,8 @@ impl RateMeter {
         }
     }
 
-    /// Notes the running total `bytes` and returns the rate in bytes per second.
-    fn observe(&mut self, bytes: u64) -> u64 {
+    /// Notes the running total `bytes` (once a tick: not on the request path).
+    fn observe(&mut self, bytes: u64) {
         let elapsed = self.window_started.elapsed();
         if elapsed >= Self::WINDOW {
             let now = bytes.saturating_sub(self.bytes_at_start) as f64 / elapsed.as_secs_f64();
@@ -628,6 +628,10 @@ impl RateMeter {
             self.window_started = std::time::Instant::now();
             self.bytes_at_start = bytes;
         }
+    }
+
+    /// Bytes per second, as of the last full window.
+    fn rate(&self) -> u64 {
         self.rate as u64
     }
 }
@@ -728,6 +732,8 @@ impl<S: StateMachine> Replica<S> {
                 _ = ticker.tick() => {
                     self.core.tick();
                     self.top_up_catch_up_budget();
+                    self.catch_up_rate
+                        .observe(self.core.raft().catch_up_counters().bytes_sent);
                 }
                 _ = retention.tick(), if retains => self.core.apply_retention(unix_now_ms()),
                 event = inbox.recv() => {
@@ -882,8 +888,7 @@ impl<S: StateMachine> Replica<S> {
 
     fn publish_status(&mut self) {
         let mut status = self.core.status();
-        status.catch_up.rate_bytes_per_second =
-            self.catch_up_rate.observe(status.catch_up.bytes_sent);
+        status.catch_up.rate_bytes_per_second = self.catch_up_rate.rate();
         let catch_up = self.core.raft().catch_up_counters();
         self.metrics
             .catch_up(catch_up.bytes_sent, catch_up.throttled);

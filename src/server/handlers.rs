@@ -153,22 +153,10 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
             })
         }
         Body::DecommissionNode(request) => {
-            let node_id = request.node_id;
-            let command = MetadataCommand {
-                command: Some(Command::DecommissionNode(request)),
-            };
-            node.propose_metadata(command)
-                .await
-                .map(|_| node_state_response(node, node_id))
+            change_node_state(node, request.node_id, Command::DecommissionNode(request)).await
         }
         Body::RecommissionNode(request) => {
-            let node_id = request.node_id;
-            let command = MetadataCommand {
-                command: Some(Command::RecommissionNode(request)),
-            };
-            node.propose_metadata(command)
-                .await
-                .map(|_| node_state_response(node, node_id))
+            change_node_state(node, request.node_id, Command::RecommissionNode(request)).await
         }
         Body::MovePartition(request) => {
             let command = MetadataCommand {
@@ -251,13 +239,21 @@ async fn fetch<S: Service>(node: &S, request: FetchRequest) -> Result<FetchRespo
     })
 }
 
-/// A node as the metadata records it now.
-fn node_state_response<S: Service>(node: &S, node_id: u64) -> Body {
+/// Proposes a change of `node_id`'s state and answers with the node as recorded after it.
+async fn change_node_state<S: Service>(
+    node: &S,
+    node_id: u64,
+    command: Command,
+) -> Result<Body, ErrorMessage> {
+    let command = MetadataCommand {
+        command: Some(command),
+    };
+    node.propose_metadata(command).await?;
     let metadata = node.metadata();
     let info = node_infos(node, &metadata)
         .into_iter()
         .find(|info| info.node_id == node_id);
-    Body::NodeStateResponse(NodeStateResponse { node: info })
+    Ok(Body::NodeStateResponse(NodeStateResponse { node: info }))
 }
 
 /// Every node of the cluster with its addresses: as registered, else (a first voter that has

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use cli_support::raftlog;
 use raftlog::client::{ConnectOptions, Connection};
 use raftlog::proto::envelope::Body;
+use raftlog::proto::{FetchRequest, RecordBatch};
 use support::client::{produce_one, read_partition, scrape_metrics, Client, Outcome};
 use support::cluster::{ClusterOptions, ProcessCluster};
 use tokio::time::{sleep, timeout};
@@ -288,6 +289,41 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
     for address in &left {
         assert_holds_every_acknowledged_record(address, &history, true).await;
     }
+
+    // A node restarted after the cluster changed shape (a first voter if one is left, whose
+    // configuration names only first voters) must learn from its disk and its peers'
+    // handshakes who joined, or no leader that joined later could reach it.
+    let survivors: Vec<u64> = (2..=5).filter(|&id| id != leader).collect();
+    let restarted = survivors[0];
+    cluster.kill(restarted);
+    let mut client = Client::new(addresses.clone());
+    let mut written = Vec::new();
+    for partition in 0..PARTITIONS {
+        let value = format!("while-{restarted}-was-down-{partition}");
+        let outcome = client
+            .send_to_any(produce_one(TOPIC, partition, &value))
+            .await;
+        let Outcome::Ok(Body::ProduceResponse(response)) = outcome else {
+            panic!("write while node {restarted} is down: {outcome:?}");
+        };
+        written.push((partition, response.base_offset, value));
+    }
+    cluster.spawn(restarted);
+    let restarted_address = &addresses[restarted as usize - 1];
+    wait_for(
+        &format!("node {restarted} serves what was written while it was down"),
+        async || {
+            let mut client = Client::new(vec![restarted_address.clone()]);
+            for (partition, offset, value) in &written {
+                if !serves(&mut client, *partition, *offset, value).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
     // Ids are never reused: a removed node and a first voter cannot join again; `serve`
     // says why and exits 1.
     let join = left.join(",");
@@ -325,6 +361,28 @@ async fn nodes_join_and_leave_under_load_and_no_acknowledged_record_is_lost() {
         history.acknowledged.len(),
         history.unknown.len()
     );
+}
+
+/// Whether the node behind `client` serves `value` at `offset` of `partition` (it may not
+/// have caught up yet, or not have started the replica).
+async fn serves(client: &mut Client, partition: u32, offset: u64, value: &str) -> bool {
+    let fetch = Body::Fetch(FetchRequest {
+        topic: TOPIC.into(),
+        partition,
+        offset,
+        max_bytes: 1 << 16,
+        max_wait_ms: 0,
+        min_bytes: 1,
+    });
+    let Outcome::Ok(Body::FetchResponse(fetched)) = client.send(0, fetch).await else {
+        return false;
+    };
+    let Some(stored) = fetched.batches.first() else {
+        return false;
+    };
+    let batch: RecordBatch = prost::Message::decode(stored.batch.clone()).unwrap();
+    let first = raftlog::batch::decode_records(&batch).next();
+    stored.base_offset == offset && first.is_some_and(|r| r.unwrap().value == value.as_bytes())
 }
 
 /// The sum of `metric` over every series on a node's metrics listener.

@@ -63,6 +63,7 @@ fn peers(addresses: &[String]) -> BTreeMap<NodeId, String> {
 fn config(node_id: NodeId, peers: &BTreeMap<NodeId, String>) -> TransportConfig {
     TransportConfig {
         client_address: format!("client-of-{node_id}:1"),
+        peer_address: peers.get(&node_id).cloned().unwrap_or_default(),
         node_id,
         cluster_id: CLUSTER.to_owned(),
         peers: peers.clone(),
@@ -536,20 +537,13 @@ async fn a_wrong_cluster_id_is_refused() {
     within("shutdown", b.shutdown()).await;
 }
 
-/// A node that joins later: the others refuse it until they add it as a peer (as a node does
-/// once the metadata records the new node), then messages flow both ways.
+/// A node that joins later. One that only claims an id is refused; one that names its peer
+/// address in the handshake is added as a peer (a node restarted since the join knows it no
+/// other way); the others add it when told (as a node does once the metadata records it).
+/// Then messages flow both ways.
 #[tokio::test]
-async fn a_peer_added_at_runtime_is_refused_before_and_reached_after() {
+async fn a_peer_that_joined_later_is_added_when_it_introduces_itself_or_is_told_of() {
     let mut nodes = cluster(2).await;
-    let listener = bind().await;
-    let joiner_address = listener.local_addr().unwrap().to_string();
-    let mut joiner_peers: BTreeMap<NodeId, String> = (1..)
-        .zip([nodes[0].0.local_addr(), nodes[1].0.local_addr()])
-        .map(|(id, address)| (id, address.to_string()))
-        .collect();
-    joiner_peers.insert(3, joiner_address.clone());
-    let (joiner, mut joiner_inbound) = start(config(3, &joiner_peers), listener);
-
     let (mut framed, refused) = raw_peer(nodes[0].0.local_addr(), CLUSTER, 3).await;
     assert!(matches!(refused, Err(WireError::Remote(_))), "{refused:?}");
     assert_closed(&mut framed).await;
@@ -558,18 +552,37 @@ async fn a_peer_added_at_runtime_is_refused_before_and_reached_after() {
         Err(TransportError::UnknownPeer { node_id: 3 })
     ));
 
-    for (transport, _) in &nodes {
-        transport.add_peer(3, &joiner_address);
-        transport.add_peer(3, &joiner_address);
-        assert!(transport.knows_peer(3));
-    }
+    let listener = bind().await;
+    let joiner_address = listener.local_addr().unwrap().to_string();
+    let mut joiner_peers: BTreeMap<NodeId, String> = (1..)
+        .zip([nodes[0].0.local_addr(), nodes[1].0.local_addr()])
+        .map(|(id, address)| (id, address.to_string()))
+        .collect();
+    joiner_peers.insert(3, joiner_address.clone());
+    let (joiner, mut joiner_inbound) = start(config(3, &joiner_peers), listener);
+    joiner.send(vote(7, 3, 1, 0)).unwrap();
+    let introduced = receive(&mut nodes[0].1, 1).await;
+    assert_eq!(introduced[0].from, 3);
+    assert!(nodes[0].0.knows_peer(3));
+
+    nodes[1].0.add_peer(3, &joiner_address);
+    nodes[1].0.add_peer(3, &joiner_address);
+    assert!(nodes[1].0.knows_peer(3));
     for seq in 0..10 {
         nodes[0].0.send(vote(7, 1, 3, seq)).unwrap();
+        nodes[1].0.send(vote(7, 2, 3, seq)).unwrap();
         joiner.send(vote(7, 3, 2, seq)).unwrap();
     }
-    let received = receive(&mut joiner_inbound, 10).await;
-    assert_in_order(&received);
-    assert!(received.iter().all(|m| m.from == 1));
+    let received = receive(&mut joiner_inbound, 20).await;
+    for from in [1, 2] {
+        let from_one: Vec<RaftMessage> = received
+            .iter()
+            .filter(|m| m.from == from)
+            .cloned()
+            .collect();
+        assert_eq!(from_one.len(), 10, "from node {from}");
+        assert_in_order(&from_one);
+    }
     let received = receive(&mut nodes[1].1, 10).await;
     assert!(received.iter().all(|m| m.from == 3));
     joiner.shutdown().await;

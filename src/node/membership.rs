@@ -163,8 +163,17 @@ impl Node {
                 .then(|| metadata.metadata_membership_target(&self.metadata.status().voters));
             (registered, target)
         };
-        for (id, peer_address) in registered {
-            self.transport.add_peer(id, &peer_address);
+        for (id, peer_address) in &registered {
+            self.transport.add_peer(*id, peer_address);
+        }
+        // Rewritten only when an address is new, which is rare enough to do in line.
+        let recorded = self
+            .peer_book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(registered);
+        if let Err(error) = recorded {
+            tracing::warn!(%error, "cannot keep the peer addresses for the next start");
         }
         if let Some((voters, learners)) = target {
             self.metadata.set_membership_target(voters, learners);

@@ -26,6 +26,7 @@
 
 mod membership;
 pub mod ops;
+mod peer_book;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -170,6 +171,8 @@ pub struct Node {
     /// When this node last sent its registration, so a slow metadata does not get one per
     /// round.
     last_registration: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Peer addresses learned from the metadata, kept for the next start.
+    peer_book: std::sync::Mutex<peer_book::PeerBook>,
     transport: Transport,
     metadata: ReplicaHandle<MetadataOutcome>,
     metadata_view: Arc<RwLock<Metadata>>,
@@ -230,6 +233,14 @@ impl Node {
             &CancellationToken::new(),
             router.clone(),
         )?;
+        // Before any leader can tell this node who joined after it, it must accept their
+        // connections: the addresses it learned in an earlier life.
+        let peer_book = peer_book::PeerBook::load(&config.data_dir);
+        for (&id, address) in peer_book.peers() {
+            if id != config.node_id && !config.peers.contains_key(&id) {
+                transport.add_peer(id, address);
+            }
+        }
 
         let recovery = Arc::new(crate::replica::throttle::RecoveryThrottle::new(
             config.raft.recovery_bytes_per_second,
@@ -267,6 +278,7 @@ impl Node {
             client_address,
             incarnation,
             last_registration: std::sync::Mutex::new(None),
+            peer_book: std::sync::Mutex::new(peer_book),
             recovery,
             transport,
             metadata,

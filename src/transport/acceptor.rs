@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{lock, Deliver, Shared, TransportConfig, TransportError};
 use crate::config::NodeId;
 use crate::proto::envelope::Body;
-use crate::proto::{ConnectionRole, Envelope, ErrorCode, HandshakeResponse, RaftBatch};
+use crate::proto::{ConnectionRole, Envelope, ErrorCode, Handshake, HandshakeResponse, RaftBatch};
 use crate::wire::error::{body_name, error_envelope};
 use crate::wire::{handshake, EnvelopeCodec, WireError, PROTOCOL_VERSION};
 
@@ -66,7 +66,7 @@ pub(super) async fn run(
 /// `Ok` when the peer hangs up, the receiver is gone, or at shutdown.
 async fn serve(
     stream: TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     config: &TransportConfig,
     deliver: &dyn Deliver,
 ) -> Result<(), TransportError> {
@@ -150,11 +150,12 @@ impl Drop for Registration<'_> {
 }
 
 /// The acceptor's side of the handshake, with the peer-port checks on top of the wire's:
-/// the opener must be a member of the cluster and not this node. Refusals are answered with
-/// an error before the connection closes, so the other node's operator sees why.
+/// the opener must be a member of the cluster (known, or introducing itself with its peer
+/// address) and not this node. Refusals are answered with an error before the connection
+/// closes, so the other node's operator sees why.
 async fn accept(
     connection: &mut PeerConnection,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<(NodeId, String), TransportError> {
     let config = &shared.config;
     let first = connection.next().await.ok_or(WireError::Closed)?;
@@ -164,7 +165,7 @@ async fn accept(
         })
         .map_err(TransportError::from)
         .and_then(|handshake| {
-            check_member(handshake.node_id, shared).map(|peer| (peer, handshake.client_address))
+            check_member(&handshake, shared).map(|peer| (peer, handshake.client_address))
         });
     match checked {
         Ok((peer, client_address)) => {
@@ -195,9 +196,26 @@ async fn accept(
     }
 }
 
-fn check_member(node_id: NodeId, shared: &Shared) -> Result<NodeId, TransportError> {
-    if !shared.is_peer(node_id) {
+/// A known peer, or one that names the address it listens on: a node that joined while
+/// this one was down is not in this node's peer table until this node catches up with the
+/// metadata, which may need that very node (a leader that joined later) to reach it. The
+/// handshake's cluster id is all that vouches for it, as for a known peer, until the peer
+/// port authenticates nodes.
+fn check_member(handshake: &Handshake, shared: &Arc<Shared>) -> Result<NodeId, TransportError> {
+    let node_id = handshake.node_id;
+    if node_id == shared.node_id {
         return Err(TransportError::UnknownPeer { node_id });
+    }
+    if !shared.is_peer(node_id) {
+        if handshake.peer_address.is_empty() {
+            return Err(TransportError::UnknownPeer { node_id });
+        }
+        tracing::info!(
+            peer = node_id,
+            address = %handshake.peer_address,
+            "a node this one did not know introduced itself"
+        );
+        super::add_peer_link(shared, node_id, &handshake.peer_address);
     }
     Ok(node_id)
 }

@@ -72,6 +72,9 @@ pub struct TransportConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// The address where clients reach this node, advertised to peers in the handshake.
     pub client_address: String,
+    /// The address where peers reach this node, advertised in the handshake so that a peer
+    /// that does not know this node yet can add it.
+    pub peer_address: String,
     /// Frame size, queue bounds, timeouts and backoff.
     pub network: NetworkConfig,
 }
@@ -83,6 +86,11 @@ impl TransportConfig {
             node_id: config.node_id,
             cluster_id: config.cluster_id.clone(),
             client_address: config.client_listen.to_string(),
+            peer_address: config
+                .peers
+                .get(&config.node_id)
+                .cloned()
+                .unwrap_or_else(|| config.peer_listen.to_string()),
             peers: config.peers.clone(),
             network: config.network.clone(),
         }
@@ -305,37 +313,7 @@ impl Transport {
     /// address) gets a link and a writer task, and its connections are accepted. Adding a
     /// peer already known at that address changes nothing.
     pub fn add_peer(&self, peer: NodeId, address: &str) {
-        let shared = &self.shared;
-        if peer == shared.node_id || shared.token.is_cancelled() {
-            return;
-        }
-        if let Some(link) = shared.read_links().get(&peer) {
-            let mut known = lock(&link.address);
-            if *known != address {
-                tracing::info!(peer, from = %known, to = %address, "peer address changed");
-                address.clone_into(&mut known);
-            }
-            return;
-        }
-        let network = &shared.config.network;
-        let queue = PeerQueue::new(
-            network.peer_queue_messages_max,
-            network.peer_queue_bytes_max,
-        );
-        let link = Arc::new(PeerLink::new(peer, address.to_owned(), queue));
-        {
-            let mut links = shared
-                .links
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if links.contains_key(&peer) {
-                return;
-            }
-            links.insert(peer, link.clone());
-        }
-        tracing::info!(peer, %address, "peer added");
-        let task = writer::run(shared.clone(), link, shared.config.clone());
-        shared.tasks.spawn(task);
+        add_peer_link(&self.shared, peer, address);
     }
 
     /// Whether `peer` is a node this transport exchanges messages with.
@@ -538,4 +516,38 @@ impl PeerLink {
 fn batched_len(message: &RaftMessage) -> usize {
     let body = message.encoded_len();
     1 + prost::length_delimiter_len(body) + body
+}
+
+/// [`Transport::add_peer`], also used by the acceptor for a peer that introduces itself.
+fn add_peer_link(shared: &Arc<Shared>, peer: NodeId, address: &str) {
+    if peer == shared.node_id || shared.token.is_cancelled() {
+        return;
+    }
+    if let Some(link) = shared.read_links().get(&peer) {
+        let mut known = lock(&link.address);
+        if *known != address {
+            tracing::info!(peer, from = %known, to = %address, "peer address changed");
+            address.clone_into(&mut known);
+        }
+        return;
+    }
+    let network = &shared.config.network;
+    let queue = PeerQueue::new(
+        network.peer_queue_messages_max,
+        network.peer_queue_bytes_max,
+    );
+    let link = Arc::new(PeerLink::new(peer, address.to_owned(), queue));
+    {
+        let mut links = shared
+            .links
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if links.contains_key(&peer) {
+            return;
+        }
+        links.insert(peer, link.clone());
+    }
+    tracing::info!(peer, %address, "peer added");
+    let task = writer::run(shared.clone(), link, shared.config.clone());
+    shared.tasks.spawn(task);
 }

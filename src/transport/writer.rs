@@ -75,6 +75,7 @@ async fn connect(
             &config.cluster_id,
             config.node_id,
             &config.client_address,
+            &config.peer_address,
         );
         let response = handshake::connect_with(&mut connection, hello).await?;
         if response.node_id != link.node_id {

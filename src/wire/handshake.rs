@@ -37,6 +37,7 @@ pub fn handshake_envelope(
         node_id,
         client_id: client_id.to_owned(),
         client_address: String::new(),
+        peer_address: String::new(),
     };
     Envelope {
         correlation_id: 0,
@@ -46,10 +47,16 @@ pub fn handshake_envelope(
 
 /// The handshake a node sends when it dials a peer: it names itself and advertises the
 /// address where clients reach it.
-pub fn peer_handshake_envelope(cluster_id: &str, node_id: u64, client_address: &str) -> Envelope {
+pub fn peer_handshake_envelope(
+    cluster_id: &str,
+    node_id: u64,
+    client_address: &str,
+    peer_address: &str,
+) -> Envelope {
     let mut envelope = handshake_envelope(cluster_id, ConnectionRole::Peer, node_id, "");
     if let Some(Body::Handshake(handshake)) = envelope.body.as_mut() {
         handshake.client_address = client_address.to_owned();
+        handshake.peer_address = peer_address.to_owned();
     }
     envelope
 }

@@ -9,8 +9,9 @@
 //!
 //! - `RAFTLOG_FAULT_SEED=N` replays a schedule (the seed is printed at the start of each run and
 //!   on failure).
-//! - `RAFTLOG_FAULT_MINUTES=N` turns the bounded CI run into a long run of about N minutes,
-//!   two thirds on three nodes and one third on five.
+//! - `RAFTLOG_FAULT_MINUTES=N` turns the bounded CI run into a long run of about N minutes:
+//!   two fifths on three nodes, one fifth on five, two fifths on four nodes that change shape
+//!   (partition moves, decommissions, replacements; see `membership`).
 //! - `RAFTLOG_FAULT_NETWORK=namespaces|proxy` insists on network namespaces for the partitions,
 //!   or picks the TCP proxy; by default namespaces are used where they can be made (root, `ip`,
 //!   `nft`) and the proxy elsewhere (see `support::netns` and `support::proxy`).
@@ -20,6 +21,8 @@
 //! stream before the run starts. Which process is the leader at that moment depends on timing,
 //! so a replay injects the same faults in the same order, not necessarily on the same PIDs.
 
+#[path = "faults/membership.rs"]
+mod membership;
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -30,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use membership::{ChangeKind, NotStarted, Reshape};
 use raftlog::batch::RecordBatchBuilder;
 use raftlog::proto::envelope::Body;
 use raftlog::proto::*;
@@ -119,6 +123,7 @@ impl Rng {
 
 const SOURCE_SCHEDULE: u64 = 1;
 const SOURCE_CORRUPTION: u64 = 2;
+const SOURCE_MEMBERSHIP: u64 = 3;
 const SOURCE_PRODUCER: u64 = 100;
 
 // ---------------------------------------------------------------------------------------------
@@ -175,11 +180,16 @@ struct Fault {
     pick: u64,
     hold_ms: u64,
     gap_ms: u64,
+    /// A membership change started while this fault is held, if any.
+    change: Option<ChangeKind>,
 }
 
 /// `count` faults: first every kind of `kinds` once in a seeded order (so a run of at least
-/// that many covers them all), then kinds drawn at random.
-fn schedule(seed: u64, nodes: u64, kinds: &[FaultKind], count: usize) -> Vec<Fault> {
+/// that many covers them all), then kinds drawn at random; each carries the membership
+/// change [`membership::changes_for`] gives it.
+fn schedule(plan: &Plan, count: usize) -> Vec<Fault> {
+    let (seed, nodes, kinds) = (plan.seed, plan.nodes, &plan.kinds);
+    let mut changes = membership::changes_for(seed, &plan.changes, count).into_iter();
     let mut rng = Rng::new(seed, SOURCE_SCHEDULE + (nodes << 8));
     let mut first: Vec<FaultKind> = kinds.to_vec();
     for i in (1..first.len()).rev() {
@@ -216,6 +226,7 @@ fn schedule(seed: u64, nodes: u64, kinds: &[FaultKind], count: usize) -> Vec<Fau
                 pick: rng.next(),
                 hold_ms,
                 gap_ms: rng.range(500, 1_500),
+                change: changes.next().flatten(),
             }
         })
         .collect()
@@ -246,7 +257,8 @@ struct History {
     /// Batches resent after an indeterminate attempt, and those a resend found deduplicated.
     resent: u64,
     deduplicated: u64,
-    /// (partition, node) → the records that consumer read, in order.
+    /// (partition, consumer) → the records that consumer read, in order; consumer k reads
+    /// from node k, or starts there when partitions move.
     consumed: BTreeMap<(u32, u64), Records>,
     /// Fault kind → (count, total hold ms).
     faults: BTreeMap<String, (u64, u64)>,
@@ -496,17 +508,24 @@ async fn producer(
 /// Where a consumer may stop and by when: unset while the load runs.
 type DrainTarget = Arc<Mutex<Option<(u64, Instant)>>>;
 
-/// Tails one partition on one node from offset 0 until it reaches `target` (set once the load
-/// has stopped) or the drain bound passes.
-async fn consumer(
-    address: String,
-    partition: u32,
-    node: u64,
-    history: Shared,
-    target: DrainTarget,
-) {
-    let mut client = Client::new(vec![address]);
+/// Where a consumer reads.
+struct Reader {
+    /// Every node's client address.
+    addresses: Vec<String>,
+    /// The index of the node it reads first.
+    first: usize,
+    /// Whether it goes on to the next node when one fails to answer (the partition may have
+    /// moved away), or stays with its first node.
+    roams: bool,
+}
+
+/// Tails one partition from offset 0 until it reaches `target` (set once the load has
+/// stopped) or the drain bound passes, as consumer `reader`.
+async fn consumer(at: Reader, partition: u32, reader: u64, history: Shared, target: DrainTarget) {
+    let nodes = at.addresses.len();
+    let mut client = Client::new(at.addresses);
     client.request_timeout = Duration::from_secs(2);
+    let mut node = at.first;
     let mut offset = 0u64;
     let mut records = Vec::new();
     loop {
@@ -523,7 +542,10 @@ async fn consumer(
             max_wait_ms: 200,
             min_bytes: 1,
         });
-        let Outcome::Ok(Body::FetchResponse(fetched)) = client.send(0, fetch).await else {
+        let Outcome::Ok(Body::FetchResponse(fetched)) = client.send(node, fetch).await else {
+            if at.roams {
+                node = (node + 1) % nodes;
+            }
             sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -540,7 +562,7 @@ async fn consumer(
         .lock()
         .unwrap()
         .consumed
-        .insert((partition, node), records);
+        .insert((partition, reader), records);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,9 +607,9 @@ async fn leader_of(cluster: &ProcessCluster, client: &mut Client, partition: u32
     None
 }
 
-/// The nodes other than `not`, in a seeded order.
-fn others(nodes: u64, not: u64, pick: u64) -> Vec<u64> {
-    let mut rest: Vec<u64> = (1..=nodes).filter(|&n| n != not).collect();
+/// The `members` other than `not`, in a seeded order.
+fn others(members: &[u64], not: u64, pick: u64) -> Vec<u64> {
+    let mut rest: Vec<u64> = members.iter().copied().filter(|&n| n != not).collect();
     let mut rng = Rng(SplitMix64::new(pick));
     for i in (1..rest.len()).rev() {
         rest.swap(i, rng.below(i as u64 + 1) as usize);
@@ -595,21 +617,28 @@ fn others(nodes: u64, not: u64, pick: u64) -> Vec<u64> {
     rest
 }
 
-/// Injects one fault; returns how to undo it and a description for the history.
+/// Injects one fault on the cluster's `members`; returns how to undo it and a description for
+/// the history.
 async fn inject(
-    cluster: &mut ProcessCluster,
-    client: &mut Client,
+    run: &mut FaultRun<'_>,
+    members: &[u64],
     fault: &Fault,
-    disk: &Option<(u64, PathBuf)>,
-    seed: u64,
     number: usize,
 ) -> Result<(Active, String), String> {
-    let n = cluster.size();
+    let FaultRun {
+        cluster,
+        client,
+        disk,
+        seed,
+        ..
+    } = run;
+    let (cluster, seed) = (&mut **cluster, *seed);
+    let random = members[(fault.pick % members.len() as u64) as usize];
     let leader = leader_of(cluster, client, fault.partition)
         .await
-        .unwrap_or(1 + fault.pick % n);
-    let random = 1 + fault.pick % n;
-    let other = others(n, leader, fault.pick);
+        .filter(|leader| members.contains(leader))
+        .unwrap_or(random);
+    let other = others(members, leader, fault.pick);
     Ok(match fault.kind {
         FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillRandom => {
             let victim = match fault.kind {
@@ -630,8 +659,8 @@ async fn inject(
             (Active::Resume(victim), format!("SIGSTOP node {victim}"))
         }
         FaultKind::PartitionHalves => {
-            let mut all = others(n + 1, n + 1, fault.pick);
-            let minority: Vec<u64> = all.drain(..(n as usize - 1) / 2).collect();
+            let mut all = others(members, 0, fault.pick);
+            let minority: Vec<u64> = all.drain(..(members.len() - 1) / 2).collect();
             for &a in &minority {
                 for &b in &all {
                     cluster.cut(a, b);
@@ -659,7 +688,7 @@ async fn inject(
             (Active::Heal, format!("one-way: {leader} cannot reach {c}"))
         }
         FaultKind::DiskFull => {
-            let Some((node, root)) = disk else {
+            let Some((node, root)) = &**disk else {
                 return Err("no tmpfs data dir (mount refused)".into());
             };
             let filler = root.join("filler");
@@ -979,11 +1008,11 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
         let Some((_, reference)) = consumers.iter().max_by_key(|(_, r)| r.len()) else {
             continue;
         };
-        for ((_, node), records) in &consumers {
+        for ((_, reader), records) in &consumers {
             if (records.len() as u64) < targets[partition as usize] {
                 verdict.incomplete += 1;
                 verdict.problem(format!(
-                    "consumer of partition {partition} on node {node} read {} of {} records",
+                    "consumer {reader} of partition {partition} read {} of {} records",
                     records.len(),
                     targets[partition as usize]
                 ));
@@ -992,14 +1021,14 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
                 if *offset != i as u64 {
                     verdict.reordered += 1;
                     verdict.problem(format!(
-                        "partition {partition} node {node}: record {i} has offset {offset}"
+                        "partition {partition} consumer {reader}: record {i} has offset {offset}"
                     ));
                     break;
                 }
                 if reference[i].1 != *value {
                     verdict.reordered += 1;
                     verdict.problem(format!(
-                        "partition {partition} node {node}: offset {offset} is {value}, another consumer read {}",
+                        "partition {partition} consumer {reader}: offset {offset} is {value}, another consumer read {}",
                         reference[i].1
                     ));
                     break;
@@ -1119,6 +1148,41 @@ struct Plan {
     /// Pause of each producer between batches: a long run keeps its history small.
     pace_ms: u64,
     network: NetworkChoice,
+    /// Membership changes carried by the faults; none keeps the shape fixed (every node a
+    /// first voter and a replica of every partition).
+    changes: Vec<ChangeKind>,
+    /// Node ids kept for nodes that join in place of removed ones.
+    spares: u64,
+}
+
+impl Plan {
+    /// Whether the cluster changes shape during the run.
+    fn reshapes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    /// Every node id the run may start: the members, then the spares.
+    fn ids(&self) -> u64 {
+        self.nodes + self.spares
+    }
+
+    fn replication_factor(&self) -> u64 {
+        if self.reshapes() {
+            membership::REPLICATION_FACTOR
+        } else {
+            self.nodes
+        }
+    }
+
+    /// Names the run's report and thread.
+    fn name(&self) -> String {
+        let variant = match (self.network, self.reshapes()) {
+            (NetworkChoice::Proxy, _) => "-proxy",
+            (_, true) => "-membership",
+            _ => "",
+        };
+        format!("{}n{variant}", self.nodes)
+    }
 }
 
 /// How a run makes its partitions.
@@ -1138,7 +1202,7 @@ fn choose_network(plan: &Plan) -> (PeerNetwork, String) {
     if plan.network == NetworkChoice::Proxy || wanted == "proxy" {
         return (PeerNetwork::Proxy, "TCP proxy (chosen)".into());
     }
-    match NamespaceNet::create(plan.nodes) {
+    match NamespaceNet::create(plan.ids()) {
         Ok(net) => (
             PeerNetwork::Namespaces(net),
             "network namespaces (veth pairs on a bridge, nftables packet drops)".into(),
@@ -1189,15 +1253,20 @@ fn long_run_minutes() -> Option<f64> {
 fn run(plan: Plan) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (network, network_note) = choose_network(&plan);
+    let changes = if plan.reshapes() {
+        ", with membership changes"
+    } else {
+        ""
+    };
     show(&format!(
-        "fault run on {} nodes, seed {} (reproduce with RAFTLOG_FAULT_SEED={}), partitions: {network_note}",
+        "fault run on {} nodes{changes}, seed {} (reproduce with RAFTLOG_FAULT_SEED={}), partitions: {network_note}",
         plan.nodes, plan.seed, plan.seed
     ));
     // The run gets a thread of its own: with namespaces it joins the hub first, so the
     // runtime's workers, spawned from it, inherit the hub and every client connection of the
     // run comes from there. The test thread itself stays where it was.
     let runner = std::thread::Builder::new()
-        .name(format!("faults-{}n", plan.nodes))
+        .name(format!("faults-{}", plan.name()))
         .spawn(move || {
             if let PeerNetwork::Namespaces(net) = &network {
                 net.enter_hub()
@@ -1232,6 +1301,13 @@ async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
         .await
         .expect("the new cluster accepts writes");
     let load = Load::start(&cluster, &plan, &history);
+    let mut reshape = match plan.reshapes() {
+        true => {
+            let protected = disk.as_ref().map(|(node, _)| *node);
+            Some(Reshape::new(&cluster, history.clone(), 1..=plan.nodes, protected).await)
+        }
+        false => None,
+    };
 
     let mut run = FaultRun {
         cluster: &mut cluster,
@@ -1240,8 +1316,9 @@ async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
         history: &history,
         disk: &disk,
         seed: plan.seed,
+        reshape: reshape.as_mut(),
     };
-    let faults = schedule(plan.seed, plan.nodes, &plan.kinds, plan.faults_max);
+    let faults = schedule(&plan, plan.faults_max);
     let mut injected = 0usize;
     let mut liveness = None;
     for (number, fault) in faults.iter().enumerate() {
@@ -1258,10 +1335,13 @@ async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
         }
     }
 
+    if let (None, Some(reshape)) = (&liveness, &mut reshape) {
+        liveness = reshape.settle(&mut cluster).await.err();
+    }
     if liveness.is_none() {
         liveness = exited_on_its_own(&mut cluster).err();
     }
-    let targets = load.finish(&mut client, plan.nodes).await;
+    let targets = load.finish(&mut client, plan.replication_factor()).await;
     let history = history.lock().unwrap();
     let outcome = RunResult {
         verdict: check(&history, &targets),
@@ -1281,10 +1361,10 @@ async fn start_cluster(
     network: PeerNetwork,
 ) -> (ProcessCluster, Option<(u64, PathBuf)>) {
     let mut cluster = ProcessCluster::prepare(ClusterOptions {
-        nodes: plan.nodes,
+        nodes: plan.ids(),
         network,
         extra_config: NODE_CONFIG.into(),
-        ..ClusterOptions::default()
+        founders: plan.reshapes().then_some(membership::FOUNDERS),
     });
     let mut disk = None;
     if plan.kinds.contains(&FaultKind::DiskFull) {
@@ -1300,18 +1380,45 @@ async fn start_cluster(
     for id in 1..=plan.nodes {
         cluster.spawn(id);
     }
+    let mut client = Client::new(cluster.addresses());
+    if plan.reshapes() {
+        // The nodes that join (beyond the first voters) are members before the topic is
+        // placed, so its replicas spread over all of them.
+        wait_for_members(&mut client, plan.nodes).await;
+    }
     let create = Body::CreateTopic(CreateTopicRequest {
         name: TOPIC.into(),
         partitions: PARTITIONS,
-        replication_factor: plan.nodes as u32,
+        replication_factor: plan.replication_factor() as u32,
         ..Default::default()
     });
-    let created = Client::new(cluster.addresses()).send_to_any(create).await;
+    let created = client.send_to_any(create).await;
     assert!(
         matches!(created, Outcome::Ok(Body::CreateTopicResponse(_))),
         "topic created: {created:?}"
     );
     (cluster, disk)
+}
+
+/// Waits (bounded) until the metadata lists `members` active nodes.
+async fn wait_for_members(client: &mut Client, members: u64) {
+    let deadline = Instant::now() + Duration::from_millis(RECOVERY_MS_MAX);
+    loop {
+        let answer = client
+            .send_to_any(Body::Metadata(MetadataRequest::default()))
+            .await;
+        if let Outcome::Ok(Body::MetadataResponse(metadata)) = answer {
+            let active = metadata.nodes.iter().filter(|n| n.state == "active");
+            if active.count() as u64 == members {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{members} nodes are not all active members within {RECOVERY_MS_MAX} ms"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The producers and consumers running while the faults happen.
@@ -1339,11 +1446,21 @@ impl Load {
             .collect();
         let mut targets = Vec::new();
         let mut consumers = Vec::new();
+        // A fixed cluster has one consumer per node, held to its node; in a membership run
+        // a replica's node changes, so as many consumers as replicas follow the partition.
+        let (readers, roams) = match plan.reshapes() {
+            true => (plan.replication_factor(), true),
+            false => (plan.nodes, false),
+        };
         for partition in 0..PARTITIONS {
             let target = Arc::new(Mutex::new(None));
-            for node in 1..=plan.nodes {
-                let address = cluster.addresses()[node as usize - 1].clone();
-                let task = consumer(address, partition, node, history.clone(), target.clone());
+            for reader in 1..=readers {
+                let at = Reader {
+                    addresses: cluster.addresses(),
+                    first: reader as usize - 1,
+                    roams,
+                };
+                let task = consumer(at, partition, reader, history.clone(), target.clone());
                 consumers.push(tokio::spawn(task));
             }
             targets.push(target);
@@ -1358,12 +1475,12 @@ impl Load {
 
     /// Stops the producers, lets every node catch up, lets the consumers drain up to the
     /// final high watermarks, and returns those.
-    async fn finish(self, client: &mut Client, nodes: u64) -> Vec<u64> {
+    async fn finish(self, client: &mut Client, replicas: u64) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.producers {
             let _ = timeout(Duration::from_millis(BATCH_RETRY_MS_MAX * 3), task).await;
         }
-        let targets = final_high_watermarks(client, nodes).await;
+        let targets = final_high_watermarks(client, replicas).await;
         let drain_deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
         for (partition, target) in self.targets.iter().enumerate() {
             *target.lock().unwrap() = Some((targets[partition], drain_deadline));
@@ -1383,6 +1500,8 @@ struct FaultRun<'a> {
     history: &'a Shared,
     disk: &'a Option<(u64, PathBuf)>,
     seed: u64,
+    /// The membership changes of a membership run.
+    reshape: Option<&'a mut Reshape>,
 }
 
 impl FaultRun<'_> {
@@ -1390,16 +1509,13 @@ impl FaultRun<'_> {
     /// Returns whether the fault counted (it was not skipped), or the liveness failure.
     async fn one(&mut self, number: usize, fault: &Fault) -> Result<bool, String> {
         sleep(Duration::from_millis(fault.gap_ms)).await;
+        self.advance_changes().await?;
+        let members = match &self.reshape {
+            Some(reshape) => reshape.members(),
+            None => (1..=self.cluster.size()).collect(),
+        };
         let injected_at = Instant::now();
-        let injected = inject(
-            self.cluster,
-            self.client,
-            fault,
-            self.disk,
-            self.seed,
-            number,
-        )
-        .await;
+        let injected = inject(self, &members, fault, number).await;
         let (active, what) = injected.unwrap_or_else(|why| {
             let mut h = self.history.lock().unwrap();
             h.skipped.push(format!("{:?}: {why}", fault.kind));
@@ -1411,7 +1527,14 @@ impl FaultRun<'_> {
             .unwrap()
             .note(format!("fault {number} {kind:?}: {what}"));
         eprintln!("fault {number} {kind:?} for {} ms: {what}", fault.hold_ms);
-        sleep(Duration::from_millis(fault.hold_ms)).await;
+        let hold = sleep(Duration::from_millis(fault.hold_ms));
+        // The change starts while the fault holds; one the cluster could not take then is
+        // ordered again once the fault healed.
+        let unstarted = match fault.change {
+            Some(change) => self.start_change(number, change, fault.pick, false).await?,
+            None => None,
+        };
+        hold.await;
         if matches!(active, Active::Heal) {
             // Shows in the timeline that the partition bit: a cut-off leader is replaced.
             let partition = fault.partition;
@@ -1431,21 +1554,70 @@ impl FaultRun<'_> {
         }
         let held_ms = injected_at.elapsed().as_millis() as u64;
         let recovered = self.probe.recover(self.history).await;
-        let mut h = self.history.lock().unwrap();
-        h.note(format!(
-            "fault {number} healed after {held_ms} ms: {recovered:?}"
-        ));
-        if counted {
-            let entry = h.faults.entry(format!("{kind:?}")).or_default();
-            entry.0 += 1;
-            entry.1 += held_ms;
+        {
+            let mut h = self.history.lock().unwrap();
+            h.note(format!(
+                "fault {number} healed after {held_ms} ms: {recovered:?}"
+            ));
+            if counted {
+                let entry = h.faults.entry(format!("{kind:?}")).or_default();
+                entry.0 += 1;
+                entry.1 += held_ms;
+            }
+            let ms = recovered
+                .map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
+            h.recoveries_ms.push(ms);
         }
-        let ms =
-            recovered.map_err(|why| format!("after fault {number} ({kind:?}: {what}): {why}"))?;
-        h.recoveries_ms.push(ms);
-        drop(h);
+        if let Some(change) = unstarted {
+            self.start_change(number, change, fault.pick, true).await?;
+        }
+        self.advance_changes().await?;
         exited_on_its_own(self.cluster).map_err(|why| format!("after fault {number}: {why}"))?;
         Ok(counted)
+    }
+
+    /// Starts fault `number`'s membership change; returns it when the cluster did not answer
+    /// (to be retried after the heal), or, on that retry (`healed`), fails the run.
+    async fn start_change(
+        &mut self,
+        number: usize,
+        change: ChangeKind,
+        pick: u64,
+        healed: bool,
+    ) -> Result<Option<ChangeKind>, String> {
+        let Some(reshape) = self.reshape.as_deref_mut() else {
+            return Ok(None);
+        };
+        let line = match reshape.start(number, change, pick).await {
+            Ok(what) => format!("fault {number} change {change:?}: {what}"),
+            Err(NotStarted::Skipped(why)) => {
+                let mut h = self.history.lock().unwrap();
+                h.skipped.push(format!("{change:?}: {why}"));
+                format!("fault {number} change {change:?} skipped: {why}")
+            }
+            Err(NotStarted::Unanswered(why)) if healed => {
+                return Err(format!(
+                    "fault {number}: change {change:?} refused after the heal: {why}"
+                ))
+            }
+            Err(NotStarted::Unanswered(why)) => {
+                let line = format!("fault {number} change {change:?} not taken yet: {why}");
+                eprintln!("{line}");
+                self.history.lock().unwrap().note(line);
+                return Ok(Some(change));
+            }
+        };
+        eprintln!("{line}");
+        self.history.lock().unwrap().note(line);
+        Ok(None)
+    }
+
+    /// Moves the membership changes under way on (every fault is healed when this runs).
+    async fn advance_changes(&mut self) -> Result<(), String> {
+        match self.reshape.as_deref_mut() {
+            Some(reshape) => reshape.advance(self.cluster).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -1483,19 +1655,16 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
         verdict.reordered,
     );
     let report = report(plan, history, &outcome, &summary);
-    let variant = if plan.network == NetworkChoice::Proxy {
-        "-proxy"
-    } else {
-        ""
-    };
-    let report_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("faults-{}n{variant}-report.txt", plan.nodes));
+    let report_path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}-report.txt", plan.name()));
     std::fs::write(&report_path, &report).unwrap();
     show(&format!("{summary}\nreport: {}", report_path.display()));
+    let changes = plan.changes.iter().map(|change| format!("{change:?}"));
     let missing: Vec<String> = plan
         .kinds
         .iter()
         .map(|kind| format!("{kind:?}"))
+        .chain(changes)
         .filter(|kind| !history.faults.contains_key(kind))
         .filter(|kind| !history.skipped.iter().any(|s| s.starts_with(kind.as_str())))
         .collect();
@@ -1509,10 +1678,10 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
         full.push_str(line);
         full.push('\n');
     }
-    for ((partition, node), records) in &history.consumed {
+    for ((partition, reader), records) in &history.consumed {
         let _ = writeln!(
             full,
-            "consumed partition {partition} node {node}: {records:?}"
+            "consumed partition {partition} consumer {reader}: {records:?}"
         );
     }
     std::fs::write(&saved, full).unwrap();
@@ -1533,14 +1702,15 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
 }
 
 /// The highest high watermark any node reports for each partition, after waiting (bounded)
-/// for every node to report the same one.
-async fn final_high_watermarks(client: &mut Client, nodes: u64) -> Vec<u64> {
+/// until at least `replicas` nodes answer and all that answer report the same one.
+async fn final_high_watermarks(client: &mut Client, replicas: u64) -> Vec<u64> {
+    let nodes = client.addresses.len();
     let mut result = vec![0; PARTITIONS as usize];
     let deadline = Instant::now() + Duration::from_millis(DRAIN_MS_MAX);
     for partition in 0..PARTITIONS {
         loop {
             let mut seen = Vec::new();
-            for node in 0..nodes as usize {
+            for node in 0..nodes {
                 let fetch = Body::Fetch(FetchRequest {
                     topic: TOPIC.into(),
                     partition,
@@ -1554,7 +1724,7 @@ async fn final_high_watermarks(client: &mut Client, nodes: u64) -> Vec<u64> {
             }
             let max = seen.iter().copied().max().unwrap_or(0);
             result[partition as usize] = result[partition as usize].max(max);
-            let agreed = seen.len() == nodes as usize && seen.iter().all(|&hw| hw == max);
+            let agreed = seen.len() as u64 >= replicas && seen.iter().all(|&hw| hw == max);
             if agreed || Instant::now() > deadline {
                 break;
             }
@@ -1596,7 +1766,11 @@ fn report(plan: &Plan, history: &History, outcome: &RunResult, summary: &str) ->
         verdict.incomplete
     );
     let _ = writeln!(out, "final high watermarks {targets:?}");
-    let _ = writeln!(out, "\n## faults (kind: count, total ms injected)");
+    let _ = writeln!(
+        out,
+        "\n## faults (kind: count, total ms injected; a membership change: count started, \
+         total ms until it finished)"
+    );
     for (kind, (count, ms)) in &history.faults {
         let _ = writeln!(out, "{kind}: {count}, {ms} ms");
     }
@@ -1648,7 +1822,7 @@ fn pace_ms() -> u64 {
 
 #[test]
 fn three_nodes_lose_nothing_under_every_fault_kind() {
-    let (budget, faults_max) = minutes_budget(2.0 / 3.0, Duration::from_secs(120), 13);
+    let (budget, faults_max) = minutes_budget(0.4, Duration::from_secs(120), 13);
     run(Plan {
         nodes: 3,
         seed: base_seed(),
@@ -1657,6 +1831,8 @@ fn three_nodes_lose_nothing_under_every_fault_kind() {
         budget,
         pace_ms: pace_ms(),
         network: NetworkChoice::Best,
+        changes: Vec::new(),
+        spares: 0,
     });
 }
 
@@ -1667,7 +1843,7 @@ fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
         .copied()
         .filter(|k| *k != FaultKind::DiskFull)
         .collect();
-    let (budget, faults_max) = minutes_budget(1.0 / 3.0, Duration::from_secs(90), 10);
+    let (budget, faults_max) = minutes_budget(0.2, Duration::from_secs(90), 10);
     run(Plan {
         nodes: 5,
         seed: base_seed(),
@@ -1676,6 +1852,30 @@ fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
         budget,
         pace_ms: pace_ms(),
         network: NetworkChoice::Best,
+        changes: Vec::new(),
+        spares: 0,
+    });
+}
+
+/// Four members, replication factor 3, and a membership change carried by the faults:
+/// partitions moved (a follower, the leader, a move cancelled), nodes decommissioned (any,
+/// the metadata leader, one recommissioned while draining) and replaced by fresh nodes that
+/// join, all while nodes are killed, paused, partitioned and their disks fill up.
+#[test]
+fn four_nodes_lose_nothing_while_partitions_move_and_nodes_are_replaced() {
+    let (budget, faults_max) = minutes_budget(0.4, Duration::from_secs(120), 13);
+    // A long run replaces a node every few faults; ids must fit the namespaces' /24.
+    let spares = if long_run_minutes().is_some() { 40 } else { 4 };
+    run(Plan {
+        nodes: membership::MEMBERS,
+        seed: base_seed(),
+        kinds: ALL_KINDS.to_vec(),
+        faults_max,
+        budget,
+        pace_ms: pace_ms(),
+        network: NetworkChoice::Best,
+        changes: membership::ALL_CHANGES.to_vec(),
+        spares,
     });
 }
 
@@ -1698,6 +1898,8 @@ fn three_nodes_lose_nothing_under_partitions_through_the_proxy_fallback() {
         budget: Duration::from_secs(30),
         pace_ms: pace_ms(),
         network: NetworkChoice::Proxy,
+        changes: Vec::new(),
+        spares: 0,
     });
 }
 

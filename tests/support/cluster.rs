@@ -125,6 +125,8 @@ pub struct ProcessCluster {
     namespaces: Option<NamespaceNet>,
     extra_config: String,
     founders: u64,
+    /// Members a joining node asks; empty for the first voters.
+    join_via: Vec<u64>,
     children: HashMap<u64, Child>,
     paused: HashSet<u64>,
     data_dirs: HashMap<u64, PathBuf>,
@@ -175,6 +177,7 @@ impl ProcessCluster {
             namespaces,
             extra_config: options.extra_config,
             founders: options.founders.unwrap_or(options.nodes),
+            join_via: Vec::new(),
             children: HashMap::new(),
             paused: HashSet::new(),
             data_dirs: HashMap::new(),
@@ -298,7 +301,11 @@ impl ProcessCluster {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .env("RAFTLOG_LOG", "warn")
+            // RAFTLOG_TEST_NODE_LOG=info (or a filter) makes the node logs say more.
+            .env(
+                "RAFTLOG_LOG",
+                std::env::var("RAFTLOG_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -318,10 +325,16 @@ impl ProcessCluster {
             self.metrics[index],
         );
         if id > self.founders {
-            // A node that joins names the first voters' client listeners, nothing else.
-            let members: Vec<String> = self.clients[..self.founders as usize]
+            // A node that joins names members' client listeners, nothing else: the first
+            // voters unless the test said which.
+            let via: Vec<u64> = if self.join_via.is_empty() {
+                (1..=self.founders).collect()
+            } else {
+                self.join_via.clone()
+            };
+            let members: Vec<String> = via
                 .iter()
-                .map(|a| format!("\"{a}\""))
+                .map(|&member| format!("\"{}\"", self.clients[member as usize - 1]))
                 .collect();
             toml.push_str(&format!("join = [{}]\n", members.join(", ")));
             toml.push_str(&self.extra_config);
@@ -383,6 +396,12 @@ impl ProcessCluster {
     pub fn resume(&mut self, id: u64) {
         self.signal(id, libc::SIGCONT);
         self.paused.remove(&id);
+    }
+
+    /// Makes nodes that join from now on ask `members` (by id) instead of the first voters,
+    /// as an operator does once first voters may have been removed.
+    pub fn join_via(&mut self, members: &[u64]) {
+        self.join_via = members.to_vec();
     }
 
     /// Replaces the TOML appended to every node's configuration, for the nodes started or

@@ -8,13 +8,22 @@ use std::process::Command;
 use super::support::{all, assert_entries, config, segment_paths, Gen};
 use raftlog::storage::{hard_state, Log, StorageError};
 
+/// Held for the life of each `SmallFs`: a `mount`/`umount` child spawned by one test holds
+/// copies of every open descriptor of the process until it execs, so a segment another test
+/// just deleted would not free its space in time for that test's free-space check.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A mounted size-limited tmpfs, unmounted on drop (also when the test fails).
 struct SmallFs {
     dir: tempfile::TempDir,
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl SmallFs {
     fn mount(size: &str) -> Result<SmallFs, String> {
+        let alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let output = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -27,7 +36,7 @@ impl SmallFs {
                 String::from_utf8_lossy(&output.stderr).trim()
             ));
         }
-        Ok(SmallFs { dir })
+        Ok(SmallFs { dir, _alone: alone })
     }
 
     fn path(&self) -> PathBuf {

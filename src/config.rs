@@ -57,6 +57,7 @@
 //! learner_lag_entries_max = 1000
 //! learner_caught_up_ms = 2000
 //! recovery_bytes_per_second = 104857600   # 0: unlimited; re-read on SIGHUP
+//! moves_max = 16
 //!
 //! [storage]
 //! segment_bytes = 67108864
@@ -270,6 +271,12 @@ pub struct RaftConfig {
     /// and producers' commits keep the rest. Voters are never held back. `raftlog serve`
     /// re-reads it from its configuration file on SIGHUP.
     pub recovery_bytes_per_second: u64,
+    /// Partition moves (ordered by operators or by decommissions) under way at once across
+    /// the cluster; the metadata leader refuses a new one beyond it (`INVALID_REQUEST`).
+    /// 16: each move copies a partition's log, so more at once only splits the same disks
+    /// and links (and `recovery_bytes_per_second`) thinner, and every one of them finishes
+    /// later. Cancelling or re-targeting a move under way is never refused.
+    pub moves_max: usize,
 }
 
 /// On-disk layout and durability.
@@ -445,6 +452,7 @@ impl Default for RaftConfig {
             learner_lag_entries_max: 1_000,
             learner_caught_up_ms: 2_000,
             recovery_bytes_per_second: 100 * MIB as u64,
+            moves_max: 16,
         }
     }
 }
@@ -700,6 +708,7 @@ impl RaftConfig {
             "raft.append_in_flight_messages_max",
             self.append_in_flight_messages_max,
         )?;
+        positive("raft.moves_max", self.moves_max)?;
         let bytes = self.append_message_bytes_max;
         if bytes < server.batch_bytes_max + ENVELOPE_OVERHEAD_BYTES_MAX {
             return Err(invalid(

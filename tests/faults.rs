@@ -1156,6 +1156,21 @@ struct Plan {
 }
 
 impl Plan {
+    /// A run of `nodes` first voters that keeps its shape, with the base seed and pace.
+    fn fixed(nodes: u64, kinds: Vec<FaultKind>, budget: Duration, faults_max: usize) -> Plan {
+        Plan {
+            nodes,
+            seed: base_seed(),
+            kinds,
+            faults_max,
+            budget,
+            pace_ms: pace_ms(),
+            network: NetworkChoice::Best,
+            changes: Vec::new(),
+            spares: 0,
+        }
+    }
+
     /// Whether the cluster changes shape during the run.
     fn reshapes(&self) -> bool {
         !self.changes.is_empty()
@@ -1823,17 +1838,7 @@ fn pace_ms() -> u64 {
 #[test]
 fn three_nodes_lose_nothing_under_every_fault_kind() {
     let (budget, faults_max) = minutes_budget(0.4, Duration::from_secs(120), 13);
-    run(Plan {
-        nodes: 3,
-        seed: base_seed(),
-        kinds: ALL_KINDS.to_vec(),
-        faults_max,
-        budget,
-        pace_ms: pace_ms(),
-        network: NetworkChoice::Best,
-        changes: Vec::new(),
-        spares: 0,
-    });
+    run(Plan::fixed(3, ALL_KINDS.to_vec(), budget, faults_max));
 }
 
 #[test]
@@ -1844,17 +1849,7 @@ fn five_nodes_lose_nothing_under_kills_pauses_and_partitions() {
         .filter(|k| *k != FaultKind::DiskFull)
         .collect();
     let (budget, faults_max) = minutes_budget(0.2, Duration::from_secs(90), 10);
-    run(Plan {
-        nodes: 5,
-        seed: base_seed(),
-        kinds,
-        faults_max,
-        budget,
-        pace_ms: pace_ms(),
-        network: NetworkChoice::Best,
-        changes: Vec::new(),
-        spares: 0,
-    });
+    run(Plan::fixed(5, kinds, budget, faults_max));
 }
 
 /// Four members, replication factor 3, and a membership change carried by the faults:
@@ -1867,15 +1862,9 @@ fn four_nodes_lose_nothing_while_partitions_move_and_nodes_are_replaced() {
     // A long run replaces a node every few faults; ids must fit the namespaces' /24.
     let spares = if long_run_minutes().is_some() { 40 } else { 4 };
     run(Plan {
-        nodes: membership::MEMBERS,
-        seed: base_seed(),
-        kinds: ALL_KINDS.to_vec(),
-        faults_max,
-        budget,
-        pace_ms: pace_ms(),
-        network: NetworkChoice::Best,
         changes: membership::ALL_CHANGES.to_vec(),
         spares,
+        ..Plan::fixed(membership::MEMBERS, ALL_KINDS.to_vec(), budget, faults_max)
     });
 }
 
@@ -1890,16 +1879,10 @@ fn three_nodes_lose_nothing_under_partitions_through_the_proxy_fallback() {
         FaultKind::Bridge,
         FaultKind::OneWay,
     ];
+    let faults_max = kinds.len();
     run(Plan {
-        nodes: 3,
-        seed: base_seed(),
-        faults_max: kinds.len(),
-        kinds,
-        budget: Duration::from_secs(30),
-        pace_ms: pace_ms(),
         network: NetworkChoice::Proxy,
-        changes: Vec::new(),
-        spares: 0,
+        ..Plan::fixed(3, kinds, Duration::from_secs(30), faults_max)
     });
 }
 

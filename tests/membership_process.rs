@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cli_support::raftlog;
+use cli_support::{raftlog, Run};
 use raftlog::client::{ConnectOptions, Connection};
 use raftlog::proto::envelope::Body;
 use raftlog::proto::{FetchRequest, RecordBatch};
@@ -515,4 +515,158 @@ async fn catch_up_waits_for_the_recovery_rate_and_the_rate_changes_without_a_res
     let run = raftlog(&joined, &["consume", "slow"], "").await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, format!("{before}{during}"));
+}
+
+/// The replicas of partition `partition` of `topic`, as `cluster status --json` reports them.
+async fn replicas_of(bootstrap: &str, topic: &str, partition: u64) -> Vec<u64> {
+    let run = raftlog(bootstrap, &["cluster", "status", "--json"], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let entry = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["topic"] == topic && p["partition"] == partition)
+        .unwrap_or_else(|| panic!("{topic}/{partition} in {status}"))
+        .clone();
+    entry["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap())
+        .collect()
+}
+
+/// `partition move TOPIC PARTITION --replicas …` without waiting.
+async fn order_move(bootstrap: &str, topic: &str, partition: u32, replicas: &[u64]) -> Run {
+    let replicas: Vec<String> = replicas.iter().map(u64::to_string).collect();
+    let partition = partition.to_string();
+    raftlog(
+        bootstrap,
+        &[
+            "partition",
+            "move",
+            topic,
+            &partition,
+            "--replicas",
+            &replicas.join(","),
+        ],
+        "",
+    )
+    .await
+}
+
+/// The metadata leader admits a move only when it can finish and while fewer than
+/// `raft.moves_max` are under way; a cancel always passes, and a refusal changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_that_cannot_finish_or_exceed_the_cap_are_refused_and_a_cancel_is_not() {
+    // A slow catch-up keeps the first move under way while the others are ordered.
+    let config = "[raft]\nmoves_max = 1\nrecovery_bytes_per_second = 65536\n";
+    let mut cluster = ProcessCluster::prepare(ClusterOptions {
+        nodes: 4,
+        extra_config: config.into(),
+        ..ClusterOptions::default()
+    });
+    for id in 1..=4 {
+        cluster.spawn(id);
+    }
+    let bootstrap = cluster.addresses().join(",");
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            "gate",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let record = "x".repeat(1000);
+    let records: String = (0..1000).map(|i| format!("{i}-{record}\n")).collect();
+    let run = raftlog(
+        &bootstrap,
+        &["produce", "gate", "--partition", "0"],
+        &records,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let first = replicas_of(&bootstrap, "gate", 0).await;
+    let spare = (1..=4).find(|id| !first.contains(id)).unwrap();
+    let target = [&first[1..], &[spare]].concat();
+    let run = order_move(&bootstrap, "gate", 0, &target).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let second = replicas_of(&bootstrap, "gate", 1).await;
+    let spare = (1..=4).find(|id| !second.contains(id)).unwrap();
+    let run = order_move(&bootstrap, "gate", 1, &[&second[1..], &[spare]].concat()).await;
+    assert_eq!(
+        run.code, 2,
+        "a second move is beyond moves_max = 1: {run:?}"
+    );
+    assert!(run.stderr.contains("raft.moves_max"), "{run:?}");
+    assert_eq!(replicas_of(&bootstrap, "gate", 1).await, second);
+
+    let run = raftlog(&bootstrap, &["partition", "move-cancel", "gate", "0"], "").await;
+    assert_eq!(run.code, 0, "a cancel is never refused: {run:?}");
+    wait_for("the cancelled move has ended", async || {
+        let run = raftlog(&bootstrap, &["partition", "moves", "--json"], "").await;
+        run.code == 0 && run.stdout.trim().is_empty()
+    })
+    .await;
+    assert_eq!(replicas_of(&bootstrap, "gate", 0).await, first);
+
+    // With a replica of partition 1 down (never the metadata leader, which judges), a move
+    // to that node alone and one with no live majority among its targets are refused.
+    let leader = metadata_leader(&bootstrap).await;
+    let down = *second.iter().find(|&&id| id != leader).unwrap();
+    let alive: Vec<u64> = (1..=4).filter(|&id| id != down).collect();
+    cluster.kill(down);
+    let alive_bootstrap: Vec<String> = alive
+        .iter()
+        .map(|&id| cluster.addresses()[id as usize - 1].clone())
+        .collect();
+    let alive_bootstrap = alive_bootstrap.join(",");
+    let other = *alive.iter().find(|&&id| id != leader).unwrap();
+    // Three election timeouts (3 s by default) of silence make a node count as down.
+    sleep(Duration::from_secs(4)).await;
+    let run = order_move(&alive_bootstrap, "gate", 1, &[down]).await;
+    assert_eq!(run.code, 2, "the only target is down: {run:?}");
+    assert!(run.stderr.contains("heard from"), "{run:?}");
+    let run = order_move(&alive_bootstrap, "gate", 1, &[down, other]).await;
+    assert_eq!(run.code, 2, "one of two targets is live: {run:?}");
+    assert!(run.stderr.contains("heard from"), "{run:?}");
+    // A move away from the dead node, to live ones, is what an operator needs, and it passes.
+    let replacement: Vec<u64> = second
+        .iter()
+        .map(|&id| {
+            if id == down {
+                *alive.iter().find(|a| !second.contains(a)).unwrap()
+            } else {
+                id
+            }
+        })
+        .collect();
+    let target: Vec<String> = replacement.iter().map(u64::to_string).collect();
+    let target = target.join(",");
+    let args = [
+        "partition",
+        "move",
+        "gate",
+        "1",
+        "--replicas",
+        &target,
+        "--wait",
+    ];
+    let run = raftlog(&alive_bootstrap, &args, "");
+    let run = timeout(STEP_BOUND, run)
+        .await
+        .expect("the move finished in time");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(replicas_of(&alive_bootstrap, "gate", 1).await, replacement);
 }

@@ -141,7 +141,7 @@ impl Node {
     /// configuration (or a test's fault-injecting proxy) decides how first voters are
     /// reached, and their registrations only tell the nodes that joined later.
     pub(super) fn reconcile_nodes(&self) {
-        let (registered, target) = {
+        let (registered, removed, target) = {
             let metadata = self
                 .metadata_view
                 .read()
@@ -153,6 +153,11 @@ impl Node {
                 .filter(|id| !(founders.contains(id) && self.config.peers.contains_key(id)))
                 .filter_map(|&id| metadata.node(id).map(|r| (id, r.peer_address.clone())))
                 .collect();
+            let removed: Vec<NodeId> = nodes
+                .iter()
+                .copied()
+                .filter(|&n| metadata.node_state(n) == NodeState::Removed)
+                .collect();
             // A cluster that never changed shape keeps its first voters and no learners,
             // with no target to drive.
             let changed = nodes.len() > founders.len()
@@ -161,17 +166,23 @@ impl Node {
                     .any(|&n| metadata.node_state(n) != NodeState::Active);
             let target = changed
                 .then(|| metadata.metadata_membership_target(&self.metadata.status().voters));
-            (registered, target)
+            (registered, removed, target)
         };
         for (id, peer_address) in &registered {
             self.transport.add_peer(*id, peer_address);
         }
-        // Rewritten only when an address is new, which is rare enough to do in line.
+        // Rewritten only when an address is new or a node removed, rare enough to do in line.
         let recorded = self
             .peer_book
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .record(registered);
+            .record(
+                registered
+                    .iter()
+                    .filter(|(id, _)| !removed.contains(id))
+                    .cloned(),
+                &removed,
+            );
         if let Err(error) = recorded {
             tracing::warn!(%error, "cannot keep the peer addresses for the next start");
         }

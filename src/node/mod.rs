@@ -447,11 +447,17 @@ impl Node {
         if status.role != Some(Role::Leader) {
             return Err(self.not_leader(hint(status.leader_id), "the cluster metadata"));
         }
-        self.metadata_view
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .check(&command)
-            .map_err(|e| error(&e))?;
+        {
+            let metadata = self
+                .metadata_view
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            metadata.check(&command).map_err(|e| error(&e))?;
+            if let Some(proto::metadata_command::Command::MovePartition(request)) = &command.command
+            {
+                self.admit_move(&metadata, request)?;
+            }
+        }
         let payload = Bytes::from(command.encode_to_vec());
         let appended = self
             .metadata
@@ -462,6 +468,83 @@ impl Node {
             Some(outcome) => outcome.map_err(|e| error(&e)),
             None => Err(internal("metadata command committed without an outcome")),
         }
+    }
+
+    /// On the metadata leader, before a move the metadata allows is recorded: refuses one
+    /// that could not finish, because the partition's replicas now or the ones it would move
+    /// to have no majority this node has heard from within three election timeouts (a joint
+    /// configuration needs both), and a new move beyond `raft.moves_max` under way. Cancelling
+    /// (asking for the replicas the partition has) always passes: it is the way out of a move
+    /// that cannot finish. Every member answers the metadata leader's heartbeats, so its
+    /// silence is the best evidence this node has that a peer is down.
+    fn admit_move(
+        &self,
+        metadata: &Metadata,
+        request: &proto::MovePartitionRequest,
+    ) -> Result<(), proto::Error> {
+        let partition = metadata.topic(&request.topic).and_then(|topic| {
+            topic
+                .partitions
+                .iter()
+                .find(|p| p.partition == request.partition)
+        });
+        let Some(partition) = partition else {
+            return Ok(());
+        };
+        if request.replicas == partition.replicas {
+            return Ok(());
+        }
+        let raft = &self.config.raft;
+        let silence_max = Duration::from_millis(
+            3 * u64::from(raft.election_timeout_ticks) * raft.tick_interval_ms,
+        );
+        let is_live = |node: &NodeId| {
+            *node == self.id()
+                || self
+                    .transport
+                    .silence(*node)
+                    .is_some_and(|silence| silence <= silence_max)
+        };
+        for (which, replicas) in [
+            ("now", &partition.replicas),
+            ("to move to", &request.replicas),
+        ] {
+            let live: Vec<NodeId> = replicas.iter().copied().filter(is_live).collect();
+            if live.len() <= replicas.len() / 2 {
+                // Refused as invalid rather than "not enough replicas", which clients retry:
+                // an operator naming a dead node should hear so at once.
+                return Err(proto::Error {
+                    code: ErrorCode::InvalidRequest as i32,
+                    message: format!(
+                        "{}/{} cannot move: of its replicas {which} {replicas:?}, only {live:?} \
+                         were heard from in the last {} ms, and a move needs a majority of both \
+                         the replicas it has and the ones it moves to",
+                        request.topic,
+                        request.partition,
+                        silence_max.as_millis()
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+        if !partition.is_moving() {
+            let moving = metadata
+                .topics()
+                .flat_map(|topic| &topic.partitions)
+                .filter(|p| p.is_moving())
+                .count();
+            if moving >= raft.moves_max {
+                return Err(proto::Error {
+                    code: ErrorCode::InvalidRequest as i32,
+                    message: format!(
+                        "{moving} partition moves are under way, the most raft.moves_max allows: \
+                         wait for one to finish (raftlog partition moves)"
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Turns a replica error into the wire error a client receives.

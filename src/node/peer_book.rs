@@ -57,13 +57,17 @@ impl PeerBook {
         &self.peers
     }
 
-    /// Records `peers`; rewrites the file (durably) only when something changed.
+    /// Records `peers` and forgets `removed` (nodes the metadata records removed: ids are
+    /// never reused, so the book would only grow with them); rewrites the file (durably)
+    /// only when something changed. Nodes in neither are kept: a metadata view that lags
+    /// after a restart must not empty the book that restart needed.
     ///
     /// # Errors
     /// The file could not be written (the book in memory is updated anyway).
     pub fn record(
         &mut self,
         peers: impl IntoIterator<Item = (NodeId, String)>,
+        removed: &[NodeId],
     ) -> Result<(), StorageError> {
         let mut changed = false;
         for (id, address) in peers {
@@ -71,6 +75,9 @@ impl PeerBook {
                 self.peers.insert(id, address);
                 changed = true;
             }
+        }
+        for id in removed {
+            changed |= self.peers.remove(id).is_some();
         }
         if !changed {
             return Ok(());
@@ -92,20 +99,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recorded_peers_are_known_after_a_reload_and_a_damaged_file_reads_as_empty() {
+    fn recorded_peers_are_known_after_a_reload_removed_ones_are_not_and_a_damaged_file_reads_as_empty(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut book = PeerBook::load(dir.path());
         assert!(book.peers().is_empty());
-        book.record([(4, "10.0.0.4:9401".into()), (5, "10.0.0.5:9401".into())])
-            .unwrap();
-        book.record([(5, "10.0.0.50:9401".into())]).unwrap();
+        let joined = [
+            (4, "10.0.0.4:9401".into()),
+            (5, "10.0.0.5:9401".into()),
+            (6, "10.0.0.6:9401".into()),
+        ];
+        book.record(joined, &[]).unwrap();
+        book.record([(5, "10.0.0.50:9401".into())], &[6]).unwrap();
         let reloaded = PeerBook::load(dir.path());
         let expected: BTreeMap<NodeId, String> = [
             (4, "10.0.0.4:9401".to_string()),
             (5, "10.0.0.50:9401".to_string()),
         ]
         .into();
-        assert_eq!(reloaded.peers(), &expected);
+        assert_eq!(reloaded.peers(), &expected, "5 moved, 6 was removed");
 
         std::fs::write(dir.path().join(PEER_BOOK_FILE), "peers = 7").unwrap();
         assert!(PeerBook::load(dir.path()).peers().is_empty());

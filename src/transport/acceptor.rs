@@ -98,6 +98,7 @@ async fn receive(
     deliver: &dyn Deliver,
     token: &CancellationToken,
 ) -> Result<(), TransportError> {
+    let link = shared.read_links().get(&peer).cloned();
     loop {
         let next = tokio::select! {
             _ = token.cancelled() => return Ok(()),
@@ -107,6 +108,9 @@ async fn receive(
             return Ok(());
         };
         let batch = raft_batch(envelope?)?;
+        if let Some(link) = &link {
+            link.heard();
+        }
         if !forward(batch, peer, shared, deliver, token)? {
             return Ok(());
         }

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::net::TcpListener;
@@ -245,6 +245,9 @@ struct PeerLink {
     dropped_messages: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
+    /// When a frame last arrived from this peer, or when the link was made if none has: a
+    /// peer that just joined gets the same grace as one that just spoke.
+    last_heard: Mutex<Instant>,
 }
 
 impl Transport {
@@ -326,6 +329,17 @@ impl Transport {
         let addresses = self.shared.peer_client_addresses.lock();
         let addresses = addresses.unwrap_or_else(|poisoned| poisoned.into_inner());
         addresses.get(&peer).cloned()
+    }
+
+    /// How long ago a frame last arrived from `peer` (since the link was made, if none has),
+    /// or `None` for a node this transport does not know. Raft leaders send heartbeats and
+    /// followers answer them, so a live peer sharing a group with this node is never silent
+    /// for more than a few heartbeat intervals.
+    pub fn silence(&self, peer: NodeId) -> Option<Duration> {
+        let links = self.shared.read_links();
+        let link = links.get(&peer)?;
+        let heard = *lock(&link.last_heard);
+        Some(heard.elapsed())
     }
 
     /// Queues `message` for the node named by `message.to`, without waiting.
@@ -464,7 +478,13 @@ impl PeerLink {
             dropped_messages: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            last_heard: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Records that a frame from this peer arrived just now.
+    fn heard(&self) {
+        *lock(&self.last_heard) = Instant::now();
     }
 
     fn enqueue(&self, message: RaftMessage, bytes: usize) -> Delivery {

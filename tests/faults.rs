@@ -1603,7 +1603,7 @@ impl FaultRun<'_> {
         let Some(reshape) = self.reshape.as_deref_mut() else {
             return Ok(None);
         };
-        let line = match reshape.start(number, change, pick).await {
+        let line = match reshape.start(self.cluster, number, change, pick).await {
             Ok(what) => format!("fault {number} change {change:?}: {what}"),
             Err(NotStarted::Skipped(why)) => {
                 let mut h = self.history.lock().unwrap();

@@ -1,6 +1,7 @@
 //! Membership changes in the fault schedule: partitions moved (a follower replaced, the
 //! leader replaced, a move cancelled half-way) and nodes decommissioned (any node, the
-//! metadata leader, a decommission cancelled). A change starts while a fault is held and is
+//! metadata leader, a decommission cancelled, a node killed for good and decommissioned
+//! while dead). A change starts while a fault is held and is
 //! carried on across the faults that follow; a node once removed is stopped for good and a
 //! fresh node (a new id, an empty disk) joins in its place, as an operator replaces a node.
 //!
@@ -49,16 +50,21 @@ pub enum ChangeKind {
     /// A decommission cancelled (recommission) at the next fault boundary, unless it finished
     /// first (then the node is replaced as after [`ChangeKind::Decommission`]).
     Recommission,
+    /// A node killed (SIGKILL) for good, then decommissioned while dead, as an operator
+    /// retires a machine that failed: its replicas are rebuilt from the others, and a fresh
+    /// node joins in its place.
+    ReplaceDead,
 }
 
 /// Every change kind, in the order a run's first round shuffles.
-pub const ALL_CHANGES: [ChangeKind; 6] = [
+pub const ALL_CHANGES: [ChangeKind; 7] = [
     ChangeKind::MoveFollower,
     ChangeKind::MoveLeader,
     ChangeKind::CancelMove,
     ChangeKind::Decommission,
     ChangeKind::DecommissionMetadataLeader,
     ChangeKind::Recommission,
+    ChangeKind::ReplaceDead,
 ];
 
 impl ChangeKind {
@@ -69,6 +75,7 @@ impl ChangeKind {
             ChangeKind::Decommission
                 | ChangeKind::DecommissionMetadataLeader
                 | ChangeKind::Recommission
+                | ChangeKind::ReplaceDead
         )
     }
 }
@@ -141,6 +148,9 @@ pub struct Reshape {
     underway: Vec<Change>,
     /// Node changes waiting for the one under way (one at a time).
     queued: VecDeque<(usize, ChangeKind, u64)>,
+    /// A node killed for good whose decommission the cluster has not taken yet: a retry
+    /// decommissions it rather than killing another.
+    dead: Option<u64>,
 }
 
 impl Reshape {
@@ -173,6 +183,7 @@ impl Reshape {
             last_id: cluster.size(),
             underway: Vec::new(),
             queued: VecDeque::new(),
+            dead: None,
         }
     }
 
@@ -202,6 +213,7 @@ impl Reshape {
     /// Starts change `kind` (fault `number`'s), choosing its targets with `pick`.
     pub async fn start(
         &mut self,
+        cluster: &mut ProcessCluster,
         number: usize,
         kind: ChangeKind,
         pick: u64,
@@ -216,7 +228,7 @@ impl Reshape {
         let metadata = self.metadata().await.map_err(NotStarted::Unanswered)?;
         let mut rng = Rng(SplitMix64::new(pick));
         let (underway, what) = if kind.changes_nodes() {
-            self.start_drain(kind, &metadata, &mut rng).await?
+            self.start_drain(cluster, kind, &metadata, &mut rng).await?
         } else {
             self.start_move(kind, &metadata, &mut rng).await?
         };
@@ -347,14 +359,21 @@ impl Reshape {
 
     async fn start_drain(
         &mut self,
+        cluster: &mut ProcessCluster,
         kind: ChangeKind,
         metadata: &MetadataResponse,
         rng: &mut Rng,
     ) -> Result<(Underway, String), NotStarted> {
+        if let Some(dead) = self.dead {
+            return self.decommission_dead(cluster, dead).await;
+        }
+        // A node under a kill or pause fault is not killed for good: its heal restarts it.
+        let up = |n: &u64| cluster.is_running(*n) && !cluster.is_paused(*n);
         let candidates: Vec<u64> = self
             .active(metadata)
             .into_iter()
             .filter(|n| Some(*n) != self.protected)
+            .filter(|n| kind != ChangeKind::ReplaceDead || up(n))
             .collect();
         if (self.active(metadata).len() as u64) <= REPLICATION_FACTOR || candidates.is_empty() {
             return Err(NotStarted::Skipped(format!(
@@ -367,6 +386,15 @@ impl Reshape {
             ChangeKind::DecommissionMetadataLeader if candidates.contains(&leader) => leader,
             _ => candidates[rng.below(candidates.len() as u64) as usize],
         };
+        if kind == ChangeKind::ReplaceDead {
+            if cluster.is_running(node) {
+                cluster.kill(node);
+            }
+            // Out of the members at once: no fault may pick a node that is gone.
+            self.members.remove(&node);
+            self.dead = Some(node);
+            return self.decommission_dead(cluster, node).await;
+        }
         let order = self.admin.decommission_node(node);
         match timeout(Duration::from_millis(REQUEST_MS_MAX), order).await {
             Ok(Ok(_)) => {}
@@ -389,6 +417,38 @@ impl Reshape {
             },
             format!("decommission node {node}{role}"),
         ))
+    }
+
+    /// Decommissions `node`, killed for good. A refusal the metadata decided starts it again
+    /// (the change is skipped, the cluster keeps its shape); an unanswered order is retried.
+    async fn decommission_dead(
+        &mut self,
+        cluster: &mut ProcessCluster,
+        node: u64,
+    ) -> Result<(Underway, String), NotStarted> {
+        let order = self.admin.decommission_node(node);
+        let refused = match timeout(Duration::from_millis(REQUEST_MS_MAX), order).await {
+            Ok(Ok(_)) => {
+                self.dead = None;
+                return Ok((
+                    Underway::Drain {
+                        node,
+                        recommission: false,
+                    },
+                    format!("node {node} killed for good, decommissioned while dead"),
+                ));
+            }
+            Ok(Err(error)) => refusal(error, format!("decommission of dead node {node}")),
+            Err(_) => NotStarted::Unanswered(format!(
+                "decommission of dead node {node}: no answer within {REQUEST_MS_MAX} ms"
+            )),
+        };
+        if matches!(refused, NotStarted::Skipped(_)) {
+            self.dead = None;
+            cluster.spawn(node);
+            self.members.insert(node);
+        }
+        Err(refused)
     }
 
     /// Checks every change under way (call with every fault healed): finished ones are
@@ -414,7 +474,7 @@ impl Reshape {
             let Some((number, kind, pick)) = self.queued.pop_front() else {
                 break;
             };
-            match self.start(number, kind, pick).await {
+            match self.start(cluster, number, kind, pick).await {
                 Ok(what) => self.note(format!("fault {number} change {kind:?}: {what}")),
                 Err(NotStarted::Skipped(why)) => {
                     self.history

@@ -37,6 +37,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod groups;
 pub mod metadata;
 pub mod metrics;
 pub mod node;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use raftlog::cli::node_commands::{self, DevArgs, ServeArgs};
-use raftlog::cli::{self, bench, cluster, consume, partition, produce, topic};
+use raftlog::cli::{self, bench, cluster, consume, group, partition, produce, topic};
 
 /// raftlog: a Raft-replicated, Kafka-like append-only log service.
 ///
@@ -39,6 +39,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's committed records, one per line
     Consume(consume::ConsumeArgs),
+    /// List, describe and delete consumer groups, reset their offsets
+    Group(group::GroupArgs),
     /// Measure produce, consume or end-to-end throughput and latency
     Bench(bench::BenchArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Partition(args) => cli::run(partition::run(args)),
         Command::Produce(args) => cli::run(produce::run(args)),
         Command::Consume(args) => cli::run(consume::run(args)),
+        Command::Group(args) => cli::run(group::run(args)),
         Command::Bench(args) => cli::run(bench::run(args)),
     }
 }

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::groups::{self, Group, Member, TopicPartition};
 use crate::proto::metadata_command::Command;
 use crate::proto::{
-    CreateTopicRequest, ErrorCode, MetadataCommand, MovePartitionRequest, OffsetCommitRequest,
-    PartitionInfo, PartitionOffset, RegisterNodeRequest, TopicInfo,
+    AddMember, CreateTopicRequest, ErrorCode, MetadataCommand, MovePartitionRequest,
+    OffsetCommitRequest, PartitionInfo, PartitionOffset, RegisterNodeRequest, TopicInfo,
+    TopicPartitions,
 };
 
 /// A node id; 0 means none.
@@ -58,6 +60,30 @@ pub enum MetadataError {
     /// The command's values are out of range; the message says which and why.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A consumer-group member that is not (or no longer) in its group.
+    #[error(
+        "member {member:?} is not in group {group:?}: it left or its session expired; join again"
+    )]
+    UnknownMember {
+        /// Group name.
+        group: String,
+        /// The member id.
+        member: String,
+    },
+    /// A consumer-group member asked for what only a partition's owner may do.
+    #[error("{0}")]
+    IllegalGeneration(String),
+    /// No consumer group of that name.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    /// The operation needs a group without members.
+    #[error("group {group:?} has {members} members: stop them first (or commit as one of them)")]
+    GroupNotEmpty {
+        /// Group name.
+        group: String,
+        /// How many members it has.
+        members: usize,
+    },
 }
 
 impl MetadataError {
@@ -68,6 +94,10 @@ impl MetadataError {
             MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopic,
             MetadataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             MetadataError::Invalid(_) => ErrorCode::InvalidRequest,
+            MetadataError::UnknownMember { .. } => ErrorCode::UnknownMember,
+            MetadataError::IllegalGeneration(_) => ErrorCode::IllegalGeneration,
+            MetadataError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+            MetadataError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
         }
     }
 }
@@ -186,6 +216,8 @@ pub enum Applied {
     TopicDeleted(Topic),
     /// Offsets were stored.
     OffsetsCommitted,
+    /// A consumer group's members or ownership changed (or its offsets were deleted).
+    GroupChanged,
     /// A partition move was started, changed or cancelled (it runs on).
     MoveStarted,
     /// A partition move finished: the metadata now names its new replicas.
@@ -223,6 +255,8 @@ pub struct Metadata {
     next_producer_id: u64,
     /// Consumer-group positions: (group, topic, partition) → next offset to consume.
     group_offsets: BTreeMap<(String, String, u32), u64>,
+    /// Consumer groups with members (or that had some), by name.
+    groups: BTreeMap<String, Group>,
     /// Index of the last metadata log entry applied; entries are applied exactly once, in order.
     applied_index: u64,
 }
@@ -250,6 +284,7 @@ impl Metadata {
             next_group_id: METADATA_GROUP_ID + 1,
             next_producer_id: 1,
             group_offsets: BTreeMap::new(),
+            groups: BTreeMap::new(),
             applied_index: 0,
         }
     }
@@ -360,6 +395,28 @@ impl Metadata {
             .copied()
     }
 
+    /// A consumer group's members and ownership, if it ever had members.
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.get(name)
+    }
+
+    /// Every consumer group's name: those with members (now or before) or committed offsets.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups.keys().cloned().collect();
+        names.extend(self.group_offsets.keys().map(|(group, _, _)| group.clone()));
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Each topic's partition count, by name: what group assignment divides.
+    pub fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.topics
+            .iter()
+            .map(|(name, topic)| (name.clone(), topic.partitions.len() as u32))
+            .collect()
+    }
+
     /// Every committed consumer-group position, as ((group, topic, partition), offset).
     pub fn group_offsets(&self) -> impl Iterator<Item = (&(String, String, u32), &u64)> {
         self.group_offsets.iter()
@@ -376,6 +433,23 @@ impl Metadata {
             Some(Command::CreateTopic(request)) => self.check_create(request),
             Some(Command::DeleteTopic(request)) => self.topic_named(&request.name).map(drop),
             Some(Command::CommitOffsets(request)) => self.check_commit(request),
+            Some(Command::AddMember(request)) => self.check_add_member(request),
+            Some(Command::ExpelMembers(request)) => self.known_group(&request.group).map(drop),
+            Some(Command::ReleasePartitions(request)) => self
+                .known_group(&request.group)
+                .and_then(|group| group_member(group, &request.group, &request.member_id)),
+            Some(Command::DeleteGroup(request)) => {
+                if !self.group_names().contains(&request.group) {
+                    return Err(MetadataError::UnknownGroup(request.group.clone()));
+                }
+                match self.groups.get(&request.group) {
+                    Some(group) if !group.members.is_empty() => Err(MetadataError::GroupNotEmpty {
+                        group: request.group.clone(),
+                        members: group.members.len(),
+                    }),
+                    _ => Ok(()),
+                }
+            }
             Some(Command::AllocateProducerId(_)) => Ok(()),
             Some(Command::RegisterNode(request)) => self.check_registration(request),
             Some(Command::DecommissionNode(request)) => self.check_decommission(request.node_id),
@@ -444,6 +518,39 @@ impl Metadata {
                     self.group_offsets.insert(key, offset.offset);
                 }
                 Ok(Applied::OffsetsCommitted)
+            }
+            Some(Command::AddMember(request)) => {
+                let join = request.join.as_ref().expect("checked");
+                let mut topics = join.topics.clone();
+                topics.sort_unstable();
+                topics.dedup();
+                let member = Member {
+                    client_id: join.client_id.clone(),
+                    topics,
+                    session_timeout_ms: session_timeout(join.session_timeout_ms),
+                };
+                let counts = self.partition_counts();
+                let group = self.groups.entry(request.group.clone()).or_default();
+                group.join(&request.member_id, member, &counts);
+                Ok(Applied::GroupChanged)
+            }
+            Some(Command::ExpelMembers(request)) => {
+                let counts = self.partition_counts();
+                let group = self.groups.get_mut(&request.group).expect("checked");
+                group.leave(&request.member_ids, &counts);
+                Ok(Applied::GroupChanged)
+            }
+            Some(Command::ReleasePartitions(request)) => {
+                let counts = self.partition_counts();
+                let group = self.groups.get_mut(&request.group).expect("checked");
+                group.release(&request.member_id, &flatten(&request.released), &counts);
+                Ok(Applied::GroupChanged)
+            }
+            Some(Command::DeleteGroup(request)) => {
+                self.groups.remove(&request.group);
+                self.group_offsets
+                    .retain(|(group, _, _), _| *group != request.group);
+                Ok(Applied::GroupChanged)
             }
             Some(Command::MovePartition(request)) => {
                 let assignment = self.assignment_mut(&request.topic, request.partition);
@@ -690,6 +797,91 @@ impl Metadata {
                 });
             }
         }
+        let group = self.groups.get(&request.group);
+        if request.member_id.is_empty() {
+            return match group {
+                Some(group) if !group.members.is_empty() => Err(MetadataError::GroupNotEmpty {
+                    group: request.group.clone(),
+                    members: group.members.len(),
+                }),
+                _ => Ok(()),
+            };
+        }
+        let Some(group) = group else {
+            return Err(MetadataError::UnknownMember {
+                group: request.group.clone(),
+                member: request.member_id.clone(),
+            });
+        };
+        group_member(group, &request.group, &request.member_id)?;
+        // Ownership, not the generation number, is the fence: a generation moves on with
+        // every change anywhere in the group, while a partition changes hands only once its
+        // owner released it or was expelled.
+        for offset in &request.offsets {
+            let key = (request.topic.clone(), offset.partition);
+            if group.owners.get(&key) != Some(&request.member_id) {
+                return Err(MetadataError::IllegalGeneration(format!(
+                    "member {:?} does not own {}/{} in generation {} of group {:?}",
+                    request.member_id,
+                    request.topic,
+                    offset.partition,
+                    group.generation,
+                    request.group
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn known_group(&self, name: &str) -> Result<&Group, MetadataError> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownGroup(name.to_owned()))
+    }
+
+    fn check_add_member(&self, request: &AddMember) -> Result<(), MetadataError> {
+        let Some(join) = &request.join else {
+            return Err(MetadataError::Invalid("a join without its request".into()));
+        };
+        if join.group != request.group
+            || request.group.is_empty()
+            || request.group.len() > GROUP_NAME_BYTES_MAX
+        {
+            return Err(MetadataError::Invalid(format!(
+                "group name must be 1 to {GROUP_NAME_BYTES_MAX} bytes, got {}",
+                request.group.len()
+            )));
+        }
+        if join.topics.is_empty() {
+            return Err(MetadataError::Invalid(
+                "a member must consume at least one topic".into(),
+            ));
+        }
+        for topic in &join.topics {
+            self.topic_named(topic)?;
+        }
+        let timeout = join.session_timeout_ms;
+        let range = groups::SESSION_TIMEOUT_MS_MIN..=groups::SESSION_TIMEOUT_MS_MAX;
+        if timeout != 0 && !range.contains(&timeout) {
+            return Err(MetadataError::Invalid(format!(
+                "session timeout must be between {} and {} ms, got {timeout}",
+                range.start(),
+                range.end()
+            )));
+        }
+        if request.member_id.is_empty() {
+            return Err(MetadataError::Invalid("a member needs an id".into()));
+        }
+        let taken = self
+            .groups
+            .get(&request.group)
+            .is_some_and(|group| group.members.contains_key(&request.member_id));
+        if taken {
+            return Err(MetadataError::Invalid(format!(
+                "member id {:?} is taken",
+                request.member_id
+            )));
+        }
         Ok(())
     }
 
@@ -717,13 +909,28 @@ impl Metadata {
             retention_ms: request.retention_ms,
         };
         self.topics.insert(topic.name.clone(), topic.clone());
+        self.rebalance_groups();
         topic
+    }
+
+    /// Every group follows a change of the topics (its members may consume a topic that
+    /// was just created or deleted).
+    fn rebalance_groups(&mut self) {
+        let counts = self.partition_counts();
+        for group in self.groups.values_mut() {
+            let before = group.clone();
+            group.rebalance(&counts);
+            if *group != before {
+                group.generation = before.generation + 1;
+            }
+        }
     }
 
     fn delete_topic(&mut self, name: &str) -> Topic {
         let topic = self.topics.remove(name).expect("checked before");
         self.group_offsets
             .retain(|(_, topic_name, _), _| topic_name != name);
+        self.rebalance_groups();
         topic
     }
 
@@ -820,6 +1027,57 @@ pub fn check_topic_name(name: &str) -> Result<(), MetadataError> {
         )));
     }
     Ok(())
+}
+
+/// The session timeout a member gets for what it asked (0: the default).
+fn session_timeout(asked_ms: u32) -> u32 {
+    if asked_ms == 0 {
+        groups::SESSION_TIMEOUT_MS_DEFAULT
+    } else {
+        asked_ms
+    }
+}
+
+/// Checks that `member` is in `group` (named `name`).
+fn group_member(group: &Group, name: &str, member: &str) -> Result<(), MetadataError> {
+    if group.members.contains_key(member) {
+        Ok(())
+    } else {
+        Err(MetadataError::UnknownMember {
+            group: name.to_owned(),
+            member: member.to_owned(),
+        })
+    }
+}
+
+/// The partitions a wire list names, one by one.
+pub fn flatten(lists: &[TopicPartitions]) -> Vec<TopicPartition> {
+    lists
+        .iter()
+        .flat_map(|list| {
+            list.partitions
+                .iter()
+                .map(move |&partition| (list.topic.clone(), partition))
+        })
+        .collect()
+}
+
+/// Partitions grouped by topic, as the wire lists them.
+pub fn group_by_topic(partitions: &[TopicPartition]) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        by_topic.entry(topic).or_default().push(*partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, mut partitions)| {
+            partitions.sort_unstable();
+            TopicPartitions {
+                topic: topic.to_owned(),
+                partitions,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1138,6 +1396,7 @@ mod tests {
             group: group.into(),
             topic: topic.into(),
             offsets,
+            ..Default::default()
         };
         MetadataCommand {
             command: Some(Command::CommitOffsets(request)),

@@ -586,6 +586,7 @@ async fn run_load(connections: &[Connection]) {
                 committed: true,
             })
             .collect(),
+        ..Default::default()
     });
     let answer = to_leader(connections, commit).await;
     assert!(

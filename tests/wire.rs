@@ -217,6 +217,8 @@ fn every_envelope() -> Vec<Envelope> {
             group: "billing".into(),
             topic: "orders".into(),
             offsets: offsets.clone(),
+            member_id: "raftlog-consume-7-1-18c2".into(),
+            generation: 4,
         }),
         Body::OffsetCommitResponse(OffsetCommitResponse {}),
         Body::OffsetFetch(OffsetFetchRequest {
@@ -269,6 +271,60 @@ fn every_envelope() -> Vec<Envelope> {
         Body::Raft(RaftBatch {
             messages: raft_messages(),
         }),
+        Body::JoinGroup(JoinGroupRequest {
+            group: "billing".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 10_000,
+            client_id: "billing-1".into(),
+        }),
+        Body::JoinGroupResponse(JoinGroupResponse {
+            member_id: "billing-1-2-1-18c2".into(),
+            generation: 3,
+            owned: vec![TopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![0, 2],
+            }],
+            heartbeat_interval_ms: 3_333,
+        }),
+        Body::GroupHeartbeat(GroupHeartbeatRequest {
+            group: "billing".into(),
+            member_id: "billing-1-2-1-18c2".into(),
+            generation: 3,
+            released: vec![TopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![2],
+            }],
+        }),
+        Body::GroupHeartbeatResponse(GroupHeartbeatResponse {
+            generation: 4,
+            owned: vec![TopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![0, 1],
+            }],
+            revoking: vec![TopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![1],
+            }],
+        }),
+        Body::LeaveGroup(LeaveGroupRequest {
+            group: "billing".into(),
+            member_id: "billing-1-2-1-18c2".into(),
+        }),
+        Body::LeaveGroupResponse(LeaveGroupResponse {}),
+        Body::DescribeGroup(DescribeGroupRequest {
+            group: "billing".into(),
+        }),
+        Body::DescribeGroupResponse(DescribeGroupResponse {
+            group: Some(group_info()),
+        }),
+        Body::ListGroups(ListGroupsRequest {}),
+        Body::ListGroupsResponse(ListGroupsResponse {
+            groups: vec![group_info()],
+        }),
+        Body::DeleteGroup(DeleteGroupRequest {
+            group: "billing".into(),
+        }),
+        Body::DeleteGroupResponse(DeleteGroupResponse {}),
     ];
     bodies
         .into_iter()
@@ -314,6 +370,52 @@ fn variant_number(body: &Body) -> usize {
         Body::DecommissionNode(_) => 27,
         Body::RecommissionNode(_) => 28,
         Body::NodeStateResponse(_) => 29,
+        Body::JoinGroup(_) => 30,
+        Body::JoinGroupResponse(_) => 31,
+        Body::GroupHeartbeat(_) => 32,
+        Body::GroupHeartbeatResponse(_) => 33,
+        Body::LeaveGroup(_) => 34,
+        Body::LeaveGroupResponse(_) => 35,
+        Body::DescribeGroup(_) => 36,
+        Body::DescribeGroupResponse(_) => 37,
+        Body::ListGroups(_) => 38,
+        Body::ListGroupsResponse(_) => 39,
+        Body::DeleteGroup(_) => 40,
+        Body::DeleteGroupResponse(_) => 41,
+    }
+}
+
+/// A group with a member, an owned partition being revoked and an unowned one.
+fn group_info() -> GroupInfo {
+    GroupInfo {
+        name: "billing".into(),
+        state: "rebalancing".into(),
+        generation: 4,
+        members: vec![GroupMemberInfo {
+            member_id: "billing-1-2-1-18c2".into(),
+            client_id: "billing-1".into(),
+            topics: vec!["orders".into()],
+            session_timeout_ms: 10_000,
+        }],
+        partitions: vec![
+            GroupPartitionInfo {
+                topic: "orders".into(),
+                partition: 1,
+                owner: "billing-1-2-1-18c2".into(),
+                revoking: true,
+                committed_offset: 17,
+                committed: true,
+                high_watermark: 20,
+                lag: 3,
+            },
+            GroupPartitionInfo {
+                topic: "orders".into(),
+                partition: 2,
+                high_watermark: 5,
+                lag: 5,
+                ..Default::default()
+            },
+        ],
     }
 }
 
@@ -327,7 +429,7 @@ fn every_envelope_type_round_trips_through_the_codec() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..30).collect::<Vec<_>>(),
+        (0..42).collect::<Vec<_>>(),
         "every Envelope body variant has a sample"
     );
 

@@ -2,9 +2,13 @@
 //!
 //! Without `--follow` it stops at the high watermark each partition had when it started (or
 //! after `--count` records); with `--follow` it tails new commits until SIGINT or SIGTERM.
-//! With `--group` it starts where the group's committed offsets say (unless `--from` is given)
-//! and commits the position after each printed record as it goes, at most once a second and
-//! once more at the end, so a restart neither skips nor repeats records.
+//! With `--group` it joins the consumer group: the group's members share the topic's
+//! partitions (each partition is printed by one member at a time), each starts where the
+//! group's committed offset says (`--from` only for a partition without one), and commits
+//! what it printed at most once a second, before it gives a partition up, and once more at
+//! the end, so a restart or a hand-over neither skips nor repeats records (a member killed
+//! with SIGKILL repeats what it printed since its last commit). Every change of what this
+//! member owns is logged on stderr: `group G generation N: assigned|revoked|lost T/P,...`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,9 +19,10 @@ use tokio::time::Instant;
 
 use super::{CliError, ClientArgs};
 use crate::client::{
-    Admin, ClientError, Cluster, Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec,
-    PartitionBounds,
+    ClientError, Cluster, Consumer, ConsumerOptions, ConsumerRecord, GroupConsumer, GroupOptions,
+    OffsetSpec, PartitionBounds, Rebalance,
 };
+use crate::groups::TopicPartition;
 use crate::proto::{Error as ErrorMessage, ErrorCode};
 
 /// How long one poll waits before the loop checks whether it is done.
@@ -80,7 +85,8 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub follow: bool,
 
-    /// Consumer group: start from its committed offsets and commit as records are printed
+    /// Consumer group to join: its members share the partitions; each starts from the
+    /// group's committed offset and commits as records are printed
     #[arg(long)]
     pub group: Option<String>,
 
@@ -96,17 +102,16 @@ pub struct ConsumeArgs {
 /// cluster.
 pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
     let cluster = Cluster::connect(args.client.options()).await?;
+    if let Some(group) = &args.group {
+        return run_in_group(&args, cluster, group).await;
+    }
     let mut consumer =
         Consumer::new(cluster.clone(), &args.topic, ConsumerOptions::default()).await?;
     if let Some(partition) = args.partition {
         consumer.assign(&[partition]).await?;
     }
-    match (args.from, &args.group) {
-        (Some(From(spec)), _) => consumer.seek_all(spec),
-        (None, Some(group)) => {
-            consumer.seek_to_committed(group).await?;
-        }
-        (None, None) => {}
+    if let Some(From(spec)) = args.from {
+        consumer.seek_all(spec);
     }
     // Without --follow, stop at the high watermark of each partition as it is now. An
     // explicit offset outside the log is refused here, with the bounds, rather than being
@@ -131,19 +136,123 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         ends,
         printed: 0,
         next: BTreeMap::new(),
-        committed: BTreeMap::new(),
-        last_commit: Instant::now(),
     };
-    let admin = Admin::new(cluster);
-    let outcome = consume_loop(&args, &mut consumer, &mut state, &admin).await;
-    if let Some(group) = &args.group {
-        // Commit what was printed even after an error: those records were shown.
-        let committed = state.commit(&admin, group, &args.topic).await;
-        outcome?;
-        committed?;
-        return Ok(());
+    consume_loop(&args, &mut consumer, &mut state).await
+}
+
+/// `consume --group`: joins the group and prints what this member owns (see the module doc).
+async fn run_in_group(args: &ConsumeArgs, cluster: Cluster, group: &str) -> Result<(), CliError> {
+    let reset = match args.from {
+        None => OffsetSpec::Earliest,
+        Some(From(OffsetSpec::At(_))) => {
+            return Err(CliError::Usage(
+                "--from OFFSET does not go with --group: a member starts at the group's \
+                 committed offset (move it with `raftlog group reset-offsets`)"
+                    .into(),
+            ))
+        }
+        Some(From(spec)) => spec,
+    };
+    if args.partition.is_some() {
+        return Err(CliError::Usage(
+            "--partition does not go with --group: the group decides who reads which".into(),
+        ));
     }
-    outcome
+    let options = GroupOptions {
+        reset,
+        client_id: format!("raftlog-consume-{}", std::process::id()),
+        ..GroupOptions::default()
+    };
+    let mut member = GroupConsumer::subscribe(cluster, group, &[&args.topic], options).await?;
+    let outcome = group_loop(args, &mut member, group).await;
+    // Commit what was printed and leave even after an error: those records were shown.
+    let closed = member.close().await;
+    outcome?;
+    closed?;
+    Ok(())
+}
+
+async fn group_loop(
+    args: &ConsumeArgs,
+    member: &mut GroupConsumer,
+    group: &str,
+) -> Result<(), CliError> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let limit = args.count.unwrap_or(u64::MAX);
+    // Without --follow: each partition's high watermark when this member first got it.
+    let mut ends: BTreeMap<TopicPartition, u64> = BTreeMap::new();
+    let mut printed = 0;
+    let mut last_commit = Instant::now();
+    while printed < limit {
+        let records = tokio::select! {
+            records = member.poll(POLL_WAIT) => records?,
+            () = &mut shutdown => return Ok(()),
+        };
+        for event in member.rebalances() {
+            let (what, generation, partitions) = match &event {
+                Rebalance::Assigned {
+                    generation,
+                    partitions,
+                } => ("assigned", generation, partitions),
+                Rebalance::Revoked {
+                    generation,
+                    partitions,
+                } => ("revoked", generation, partitions),
+                Rebalance::Lost {
+                    generation,
+                    partitions,
+                } => ("lost", generation, partitions),
+            };
+            let names: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            eprintln!(
+                "group {group} generation {generation}: {what} {}",
+                names.join(",")
+            );
+            if let (false, Rebalance::Assigned { partitions, .. }) = (args.follow, &event) {
+                for (topic, partition) in partitions {
+                    let bounds = member.bounds(topic, *partition).await?;
+                    ends.entry((topic.clone(), *partition))
+                        .or_insert(bounds.high_watermark);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        // Where each partition must resume: the first record not printed.
+        let mut rewind: BTreeMap<u32, u64> = BTreeMap::new();
+        for record in records {
+            let key = (args.topic.clone(), record.partition);
+            let past_end = !args.follow && ends.get(&key).is_some_and(|&end| record.offset >= end);
+            if past_end || printed >= limit {
+                rewind.entry(record.partition).or_insert(record.offset);
+                continue;
+            }
+            format_record(&mut out, &record, args.format);
+            printed += 1;
+        }
+        super::write_stdout(&out)?;
+        for (partition, offset) in rewind {
+            member.seek(&(args.topic.clone(), partition), offset)?;
+        }
+        if !args.follow && !ends.is_empty() {
+            let owned = member.owned();
+            let done = !owned.is_empty()
+                && owned.iter().all(|p| {
+                    let end = ends.get(p).copied().unwrap_or(0);
+                    member.position(p).is_some_and(|position| position >= end)
+                });
+            if done {
+                return Ok(());
+            }
+        }
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            last_commit = Instant::now();
+            if let Err(error) = member.commit().await {
+                eprintln!("raftlog: warning: committing group offsets failed: {error}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// OFFSET_OUT_OF_RANGE unless `offset` lies in `[log_start_offset, high_watermark]`.
@@ -174,29 +283,9 @@ struct Progress {
     printed: u64,
     /// Per partition: the offset after the last printed record.
     next: BTreeMap<u32, u64>,
-    /// Per partition: what the group has committed.
-    committed: BTreeMap<u32, u64>,
-    last_commit: Instant,
 }
 
 impl Progress {
-    /// Commits the printed positions that changed since the last commit.
-    async fn commit(&mut self, admin: &Admin, group: &str, topic: &str) -> Result<(), CliError> {
-        let changed: Vec<(u32, u64)> = self
-            .next
-            .iter()
-            .filter(|(p, o)| self.committed.get(p) != Some(o))
-            .map(|(&p, &o)| (p, o))
-            .collect();
-        self.last_commit = Instant::now();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        admin.commit_offsets(group, topic, &changed).await?;
-        self.committed.extend(changed);
-        Ok(())
-    }
-
     /// Whether every partition reached its end (never with --follow, where `ends` is empty).
     fn at_ends(&self, consumer: &Consumer) -> bool {
         !self.ends.is_empty()
@@ -211,7 +300,6 @@ async fn consume_loop(
     args: &ConsumeArgs,
     consumer: &mut Consumer,
     state: &mut Progress,
-    admin: &Admin,
 ) -> Result<(), CliError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -245,13 +333,6 @@ async fn consume_loop(
         super::write_stdout(&out)?;
         if state.printed >= limit || (!follow && state.at_ends(consumer)) {
             return Ok(());
-        }
-        if let Some(group) = &args.group {
-            if state.last_commit.elapsed() >= COMMIT_INTERVAL {
-                if let Err(error) = state.commit(admin, group, &args.topic).await {
-                    eprintln!("raftlog: warning: committing group offsets failed: {error}");
-                }
-            }
         }
     }
 }

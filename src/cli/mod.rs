@@ -23,6 +23,7 @@ pub mod args;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
+pub mod group;
 pub mod node_commands;
 pub mod partition;
 pub mod produce;
@@ -90,8 +91,13 @@ fn client_exit_code(error: &ClientError) -> u8 {
         ClientError::Corrupt { .. } => EXIT_CORRUPT,
         ClientError::Invalid(_) | ClientError::Wire(_) => EXIT_FAILURE,
         ClientError::Server(message) => match message.code() {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => EXIT_NOT_FOUND,
-            ErrorCode::InvalidRequest => EXIT_USAGE,
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
+                EXIT_NOT_FOUND
+            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::GroupNotEmpty
+            | ErrorCode::UnknownMember
+            | ErrorCode::IllegalGeneration => EXIT_USAGE,
             ErrorCode::CorruptBatch | ErrorCode::StorageCorrupt => EXIT_CORRUPT,
             ErrorCode::NotLeader
             | ErrorCode::Timeout

@@ -1,5 +1,5 @@
-//! Topic administration and consumer-group offsets: create, list, describe and delete topics;
-//! commit and fetch a group's positions.
+//! Topic administration and consumer groups: create, list, describe and delete topics;
+//! commit and fetch a group's positions; list, describe and delete groups.
 //!
 //! Changes (create, delete, offset commit) go to the metadata leader; reads go to any node,
 //! except a group's offsets, which are read from the metadata leader so that a consumer
@@ -12,9 +12,11 @@ use tokio::time::Instant;
 
 use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
+use super::consumer::partition_bounds;
 use crate::proto::envelope::Body;
 use crate::proto::{
-    CreateTopicRequest, DecommissionNodeRequest, DeleteTopicRequest, ListTopicsRequest,
+    CreateTopicRequest, DecommissionNodeRequest, DeleteGroupRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, GroupInfo, ListGroupsRequest, ListTopicsRequest,
     MetadataResponse, MovePartitionRequest, NodeInfo, OffsetCommitRequest, OffsetFetchRequest,
     PartitionOffset, RecommissionNodeRequest, RegisterNodeRequest, RegisterNodeResponse, TopicInfo,
 };
@@ -353,7 +355,9 @@ impl Admin {
     }
 
     /// Stores `group`'s next offsets for partitions of `topic` (durably, through the
-    /// metadata group). Safe to repeat, so it is retried whatever the failure.
+    /// metadata group), from outside the group: refused while the group has members (they
+    /// commit through [`crate::client::GroupConsumer`]). Safe to repeat, so it is retried
+    /// whatever the failure.
     ///
     /// # Errors
     /// UNKNOWN_TOPIC, UNKNOWN_PARTITION or INVALID_REQUEST from the server, or a routing error.
@@ -374,6 +378,7 @@ impl Admin {
                     committed: true,
                 })
                 .collect(),
+            ..Default::default()
         });
         match self
             .cluster
@@ -409,6 +414,74 @@ impl Admin {
         {
             Body::OffsetFetchResponse(response) => Ok(response.offsets),
             other => Err(unexpected("OffsetFetchResponse", &other)),
+        }
+    }
+
+    /// Every consumer group, without its partitions.
+    ///
+    /// # Errors
+    /// A routing error.
+    pub async fn list_groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
+        let body = Body::ListGroups(ListGroupsRequest {});
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::ListGroupsResponse(response) => Ok(response.groups),
+            other => Err(unexpected("ListGroupsResponse", &other)),
+        }
+    }
+
+    /// One consumer group: members, owners, committed offsets, and each partition's high
+    /// watermark and lag as its leader reports them.
+    ///
+    /// # Errors
+    /// UNKNOWN_GROUP, or a routing error.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupInfo, ClientError> {
+        let body = Body::DescribeGroup(DescribeGroupRequest {
+            group: group.to_owned(),
+        });
+        let mut info = match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::DescribeGroupResponse(DescribeGroupResponse { group: Some(info) }) => info,
+            other => return Err(unexpected("DescribeGroupResponse", &other)),
+        };
+        // The coordinator knows the high watermarks only of partitions it holds a replica of.
+        for partition in &mut info.partitions {
+            if let Ok(bounds) =
+                partition_bounds(&self.cluster, &partition.topic, partition.partition).await
+            {
+                partition.high_watermark = bounds.high_watermark;
+                let from = if partition.committed {
+                    partition.committed_offset
+                } else {
+                    bounds.log_start_offset
+                };
+                partition.lag = bounds.high_watermark.saturating_sub(from);
+            }
+        }
+        Ok(info)
+    }
+
+    /// Deletes a group's committed offsets; refused while it has members.
+    ///
+    /// # Errors
+    /// UNKNOWN_GROUP, GROUP_NOT_EMPTY, or a routing error.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let body = Body::DeleteGroup(DeleteGroupRequest {
+            group: group.to_owned(),
+        });
+        match self
+            .cluster
+            .request(Route::MetadataLeader, body, Retry::All)
+            .await?
+        {
+            Body::DeleteGroupResponse(_) => Ok(()),
+            other => Err(unexpected("DeleteGroupResponse", &other)),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod admin;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -42,6 +43,7 @@ pub use admin::{Admin, ClusterStatus, NewTopic, NodeStatus};
 pub use cluster::{ClientOptions, Cluster, Retry, Route, BOOTSTRAP_DEFAULT};
 pub use connection::{ClientError, ConnectOptions, Connection};
 pub use consumer::{Consumer, ConsumerOptions, ConsumerRecord, OffsetSpec, PartitionBounds};
+pub use group::{GroupConsumer, GroupOptions, Rebalance};
 pub use partitioner::Partitioner;
 pub use producer::{
     DeliveryFuture, Producer, ProducerOptions, ProducerRecord, RecordMetadata,

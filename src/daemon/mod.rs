@@ -35,7 +35,10 @@ use tokio::task::JoinHandle;
 use crate::config::{NodeConfig, NodeId};
 use crate::metadata::{Applied, Metadata};
 use crate::node::{Node, NodeError};
-use crate::proto::{Error as ErrorMessage, MetadataCommand};
+use crate::proto::{
+    Error as ErrorMessage, GroupHeartbeatRequest, GroupHeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, MetadataCommand,
+};
 use crate::replica::{LocalPartition, ReplicaError, ReplicaStatus};
 use crate::server::{self, Service};
 use crate::shutdown::Shutdown;
@@ -199,5 +202,26 @@ impl Service for Node {
         command: MetadataCommand,
     ) -> impl Future<Output = Result<Applied, ErrorMessage>> + Send {
         Node::propose_metadata(self, command)
+    }
+
+    fn join_group(
+        &self,
+        request: JoinGroupRequest,
+    ) -> impl Future<Output = Result<JoinGroupResponse, ErrorMessage>> + Send {
+        Node::join_group(self, request)
+    }
+
+    fn group_heartbeat(
+        &self,
+        request: GroupHeartbeatRequest,
+    ) -> impl Future<Output = Result<GroupHeartbeatResponse, ErrorMessage>> + Send {
+        Node::group_heartbeat(self, request)
+    }
+
+    fn leave_group(
+        &self,
+        request: LeaveGroupRequest,
+    ) -> impl Future<Output = Result<(), ErrorMessage>> + Send {
+        Node::leave_group(self, request)
     }
 }

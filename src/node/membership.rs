@@ -43,6 +43,7 @@ impl Node {
         self.register_self().await;
         self.hand_off_if_draining();
         self.drive_decommissions().await;
+        self.expire_group_members().await;
     }
 
     /// For every partition moving whose replica here leads and reports the move done (its

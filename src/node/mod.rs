@@ -24,6 +24,7 @@
 //! deleted topics. A newly created partition's preferred leader (its first replica) starts an
 //! election at once, which spreads initial leaders as evenly as placement does.
 
+mod coordinator;
 mod membership;
 pub mod ops;
 mod peer_book;
@@ -180,6 +181,9 @@ pub struct Node {
     metadata_changes: watch::Receiver<u64>,
     partitions: RwLock<HashMap<u64, LocalPartition>>,
     router: Arc<Router>,
+    /// The consumer-group coordinator's timing (sessions, revocations), used while this
+    /// node leads the metadata.
+    sessions: coordinator::Sessions,
 }
 
 impl Node {
@@ -286,6 +290,7 @@ impl Node {
             metadata_changes,
             partitions: RwLock::new(HashMap::new()),
             router: router.clone(),
+            sessions: coordinator::Sessions::default(),
         });
         // Messages are routed until the transport closes, after every replica has stopped: a
         // node handing off leadership must keep hearing from its peers to finish the transfer

@@ -8,12 +8,13 @@ use crate::metadata::{Applied, Metadata, MetadataError};
 use crate::proto::envelope::Body;
 use crate::proto::metadata_command::Command;
 use crate::proto::{
-    Acks as WireAcks, CreateTopicResponse, DeleteTopicResponse, Error as ErrorMessage, ErrorCode,
-    FetchRequest, FetchResponse, FetchedBatch, InitProducerIdResponse, ListTopicsResponse,
-    MetadataCommand, MetadataRequest, MetadataResponse, MovePartitionResponse, NodeInfo,
-    NodeStateResponse, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    PartitionOffset, ProduceRequest, ProduceResponse, RegisterNodeResponse, ReplicaProgress,
-    TopicInfo,
+    Acks as WireAcks, CreateTopicResponse, DeleteGroupResponse, DeleteTopicResponse,
+    DescribeGroupResponse, Error as ErrorMessage, ErrorCode, FetchRequest, FetchResponse,
+    FetchedBatch, GroupInfo, GroupMemberInfo, GroupPartitionInfo, InitProducerIdResponse,
+    LeaveGroupResponse, ListGroupsResponse, ListTopicsResponse, MetadataCommand, MetadataRequest,
+    MetadataResponse, MovePartitionResponse, NodeInfo, NodeStateResponse, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, PartitionOffset, ProduceRequest, ProduceResponse,
+    RegisterNodeResponse, ReplicaProgress, TopicInfo,
 };
 use crate::replica::{Acks, LocalPartition, MovePhase, PendingAppend, ReplicaStatus, Role};
 use crate::server::Service;
@@ -175,6 +176,37 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
                 .map(|_| Body::OffsetCommitResponse(OffsetCommitResponse {}))
         }
         Body::OffsetFetch(request) => offset_fetch(node, &request).map(Body::OffsetFetchResponse),
+        Body::JoinGroup(request) => node.join_group(request).await.map(Body::JoinGroupResponse),
+        Body::GroupHeartbeat(request) => node
+            .group_heartbeat(request)
+            .await
+            .map(Body::GroupHeartbeatResponse),
+        Body::LeaveGroup(request) => node
+            .leave_group(request)
+            .await
+            .map(|()| Body::LeaveGroupResponse(LeaveGroupResponse {})),
+        Body::DescribeGroup(request) => describe_group(node, &request.group)
+            .map(|group| Body::DescribeGroupResponse(DescribeGroupResponse { group: Some(group) })),
+        Body::ListGroups(_) => {
+            let metadata = node.metadata();
+            let groups = metadata
+                .group_names()
+                .iter()
+                .map(|name| GroupInfo {
+                    partitions: Vec::new(),
+                    ..group_info(node, &metadata, name)
+                })
+                .collect();
+            Ok(Body::ListGroupsResponse(ListGroupsResponse { groups }))
+        }
+        Body::DeleteGroup(request) => {
+            let command = MetadataCommand {
+                command: Some(Command::DeleteGroup(request)),
+            };
+            node.propose_metadata(command)
+                .await
+                .map(|_| Body::DeleteGroupResponse(DeleteGroupResponse {}))
+        }
         Body::InitProducerId(request) => {
             let command = MetadataCommand {
                 command: Some(Command::AllocateProducerId(request)),
@@ -355,6 +387,96 @@ fn replica_progress(me: u64, status: &ReplicaStatus) -> Vec<ReplicaProgress> {
             lag_entries: status.last_index.saturating_sub(match_index),
         });
     std::iter::once(leader).chain(followers).collect()
+}
+
+/// A group as `group describe` shows it.
+///
+/// # Errors
+/// `UNKNOWN_GROUP` for a group with neither members nor committed offsets.
+fn describe_group<S: Service>(node: &S, name: &str) -> Result<GroupInfo, ErrorMessage> {
+    let metadata = node.metadata();
+    if !metadata.group_names().iter().any(|known| known == name) {
+        let refusal = MetadataError::UnknownGroup(name.to_owned());
+        return Err(ErrorMessage {
+            code: refusal.code() as i32,
+            message: refusal.to_string(),
+            ..Default::default()
+        });
+    }
+    Ok(group_info(node, &metadata, name))
+}
+
+/// What the metadata records of group `name`, with each partition's high watermark and lag
+/// where this node holds a replica (elsewhere 0: the client asks the partitions' leaders).
+fn group_info<S: Service>(node: &S, metadata: &Metadata, name: &str) -> GroupInfo {
+    let counts = metadata.partition_counts();
+    let state = metadata.group(name);
+    let members = state
+        .map(|group| {
+            group
+                .members
+                .iter()
+                .map(|(member_id, member)| GroupMemberInfo {
+                    member_id: member_id.clone(),
+                    client_id: member.client_id.clone(),
+                    topics: member.topics.clone(),
+                    session_timeout_ms: member.session_timeout_ms,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Every partition a member consumes or the group committed an offset for.
+    let mut partitions: std::collections::BTreeSet<(String, u32)> = metadata
+        .group_offsets()
+        .filter(|((group, _, _), _)| group == name)
+        .map(|((_, topic, partition), _)| (topic.clone(), *partition))
+        .collect();
+    if let Some(group) = state {
+        for member in group.members.values() {
+            for topic in &member.topics {
+                let count = counts.get(topic).copied().unwrap_or(0);
+                partitions.extend((0..count).map(|p| (topic.clone(), p)));
+            }
+        }
+    }
+    let local = node.partitions();
+    let partitions = partitions
+        .into_iter()
+        .map(|(topic, partition)| {
+            let committed = metadata.group_offset(name, &topic, partition);
+            let live = metadata
+                .topic(&topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+                .and_then(|p| local.iter().find(|l| l.group_id == p.group_id))
+                .map(|l| l.handle.status());
+            let (high_watermark, log_start) = live
+                .map(|status| (status.high_watermark, status.log_start_offset))
+                .unwrap_or((0, 0));
+            let key = (topic.clone(), partition);
+            GroupPartitionInfo {
+                owner: state
+                    .and_then(|g| g.owners.get(&key).cloned())
+                    .unwrap_or_default(),
+                revoking: state.is_some_and(|g| g.revoking.contains(&key)),
+                committed_offset: committed.unwrap_or(0),
+                committed: committed.is_some(),
+                lag: high_watermark.saturating_sub(committed.unwrap_or(log_start)),
+                high_watermark,
+                topic,
+                partition,
+            }
+        })
+        .collect();
+    GroupInfo {
+        name: name.to_owned(),
+        state: state
+            .map_or(crate::groups::GroupState::Empty, |g| g.state(&counts))
+            .name()
+            .to_owned(),
+        generation: state.map_or(0, |g| g.generation),
+        members,
+        partitions,
+    }
 }
 
 fn offset_fetch<S: Service>(

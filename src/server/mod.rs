@@ -21,7 +21,10 @@ use tokio_util::codec::Framed;
 
 use crate::config::{NodeConfig, NodeId};
 use crate::metadata::{Applied, Metadata};
-use crate::proto::{Error as ErrorMessage, ErrorCode, MetadataCommand};
+use crate::proto::{
+    Error as ErrorMessage, ErrorCode, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, MetadataCommand,
+};
 use crate::replica::{LocalPartition, ReplicaError, ReplicaStatus};
 use crate::shutdown::Shutdown;
 use crate::wire::{error_envelope, EnvelopeCodec};
@@ -67,6 +70,33 @@ pub trait Service: Send + Sync + 'static {
         &self,
         command: MetadataCommand,
     ) -> impl Future<Output = Result<Applied, ErrorMessage>> + Send;
+
+    /// A consumer-group member joins (this node must coordinate: lead the metadata).
+    ///
+    /// # Errors
+    /// `NOT_LEADER`, or the join's refusal.
+    fn join_group(
+        &self,
+        request: JoinGroupRequest,
+    ) -> impl Future<Output = Result<JoinGroupResponse, ErrorMessage>> + Send;
+
+    /// A consumer-group member's heartbeat, with the partitions it released.
+    ///
+    /// # Errors
+    /// `NOT_LEADER`, `UNKNOWN_MEMBER` for a member that was expelled.
+    fn group_heartbeat(
+        &self,
+        request: GroupHeartbeatRequest,
+    ) -> impl Future<Output = Result<GroupHeartbeatResponse, ErrorMessage>> + Send;
+
+    /// A consumer-group member leaves.
+    ///
+    /// # Errors
+    /// `NOT_LEADER`, `UNKNOWN_MEMBER`.
+    fn leave_group(
+        &self,
+        request: LeaveGroupRequest,
+    ) -> impl Future<Output = Result<(), ErrorMessage>> + Send;
 }
 
 /// Accepts client connections until `shutdown` is signalled. Connections beyond

@@ -131,6 +131,18 @@ pub fn body_name(body: Option<&Body>) -> &'static str {
         Body::DecommissionNode(_) => "DecommissionNodeRequest",
         Body::RecommissionNode(_) => "RecommissionNodeRequest",
         Body::NodeStateResponse(_) => "NodeStateResponse",
+        Body::JoinGroup(_) => "JoinGroupRequest",
+        Body::JoinGroupResponse(_) => "JoinGroupResponse",
+        Body::GroupHeartbeat(_) => "GroupHeartbeatRequest",
+        Body::GroupHeartbeatResponse(_) => "GroupHeartbeatResponse",
+        Body::LeaveGroup(_) => "LeaveGroupRequest",
+        Body::LeaveGroupResponse(_) => "LeaveGroupResponse",
+        Body::DescribeGroup(_) => "DescribeGroupRequest",
+        Body::DescribeGroupResponse(_) => "DescribeGroupResponse",
+        Body::ListGroups(_) => "ListGroupsRequest",
+        Body::ListGroupsResponse(_) => "ListGroupsResponse",
+        Body::DeleteGroup(_) => "DeleteGroupRequest",
+        Body::DeleteGroupResponse(_) => "DeleteGroupResponse",
         Body::Raft(_) => "RaftBatch",
     }
 }

@@ -90,6 +90,11 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub group: Option<String>,
 
+    /// With --group: how long this member may go unheard before the group gives its
+    /// partitions to the others (1000 to 300000; default 10000)
+    #[arg(long, value_name = "MS", requires = "group")]
+    pub session_timeout_ms: Option<u32>,
+
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Value)]
     pub format: Format,
@@ -161,6 +166,7 @@ async fn run_in_group(args: &ConsumeArgs, cluster: Cluster, group: &str) -> Resu
     let options = GroupOptions {
         reset,
         client_id: format!("raftlog-consume-{}", std::process::id()),
+        session_timeout_ms: args.session_timeout_ms.unwrap_or(0),
         ..GroupOptions::default()
     };
     let mut member = GroupConsumer::subscribe(cluster, group, &[&args.topic], options).await?;

@@ -52,6 +52,8 @@ pub struct Member {
 pub struct Group {
     /// Bumped by every change of members, owners or revocations.
     pub generation: u64,
+    /// Times the group started a hand-over (went from stable or empty to rebalancing).
+    pub rebalances: u64,
     /// Members by member id.
     pub members: BTreeMap<String, Member>,
     /// The member owning each owned partition.
@@ -114,7 +116,7 @@ impl Group {
         let before = self.clone();
         self.members.insert(id.to_owned(), member);
         self.rebalance(partition_counts);
-        self.bump_if_changed(&before);
+        self.bump_if_changed(&before, partition_counts);
     }
 
     /// Removes `ids` (they left, or their sessions expired): what they owned is free to go to
@@ -127,7 +129,7 @@ impl Group {
         self.owners
             .retain(|_, owner| self.members.contains_key(owner));
         self.rebalance(partition_counts);
-        self.bump_if_changed(&before);
+        self.bump_if_changed(&before, partition_counts);
     }
 
     /// Records that `member` released `partitions` it was asked to give up (it committed
@@ -147,7 +149,7 @@ impl Group {
             }
         }
         self.rebalance(partition_counts);
-        self.bump_if_changed(&before);
+        self.bump_if_changed(&before, partition_counts);
     }
 
     /// Moves ownership toward [`sticky_target`]: unowned partitions go to their target at
@@ -177,12 +179,18 @@ impl Group {
             .retain(|partition| owners.contains_key(partition));
     }
 
-    fn bump_if_changed(&mut self, before: &Group) {
+    /// Ends a change: a new generation if anything changed, and one more rebalance if the
+    /// group starts handing partitions over.
+    pub fn bump_if_changed(&mut self, before: &Group, partition_counts: &BTreeMap<String, u32>) {
         if self.members != before.members
             || self.owners != before.owners
             || self.revoking != before.revoking
         {
             self.generation = before.generation + 1;
+        }
+        let rebalancing = |group: &Group| group.state(partition_counts) == GroupState::Rebalancing;
+        if rebalancing(self) && !rebalancing(before) {
+            self.rebalances = before.rebalances + 1;
         }
     }
 }

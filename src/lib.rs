@@ -9,9 +9,10 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`proto`] | the generated protobuf types of `proto/raftlog.proto`: log entries, Raft peer messages, client messages |
-//! | [`client`] | the client library: cluster routing with retries, producer, consumer, admin, group offsets |
+//! | [`client`] | the client library: cluster routing with retries, producer, consumer, group consumer, admin |
 //! | [`cli`] | the code behind the `raftlog` subcommands: `topic`, `cluster`, `produce`, `consume`, `bench`, `serve`, `dev` (`main.rs` only parses and dispatches) |
-//! | [`metadata`] | the replicated cluster metadata: topics, partition placement, group offsets, producer ids |
+//! | [`metadata`] | the replicated cluster metadata: topics, partition placement, consumer groups and their offsets, producer ids |
+//! | [`groups`] | consumer groups: members, one owner per partition, the sticky rebalance that hands a partition over only once its owner released it |
 //! | [`wire`] | framing (4-byte length + envelope), handshake checks, correlation ids, error codes |
 //! | [`storage`] | segmented, mmap-backed write-ahead log with CRCs, sparse index, hard state, recovery decision table, retention, snapshot install, two-phase (off-thread) sync |
 //! | [`daemon`] | the composition root: binds the listeners, starts the node, the client server and the ops listener (`/metrics`, `/health`, `/ready`), owns the one shutdown; `raftlog dev` |

@@ -920,9 +920,7 @@ impl Metadata {
         for group in self.groups.values_mut() {
             let before = group.clone();
             group.rebalance(&counts);
-            if *group != before {
-                group.generation = before.generation + 1;
-            }
+            group.bump_if_changed(&before, &counts);
         }
     }
 

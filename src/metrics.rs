@@ -154,6 +154,10 @@ pub const METRICS: &[MetricDef] = &[
     metric!("raftlog_log_size_bytes", Gauge, PARTITION, "Bytes stored in this replica's log segments."),
     metric!("raftlog_log_segments", Gauge, PARTITION, "Segments in this replica's log."),
     metric!("raftlog_consumer_group_lag_records", Gauge, &["group", "topic", "partition"], "High watermark minus the group's committed offset, from this node's replica and applied metadata."),
+    metric!("raftlog_consumer_group_members", Gauge, &["group"], "Members of the consumer group, from this node's applied metadata."),
+    metric!("raftlog_consumer_group_generation", Gauge, &["group"], "The consumer group's generation: it grows with every change of members or partition owners."),
+    metric!("raftlog_consumer_group_rebalancing", Gauge, &["group"], "1 while the consumer group hands partitions over (an owner is asked to release one, or one has no owner), else 0."),
+    metric!("raftlog_consumer_group_rebalances_total", Counter, &["group"], "Times the consumer group started handing partitions over (a member joined, left or was expelled, or its topics changed)."),
     metric!("raftlog_peer_sent_messages_total", Counter, &["peer"], "Raft messages written to the connection to `peer`."),
     metric!("raftlog_peer_dropped_messages_total", Counter, &["peer"], "Raft messages for `peer` dropped (full queue or broken connection); Raft retransmits them."),
     metric!("raftlog_peer_reconnects_total", Counter, &["peer"], "Connections to `peer` re-established after the first."),
@@ -246,6 +250,23 @@ pub struct NodeMetrics {
     ready: Gauge,
     /// Consumer-group lag gauges by (group, topic, partition), kept to zero stale ones.
     group_lag: Mutex<HashMap<(String, String, u32), Gauge>>,
+    /// Consumer groups with figures, kept to zero the gauges of deleted ones.
+    groups_seen: Mutex<std::collections::HashSet<String>>,
+}
+
+/// One consumer group's figures, from the applied metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupSample {
+    /// Group name.
+    pub group: String,
+    /// Members now.
+    pub members: usize,
+    /// Its generation.
+    pub generation: u64,
+    /// Whether it is handing partitions over.
+    pub rebalancing: bool,
+    /// Hand-overs started so far.
+    pub rebalances: u64,
 }
 
 impl NodeMetrics {
@@ -299,6 +320,7 @@ impl NodeMetrics {
             errors_unknown,
             groups: RwLock::new(HashMap::new()),
             group_lag: Mutex::new(HashMap::new()),
+            groups_seen: Mutex::new(std::collections::HashSet::new()),
             handle,
             recorder,
         }
@@ -411,6 +433,44 @@ impl NodeMetrics {
                         .register_gauge(&key("raftlog_consumer_group_lag_records", labels), &META)
                 });
             gauge.set(lag as f64);
+        }
+    }
+
+    /// Sets every consumer group's figures; groups no longer in `groups` read 0 members.
+    pub fn set_consumer_groups(&self, groups: &[ConsumerGroupSample]) {
+        let labels = |group: &str| vec![Label::new("group", group.to_owned())];
+        let gauge = |name, group: &str| {
+            self.recorder
+                .register_gauge(&key(name, labels(group)), &META)
+        };
+        let mut seen = self
+            .groups_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in seen
+            .iter()
+            .filter(|g| !groups.iter().any(|s| &s.group == *g))
+        {
+            gauge("raftlog_consumer_group_members", gone).set(0.0);
+            gauge("raftlog_consumer_group_rebalancing", gone).set(0.0);
+        }
+        seen.clear();
+        for sample in groups {
+            let group = sample.group.as_str();
+            gauge("raftlog_consumer_group_members", group).set(sample.members as f64);
+            gauge("raftlog_consumer_group_generation", group).set(sample.generation as f64);
+            gauge("raftlog_consumer_group_rebalancing", group).set(if sample.rebalancing {
+                1.0
+            } else {
+                0.0
+            });
+            self.recorder
+                .register_counter(
+                    &key("raftlog_consumer_group_rebalances_total", labels(group)),
+                    &META,
+                )
+                .absolute(sample.rebalances);
+            seen.insert(sample.group.clone());
         }
     }
 

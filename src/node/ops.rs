@@ -47,6 +47,7 @@ pub fn readiness(node: &Node) -> Result<(), String> {
 pub fn collect(node: &Node) {
     let registry = metrics::node(node.id());
     registry.set_group_lag(consumer_group_lag(node));
+    registry.set_consumer_groups(&consumer_groups(node));
     for &peer in node.config().peers.keys() {
         if let Some(stats) = node.transport().stats(peer) {
             registry.set_peer(
@@ -105,6 +106,27 @@ fn consumer_group_lag(node: &Node) -> Vec<((String, String, u32), u64)> {
                 (group.clone(), topic.clone(), *partition),
                 high_watermark.saturating_sub(offset),
             ))
+        })
+        .collect()
+}
+
+/// Every consumer group, from this node's applied metadata (one with only committed
+/// offsets reads 0 members).
+fn consumer_groups(node: &Node) -> Vec<metrics::ConsumerGroupSample> {
+    let metadata = node.metadata();
+    let counts = metadata.partition_counts();
+    metadata
+        .group_names()
+        .into_iter()
+        .map(|name| {
+            let group = metadata.group(&name).cloned().unwrap_or_default();
+            metrics::ConsumerGroupSample {
+                members: group.members.len(),
+                generation: group.generation,
+                rebalancing: group.state(&counts) == crate::groups::GroupState::Rebalancing,
+                rebalances: group.rebalances,
+                group: name,
+            }
         })
         .collect()
 }

@@ -101,7 +101,8 @@ impl Group {
         if self.members.is_empty() {
             return GroupState::Empty;
         }
-        let all_owned = subscribed_partitions(&self.members, partition_counts)
+        let consumers = consumers_by_topic(&self.members, partition_counts);
+        let all_owned = subscribed_partitions(&consumers, partition_counts)
             .keys()
             .all(|partition| self.owners.contains_key(partition));
         if self.revoking.is_empty() && all_owned {
@@ -195,86 +196,134 @@ impl Group {
     }
 }
 
-/// Every partition some member consumes, with the members that consume its topic (sorted).
-fn subscribed_partitions<'a>(
+/// The members consuming each topic some member consumes (sorted), by topic.
+fn consumers_by_topic<'a>(
     members: &'a BTreeMap<String, Member>,
     partition_counts: &BTreeMap<String, u32>,
-) -> BTreeMap<TopicPartition, Vec<&'a str>> {
-    let mut subscribed = BTreeMap::new();
+) -> BTreeMap<&'a str, Vec<&'a str>> {
+    let mut consumers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (id, member) in members {
         for topic in &member.topics {
-            let Some(&count) = partition_counts.get(topic) else {
-                continue;
-            };
-            for partition in 0..count {
-                subscribed
-                    .entry((topic.clone(), partition))
-                    .or_insert_with(Vec::new)
+            if partition_counts.contains_key(topic) {
+                consumers
+                    .entry(topic.as_str())
+                    .or_default()
                     .push(id.as_str());
             }
+        }
+    }
+    consumers
+}
+
+/// Every partition some member consumes, with the members that consume its topic (sorted).
+/// The member lists are shared per topic, so this is linear in partitions plus members.
+fn subscribed_partitions<'a, 'b>(
+    consumers: &'b BTreeMap<&'a str, Vec<&'a str>>,
+    partition_counts: &BTreeMap<String, u32>,
+) -> BTreeMap<TopicPartition, &'b [&'a str]> {
+    let mut subscribed = BTreeMap::new();
+    for (topic, members) in consumers {
+        let count = partition_counts.get(*topic).copied().unwrap_or(0);
+        for partition in 0..count {
+            subscribed.insert(((*topic).to_owned(), partition), members.as_slice());
         }
     }
     subscribed
 }
 
+/// Moves `member` one partition up or down in `load` and in its topics' `by_load` sets.
+fn shift<'a>(
+    members: &'a BTreeMap<String, Member>,
+    load: &mut BTreeMap<&'a str, usize>,
+    by_load: &mut BTreeMap<&'a str, BTreeSet<(usize, &'a str)>>,
+    member: &'a str,
+    up: bool,
+) {
+    let before = load[member];
+    let after = if up { before + 1 } else { before - 1 };
+    load.insert(member, after);
+    for topic in &members[member].topics {
+        if let Some(set) = by_load.get_mut(topic.as_str()) {
+            set.remove(&(before, member));
+            set.insert((after, member));
+        }
+    }
+}
+
+/// Passes of the evening-out step at most: each pass is linear in the partitions, and a
+/// spread that is uneven after the first only happens with members of different topics.
+const EVEN_OUT_PASSES_MAX: usize = 16;
+
 /// The owner each partition should have: every partition some member consumes goes to one
-/// of its consumers, no member holds more than its even share (the partitions divided by
-/// the members, rounded up) while another that could take one holds two fewer, and within
-/// that a partition stays with its current owner. Deterministic: ties go to the smaller
-/// member id, and partitions are taken in order.
+/// of its consumers, no member keeps more than its even share (the partitions divided by
+/// the members, rounded up), and within that a partition stays with its current owner; then
+/// partitions move, one at a time, from a member to a consumer of their topic holding two
+/// fewer. Deterministic: ties go to the smaller member id, partitions are taken in order.
+/// `O(P log M)` per pass for P partitions and M members, so a group of thousands of members
+/// rebalances in milliseconds on every node.
 pub fn sticky_target(
     members: &BTreeMap<String, Member>,
     owners: &BTreeMap<TopicPartition, String>,
     partition_counts: &BTreeMap<String, u32>,
 ) -> BTreeMap<TopicPartition, String> {
-    let subscribed = subscribed_partitions(members, partition_counts);
+    let consumers = consumers_by_topic(members, partition_counts);
+    let subscribed = subscribed_partitions(&consumers, partition_counts);
     if members.is_empty() || subscribed.is_empty() {
         return BTreeMap::new();
     }
     let share = subscribed.len().div_ceil(members.len());
     let mut load: BTreeMap<&str, usize> = members.keys().map(|id| (id.as_str(), 0)).collect();
+    // Per topic, its consumers by (load, id); kept in step with `load`.
+    let mut by_load: BTreeMap<&str, BTreeSet<(usize, &str)>> = consumers
+        .iter()
+        .map(|(topic, ids)| (*topic, ids.iter().map(|id| (0, *id)).collect()))
+        .collect();
     let mut target: BTreeMap<&TopicPartition, &str> = BTreeMap::new();
     // Keep what each owner may keep.
-    for (partition, consumers) in &subscribed {
+    for partition in subscribed.keys() {
         let Some(owner) = owners.get(partition).map(String::as_str) else {
             continue;
         };
-        if consumers.contains(&owner) && load[owner] < share {
+        let consumes = members
+            .get(owner)
+            .is_some_and(|m| m.topics.contains(&partition.0));
+        if consumes && load[owner] < share {
+            let owner = members.get_key_value(owner).expect("a member").0.as_str();
             target.insert(partition, owner);
-            *load.get_mut(owner).expect("a member") += 1;
+            shift(members, &mut load, &mut by_load, owner, true);
         }
     }
-    // Place the rest on the least-loaded consumer.
-    for (partition, consumers) in &subscribed {
+    // Place the rest on the least-loaded consumer of each one's topic.
+    for partition in subscribed.keys() {
         if target.contains_key(partition) {
             continue;
         }
-        let least = *consumers
-            .iter()
-            .min_by_key(|id| (load[**id], **id))
+        let (_, least) = *by_load[partition.0.as_str()]
+            .first()
             .expect("a subscribed partition has a consumer");
         target.insert(partition, least);
-        *load.get_mut(least).expect("a member") += 1;
+        shift(members, &mut load, &mut by_load, least, true);
     }
-    // Even out what the share left uneven (members with different subscriptions): move one
-    // partition at a time from a member to one holding two fewer that consumes it. Each move
-    // lowers the sum of squared loads, so this ends.
-    loop {
-        let moved = subscribed.iter().find_map(|(partition, consumers)| {
+    // Even out what the share left uneven: move a partition to the least-loaded consumer of
+    // its topic when that one holds two fewer than its owner. Each move lowers the sum of
+    // squared loads, so the passes converge; they are bounded all the same.
+    for _ in 0..EVEN_OUT_PASSES_MAX {
+        let mut moved = false;
+        for partition in subscribed.keys() {
             let from = target[partition];
-            let to = consumers
-                .iter()
-                .copied()
-                .filter(|to| load[*to] + 1 < load[from])
-                .min_by_key(|to| (load[*to], *to))?;
-            Some((partition, from, to))
-        });
-        let Some((partition, from, to)) = moved else {
+            let (to_load, to) = *by_load[partition.0.as_str()]
+                .first()
+                .expect("a subscribed partition has a consumer");
+            if to_load + 1 < load[from] {
+                target.insert(partition, to);
+                shift(members, &mut load, &mut by_load, from, false);
+                shift(members, &mut load, &mut by_load, to, true);
+                moved = true;
+            }
+        }
+        if !moved {
             break;
-        };
-        target.insert(partition, to);
-        *load.get_mut(from).expect("a member") -= 1;
-        *load.get_mut(to).expect("a member") += 1;
+        }
     }
     target
         .into_iter()

@@ -79,7 +79,7 @@ impl Node {
         });
         self.propose_group(command).await?;
         self.sessions.heard(&group, &member_id);
-        let metadata = self.metadata();
+        let metadata = self.read_metadata();
         let state = metadata
             .group(&group)
             .ok_or_else(|| error(&MetadataError::UnknownGroup(group.clone())))?;
@@ -118,7 +118,8 @@ impl Node {
             });
             self.propose_group(command).await?;
         }
-        let metadata = self.metadata();
+        // Read in place: a heartbeat must not copy the whole metadata.
+        let metadata = self.read_metadata();
         let state = metadata.group(&request.group).ok_or_else(|| {
             error(&MetadataError::UnknownMember {
                 group: request.group.clone(),
@@ -236,11 +237,14 @@ impl Node {
         }
     }
 
-    fn check_member(&self, group: &str, member: &str) -> Result<(), proto::Error> {
-        let metadata = self
-            .metadata_view
+    fn read_metadata(&self) -> std::sync::RwLockReadGuard<'_, crate::metadata::Metadata> {
+        self.metadata_view
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_member(&self, group: &str, member: &str) -> Result<(), proto::Error> {
+        let metadata = self.read_metadata();
         let known = metadata
             .group(group)
             .is_some_and(|state| state.members.contains_key(member));

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use raftlog::groups::{Group, Member, SESSION_TIMEOUT_MS_DEFAULT};
+use raftlog::groups::{Group, Member, REBALANCE_TIMEOUT_MS_DEFAULT, SESSION_TIMEOUT_MS_DEFAULT};
 
 const MEMBERS: usize = 1000;
 const PARTITIONS: u32 = 3000;
@@ -17,6 +17,7 @@ fn member() -> Member {
         client_id: "bench".into(),
         topics: vec!["t".into()],
         session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+        rebalance_timeout_ms: REBALANCE_TIMEOUT_MS_DEFAULT,
     }
 }
 

@@ -35,6 +35,11 @@ pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
 /// The session of a member that asks for none. 10 s, as Kafka's classic consumers: long
 /// enough that a garbage-collection pause or a slow poll does not expel a healthy member.
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+/// How long a member that asks for no rebalance timeout may take to release a partition:
+/// 60 s, time for an application to finish the records it polled and commit.
+pub const REBALANCE_TIMEOUT_MS_DEFAULT: u32 = 60_000;
+/// Longest rebalance timeout: a member this slow to let go stalls its partitions as long.
+pub const REBALANCE_TIMEOUT_MS_MAX: u32 = 1_800_000;
 
 /// One member of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct Member {
     pub topics: Vec<String>,
     /// How long it may go without a heartbeat before it is expelled.
     pub session_timeout_ms: u32,
+    /// How long it may take to release a partition it was asked for before it is expelled.
+    pub rebalance_timeout_ms: u32,
 }
 
 /// A consumer group's replicated state.
@@ -340,6 +347,7 @@ mod tests {
             client_id: "test".into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+            rebalance_timeout_ms: REBALANCE_TIMEOUT_MS_DEFAULT,
         }
     }
 

@@ -528,6 +528,7 @@ impl Metadata {
                     client_id: join.client_id.clone(),
                     topics,
                     session_timeout_ms: session_timeout(join.session_timeout_ms),
+                    rebalance_timeout_ms: rebalance_timeout(join),
                 };
                 let counts = self.partition_counts();
                 let group = self.groups.entry(request.group.clone()).or_default();
@@ -869,6 +870,15 @@ impl Metadata {
                 range.end()
             )));
         }
+        let session = session_timeout(timeout);
+        let rebalance = join.rebalance_timeout_ms;
+        if rebalance != 0 && !(session..=groups::REBALANCE_TIMEOUT_MS_MAX).contains(&rebalance) {
+            return Err(MetadataError::Invalid(format!(
+                "rebalance timeout must be between the session timeout ({session} ms) and {} ms, \
+                 got {rebalance}",
+                groups::REBALANCE_TIMEOUT_MS_MAX
+            )));
+        }
         if request.member_id.is_empty() {
             return Err(MetadataError::Invalid("a member needs an id".into()));
         }
@@ -1033,6 +1043,16 @@ fn session_timeout(asked_ms: u32) -> u32 {
         groups::SESSION_TIMEOUT_MS_DEFAULT
     } else {
         asked_ms
+    }
+}
+
+/// The rebalance timeout a member gets for what it asked (0: the default, never below its
+/// session).
+fn rebalance_timeout(join: &crate::proto::JoinGroupRequest) -> u32 {
+    let session = session_timeout(join.session_timeout_ms);
+    match join.rebalance_timeout_ms {
+        0 => groups::REBALANCE_TIMEOUT_MS_DEFAULT.max(session),
+        asked => asked,
     }
 }
 

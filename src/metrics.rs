@@ -901,6 +901,13 @@ mod tests {
         metrics.connection_opened();
         metrics.error(ErrorCode::NotLeader as i32);
         metrics.set_group_lag(vec![(("billing".into(), "orders".into(), 3), 4)]);
+        metrics.set_consumer_groups(&[ConsumerGroupSample {
+            group: "billing".into(),
+            members: 2,
+            generation: 5,
+            rebalancing: true,
+            rebalances: 1,
+        }]);
         metrics.set_peer(2, 1, 1, 1, 0);
         metrics.set_ready(true);
         metrics.set_data_dir_space(1, 2);

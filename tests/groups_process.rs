@@ -289,16 +289,29 @@ async fn a_member_paused_past_its_session_is_fenced_and_joins_again() {
     let bootstrap = cluster.addresses().join(",");
     create_topic(&bootstrap).await;
     let members: Vec<Member> = (0..2).map(|_| Member::start(&bootstrap)).collect();
-    let mut before = BTreeMap::new();
-    wait_for("two members own three partitions each", async || {
+    // Both members must have started on their partitions (logged them), not only the
+    // coordinator have assigned them.
+    let started = Instant::now();
+    let before = loop {
         let group = describe(&bootstrap).await;
-        if !settled_with(&group, 2) {
-            return false;
+        let applied = members
+            .iter()
+            .all(|m| m.log().iter().any(|line| line.contains(": assigned ")));
+        if settled_with(&group, 2) && applied {
+            let owners = owners(group.as_ref().unwrap());
+            if owners.values().all(|owned| owned.len() == 3) {
+                break owners;
+            }
         }
-        before = owners(group.as_ref().unwrap());
-        before.values().all(|owned| owned.len() == 3)
-    })
-    .await;
+        assert!(
+            started.elapsed() < STEP_BOUND,
+            "two members never owned three partitions each: group {group:?}\nfirst: {:?}\nsecond: {:?}\nnodes: {}",
+            members[0].log(),
+            members[1].log(),
+            node_logs(&cluster)
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
     let paused = &members[0];
     paused.signal(libc::SIGSTOP);
     wait_for("the other member owns every partition", async || {
@@ -306,18 +319,26 @@ async fn a_member_paused_past_its_session_is_fenced_and_joins_again() {
     })
     .await;
     paused.signal(libc::SIGCONT);
-    wait_for(
-        "the resumed member joined again with a new id",
-        async || {
-            let group = describe(&bootstrap).await;
-            settled_with(&group, 2) && {
-                let now = owners(group.as_ref().unwrap());
-                now.values().all(|owned| owned.len() == 3)
-                    && now.keys().filter(|id| !before.contains_key(*id)).count() == 1
-            }
-        },
-    )
-    .await;
+    let resumed = Instant::now();
+    loop {
+        let group = describe(&bootstrap).await;
+        let rejoined = settled_with(&group, 2) && {
+            let now = owners(group.as_ref().unwrap());
+            now.values().all(|owned| owned.len() == 3)
+                && now.keys().filter(|id| !before.contains_key(*id)).count() == 1
+        };
+        if rejoined {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < STEP_BOUND,
+            "the resumed member did not join again: group {group:?}\nresumed: {:?}\nother: {:?}\nnodes: {}",
+            members[0].log(),
+            members[1].log(),
+            node_logs(&cluster)
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
     let log = paused.log();
     assert!(
         log.iter().any(|line| line.contains(": lost ")),
@@ -360,6 +381,20 @@ async fn a_member_paused_past_its_session_is_fenced_and_joins_again() {
     }
 }
 
+/// What the nodes logged about consumer groups (for a failure report).
+fn node_logs(cluster: &ProcessCluster) -> String {
+    (1..=cluster.size())
+        .filter_map(|id| std::fs::read_to_string(cluster.dir().join(format!("node-{id}.log"))).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|line| line.contains("group"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn assert_refused(client: &Cluster, body: Body, code: ErrorCode) {
     match client
         .request(Route::MetadataLeader, body, Retry::All)
@@ -390,6 +425,7 @@ async fn commits_are_fenced_by_membership_and_ownership() {
             topics: vec![TOPIC.into()],
             session_timeout_ms: 1_000,
             client_id: client_id.into(),
+            rebalance_timeout_ms: 0,
         })
     };
     let Body::JoinGroupResponse(first) = client
@@ -564,4 +600,85 @@ async fn a_coordinator_failover_during_a_rebalance_never_gives_a_partition_two_o
     for member in members {
         member.stop().await;
     }
+}
+
+/// The library's group consumer: a second member takes half the partitions only after the
+/// first committed and released them (the listener sees Revoked, then the other Assigned),
+/// and the two together read every record exactly once, since nothing crashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_hands_partitions_over_with_listener_callbacks_and_no_repeats() {
+    use raftlog::client::{Consumer, GroupOptions, Rebalance};
+    let cluster = ProcessCluster::start(3);
+    let bootstrap = cluster.addresses().join(",");
+    create_topic(&bootstrap).await;
+    produce(&bootstrap, (0..600).map(|i| format!("x{i}"))).await;
+    let client = Cluster::connect(ClientOptions {
+        bootstrap: cluster.addresses(),
+        ..ClientOptions::default()
+    })
+    .await
+    .unwrap();
+    let options = || GroupOptions {
+        session_timeout_ms: SESSION_MS as u32,
+        ..GroupOptions::default()
+    };
+    let seen: Arc<Mutex<Vec<(usize, Rebalance)>>> = Arc::default();
+    let mut first = Consumer::subscribe(client.clone(), GROUP, &[TOPIC], options())
+        .await
+        .unwrap();
+    let log = seen.clone();
+    first.on_rebalance(move |event| log.lock().unwrap().push((1, event.clone())));
+    let mut read: Vec<String> = Vec::new();
+    // The first member reads half of what is there, then a second joins.
+    while read.len() < 300 {
+        for record in first.poll(Duration::from_millis(200)).await.unwrap() {
+            read.push(String::from_utf8(record.value.to_vec()).unwrap());
+        }
+    }
+    let mut second = Consumer::subscribe(client.clone(), GROUP, &[TOPIC], options())
+        .await
+        .unwrap();
+    let log = seen.clone();
+    second.on_rebalance(move |event| log.lock().unwrap().push((2, event.clone())));
+    let started = Instant::now();
+    while read.len() < 600 {
+        assert!(started.elapsed() < STEP_BOUND, "read {} of 600", read.len());
+        for member in [&mut first, &mut second] {
+            for record in member.poll(Duration::from_millis(100)).await.unwrap() {
+                read.push(String::from_utf8(record.value.to_vec()).unwrap());
+            }
+        }
+    }
+    // Each keeps polling until the hand-over is complete.
+    while first.owned().len() + second.owned().len() < PARTITIONS as usize
+        || first.owned().len() != second.owned().len()
+    {
+        assert!(
+            started.elapsed() < STEP_BOUND,
+            "the hand-over never completed"
+        );
+        for member in [&mut first, &mut second] {
+            for record in member.poll(Duration::from_millis(100)).await.unwrap() {
+                read.push(String::from_utf8(record.value.to_vec()).unwrap());
+            }
+        }
+    }
+    let distinct: BTreeSet<&String> = read.iter().collect();
+    assert_eq!(distinct.len(), 600);
+    assert_eq!(read.len(), 600, "a record was read twice");
+    let events = seen.lock().unwrap().clone();
+    let revoked_at = events
+        .iter()
+        .position(|(member, e)| *member == 1 && matches!(e, Rebalance::Revoked { .. }))
+        .expect("the first member gave partitions back");
+    let assigned_at = events
+        .iter()
+        .position(|(member, e)| {
+            *member == 2
+                && matches!(e, Rebalance::Assigned { partitions, .. } if !partitions.is_empty())
+        })
+        .expect("the second member got partitions");
+    assert!(revoked_at < assigned_at, "{events:?}");
+    first.close().await.unwrap();
+    second.close().await.unwrap();
 }

@@ -276,6 +276,7 @@ fn every_envelope() -> Vec<Envelope> {
             topics: vec!["orders".into()],
             session_timeout_ms: 10_000,
             client_id: "billing-1".into(),
+            rebalance_timeout_ms: 60_000,
         }),
         Body::JoinGroupResponse(JoinGroupResponse {
             member_id: "billing-1-2-1-18c2".into(),
@@ -285,6 +286,10 @@ fn every_envelope() -> Vec<Envelope> {
                 partitions: vec![0, 2],
             }],
             heartbeat_interval_ms: 3_333,
+            revoking: vec![TopicPartitions {
+                topic: "orders".into(),
+                partitions: vec![2],
+            }],
         }),
         Body::GroupHeartbeat(GroupHeartbeatRequest {
             group: "billing".into(),

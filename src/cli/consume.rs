@@ -167,6 +167,10 @@ async fn run_in_group(args: &ConsumeArgs, cluster: Cluster, group: &str) -> Resu
         reset,
         client_id: format!("raftlog-consume-{}", std::process::id()),
         session_timeout_ms: args.session_timeout_ms.unwrap_or(0),
+        // The command releases a partition as soon as it is asked: one session is plenty.
+        rebalance_timeout_ms: args
+            .session_timeout_ms
+            .unwrap_or(crate::groups::SESSION_TIMEOUT_MS_DEFAULT),
         ..GroupOptions::default()
     };
     let mut member = GroupConsumer::subscribe(cluster, group, &[&args.topic], options).await?;

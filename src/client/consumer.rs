@@ -10,8 +10,9 @@
 //! ([`ClientError::Corrupt`]), never skipped silently.
 //!
 //! The consumer's position in a partition is the offset after the last record `poll`
-//! returned; that is what [`Consumer::commit`] stores for a group. This module does not own
-//! group membership or rebalancing: partitions are assigned explicitly.
+//! returned; that is what [`Consumer::commit`] stores for a group. Partitions are assigned
+//! explicitly here; [`Consumer::subscribe`] joins a consumer group instead, whose members
+//! share the partitions ([`GroupConsumer`], in `client::group`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use super::admin::Admin;
 use super::cluster::{unexpected, Cluster, Retry, Route};
 use super::connection::ClientError;
+use super::group::{GroupConsumer, GroupOptions};
 use crate::batch::{self, decode_records, BatchError};
 use crate::proto::envelope::Body;
 use crate::proto::{ErrorCode, FetchRequest, FetchResponse, RecordHeader};
@@ -166,6 +168,21 @@ impl Consumer {
         };
         consumer.assign_all().await?;
         Ok(consumer)
+    }
+
+    /// Joins consumer group `group` to share the partitions of `topics` with its other
+    /// members: the group, not the caller, decides what this consumer reads (see
+    /// [`GroupConsumer`]).
+    ///
+    /// # Errors
+    /// As [`GroupConsumer::subscribe`].
+    pub async fn subscribe(
+        cluster: Cluster,
+        group: &str,
+        topics: &[&str],
+        options: GroupOptions,
+    ) -> Result<GroupConsumer, ClientError> {
+        GroupConsumer::subscribe(cluster, group, topics, options).await
     }
 
     /// The topic this consumer reads.

@@ -47,6 +47,10 @@ pub struct GroupOptions {
     /// How long the member may go without a heartbeat before it is expelled (0: the
     /// coordinator's default, 10 s).
     pub session_timeout_ms: u32,
+    /// How long the member may take to release a partition it is asked for (the time the
+    /// application may spend between two polls while a rebalance waits); 0: the
+    /// coordinator's default, 60 s.
+    pub rebalance_timeout_ms: u32,
     /// The client's name for itself in `group describe`.
     pub client_id: String,
     /// Where a partition without a committed offset starts (Kafka's auto.offset.reset).
@@ -59,6 +63,7 @@ impl Default for GroupOptions {
     fn default() -> Self {
         GroupOptions {
             session_timeout_ms: 0,
+            rebalance_timeout_ms: 0,
             client_id: "raftlog-consumer".into(),
             reset: OffsetSpec::Earliest,
             consumer: ConsumerOptions::default(),
@@ -92,6 +97,9 @@ pub enum Rebalance {
     },
 }
 
+/// What [`GroupConsumer::on_rebalance`] installs.
+type RebalanceListener = Box<dyn FnMut(&Rebalance) + Send>;
+
 /// What the heartbeat task last heard.
 #[derive(Debug, Clone, Default)]
 struct Assignment {
@@ -118,6 +126,8 @@ pub struct GroupConsumer {
     options: GroupOptions,
     membership: Arc<Mutex<Membership>>,
     assignment: watch::Receiver<Assignment>,
+    /// The heartbeat task's sender, for a rejoin to replace what it published.
+    publish: Arc<watch::Sender<Assignment>>,
     /// Wakes the heartbeat task at once (a release to send).
     beat_now: Arc<Notify>,
     heartbeats: JoinHandle<()>,
@@ -125,8 +135,13 @@ pub struct GroupConsumer {
     generation: u64,
     /// One consumer per topic, holding the partitions this member consumes now.
     consumers: BTreeMap<String, Consumer>,
+    /// Partitions asked back that this member released already (while the coordinator
+    /// still lists them as revoking), so each is released once.
+    released: BTreeSet<TopicPartition>,
     /// Changes not yet returned by [`Self::rebalances`].
     events: Vec<Rebalance>,
+    /// Called with every change, from `poll`.
+    listener: Option<RebalanceListener>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -166,12 +181,13 @@ impl GroupConsumer {
             released: Vec::new(),
         }));
         let (publish, assignment) = watch::channel(first);
+        let publish = Arc::new(publish);
         let beat_now = Arc::new(Notify::new());
         let heartbeats = tokio::spawn(heartbeat_loop(
             cluster.clone(),
             group.to_owned(),
             membership.clone(),
-            publish,
+            publish.clone(),
             beat_now.clone(),
             interval,
         ));
@@ -182,11 +198,14 @@ impl GroupConsumer {
             options,
             membership,
             assignment,
+            publish,
             beat_now,
             heartbeats,
             generation: 0,
             consumers,
+            released: BTreeSet::new(),
             events: Vec::new(),
+            listener: None,
         })
     }
 
@@ -243,6 +262,21 @@ impl GroupConsumer {
         partition: u32,
     ) -> Result<PartitionBounds, ClientError> {
         partition_bounds(&self.cluster, topic, partition).await
+    }
+
+    /// Calls `listener` with every change of what this member owns, from within `poll`
+    /// (Kafka's rebalance listener): [`Rebalance::Revoked`] once the partitions' positions
+    /// are committed and before they are released, so work the application keeps for them
+    /// can be finished first; [`Rebalance::Assigned`] before their records are fetched.
+    pub fn on_rebalance(&mut self, listener: impl FnMut(&Rebalance) + Send + 'static) {
+        self.listener = Some(Box::new(listener));
+    }
+
+    fn record(&mut self, event: Rebalance) {
+        if let Some(listener) = self.listener.as_mut() {
+            listener(&event);
+        }
+        self.events.push(event);
     }
 
     /// The ownership changes since the last call, oldest first.
@@ -362,7 +396,7 @@ impl GroupConsumer {
             .collect();
         if !gone.is_empty() {
             self.drop_partitions(&gone).await?;
-            self.events.push(Rebalance::Lost {
+            self.record(Rebalance::Lost {
                 generation: latest.generation,
                 partitions: gone,
             });
@@ -380,11 +414,24 @@ impl GroupConsumer {
                 Err(error) => return Err(error),
             }
             self.drop_partitions(&revoke).await?;
-            self.events.push(Rebalance::Revoked {
+            self.record(Rebalance::Revoked {
                 generation: latest.generation,
                 partitions: revoke.clone(),
             });
-            lock(&self.membership).released.extend(revoke);
+        }
+        // Release everything asked back once: also what this member never started on (it
+        // joined while another member was joining, and was asked back at once).
+        self.released
+            .retain(|partition| latest.revoking.contains(partition));
+        let release: Vec<TopicPartition> = latest
+            .revoking
+            .iter()
+            .filter(|partition| !self.released.contains(*partition))
+            .cloned()
+            .collect();
+        if !release.is_empty() {
+            self.released.extend(release.iter().cloned());
+            lock(&self.membership).released.extend(release);
             self.beat_now.notify_one();
         }
         // Assigned: start from the committed offsets.
@@ -397,7 +444,7 @@ impl GroupConsumer {
             .collect();
         if !assign.is_empty() {
             self.add_partitions(&assign).await?;
-            self.events.push(Rebalance::Assigned {
+            self.record(Rebalance::Assigned {
                 generation: latest.generation,
                 partitions: assign,
             });
@@ -454,7 +501,7 @@ impl GroupConsumer {
             reassign(consumer, &[]).await?;
         }
         if !lost.is_empty() {
-            self.events.push(Rebalance::Lost {
+            self.record(Rebalance::Lost {
                 generation: self.generation,
                 partitions: lost,
             });
@@ -467,19 +514,11 @@ impl GroupConsumer {
             membership.member_id = member_id;
             membership.released.clear();
         }
-        // The heartbeat task publishes for the new id from its next beat on; until then the
-        // join's answer stands.
-        self.assignment.mark_unchanged();
-        let latest = first;
-        let owned: Vec<TopicPartition> = latest.owned.iter().cloned().collect();
-        if !owned.is_empty() {
-            self.add_partitions(&owned).await?;
-            self.events.push(Rebalance::Assigned {
-                generation: latest.generation,
-                partitions: owned,
-            });
-        }
-        self.generation = latest.generation;
+        self.released.clear();
+        // The join's answer replaces the expulsion the heartbeat task published (or the next
+        // poll would join again), and the next poll applies it as any other assignment.
+        self.generation = first.generation;
+        self.publish.send_replace(first);
         self.beat_now.notify_one();
         Ok(())
     }
@@ -517,6 +556,7 @@ async fn join(
         group: group.to_owned(),
         topics: topics.to_vec(),
         session_timeout_ms: options.session_timeout_ms,
+        rebalance_timeout_ms: options.rebalance_timeout_ms,
         client_id: options.client_id.clone(),
     });
     // Not retried after an unknown outcome: a join that took effect unseen leaves a member
@@ -529,7 +569,7 @@ async fn join(
             let assignment = Assignment {
                 generation: response.generation,
                 owned: flatten(&response.owned).into_iter().collect(),
-                revoking: BTreeSet::new(),
+                revoking: flatten(&response.revoking).into_iter().collect(),
                 expelled: false,
             };
             let interval =
@@ -546,7 +586,7 @@ async fn heartbeat_loop(
     cluster: Cluster,
     group: String,
     membership: Arc<Mutex<Membership>>,
-    publish: watch::Sender<Assignment>,
+    publish: Arc<watch::Sender<Assignment>>,
     beat_now: Arc<Notify>,
     interval: Duration,
 ) {

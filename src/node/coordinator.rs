@@ -39,8 +39,9 @@ pub(super) struct Sessions {
 struct SessionState {
     /// (group, member) → when last heard from.
     heard: HashMap<(String, String), Instant>,
-    /// (group, partition) → since when its owner is asked to release it.
-    revoking_since: HashMap<(String, TopicPartition), Instant>,
+    /// (group, partition, owner) → since when that owner is asked to release it. Keyed by
+    /// owner too: a partition asked back from its next owner starts a fresh clock.
+    revoking_since: HashMap<(String, TopicPartition, String), Instant>,
     /// Distinguishes the member ids this coordinator hands out.
     issued: u64,
 }
@@ -89,9 +90,16 @@ impl Node {
                 member: member_id.clone(),
             })
         })?;
+        let owned = state.owned_by(&member_id);
+        let revoking: Vec<TopicPartition> = owned
+            .iter()
+            .filter(|partition| state.revoking.contains(*partition))
+            .cloned()
+            .collect();
         Ok(JoinGroupResponse {
             generation: state.generation,
-            owned: group_by_topic(&state.owned_by(&member_id)),
+            owned: group_by_topic(&owned),
+            revoking: group_by_topic(&revoking),
             heartbeat_interval_ms: member.session_timeout_ms / HEARTBEATS_PER_SESSION,
             member_id,
         })
@@ -159,7 +167,7 @@ impl Node {
     }
 
     /// On the metadata leader: expels the members whose session ran out, and the owners of
-    /// partitions they were asked to release one session ago and still hold (a member that
+    /// partitions they were asked to release a rebalance timeout ago and still hold (a member that
     /// heartbeats but never lets go would stall its group for good). Elsewhere: forgets all
     /// timing, so it starts afresh if this node becomes the coordinator.
     pub(super) async fn expire_group_members(&self) {
@@ -197,14 +205,14 @@ impl Node {
                     let Some(owner) = group.owners.get(partition) else {
                         continue;
                     };
-                    let key = (name.clone(), partition.clone());
+                    let key = (name.clone(), partition.clone(), owner.clone());
                     let since = *state.revoking_since.entry(key.clone()).or_insert(now);
                     live_revocations.insert(key);
-                    let session = group.members.get(owner).map_or(Duration::ZERO, |m| {
-                        Duration::from_millis(u64::from(m.session_timeout_ms))
+                    let deadline = group.members.get(owner).map_or(Duration::ZERO, |m| {
+                        Duration::from_millis(u64::from(m.rebalance_timeout_ms))
                     });
-                    if now.duration_since(since) > session && !expired.contains(owner) {
-                        tracing::warn!(group = %name, member = %owner, topic = %partition.0, partition = partition.1, "a member did not release a partition within its session: expelled");
+                    if now.duration_since(since) > deadline && !expired.contains(owner) {
+                        tracing::warn!(group = %name, member = %owner, topic = %partition.0, partition = partition.1, "a member did not release a partition within its rebalance timeout: expelled");
                         expired.push(owner.clone());
                     }
                 }

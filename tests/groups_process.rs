@@ -224,6 +224,7 @@ async fn members_share_the_partitions_and_survivors_take_over_a_killed_members_s
     })
     .await;
     let takeover = killed_at.elapsed();
+    eprintln!("the survivors own all six partitions {takeover:?} after the SIGKILL (session {SESSION_MS} ms)");
     // Expulsion after one session, then a heartbeat interval (a third of it) to learn.
     assert!(
         takeover < Duration::from_millis(SESSION_MS * 2),

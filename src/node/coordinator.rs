@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::groups::TopicPartition;
+use crate::groups::{Group, TopicPartition};
 use crate::metadata::{group_by_topic, Applied, MetadataError};
 use crate::proto::metadata_command::Command;
 use crate::proto::{
     self, AddMember, ExpelMembers, GroupHeartbeatRequest, GroupHeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, MetadataCommand, ReleasePartitions,
+    JoinGroupResponse, LeaveGroupRequest, MetadataCommand, ReleasePartitions, TopicPartitions,
 };
 use crate::raft::Role;
 
@@ -90,16 +90,11 @@ impl Node {
                 member: member_id.clone(),
             })
         })?;
-        let owned = state.owned_by(&member_id);
-        let revoking: Vec<TopicPartition> = owned
-            .iter()
-            .filter(|partition| state.revoking.contains(*partition))
-            .cloned()
-            .collect();
+        let (owned, revoking) = assignment_of(state, &member_id);
         Ok(JoinGroupResponse {
             generation: state.generation,
-            owned: group_by_topic(&owned),
-            revoking: group_by_topic(&revoking),
+            owned,
+            revoking,
             heartbeat_interval_ms: member.session_timeout_ms / HEARTBEATS_PER_SESSION,
             member_id,
         })
@@ -134,16 +129,11 @@ impl Node {
                 member: request.member_id.clone(),
             })
         })?;
-        let owned = state.owned_by(&request.member_id);
-        let revoking: Vec<TopicPartition> = owned
-            .iter()
-            .filter(|partition| state.revoking.contains(*partition))
-            .cloned()
-            .collect();
+        let (owned, revoking) = assignment_of(state, &request.member_id);
         Ok(GroupHeartbeatResponse {
             generation: state.generation,
-            owned: group_by_topic(&owned),
-            revoking: group_by_topic(&revoking),
+            owned,
+            revoking,
         })
     }
 
@@ -301,4 +291,16 @@ impl Node {
         let name = if name.is_empty() { "member" } else { &name };
         format!("{name}-{}-{issued}-{clock:x}", self.id())
     }
+}
+
+/// What `member` owns in `group`, and which of those it is asked to release, as the wire
+/// lists them.
+fn assignment_of(group: &Group, member: &str) -> (Vec<TopicPartitions>, Vec<TopicPartitions>) {
+    let owned = group.owned_by(member);
+    let revoking: Vec<TopicPartition> = owned
+        .iter()
+        .filter(|partition| group.revoking.contains(*partition))
+        .cloned()
+        .collect();
+    (group_by_topic(&owned), group_by_topic(&revoking))
 }

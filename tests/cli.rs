@@ -494,3 +494,108 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// `consume --from-time MS` starts each partition at its first record with a timestamp at or
+/// after MS, as the records' own timestamps (`--format json`) say, and refuses `--from`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consume_from_time_starts_at_the_first_record_at_or_after_it() {
+    let nodes = RealCluster::start(3).await;
+    let bootstrap = nodes.bootstrap();
+    let run = raftlog(
+        &bootstrap,
+        &["topic", "create", "times", "--partitions", "2"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    // Three produce runs some milliseconds apart, so timestamps differ between them.
+    for round in 0..3 {
+        let input: String = (0..20).map(|i| format!("r{round}-{i}\n")).collect();
+        assert_eq!(
+            raftlog(&bootstrap, &["produce", "times"], &input)
+                .await
+                .code,
+            0
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let all = raftlog(&bootstrap, &["consume", "times", "--format", "json"], "").await;
+    assert_eq!(all.code, 0, "{all:?}");
+    let records: Vec<(u32, u64, i64)> = all
+        .stdout
+        .lines()
+        .map(|line| {
+            (
+                json_field(line, "partition").parse().unwrap(),
+                json_field(line, "offset").parse().unwrap(),
+                json_field(line, "timestamp_ms").parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(records.len(), 60);
+    let mut stamps: Vec<i64> = records.iter().map(|r| r.2).collect();
+    stamps.sort_unstable();
+    let from = stamps[30];
+    let expected: Vec<(u32, u64)> = {
+        let mut starts: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut in_order = records.clone();
+        in_order.sort_unstable();
+        for (partition, offset, stamp) in in_order {
+            if stamp >= from {
+                starts.entry(partition).or_insert(offset);
+            }
+        }
+        let mut expected: Vec<(u32, u64)> = records
+            .iter()
+            .filter(|(p, o, _)| starts.get(p).is_some_and(|start| o >= start))
+            .map(|(p, o, _)| (*p, *o))
+            .collect();
+        expected.sort_unstable();
+        expected
+    };
+    let from_text = from.to_string();
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "consume",
+            "times",
+            "--from-time",
+            &from_text,
+            "--format",
+            "json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut got: Vec<(u32, u64)> = run
+        .stdout
+        .lines()
+        .map(|line| {
+            (
+                json_field(line, "partition").parse().unwrap(),
+                json_field(line, "offset").parse().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+    assert!(!got.is_empty() && got.len() < 60, "{got:?}");
+    let run = raftlog(
+        &bootstrap,
+        &[
+            "consume",
+            "times",
+            "--from-time",
+            &from_text,
+            "--from",
+            "earliest",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(
+        run.code, 2,
+        "--from-time and --from do not go together: {run:?}"
+    );
+}

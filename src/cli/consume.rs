@@ -2,6 +2,7 @@
 //!
 //! Without `--follow` it stops at the high watermark each partition had when it started (or
 //! after `--count` records); with `--follow` it tails new commits until SIGINT or SIGTERM.
+//! `--from-time MS` starts each partition at its first record stamped at or after MS.
 //! With `--group` it joins the consumer group: the group's members share the topic's
 //! partitions (each partition is printed by one member at a time), each starts where the
 //! group's committed offset says (`--from` only for a partition without one), and commits
@@ -77,6 +78,11 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "earliest|latest|OFFSET")]
     pub from: Option<From>,
 
+    /// Start at each partition's first record with a timestamp at or after this time
+    /// (Unix milliseconds); the end of the log where there is none
+    #[arg(long, value_name = "MS", conflicts_with_all = ["from", "group"])]
+    pub from_time: Option<i64>,
+
     /// Stop after this many records
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -117,6 +123,9 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
     }
     if let Some(From(spec)) = args.from {
         consumer.seek_all(spec);
+    }
+    if let Some(timestamp_ms) = args.from_time {
+        consumer.seek_to_time(timestamp_ms).await?;
     }
     // Without --follow, stop at the high watermark of each partition as it is now. An
     // explicit offset outside the log is refused here, with the bounds, rather than being

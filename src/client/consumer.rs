@@ -245,6 +245,26 @@ impl Consumer {
         Ok(())
     }
 
+    /// Moves every assigned partition to its first record with a timestamp at or after
+    /// `timestamp_ms` (the end of the log where none is); see [`offset_for_time`].
+    ///
+    /// # Errors
+    /// As [`offset_for_time`].
+    pub async fn seek_to_time(&mut self, timestamp_ms: i64) -> Result<(), ClientError> {
+        for partition in self.assignment() {
+            let offset = offset_for_time(
+                &self.cluster,
+                &self.topic,
+                partition,
+                timestamp_ms,
+                &self.options,
+            )
+            .await?;
+            self.seek(partition, OffsetSpec::At(offset))?;
+        }
+        Ok(())
+    }
+
     /// Moves every assigned partition's position.
     pub fn seek_all(&mut self, spec: OffsetSpec) {
         let partitions = self.assignment();
@@ -428,6 +448,48 @@ pub async fn partition_bounds(
         Ok(other) => Err(unexpected("FetchResponse", &other)),
         Err(error) => Err(error),
     }
+}
+
+/// The offset of the first record of `partition` whose timestamp is at or after
+/// `timestamp_ms`, or the high watermark when none is (Kafka's `offsetsForTimes`). There is
+/// no time index yet, so this reads the partition from its log start: a cost in proportion
+/// to the log, paid once per partition when a consumer starts.
+///
+/// # Errors
+/// A routing error, UNKNOWN_TOPIC / UNKNOWN_PARTITION, or [`ClientError::Corrupt`].
+pub async fn offset_for_time(
+    cluster: &Cluster,
+    topic: &str,
+    partition: u32,
+    timestamp_ms: i64,
+    options: &ConsumerOptions,
+) -> Result<u64, ClientError> {
+    let bounds = partition_bounds(cluster, topic, partition).await?;
+    let mut next = bounds.log_start_offset;
+    while next < bounds.high_watermark {
+        let body = Body::Fetch(FetchRequest {
+            topic: topic.to_owned(),
+            partition,
+            offset: next,
+            max_bytes: options.fetch_bytes_max,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        });
+        let route = Route::Partition { topic, partition };
+        let response = match cluster.request(route, body, Retry::All).await? {
+            Body::FetchResponse(response) => response,
+            other => return Err(unexpected("FetchResponse", &other)),
+        };
+        let records = decode_fetch(partition, next, &response, options.batch_bytes_max)?;
+        if let Some(found) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
+            return Ok(found.offset);
+        }
+        match records.last() {
+            Some(last) => next = last.offset + 1,
+            None => break,
+        }
+    }
+    Ok(bounds.high_watermark)
 }
 
 /// One partition's fetch task.

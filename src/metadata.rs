@@ -114,18 +114,24 @@ pub struct PartitionAssignment {
     /// While the partition is being moved: the replicas it moves to (the group's leader
     /// drives the move, see `replica::moves`); empty otherwise.
     pub target_replicas: Vec<NodeId>,
+    /// Nodes an earlier target of the move under way named and the current one does not (a
+    /// move cancelled or re-targeted). The group's configuration may still include them, as
+    /// learners or as voters of a joint configuration, until the move completes; so they
+    /// keep their replica, and their files, until then.
+    pub departing: Vec<NodeId>,
 }
 
 impl PartitionAssignment {
-    /// Every node that holds, or is to hold, a replica: the current ones and a move's new
-    /// ones. A node keeps its copy until the move is recorded complete.
+    /// Every node that holds, or is to hold, a replica: the current ones, a move's new
+    /// ones, and those an earlier target of the move named. A node keeps its copy until the
+    /// move is recorded complete.
     pub fn all_replicas(&self) -> Vec<NodeId> {
         let mut all = self.replicas.clone();
-        all.extend(
-            self.target_replicas
-                .iter()
-                .filter(|n| !self.replicas.contains(n)),
-        );
+        for node in self.target_replicas.iter().chain(&self.departing) {
+            if !all.contains(node) {
+                all.push(*node);
+            }
+        }
         all
     }
 
@@ -555,6 +561,16 @@ impl Metadata {
             }
             Some(Command::MovePartition(request)) => {
                 let assignment = self.assignment_mut(&request.topic, request.partition);
+                // A node the old target named may be in the group's configuration already:
+                // it stays a holder until the move (now to the new target) completes.
+                let keep: Vec<NodeId> = assignment
+                    .target_replicas
+                    .iter()
+                    .chain(&assignment.departing)
+                    .copied()
+                    .filter(|n| !assignment.replicas.contains(n) && !request.replicas.contains(n))
+                    .collect();
+                assignment.departing = keep;
                 // Asking for the replicas it has ends a move; the group goes back to them.
                 assignment.target_replicas =
                     if request.replicas == assignment.replicas && !assignment.is_moving() {
@@ -567,6 +583,7 @@ impl Metadata {
             Some(Command::CompletePartitionMove(request)) => {
                 let assignment = self.assignment_mut(&request.topic, request.partition);
                 assignment.replicas = std::mem::take(&mut assignment.target_replicas);
+                assignment.departing.clear();
                 Ok(Applied::MoveCompleted)
             }
             Some(Command::RegisterNode(request)) => {
@@ -908,6 +925,7 @@ impl Metadata {
                     group_id,
                     replicas,
                     target_replicas: Vec::new(),
+                    departing: Vec::new(),
                 }
             })
             .collect();
@@ -1344,6 +1362,30 @@ mod tests {
                 Err(ErrorCode::InvalidRequest)
             );
         }
+    }
+
+    /// A cancelled move keeps the nodes its abandoned target named as holders until the move
+    /// back completes.
+    #[test]
+    fn a_cancelled_move_keeps_the_abandoned_targets_replicas_until_it_completes() {
+        // Found by the 30-minute fault run (seed 1546503): a cancel dropped the new node from
+        // the holders at once, so it deleted its files while the group's configuration still
+        // included it (a learner, or a voter of the joint configuration).
+        let mut m = Metadata::new(vec![1, 2, 3, 4]);
+        m.apply(1, &create("t", 1, 3)).unwrap();
+        m.apply(2, &move_to("t", &[2, 3, 4])).unwrap();
+        m.apply(3, &move_to("t", &[1, 2, 3])).unwrap();
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert!(p.is_moving(), "the group must be brought back first");
+        assert!(p.all_replicas().contains(&4), "{p:?}");
+        assert_eq!(m.partitions_on(4).count(), 1, "node 4 keeps its replica");
+        m.apply(5, &complete("t", &[1, 2, 3])).unwrap();
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert_eq!(
+            (p.all_replicas(), p.departing.clone()),
+            (vec![1, 2, 3], vec![])
+        );
+        assert_eq!(m.partitions_on(4).count(), 0, "now node 4 deletes its copy");
     }
 
     /// A move is recorded as a target; the nodes of both sets hold a replica until it is

@@ -179,7 +179,11 @@ async fn groups_follow_and_errors_on_a_real_cluster() {
     seen.dedup();
     assert_eq!(seen.len(), 30);
 
-    // --follow tails new commits until SIGTERM, then exits 0.
+    // --follow tails new commits until SIGTERM, then exits 0. The group members above may
+    // have left fetches parked (until their wait ends); only the follower's may count.
+    nodes
+        .wait_until("no fetch is parked", |c| c.fetch_waiters("jobs") == 0)
+        .await;
     let mut follower = spawn(
         &bootstrap,
         &["consume", "jobs", "--from", "latest", "--follow"],

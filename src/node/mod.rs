@@ -675,10 +675,22 @@ impl Node {
                 .collect()
         };
         for local in removed {
-            // Dropping the handle stops the replica; its files go with the topic.
             let dir = self.partition_dir(&local.topic, local.partition, local.group_id);
+            // Dropping the handle asks the replica to stop, but it may still be writing for a
+            // moment. Renaming the directory first (atomic) means those writes can no longer
+            // land under the partition's name, and removing it can no longer leave half a
+            // log there for a later replica of the same group to trip over (the 30-minute
+            // fault run found one: "log start is 1 but the first segment starts at 39152").
             drop(local);
-            if let Err(failure) = std::fs::remove_dir_all(&dir) {
+            let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let tombstone = dir.with_file_name(format!("{name}.deleting"));
+            // One left by an earlier failure would make the rename fail.
+            let _ = std::fs::remove_dir_all(&tombstone);
+            let gone = std::fs::rename(&dir, &tombstone)
+                .and_then(|()| std::fs::remove_dir_all(&tombstone));
+            if let Err(failure) = gone {
                 tracing::warn!(dir = %dir.display(), %failure, "cannot remove a deleted partition's files");
             }
         }

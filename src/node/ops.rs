@@ -118,15 +118,22 @@ fn consumer_groups(node: &Node) -> Vec<metrics::ConsumerGroupSample> {
     metadata
         .group_names()
         .into_iter()
-        .map(|name| {
-            let group = metadata.group(&name).cloned().unwrap_or_default();
-            metrics::ConsumerGroupSample {
+        .map(|name| match metadata.group(&name) {
+            Some(group) => metrics::ConsumerGroupSample {
                 members: group.members.len(),
                 generation: group.generation,
                 rebalancing: group.state(&counts) == crate::groups::GroupState::Rebalancing,
                 rebalances: group.rebalances,
                 group: name,
-            }
+            },
+            // Only committed offsets: no members, nothing handed over yet.
+            None => metrics::ConsumerGroupSample {
+                members: 0,
+                generation: 0,
+                rebalancing: false,
+                rebalances: 0,
+                group: name,
+            },
         })
         .collect()
 }

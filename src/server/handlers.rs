@@ -192,10 +192,7 @@ pub async fn handle<S: Service>(node: &S, body: Body) -> Body {
             let groups = metadata
                 .group_names()
                 .iter()
-                .map(|name| GroupInfo {
-                    partitions: Vec::new(),
-                    ..group_info(node, &metadata, name)
-                })
+                .map(|name| group_info(node, &metadata, name, false))
                 .collect();
             Ok(Body::ListGroupsResponse(ListGroupsResponse { groups }))
         }
@@ -403,12 +400,18 @@ fn describe_group<S: Service>(node: &S, name: &str) -> Result<GroupInfo, ErrorMe
             ..Default::default()
         });
     }
-    Ok(group_info(node, &metadata, name))
+    Ok(group_info(node, &metadata, name, true))
 }
 
-/// What the metadata records of group `name`, with each partition's high watermark and lag
-/// where this node holds a replica (elsewhere 0: the client asks the partitions' leaders).
-fn group_info<S: Service>(node: &S, metadata: &Metadata, name: &str) -> GroupInfo {
+/// What the metadata records of group `name`; `with_partitions` adds each partition with its
+/// high watermark and lag where this node holds a replica (elsewhere 0: the client asks the
+/// partitions' leaders). A list leaves them out, so it reads no replica status.
+fn group_info<S: Service>(
+    node: &S,
+    metadata: &Metadata,
+    name: &str,
+    with_partitions: bool,
+) -> GroupInfo {
     let counts = metadata.partition_counts();
     let state = metadata.group(name);
     let members = state
@@ -428,10 +431,10 @@ fn group_info<S: Service>(node: &S, metadata: &Metadata, name: &str) -> GroupInf
     // Every partition a member consumes or the group committed an offset for.
     let mut partitions: std::collections::BTreeSet<(String, u32)> = metadata
         .group_offsets()
-        .filter(|((group, _, _), _)| group == name)
+        .filter(|((group, _, _), _)| with_partitions && group == name)
         .map(|((_, topic, partition), _)| (topic.clone(), *partition))
         .collect();
-    if let Some(group) = state {
+    if let (Some(group), true) = (state, with_partitions) {
         for member in group.members.values() {
             for topic in &member.topics {
                 let count = counts.get(topic).copied().unwrap_or(0);

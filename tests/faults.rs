@@ -977,6 +977,8 @@ struct Verdict {
     /// Consumers that did not reach the final high watermark.
     incomplete: u64,
     problems: Vec<String>,
+    /// Where the lost records were acknowledged: (partition, offset).
+    lost_at: Vec<(u32, u64)>,
 }
 
 impl Verdict {
@@ -1070,6 +1072,7 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
                 }
                 None => {
                     verdict.lost += 1;
+                    verdict.lost_at.push((partition, *offset));
                     verdict.problem(format!(
                         "partition {partition}: acknowledged {value} at {offset} is lost"
                     ));
@@ -1078,6 +1081,99 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
         }
     }
     verdict
+}
+
+/// What each node's copies of `partition` hold around record `offset`: hard state,
+/// configuration, and the entries (index, term, records) from a few before to a few after
+/// the one holding it. It tells which term wrote a lost record where, and which copies
+/// never had it. Each copy is read from a copy of its directory, so opening it (which may
+/// repair a torn tail) changes nothing the nodes use.
+fn locate(cluster: &ProcessCluster, partition: u32, offset: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    for node in 1..=64u64 {
+        let partitions = cluster.data_dir(node).join("partitions");
+        let Ok(dirs) = std::fs::read_dir(&partitions) else {
+            continue;
+        };
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("jepsen-{partition}.g")) {
+                continue;
+            }
+            let copy = scratch.path().join(format!("node-{node}-{name}"));
+            if let Err(error) = copy_dir(&dir.path(), &copy) {
+                lines.push(format!("node {node} {name}: cannot copy: {error}"));
+                continue;
+            }
+            let config = raftlog::storage::LogConfig {
+                segment_size_bytes: 98_304,
+                ..Default::default()
+            };
+            let log = match raftlog::storage::Log::open(&copy, config) {
+                Ok((log, _)) => log,
+                Err(error) => {
+                    lines.push(format!("node {node} {name}: cannot open: {error}"));
+                    continue;
+                }
+            };
+            let membership = log.membership().ok().flatten();
+            lines.push(format!(
+                "node {node} {name}: indexes {}..={}, offsets {}..{}, hard state {:?}, \
+                 voting withheld {:?}, configurations {membership:?}",
+                log.first_index(),
+                log.last_index(),
+                log.start_offset(),
+                log.next_offset(),
+                log.hard_state(),
+                log.voting_withheld(),
+            ));
+            let Ok(holding) = log.read_from_offset(offset.min(log.next_offset()), 1) else {
+                continue;
+            };
+            let Some(at) = holding.first().map(|e| e.index) else {
+                continue;
+            };
+            let lo = at.saturating_sub(3).max(log.first_index());
+            let hi = (at + 4).min(log.last_index() + 1);
+            for entry in log.entries(lo, hi, u64::MAX).unwrap_or_default() {
+                let values: Vec<Value> = prost::Message::decode(entry.payload.clone())
+                    .ok()
+                    .filter(|_| entry.record_count > 0)
+                    .map(|batch: RecordBatch| {
+                        raftlog::batch::decode_records(&batch)
+                            .filter_map(Result::ok)
+                            .map(|record| parse_value(&record.value))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "  index {} term {} kind {} offsets {}..{} at {} ms: {values:?}",
+                    entry.index,
+                    entry.term,
+                    entry.kind,
+                    entry.base_offset,
+                    entry.base_offset + u64::from(entry.record_count),
+                    entry.timestamp_ms,
+                ));
+            }
+        }
+    }
+    lines
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// A history as a run would record it: `log` is what both consumers of partition 0 read
@@ -1686,8 +1782,19 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
     if verdict.ok() && outcome.liveness.is_none() && missing.is_empty() {
         return;
     }
-    let saved = cluster.keep_dir().join("report.txt");
     let mut full = report;
+    // Read before the cluster goes: a node's data on a test tmpfs goes with it.
+    let lost = verdict.lost_at.iter().take(4);
+    for &(partition, offset) in lost {
+        let _ = writeln!(
+            full,
+            "\n## partition {partition}, offset {offset}, on every node's disk"
+        );
+        for line in locate(&cluster, partition, offset) {
+            let _ = writeln!(full, "{line}");
+        }
+    }
+    let saved = cluster.keep_dir().join("report.txt");
     full.push_str("\n## history (most recent operations)\n");
     for line in &history.log {
         full.push_str(line);

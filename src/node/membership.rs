@@ -336,6 +336,44 @@ pub fn decommission_steps(metadata: &Metadata, metadata_voters: &[NodeId]) -> Ve
         let mut holds_any = false;
         for (topic, p) in metadata.partitions_on(node) {
             holds_any = true;
+            if p.target_replicas.contains(&node) {
+                // A move under way to the draining node would wait for it forever if it is
+                // dead (the fault run found one), so it is re-aimed at once, preferably at a
+                // node that already holds the data: usually a move back where it was.
+                let stand_in = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|n| load.contains_key(n) && !p.target_replicas.contains(n))
+                    .or_else(|| {
+                        load.iter()
+                            .filter(|(n, _)| !p.target_replicas.contains(n))
+                            .min_by_key(|(n, count)| (**count, **n))
+                            .map(|(n, _)| *n)
+                    });
+                let Some(stand_in) = stand_in else {
+                    continue;
+                };
+                *load.get_mut(&stand_in).expect("from load") += 1;
+                let mut replicas: Vec<NodeId> = p
+                    .target_replicas
+                    .iter()
+                    .map(|&r| if r == node { stand_in } else { r })
+                    .collect();
+                let (mut wanted, mut now) = (replicas.clone(), p.replicas.clone());
+                wanted.sort_unstable();
+                now.sort_unstable();
+                if wanted == now {
+                    // Back where it was, in its order (the first is the preferred leader).
+                    replicas = p.replicas.clone();
+                }
+                steps.push(Command::MovePartition(proto::MovePartitionRequest {
+                    topic: topic.name.clone(),
+                    partition: p.partition,
+                    replicas,
+                }));
+                continue;
+            }
             if p.is_moving() || moving >= DECOMMISSION_MOVES_MAX {
                 continue;
             }
@@ -452,6 +490,60 @@ mod tests {
             }
         }
         panic!("node 1 was never removed");
+    }
+
+    /// A move under way to a node that is then decommissioned (perhaps because it died) is
+    /// re-aimed at once instead of waiting for that node to catch up: back to the replicas
+    /// the partition has when they can take it.
+    #[test]
+    fn a_move_to_a_draining_node_is_re_aimed_not_waited_for() {
+        let mut m = Metadata::new(vec![1, 2, 3]);
+        apply(
+            &mut m,
+            Command::RegisterNode(RegisterNodeRequest {
+                node_id: 4,
+                client_address: "h:1".into(),
+                peer_address: "h:2".into(),
+                incarnation: 3,
+            }),
+        );
+        apply(
+            &mut m,
+            Command::CreateTopic(CreateTopicRequest {
+                name: "t".into(),
+                partitions: 1,
+                replication_factor: 3,
+                ..Default::default()
+            }),
+        );
+        let before = m.topic("t").unwrap().partitions[0].replicas.clone();
+        let mut target: Vec<NodeId> = before.iter().copied().skip(1).collect();
+        target.push(4);
+        apply(
+            &mut m,
+            Command::MovePartition(proto::MovePartitionRequest {
+                topic: "t".into(),
+                partition: 0,
+                replicas: target,
+            }),
+        );
+        apply(
+            &mut m,
+            Command::DecommissionNode(DecommissionNodeRequest { node_id: 4 }),
+        );
+        let steps = decommission_steps(&m, &[1, 2, 3]);
+        let [Command::MovePartition(request)] = steps.as_slice() else {
+            panic!("one move: {steps:?}");
+        };
+        assert_eq!(request.replicas, before, "back where it was, in its order");
+        apply(&mut m, Command::MovePartition(request.clone()));
+        let p = &m.topic("t").unwrap().partitions[0];
+        assert_eq!(p.target_replicas, before, "{p:?}");
+        assert_eq!(
+            p.departing,
+            vec![4],
+            "node 4 keeps its copy until the move completes"
+        );
     }
 
     /// A drained node that still holds a metadata voter seat is not removed yet.

@@ -1784,16 +1784,17 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
     }
     let mut full = report;
     // Read before the cluster goes: a node's data on a test tmpfs goes with it.
-    let lost = verdict.lost_at.iter().take(4);
-    for &(partition, offset) in lost {
+    let mut located = String::new();
+    for &(partition, offset) in verdict.lost_at.iter().take(2) {
         let _ = writeln!(
-            full,
-            "\n## partition {partition}, offset {offset}, on every node's disk"
+            located,
+            "partition {partition}, offset {offset}, on every node's disk:"
         );
         for line in locate(&cluster, partition, offset) {
-            let _ = writeln!(full, "{line}");
+            let _ = writeln!(located, "{line}");
         }
     }
+    let _ = write!(full, "\n## lost records on every node's disk\n{located}");
     let saved = cluster.keep_dir().join("report.txt");
     full.push_str("\n## history (most recent operations)\n");
     for line in &history.log {
@@ -1815,7 +1816,7 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
         .map(|p| format!("{p}\n"))
         .collect();
     panic!(
-        "{summary}\n{problems}{}{}\nhistory and node logs: {}\nreproduce with RAFTLOG_FAULT_SEED={}",
+        "{summary}\n{problems}{located}{}{}\nhistory and node logs: {}\nreproduce with RAFTLOG_FAULT_SEED={}",
         outcome.liveness.as_deref().map(|l| format!("liveness: {l}\n")).unwrap_or_default(),
         if missing.is_empty() { String::new() } else { format!("fault kinds never injected: {missing:?}") },
         saved.display(),

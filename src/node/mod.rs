@@ -674,7 +674,19 @@ impl Node {
                 .filter_map(|group_id| partitions.remove(group_id))
                 .collect()
         };
+        let metadata_applied = self
+            .metadata_view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .applied_index();
         for local in removed {
+            tracing::info!(
+                topic = %local.topic,
+                partition = local.partition,
+                group = local.group_id,
+                metadata_applied,
+                "dropping this node's copy: the metadata no longer places it here"
+            );
             let dir = self.partition_dir(&local.topic, local.partition, local.group_id);
             // Dropping the handle asks the replica to stop, but it may still be writing for a
             // moment. Renaming the directory first (atomic) means those writes can no longer
@@ -728,6 +740,15 @@ impl Node {
             handle.set_move_target(Some(assignment.target_replicas.clone()));
         }
         let fresh = handle.status().last_index == 0;
+        tracing::info!(
+            topic = %topic.name,
+            partition = assignment.partition,
+            group = assignment.group_id,
+            fresh,
+            replicas = ?assignment.replicas,
+            target = ?assignment.target_replicas,
+            "starting this node's copy"
+        );
         if fresh && assignment.replicas.first() == Some(&self.id()) {
             handle.campaign();
         }

@@ -442,6 +442,12 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
         match target {
             Some(target) => self.set_membership_target(target, Vec::new()),
             None => {
+                if self.move_driver.is_some() {
+                    tracing::info!(
+                        group = self.config.raft.group_id,
+                        "membership target cleared"
+                    );
+                }
                 self.move_driver = None;
                 self.move_phase = None;
             }
@@ -456,6 +462,12 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
             driver.target() == next.target() && driver.kept_learners() == next.kept_learners()
         });
         if !same {
+            tracing::info!(
+                group = self.config.raft.group_id,
+                voters = ?next.target(),
+                learners = ?next.kept_learners(),
+                "membership target"
+            );
             self.move_driver = Some(next);
         }
     }

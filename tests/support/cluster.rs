@@ -301,10 +301,14 @@ impl ProcessCluster {
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            // RAFTLOG_TEST_NODE_LOG=info (or a filter) makes the node logs say more.
+            // RAFTLOG_TEST_NODE_LOG=info (or a filter) makes the node logs say more. By
+            // default they say where copies start and go and what each group is told to
+            // become: what a failed run needs first, a few lines per change.
             .env(
                 "RAFTLOG_LOG",
-                std::env::var("RAFTLOG_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RAFTLOG_TEST_NODE_LOG").unwrap_or_else(|_| {
+                    "warn,raftlog::node=info,raftlog::replica::core=info".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1452,6 +1452,10 @@ async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
     if liveness.is_none() {
         liveness = exited_on_its_own(&mut cluster).err();
     }
+    let node_states = match liveness {
+        Some(_) => node_states(&cluster).await,
+        None => String::new(),
+    };
     let targets = load.finish(&mut client, plan.replication_factor()).await;
     let history = history.lock().unwrap();
     let outcome = RunResult {
@@ -1460,8 +1464,49 @@ async fn scenario(plan: Plan, network: PeerNetwork, network_note: String) {
         injected,
         liveness,
         elapsed: started.elapsed(),
+        node_states,
     };
     conclude(&plan, cluster, &history, outcome);
+}
+
+/// What every running node's metrics say about its groups and peer links, lines that name
+/// who leads, who is behind, which replica stalled and which link queues: the first thing a
+/// liveness failure needs.
+async fn node_states(cluster: &ProcessCluster) -> String {
+    const WANTED: [&str; 12] = [
+        "raftlog_is_leader",
+        "raftlog_leader_known",
+        "raftlog_term",
+        "raftlog_commit_index",
+        "raftlog_high_watermark",
+        "raftlog_follower_lag_entries",
+        "raftlog_group_",
+        "raftlog_partition_moving",
+        "raftlog_replica_failed",
+        "raftlog_replica_storage_full",
+        "raftlog_peer_queued_messages",
+        "raftlog_peer_dropped_messages_total",
+    ];
+    let mut out = String::new();
+    for id in (1..=cluster.addresses().len() as u64).filter(|&id| cluster.is_running(id)) {
+        let address = cluster.metrics_address(id);
+        // A node that does not answer must not end the report: the scrape runs apart.
+        let scrape = tokio::spawn(support::client::scrape_metrics(address));
+        match timeout(Duration::from_secs(3), scrape).await {
+            Ok(Ok(text)) => {
+                for line in text
+                    .lines()
+                    .filter(|line| WANTED.iter().any(|m| line.starts_with(m)))
+                {
+                    let _ = writeln!(out, "node {id}: {line}");
+                }
+            }
+            _ => {
+                let _ = writeln!(out, "node {id}: no metrics");
+            }
+        }
+    }
+    out
 }
 
 /// Starts the nodes (the last one on a tmpfs when the plan has the disk-full fault) and
@@ -1750,6 +1795,8 @@ struct RunResult {
     injected: usize,
     liveness: Option<String>,
     elapsed: Duration,
+    /// On a liveness failure, what the nodes' metrics said then.
+    node_states: String,
 }
 
 /// Prints the summary, writes the report, and on failure keeps the directory with the full
@@ -1795,6 +1842,11 @@ fn conclude(plan: &Plan, mut cluster: ProcessCluster, history: &History, outcome
         }
     }
     let _ = write!(full, "\n## lost records on every node's disk\n{located}");
+    let _ = write!(
+        full,
+        "\n## node metrics at the end\n{}",
+        outcome.node_states
+    );
     let saved = cluster.keep_dir().join("report.txt");
     full.push_str("\n## history (most recent operations)\n");
     for line in &history.log {

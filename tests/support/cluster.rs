@@ -198,6 +198,17 @@ impl ProcessCluster {
     /// Keeps the directory after the test (for a failure report) and returns its path.
     pub fn keep_dir(&mut self) -> PathBuf {
         let path = self.dir().to_path_buf();
+        // A node's data on a tmpfs goes with the mount: copied next to the others first.
+        for (id, data_dir) in &self.data_dirs {
+            let copy = path.join(format!("node-{id}"));
+            if !copy.exists() {
+                let _ = Command::new("cp")
+                    .arg("-a")
+                    .arg(data_dir)
+                    .arg(&copy)
+                    .status();
+            }
+        }
         if let Some(dir) = self.dir.take() {
             let _ = dir.keep();
         }

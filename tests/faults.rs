@@ -82,6 +82,8 @@ heartbeat_interval_ticks = 1
 [storage]
 segment_bytes = 98304
 ";
+/// [`NODE_CONFIG`]'s `segment_bytes`, for reading a node's log in a report.
+const SEGMENT_BYTES: u64 = 98_304;
 /// The longest election timeout of [`NODE_CONFIG`] (2 × 10 ticks of 50 ms).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 1_000;
 /// [`NODE_CONFIG`]'s `peer_write_timeout_ms`: a partition held longer than this makes a node
@@ -1091,7 +1093,7 @@ fn check(history: &History, targets: &[u64]) -> Verdict {
 fn locate(cluster: &ProcessCluster, partition: u32, offset: u64) -> Vec<String> {
     let mut lines = Vec::new();
     let scratch = tempfile::tempdir().expect("scratch directory");
-    for node in 1..=64u64 {
+    for node in 1..=cluster.addresses().len() as u64 {
         let partitions = cluster.data_dir(node).join("partitions");
         let Ok(dirs) = std::fs::read_dir(&partitions) else {
             continue;
@@ -1102,12 +1104,12 @@ fn locate(cluster: &ProcessCluster, partition: u32, offset: u64) -> Vec<String> 
                 continue;
             }
             let copy = scratch.path().join(format!("node-{node}-{name}"));
-            if let Err(error) = copy_dir(&dir.path(), &copy) {
+            if let Err(error) = support::cluster::copy_tree(&dir.path(), &copy) {
                 lines.push(format!("node {node} {name}: cannot copy: {error}"));
                 continue;
             }
             let config = raftlog::storage::LogConfig {
-                segment_size_bytes: 98_304,
+                segment_size_bytes: SEGMENT_BYTES,
                 ..Default::default()
             };
             let log = match raftlog::storage::Log::open(&copy, config) {
@@ -1160,20 +1162,6 @@ fn locate(cluster: &ProcessCluster, partition: u32, offset: u64) -> Vec<String> 
         }
     }
     lines
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }
 
 /// A history as a run would record it: `log` is what both consumers of partition 0 read

@@ -338,40 +338,14 @@ pub fn decommission_steps(metadata: &Metadata, metadata_voters: &[NodeId]) -> Ve
             holds_any = true;
             if p.target_replicas.contains(&node) {
                 // A move under way to the draining node would wait for it forever if it is
-                // dead (the fault run found one), so it is re-aimed at once, preferably at a
-                // node that already holds the data: usually a move back where it was.
-                let stand_in = p
-                    .replicas
-                    .iter()
-                    .copied()
-                    .find(|n| load.contains_key(n) && !p.target_replicas.contains(n))
-                    .or_else(|| {
-                        load.iter()
-                            .filter(|(n, _)| !p.target_replicas.contains(n))
-                            .min_by_key(|(n, count)| (**count, **n))
-                            .map(|(n, _)| *n)
-                    });
-                let Some(stand_in) = stand_in else {
-                    continue;
-                };
-                *load.get_mut(&stand_in).expect("from load") += 1;
-                let mut replicas: Vec<NodeId> = p
-                    .target_replicas
-                    .iter()
-                    .map(|&r| if r == node { stand_in } else { r })
-                    .collect();
-                let (mut wanted, mut now) = (replicas.clone(), p.replicas.clone());
-                wanted.sort_unstable();
-                now.sort_unstable();
-                if wanted == now {
-                    // Back where it was, in its order (the first is the preferred leader).
-                    replicas = p.replicas.clone();
+                // dead (the fault run found one), so it is re-aimed at once.
+                if let Some(replicas) = re_aimed(p, node, &mut load) {
+                    steps.push(Command::MovePartition(proto::MovePartitionRequest {
+                        topic: topic.name.clone(),
+                        partition: p.partition,
+                        replicas,
+                    }));
                 }
-                steps.push(Command::MovePartition(proto::MovePartitionRequest {
-                    topic: topic.name.clone(),
-                    partition: p.partition,
-                    replicas,
-                }));
                 continue;
             }
             if p.is_moving() || moving >= DECOMMISSION_MOVES_MAX {
@@ -405,10 +379,50 @@ pub fn decommission_steps(metadata: &Metadata, metadata_voters: &[NodeId]) -> Ve
     steps
 }
 
+/// The target of `p`'s move with the draining `node` replaced, preferably by a node that
+/// already holds the data (usually a move back where it was, kept in the order the partition
+/// has, since the first replica is the preferred leader), else by the least-loaded active
+/// node; counted in `load`. `None` when no active node is left to take its place.
+fn re_aimed(
+    p: &crate::metadata::PartitionAssignment,
+    node: NodeId,
+    load: &mut BTreeMap<NodeId, usize>,
+) -> Option<Vec<NodeId>> {
+    let free = |n: &NodeId| load.contains_key(n) && !p.target_replicas.contains(n);
+    let stand_in = p.replicas.iter().copied().find(free).or_else(|| {
+        load.iter()
+            .filter(|(n, _)| free(n))
+            .min_by_key(|(n, count)| (**count, **n))
+            .map(|(n, _)| *n)
+    })?;
+    *load.get_mut(&stand_in).expect("an active node") += 1;
+    let replicas: Vec<NodeId> = p
+        .target_replicas
+        .iter()
+        .map(|&r| if r == node { stand_in } else { r })
+        .collect();
+    let back =
+        replicas.len() == p.replicas.len() && replicas.iter().all(|r| p.replicas.contains(r));
+    Some(if back { p.replicas.clone() } else { replicas })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::{CreateTopicRequest, DecommissionNodeRequest, RegisterNodeRequest};
+
+    /// Records node `id` (a node that joined, with `incarnation`) as registered.
+    fn register(metadata: &mut Metadata, id: NodeId, incarnation: u64) {
+        apply(
+            metadata,
+            Command::RegisterNode(RegisterNodeRequest {
+                node_id: id,
+                client_address: format!("h{id}:1"),
+                peer_address: format!("h{id}:2"),
+                incarnation,
+            }),
+        );
+    }
 
     fn apply(metadata: &mut Metadata, command: Command) {
         let index = metadata.applied_index() + 1;
@@ -428,15 +442,7 @@ mod tests {
     fn a_decommission_moves_a_few_partitions_at_a_time_then_removes_the_node() {
         let mut m = Metadata::new(vec![1, 2, 3]);
         for (id, incarnation) in [(4, 9), (5, 11)] {
-            apply(
-                &mut m,
-                Command::RegisterNode(RegisterNodeRequest {
-                    node_id: id,
-                    client_address: format!("h{id}:1"),
-                    peer_address: format!("h{id}:2"),
-                    incarnation,
-                }),
-            );
+            register(&mut m, id, incarnation);
         }
         apply(
             &mut m,
@@ -498,15 +504,7 @@ mod tests {
     #[test]
     fn a_move_to_a_draining_node_is_re_aimed_not_waited_for() {
         let mut m = Metadata::new(vec![1, 2, 3]);
-        apply(
-            &mut m,
-            Command::RegisterNode(RegisterNodeRequest {
-                node_id: 4,
-                client_address: "h:1".into(),
-                peer_address: "h:2".into(),
-                incarnation: 3,
-            }),
-        );
+        register(&mut m, 4, 3);
         apply(
             &mut m,
             Command::CreateTopic(CreateTopicRequest {
@@ -550,15 +548,7 @@ mod tests {
     #[test]
     fn a_metadata_voter_is_not_removed_before_it_gives_up_its_seat() {
         let mut m = Metadata::new(vec![1, 2, 3]);
-        apply(
-            &mut m,
-            Command::RegisterNode(RegisterNodeRequest {
-                node_id: 4,
-                client_address: "h:1".into(),
-                peer_address: "h:2".into(),
-                incarnation: 3,
-            }),
-        );
+        register(&mut m, 4, 3);
         apply(
             &mut m,
             Command::DecommissionNode(DecommissionNodeRequest { node_id: 2 }),

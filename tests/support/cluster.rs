@@ -202,11 +202,7 @@ impl ProcessCluster {
         for (id, data_dir) in &self.data_dirs {
             let copy = path.join(format!("node-{id}"));
             if !copy.exists() {
-                let _ = Command::new("cp")
-                    .arg("-a")
-                    .arg(data_dir)
-                    .arg(&copy)
-                    .status();
+                let _ = copy_tree(data_dir, &copy);
             }
         }
         if let Some(dir) = self.dir.take() {
@@ -456,6 +452,24 @@ fn mount_root(data_dir: &Path) -> PathBuf {
         .parent()
         .expect("data dir inside the mount")
         .to_path_buf()
+}
+
+/// Copies the directory tree `from` to `to` (files and directories; a report's copy).
+///
+/// # Errors
+/// The first file or directory that cannot be read or written.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for ProcessCluster {

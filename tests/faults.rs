@@ -392,8 +392,23 @@ async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delive
     let deadline = Instant::now() + Duration::from_millis(BATCH_RETRY_MS_MAX);
     let nodes = client.addresses.len();
     let mut retries = Retries::default();
+    // What each node answered the attempts that failed, so a batch that never got through
+    // says where it was sent and why it stuck (a liveness failure's first clue).
+    let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
     while Instant::now() < deadline {
-        match client.send(*leader, body.clone()).await {
+        let outcome = client.send(*leader, body.clone()).await;
+        let answered = match &outcome {
+            Outcome::Ok(_) => None,
+            Outcome::Refused(Some(e)) | Outcome::Failed(e) => Some(format!("{:?}", e.code())),
+            Outcome::Refused(None) => Some("unreachable".to_owned()),
+            Outcome::Indeterminate => Some("no answer or connection lost".to_owned()),
+        };
+        if let Some(answered) = answered {
+            *attempts
+                .entry(format!("node {}: {answered}", *leader + 1))
+                .or_default() += 1;
+        }
+        match outcome {
             Outcome::Ok(Body::ProduceResponse(r)) => {
                 return Delivery::Written(r.base_offset, retries)
             }
@@ -426,7 +441,14 @@ async fn deliver(client: &mut Client, leader: &mut usize, body: &Body) -> Delive
             }
         }
     }
-    Delivery::Unknown(format!("not acknowledged within {BATCH_RETRY_MS_MAX} ms"))
+    let attempts: Vec<String> = attempts
+        .into_iter()
+        .map(|(answer, times)| format!("{answer} x{times}"))
+        .collect();
+    Delivery::Unknown(format!(
+        "not acknowledged within {BATCH_RETRY_MS_MAX} ms; attempts: {}",
+        attempts.join(", ")
+    ))
 }
 
 async fn producer(
@@ -917,15 +939,20 @@ impl Probe {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(RECOVERY_MS_MAX);
         for partition in 0..PARTITIONS {
+            let mut last_failure = String::from("none");
             loop {
                 if Instant::now() > deadline {
                     return Err(format!(
-                        "partition {partition} accepted no write within {RECOVERY_MS_MAX} ms of the heal"
+                        "partition {partition} accepted no write within {RECOVERY_MS_MAX} ms of \
+                         the heal; last failure: {last_failure}"
                     ));
                 }
                 if self.id.is_none() {
                     self.id = init_producer(&mut self.client).await;
                     self.sequences = [0; PARTITIONS as usize];
+                    if self.id.is_none() {
+                        last_failure = "no producer id allocated".to_owned();
+                    }
                     continue;
                 }
                 let id = self.id.expect("producer id");
@@ -948,12 +975,14 @@ impl Probe {
                         let mut h = history.lock().unwrap();
                         h.failed.insert(value);
                         h.note(format!("failed {partition} [{value:?}]: {why}"));
+                        last_failure = why;
                         self.id = None;
                     }
                     Delivery::Unknown(why) => {
                         let mut h = history.lock().unwrap();
                         h.indeterminate.insert(value);
                         h.note(format!("indeterminate {partition} [{value:?}]: {why}"));
+                        last_failure = why;
                         self.id = None;
                     }
                 }

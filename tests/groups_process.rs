@@ -588,13 +588,16 @@ async fn a_coordinator_failover_during_a_rebalance_never_gives_a_partition_two_o
         }
     }
     eprintln!("ownership spans (from, to, member) per partition: {spans:?}");
+    // A violation is judged from the members' own logs, so those logs are what explains it.
+    let logs: Vec<Vec<String>> = members.iter().map(Member::log).collect();
     for (partition, mut owned) in spans {
         owned.sort_unstable();
         for pair in owned.windows(2) {
             let ((_, first_end, a), (second_start, _, b)) = (pair[0], pair[1]);
             assert!(
                 a == b || first_end < second_start,
-                "partition {partition} owned by members {a} and {b} in one generation: {owned:?}"
+                "partition {partition} owned by members {a} and {b} in one generation: \
+                 {owned:?}; member logs: {logs:#?}"
             );
         }
     }

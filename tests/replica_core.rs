@@ -198,3 +198,41 @@ fn a_full_disk_refuses_writes_and_the_leader_steps_down() {
     c.settle();
     assert!(matches!(c.proposed[&2], Err(ReplicaError::StorageFull(_))));
 }
+
+#[test]
+fn an_offset_the_log_holds_but_has_not_seen_committed_is_waited_for_not_refused() {
+    let mut c = Cluster::new();
+    c.cores.get_mut(&1).unwrap().campaign();
+    c.settle();
+    let leader = c.leader();
+    // The record is in every log but commits nowhere: its offset is past the high watermark
+    // and within the log, where a replica that restarted or was just elected finds a
+    // consumer resuming from its committed offset.
+    c.syncs_complete.insert(2, false);
+    c.syncs_complete.insert(3, false);
+    c.cores
+        .get_mut(&leader)
+        .unwrap()
+        .propose(Bytes::from_static(b"record"), 1, Acks::All, 0, 7);
+    c.settle();
+    let core = c.cores.get_mut(&leader).unwrap();
+    assert_eq!(core.high_watermark(), 0);
+    core.fetch(1, 1 << 20, false, Waiter::default());
+    core.fetch(2, 1 << 20, false, Waiter::default());
+    c.settle();
+    let held = c.fetched[0]
+        .as_ref()
+        .expect("an offset within the log is not refused");
+    assert!(
+        held.entries.is_empty(),
+        "an uncommitted record was returned"
+    );
+    assert!(
+        matches!(
+            c.fetched[1],
+            Err(ReplicaError::OffsetOutOfRange { offset: 2, .. })
+        ),
+        "{:?}",
+        c.fetched[1]
+    );
+}

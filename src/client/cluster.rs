@@ -328,6 +328,22 @@ impl Cluster {
         }
     }
 
+    /// Whether the cached metadata (merged from every node that answered) lists the
+    /// partition `route` names.
+    fn partition_listed(&self, route: Route<'_>) -> bool {
+        let (Some(metadata), Route::Partition { topic, partition }) =
+            (self.cached_metadata(), route)
+        else {
+            return false;
+        };
+        metadata
+            .topics
+            .iter()
+            .filter(|t| t.name == topic)
+            .flat_map(|t| t.partitions.iter())
+            .any(|p| p.partition == partition)
+    }
+
     /// Whether the cached metadata knows the leader `route` needs.
     fn leader_known(&self, route: Route<'_>) -> bool {
         let Some(metadata) = self.cached_metadata() else {
@@ -531,11 +547,17 @@ impl Cluster {
                 Err(error) => error,
             };
             let mut verdict = verdict(&error, retry);
-            if error.code() == Some(ErrorCode::UnknownTopic) {
+            if error.code() == Some(ErrorCode::UnknownTopic) && !self.partition_listed(route) {
+                // Only counted while no node lists the partition: a node that has not
+                // applied the topic yet (just restarted, or lagging) answers UNKNOWN_TOPIC
+                // while the others know it, and that is waited out until the deadline, as
+                // Kafka clients retry UNKNOWN_TOPIC_OR_PARTITION.
                 unknown_topic_attempts += 1;
-                if unknown_topic_attempts < UNKNOWN_TOPIC_ATTEMPTS_MAX {
-                    verdict = Verdict::Retry(None);
-                }
+            }
+            if error.code() == Some(ErrorCode::UnknownTopic)
+                && unknown_topic_attempts < UNKNOWN_TOPIC_ATTEMPTS_MAX
+            {
+                verdict = Verdict::Retry(None);
             }
             let Verdict::Retry(next_hint) = verdict else {
                 let lost = matches!(error, ClientError::Closed)

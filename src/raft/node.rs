@@ -535,6 +535,11 @@ impl Raft {
         self.log.commit_index
     }
 
+    /// The record offset right after the last entry of this node's log (committed or not).
+    pub fn next_offset(&self) -> u64 {
+        self.log.next_offset
+    }
+
     /// Index of the last entry in the log (durable or not).
     pub fn last_index(&self) -> u64 {
         self.log.last_index

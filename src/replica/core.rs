@@ -595,7 +595,12 @@ impl<L: ReplicaLog, M: StateMachine, P, F: FetchWaiter> ReplicaCore<L, M, P, F> 
     /// waits until records commit (or its waiter gives up).
     pub fn fetch(&mut self, offset: u64, bytes_max: u64, park: bool, waiter: F) {
         let log_start_offset = self.log.start_offset();
-        if offset < log_start_offset || offset > self.high_watermark {
+        // An offset this log holds but whose commit this replica has not learned yet (it
+        // restarted, or was just elected and has not committed its no-op) is waited for like
+        // the high watermark, as Kafka answers a fetch between its high watermark and log end
+        // offset: refusing it would make a consumer resuming from a committed offset give up.
+        let log_end_offset = self.raft.next_offset().max(self.high_watermark);
+        if offset < log_start_offset || offset > log_end_offset {
             let refusal = ReplicaError::OffsetOutOfRange {
                 offset,
                 log_start_offset,

@@ -463,7 +463,8 @@ impl<O: Send + 'static> ReplicaHandle<O> {
     /// the high watermark, waits up to `wait` for new commits, then answers with no entries.
     ///
     /// # Errors
-    /// [`ReplicaError::OffsetOutOfRange`] outside `[log_start_offset, high_watermark]`.
+    /// [`ReplicaError::OffsetOutOfRange`] below `log_start_offset` or beyond the end of the log
+    /// (an offset the log holds but has not seen committed yet is waited for).
     pub async fn fetch(
         &self,
         offset: u64,

@@ -118,15 +118,14 @@ impl Cluster {
     }
 }
 
-#[test]
-fn a_produce_is_answered_only_once_durable_on_a_majority() {
+/// Node 1 leads, and proposal 7 (one record, offset 0) is appended everywhere but durable only
+/// on the leader: both followers' disks are stuck.
+fn with_a_record_durable_only_on_the_leader() -> (Cluster, u64) {
     let mut c = Cluster::new();
     c.cores.get_mut(&1).unwrap().campaign();
     c.settle();
     let leader = c.leader();
     assert_eq!(leader, 1);
-    // Both followers' disks are stuck: the entry is appended everywhere, durable only on
-    // the leader, so it must not be acknowledged.
     c.syncs_complete.insert(2, false);
     c.syncs_complete.insert(3, false);
     let payload = Bytes::from_static(b"record");
@@ -135,6 +134,13 @@ fn a_produce_is_answered_only_once_durable_on_a_majority() {
         .unwrap()
         .propose(payload, 1, Acks::All, 0, 7);
     c.settle();
+    (c, leader)
+}
+
+#[test]
+fn a_produce_is_answered_only_once_durable_on_a_majority() {
+    // Durable only on the leader, so it must not be acknowledged.
+    let (mut c, leader) = with_a_record_durable_only_on_the_leader();
     assert!(
         !c.proposed.contains_key(&7),
         "acknowledged before a majority synced"
@@ -201,20 +207,10 @@ fn a_full_disk_refuses_writes_and_the_leader_steps_down() {
 
 #[test]
 fn an_offset_the_log_holds_but_has_not_seen_committed_is_waited_for_not_refused() {
-    let mut c = Cluster::new();
-    c.cores.get_mut(&1).unwrap().campaign();
-    c.settle();
-    let leader = c.leader();
-    // The record is in every log but commits nowhere: its offset is past the high watermark
+    // The record is in every log but commits nowhere: offset 1 is past the high watermark
     // and within the log, where a replica that restarted or was just elected finds a
     // consumer resuming from its committed offset.
-    c.syncs_complete.insert(2, false);
-    c.syncs_complete.insert(3, false);
-    c.cores
-        .get_mut(&leader)
-        .unwrap()
-        .propose(Bytes::from_static(b"record"), 1, Acks::All, 0, 7);
-    c.settle();
+    let (mut c, leader) = with_a_record_durable_only_on_the_leader();
     let core = c.cores.get_mut(&leader).unwrap();
     assert_eq!(core.high_watermark(), 0);
     core.fetch(1, 1 << 20, false, Waiter::default());

@@ -329,8 +329,8 @@ impl Cluster {
     }
 
     /// Whether the cached metadata (merged from every node that answered) lists the
-    /// partition `route` names.
-    fn partition_listed(&self, route: Route<'_>) -> bool {
+    /// partition `route` names, as `wanted` wants it.
+    fn partition_listed(&self, route: Route<'_>, wanted: impl Fn(&PartitionInfo) -> bool) -> bool {
         let (Some(metadata), Route::Partition { topic, partition }) =
             (self.cached_metadata(), route)
         else {
@@ -341,7 +341,7 @@ impl Cluster {
             .iter()
             .filter(|t| t.name == topic)
             .flat_map(|t| t.partitions.iter())
-            .any(|p| p.partition == partition)
+            .any(|p| p.partition == partition && wanted(p))
     }
 
     /// Whether the cached metadata knows the leader `route` needs.
@@ -352,12 +352,7 @@ impl Cluster {
         match route {
             Route::Any => true,
             Route::MetadataLeader => metadata.metadata_leader_id != 0,
-            Route::Partition { topic, partition } => metadata
-                .topics
-                .iter()
-                .filter(|t| t.name == topic)
-                .flat_map(|t| t.partitions.iter())
-                .any(|p| p.partition == partition && p.leader_id != 0),
+            Route::Partition { .. } => self.partition_listed(route, |p| p.leader_id != 0),
         }
     }
 
@@ -547,17 +542,17 @@ impl Cluster {
                 Err(error) => error,
             };
             let mut verdict = verdict(&error, retry);
-            if error.code() == Some(ErrorCode::UnknownTopic) && !self.partition_listed(route) {
+            if error.code() == Some(ErrorCode::UnknownTopic) {
                 // Only counted while no node lists the partition: a node that has not
                 // applied the topic yet (just restarted, or lagging) answers UNKNOWN_TOPIC
                 // while the others know it, and that is waited out until the deadline, as
                 // Kafka clients retry UNKNOWN_TOPIC_OR_PARTITION.
-                unknown_topic_attempts += 1;
-            }
-            if error.code() == Some(ErrorCode::UnknownTopic)
-                && unknown_topic_attempts < UNKNOWN_TOPIC_ATTEMPTS_MAX
-            {
-                verdict = Verdict::Retry(None);
+                if !self.partition_listed(route, |_| true) {
+                    unknown_topic_attempts += 1;
+                }
+                if unknown_topic_attempts < UNKNOWN_TOPIC_ATTEMPTS_MAX {
+                    verdict = Verdict::Retry(None);
+                }
             }
             let Verdict::Retry(next_hint) = verdict else {
                 let lost = matches!(error, ClientError::Closed)
